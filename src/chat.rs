@@ -1,0 +1,42 @@
+//! The chat door's read loop (tutorial steps 2 to 7): each text frame is rate-limited, parsed
+//! and validated here, in the connection's own thread, and only valid requests reach the hub.
+//! Refusals are answered straight from this thread through the connection's own outbox.
+
+use std::sync::mpsc::Sender;
+
+use crate::connection::{Ended, Incoming, Reader, TokenBucket};
+use crate::hub::{ConnId, Event};
+use crate::protocol::{self, ErrorCode, Refusal};
+
+/// Reads requests until the connection ends; returns why.
+pub fn serve(reader: &mut Reader, conn: ConnId, hub: &Sender<Event>, max_rate: u32) -> Ended {
+    let mut bucket = TokenBucket::new(max_rate);
+    loop {
+        let incoming = match reader.next() {
+            Ok(incoming) => incoming,
+            Err(ended) => return ended,
+        };
+        let answer = if !bucket.take() {
+            Refusal::new(ErrorCode::RateLimited, "slow down: too many messages")
+        } else {
+            match incoming {
+                Incoming::Text(text) => match protocol::parse_request(&text) {
+                    Ok(request) => {
+                        if hub.send(Event::Request { conn, request }).is_err() {
+                            return Ended::ServerStopping;
+                        }
+                        continue;
+                    }
+                    Err(refusal) => refusal,
+                },
+                Incoming::Binary(_) => Refusal::new(
+                    ErrorCode::BadJson,
+                    "binary frames are not chat frames: send JSON text",
+                ),
+            }
+        };
+        if let Err(ended) = reader.send(answer.to_frame()) {
+            return ended;
+        }
+    }
+}

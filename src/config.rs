@@ -1,0 +1,265 @@
+//! The command line (see the README's reference): every flag has a default, and a bad flag or
+//! value is one line on stderr and exit status 2, before anything listens.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use log::LevelFilter;
+
+use crate::history::Fsync;
+
+/// The usage line printed by `--help`.
+pub const USAGE: &str = "usage: cyberchat [--host H] [--port P] [--allow-origin O]... [--max-rate N] \
+[--ping-interval S] [--max-connections N] [--data-dir DIR] [--fsync always|never] [--www DIR] \
+[--log-level off|error|warn|info|debug|trace]";
+
+/// Everything the server can be told at start. [`Config::default`] is what `cyberchat` with no
+/// flags runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub host: String,
+    /// 0 picks a free port.
+    pub port: u16,
+    /// Origins allowed to open WebSockets; empty allows every origin.
+    pub allow_origins: Vec<String>,
+    /// Frames a second per chat connection (the bucket holds twice this); 0 turns it off.
+    pub max_rate: u32,
+    pub ping_interval: Duration,
+    /// Open WebSocket connections on both doors.
+    pub max_connections: usize,
+    pub data_dir: Option<PathBuf>,
+    pub fsync: Fsync,
+    /// Where the browser client's files are served from.
+    pub www_dir: PathBuf,
+    pub log_level: LevelFilter,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: "127.0.0.1".into(),
+            port: 1337,
+            allow_origins: Vec::new(),
+            max_rate: 20,
+            ping_interval: Duration::from_secs(30),
+            max_connections: 10_000,
+            data_dir: None,
+            fsync: Fsync::Never,
+            www_dir: default_www_dir(),
+            log_level: LevelFilter::Info,
+        }
+    }
+}
+
+/// `www/` in the working directory when there is one, else the one beside this crate's
+/// sources, so `cargo run` serves the client from any directory.
+fn default_www_dir() -> PathBuf {
+    let local = PathBuf::from("www");
+    if local.join("client.html").is_file() {
+        local
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("www")
+    }
+}
+
+/// What the command line asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Run(Config),
+    Help,
+}
+
+impl Config {
+    /// Parses the arguments (without the program name) and the `PORT` and `CYBERCHAT_LOG`
+    /// environment values.
+    ///
+    /// # Errors
+    /// A one-line message naming the bad flag or value.
+    pub fn parse(
+        args: impl IntoIterator<Item = String>,
+        port_env: Option<&str>,
+        log_env: Option<&str>,
+    ) -> Result<Command, String> {
+        let mut config = Config::default();
+        let mut port_flag = false;
+        if let Some(level) = log_env {
+            config.log_level = parse_level(level).map_err(|e| format!("CYBERCHAT_LOG: {e}"))?;
+        }
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            // Both `--flag value` and `--flag=value`.
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+                _ => (arg.clone(), None),
+            };
+            if flag == "--help" || flag == "-h" {
+                return Ok(Command::Help);
+            }
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| args.next())
+                    .ok_or_else(|| format!("{flag} needs a value"))
+            };
+            match flag.as_str() {
+                "--host" => config.host = non_empty(&flag, value()?)?,
+                "--port" => {
+                    config.port = parse_port(&value()?).map_err(|e| format!("--port: {e}"))?;
+                    port_flag = true;
+                }
+                "--allow-origin" => config.allow_origins.push(non_empty(&flag, value()?)?),
+                "--max-rate" => config.max_rate = parse_number(&flag, &value()?)?,
+                "--ping-interval" => {
+                    let v = value()?;
+                    let secs: f64 = v
+                        .parse()
+                        .ok()
+                        .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+                        .ok_or_else(|| format!("--ping-interval: {v:?} is not a number of seconds between 0 and 86400"))?;
+                    config.ping_interval = Duration::from_secs_f64(secs);
+                }
+                "--max-connections" => {
+                    config.max_connections = parse_number(&flag, &value()?)?;
+                    if config.max_connections == 0 {
+                        return Err("--max-connections: must be at least 1".into());
+                    }
+                }
+                "--data-dir" => config.data_dir = Some(PathBuf::from(non_empty(&flag, value()?)?)),
+                "--fsync" => {
+                    config.fsync = match value()?.as_str() {
+                        "always" => Fsync::Always,
+                        "never" => Fsync::Never,
+                        other => return Err(format!("--fsync: {other:?} is not always or never")),
+                    }
+                }
+                "--www" => config.www_dir = PathBuf::from(non_empty(&flag, value()?)?),
+                "--log-level" => {
+                    config.log_level =
+                        parse_level(&value()?).map_err(|e| format!("--log-level: {e}"))?;
+                }
+                _ => return Err(format!("unknown flag {arg:?} (try --help)")),
+            }
+        }
+        if !port_flag {
+            if let Some(port) = port_env {
+                config.port = parse_port(port).map_err(|e| format!("PORT: {e}"))?;
+            }
+        }
+        Ok(Command::Run(config))
+    }
+}
+
+fn non_empty(flag: &str, value: String) -> Result<String, String> {
+    if value.is_empty() {
+        Err(format!("{flag} needs a non-empty value"))
+    } else {
+        Ok(value)
+    }
+}
+
+fn parse_port(value: &str) -> Result<u16, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a port number (0 to 65535)"))
+}
+
+fn parse_number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{flag}: {value:?} is not a whole number"))
+}
+
+fn parse_level(value: &str) -> Result<LevelFilter, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{value:?} is not one of off, error, warn, info, debug, trace"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], port: Option<&str>) -> Result<Config, String> {
+        match Config::parse(args.iter().map(|s| s.to_string()), port, None)? {
+            Command::Run(config) => Ok(config),
+            Command::Help => Err("help".into()),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = parse(&[], None).unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.max_rate),
+            ("127.0.0.1", 1337, 20)
+        );
+        assert_eq!(c.ping_interval, Duration::from_secs(30));
+        assert_eq!(c.max_connections, 10_000);
+        assert!(c.allow_origins.is_empty() && c.data_dir.is_none());
+    }
+
+    #[test]
+    fn every_flag_is_read() {
+        let c = parse(
+            &[
+                "--host",
+                "0.0.0.0",
+                "--port=0",
+                "--allow-origin",
+                "null",
+                "--allow-origin",
+                "http://a.test",
+                "--max-rate",
+                "0",
+                "--ping-interval",
+                "0.5",
+                "--max-connections",
+                "7",
+                "--data-dir",
+                "/tmp/x",
+                "--fsync",
+                "always",
+                "--log-level",
+                "debug",
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.host, "0.0.0.0");
+        assert_eq!(c.port, 0);
+        assert_eq!(c.allow_origins, ["null", "http://a.test"]);
+        assert_eq!(c.max_rate, 0);
+        assert_eq!(c.ping_interval, Duration::from_millis(500));
+        assert_eq!(c.max_connections, 7);
+        assert_eq!(c.data_dir, Some(PathBuf::from("/tmp/x")));
+        assert_eq!(c.fsync, Fsync::Always);
+        assert_eq!(c.log_level, LevelFilter::Debug);
+    }
+
+    #[test]
+    fn port_flag_wins_over_the_environment() {
+        assert_eq!(parse(&[], Some("8080")).unwrap().port, 8080);
+        assert_eq!(parse(&["--port", "9000"], Some("8080")).unwrap().port, 9000);
+        assert_eq!(parse(&["--port", "9000"], Some("junk")).unwrap().port, 9000);
+        assert!(parse(&[], Some("junk")).unwrap_err().starts_with("PORT"));
+    }
+
+    #[test]
+    fn bad_flags_are_one_line_errors() {
+        for args in [
+            &["--port", "70000"][..],
+            &["--port"],
+            &["--ping-interval", "0"],
+            &["--ping-interval", "nan"],
+            &["--max-rate", "-1"],
+            &["--max-connections", "0"],
+            &["--fsync", "sometimes"],
+            &["--bogus"],
+            &["--log-level", "loud"],
+        ] {
+            let err = parse(args, None).unwrap_err();
+            assert!(!err.contains('\n') && !err.is_empty(), "{args:?}: {err}");
+        }
+        assert_eq!(parse(&["--help"], None).unwrap_err(), "help");
+    }
+}

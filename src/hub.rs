@@ -1,0 +1,972 @@
+//! The hub (tutorial steps 2 to 6): one thread that alone owns every user, channel and
+//! message history, and turns events from connections into frames for their outboxes.
+//!
+//! Because only this thread touches the table, none of it needs a lock, and every client sees
+//! events in the same order. The hub never waits on a socket: it only pushes into
+//! [`Outbox`]es, which never block, and a client whose queue is full is dropped (its channel
+//! gets `left` as usual) rather than waited for.
+//!
+//! [`Hub::handle`] is a plain state machine, so the unit tests below drive it with events and
+//! read what it queued for whom, no sockets involved.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::Instant;
+
+use log::{debug, error, info, warn};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use tungstenite::Bytes;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+use uuid::Uuid;
+
+use crate::history::Store;
+use crate::outbox::{Outbound, Outbox};
+use crate::protocol::{
+    self, ChannelCount, DEFAULT_CHANNEL, ErrorCode, Refusal, Request, ServerFrame, UserRef,
+    UserWithState, WELCOME_TEXT, encode_text, encode_text_json,
+};
+
+/// Messages each channel keeps for late joiners.
+pub const HISTORY_LEN: usize = 100;
+
+/// Identifies one connection for its whole life (the user's uuid is separate: it is public).
+pub type ConnId = u64;
+
+/// Everything a hub can be told. Connections send these over one `mpsc` channel.
+#[derive(Debug)]
+pub enum Event {
+    /// A chat connection finished its handshake; the query's `username` and `channel`, if any.
+    Connect {
+        conn: ConnId,
+        outbox: Outbox,
+        username: Option<String>,
+        channel: Option<String>,
+    },
+    /// A connection on another door (`/echo`): not a user, but it is closed with 1001 on
+    /// shutdown like everyone else.
+    Attach { conn: ConnId, outbox: Outbox },
+    /// A valid request from a chat user.
+    Request { conn: ConnId, request: Request },
+    /// The connection ended, for whatever reason.
+    Disconnect { conn: ConnId },
+    /// Asks for the figures of `GET /stats`.
+    Stats { reply: Sender<Stats> },
+    /// The server is stopping: close every connection with 1001, then stop.
+    Shutdown,
+}
+
+/// The body of `GET /stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub online: usize,
+    pub channels: Vec<ChannelStat>,
+    pub messages: u64,
+    pub uptime_s: u64,
+}
+
+/// One channel's row in [`Stats`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelStat {
+    pub name: String,
+    pub count: usize,
+}
+
+#[derive(Debug)]
+struct User {
+    /// The public id: a uuid v4 in canonical lowercase form.
+    id: String,
+    username: String,
+    channel: String,
+    state: Map<String, Value>,
+    outbox: Outbox,
+}
+
+impl User {
+    fn as_ref(&self) -> UserRef<'_> {
+        UserRef {
+            id: &self.id,
+            username: &self.username,
+        }
+    }
+}
+
+/// A channel's members, each with their outbox so a broadcast needs no lookups.
+#[derive(Debug, Default)]
+struct Channel {
+    members: Vec<(ConnId, Outbox)>,
+}
+
+/// The state machine behind the hub thread. See the module docs.
+#[derive(Debug)]
+pub struct Hub {
+    users: HashMap<ConnId, User>,
+    /// Lowercased username to holder: names are unique without regard to case.
+    names: HashMap<String, ConnId>,
+    /// Channels with members, plus `general` always. Ordered, so lists come out sorted.
+    channels: BTreeMap<String, Channel>,
+    /// Each channel's last messages, as the JSON they were sent as. Kept when a channel empties,
+    /// so that coming back to it (or restarting with `--data-dir`) shows what was said.
+    history: HashMap<String, VecDeque<Box<RawValue>>>,
+    /// Connections on other doors, known only to close them at shutdown.
+    others: HashMap<ConnId, Outbox>,
+    next_message_id: u64,
+    messages: u64,
+    started: Instant,
+    store: Option<Store>,
+    /// Clients whose queue overflowed while handling the current event; dropped right after.
+    overflowed: Vec<ConnId>,
+}
+
+impl Hub {
+    /// A hub with no users; with a [`Store`], its saved histories and next message id.
+    pub fn new(store: Option<Store>) -> Hub {
+        let mut hub = Hub {
+            users: HashMap::new(),
+            names: HashMap::new(),
+            channels: BTreeMap::new(),
+            history: HashMap::new(),
+            others: HashMap::new(),
+            next_message_id: 1,
+            messages: 0,
+            started: Instant::now(),
+            store: None,
+            overflowed: Vec::new(),
+        };
+        hub.channels
+            .insert(DEFAULT_CHANNEL.to_owned(), Channel::default());
+        if let Some(store) = store {
+            for (channel, lines) in store.loaded() {
+                let kept = lines
+                    .iter()
+                    .filter_map(|l| RawValue::from_string(l.clone()).ok());
+                hub.history.insert(channel.clone(), kept.collect());
+            }
+            hub.next_message_id = store.last_id() + 1;
+            hub.store = Some(store);
+        }
+        hub
+    }
+
+    /// Runs the hub until [`Event::Shutdown`] or until every sender is gone.
+    pub fn run(mut self, events: Receiver<Event>) {
+        for event in events {
+            if !self.handle(event) {
+                break;
+            }
+        }
+        debug!("hub stopped");
+    }
+
+    /// Applies one event. Returns `false` once the hub should stop.
+    pub fn handle(&mut self, event: Event) -> bool {
+        match event {
+            Event::Connect {
+                conn,
+                outbox,
+                username,
+                channel,
+            } => self.connect(conn, outbox, username, channel),
+            Event::Attach { conn, outbox } => {
+                self.others.insert(conn, outbox);
+            }
+            Event::Request { conn, request } => self.request(conn, request),
+            Event::Disconnect { conn } => {
+                self.others.remove(&conn);
+                self.remove_user(conn, "disconnected");
+            }
+            Event::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+            Event::Shutdown => {
+                self.shutdown();
+                return false;
+            }
+        }
+        self.drop_overflowed();
+        true
+    }
+
+    /// The figures of `GET /stats`.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            online: self.users.len(),
+            channels: self
+                .channels
+                .iter()
+                .map(|(name, ch)| ChannelStat {
+                    name: name.clone(),
+                    count: ch.members.len(),
+                })
+                .collect(),
+            messages: self.messages,
+            uptime_s: self.started.elapsed().as_secs(),
+        }
+    }
+
+    fn connect(
+        &mut self,
+        conn: ConnId,
+        outbox: Outbox,
+        username: Option<String>,
+        channel: Option<String>,
+    ) {
+        let id = Uuid::new_v4().hyphenated().to_string();
+        // Refusals of the query's values go right after the welcome.
+        let mut refusals = Vec::new();
+        let requested_name = username.filter(|u| !u.trim().is_empty());
+        let username = match requested_name.map(|u| protocol::validate_username(&u)) {
+            Some(Ok(name)) if self.holder_of(&name).is_none() => name,
+            Some(Ok(name)) => {
+                refusals.push(taken(&name));
+                self.guest_name(&id)
+            }
+            Some(Err(refusal)) => {
+                refusals.push(refusal);
+                self.guest_name(&id)
+            }
+            None => self.guest_name(&id),
+        };
+        let requested_channel = channel.filter(|c| !c.is_empty());
+        let channel = match requested_channel.map(|c| protocol::validate_channel(&c)) {
+            Some(Ok(channel)) => channel,
+            Some(Err(refusal)) => {
+                refusals.push(refusal);
+                DEFAULT_CHANNEL.to_owned()
+            }
+            None => DEFAULT_CHANNEL.to_owned(),
+        };
+        info!("{username:?} connected (conn {conn}, id {id}) into #{channel}");
+        self.names.insert(username.to_lowercase(), conn);
+        self.users.insert(
+            conn,
+            User {
+                id,
+                username,
+                channel: channel.clone(),
+                state: Map::new(),
+                outbox,
+            },
+        );
+        let created = self.enter(conn, &channel);
+        self.welcome(conn);
+        for refusal in refusals {
+            self.send_to(conn, refusal.to_frame());
+        }
+        if created {
+            self.broadcast_channels();
+        }
+    }
+
+    fn request(&mut self, conn: ConnId, request: Request) {
+        let Some(user) = self.users.get_mut(&conn) else {
+            return; // already dropped; its last frames are moot
+        };
+        debug!("conn {conn} ({:?}): {request:?}", user.username);
+        match request {
+            Request::Message { text } => self.message(conn, &text),
+            Request::Rename { username } => self.rename(conn, username),
+            Request::Join { channel } => self.join(conn, channel),
+            Request::Typing { typing } => {
+                let frame = encode_text(&ServerFrame::Typing {
+                    channel: &user.channel,
+                    user: user.as_ref(),
+                    typing,
+                });
+                let channel = user.channel.clone();
+                self.broadcast(&channel, &frame, Some(conn));
+            }
+            Request::State { state } => {
+                user.state = state;
+                let frame = encode_text(&ServerFrame::State {
+                    channel: &user.channel,
+                    user: user.as_ref(),
+                    state: &user.state,
+                });
+                let channel = user.channel.clone();
+                self.broadcast(&channel, &frame, Some(conn));
+            }
+            Request::Channels => {
+                let frame = self.channels_frame();
+                self.send_to(conn, frame);
+            }
+        }
+    }
+
+    fn message(&mut self, conn: ConnId, text: &str) {
+        let user = &self.users[&conn];
+        let id = self.next_message_id;
+        let json = ServerFrame::Message {
+            id,
+            channel: &user.channel,
+            user: user.as_ref(),
+            text,
+            ts: protocol::now_ms(),
+        }
+        .to_json();
+        let channel = user.channel.clone();
+        self.next_message_id += 1;
+        self.messages += 1;
+        // On disk before anyone can see it, so a crash never loses a message that was sent.
+        if let Some(store) = &mut self.store {
+            if let Err(err) = store.append(&channel, &json) {
+                error!("could not save message {id} in #{channel}: {err}");
+            }
+        }
+        let frame = encode_text_json(json.as_bytes());
+        let history = self.history.entry(channel.clone()).or_default();
+        if history.len() == HISTORY_LEN {
+            history.pop_front();
+        }
+        history.push_back(RawValue::from_string(json).expect("our own JSON is valid"));
+        self.broadcast(&channel, &frame, None);
+    }
+
+    fn rename(&mut self, conn: ConnId, username: String) {
+        if self
+            .holder_of(&username)
+            .is_some_and(|holder| holder != conn)
+        {
+            self.send_to(conn, taken(&username).to_frame());
+            return;
+        }
+        let user = self.users.get_mut(&conn).expect("caller checked");
+        let old = std::mem::replace(&mut user.username, username);
+        info!("{old:?} renamed to {:?} (conn {conn})", user.username);
+        self.names.remove(&old.to_lowercase());
+        self.names.insert(user.username.to_lowercase(), conn);
+        let frame = encode_text(&ServerFrame::Renamed {
+            channel: &user.channel,
+            user: user.as_ref(),
+            old: &old,
+            text: format!("{old} is now known as {}", user.username),
+        });
+        let channel = user.channel.clone();
+        self.broadcast(&channel, &frame, None);
+    }
+
+    fn join(&mut self, conn: ConnId, channel: String) {
+        let user = self.users.get_mut(&conn).expect("caller checked");
+        if user.channel == channel {
+            self.welcome(conn);
+            return;
+        }
+        info!(
+            "{:?} moved from #{} to #{channel}",
+            user.username, user.channel
+        );
+        let old = std::mem::replace(&mut user.channel, channel.clone());
+        let removed = self.leave(conn, &old);
+        let created = self.enter(conn, &channel);
+        self.welcome(conn);
+        if removed || created {
+            self.broadcast_channels();
+        }
+    }
+
+    /// Adds a user to their channel's members and tells the others. Returns whether the
+    /// channel was created.
+    fn enter(&mut self, conn: ConnId, channel: &str) -> bool {
+        let user = &self.users[&conn];
+        let created = !self.channels.contains_key(channel);
+        let members = &mut self.channels.entry(channel.to_owned()).or_default().members;
+        members.push((conn, user.outbox.clone()));
+        let frame = encode_text(&ServerFrame::Joined {
+            channel,
+            user: user.as_ref(),
+            count: members.len(),
+            text: format!("{} has joined the chat", user.username),
+        });
+        self.broadcast(channel, &frame, Some(conn));
+        created
+    }
+
+    /// Takes a user out of `channel`'s members and tells those left. Returns whether the
+    /// channel, now empty, was removed. The user must still be in `users`.
+    fn leave(&mut self, conn: ConnId, channel: &str) -> bool {
+        let Some(ch) = self.channels.get_mut(channel) else {
+            return false;
+        };
+        if let Some(pos) = ch.members.iter().position(|(c, _)| *c == conn) {
+            ch.members.swap_remove(pos);
+        }
+        if ch.members.is_empty() && channel != DEFAULT_CHANNEL {
+            self.channels.remove(channel);
+            return true;
+        }
+        let user = &self.users[&conn];
+        let frame = encode_text(&ServerFrame::Left {
+            channel,
+            user: user.as_ref(),
+            count: ch.members.len(),
+            text: format!("{} has left the chat", user.username),
+        });
+        self.broadcast(channel, &frame, Some(conn));
+        false
+    }
+
+    fn remove_user(&mut self, conn: ConnId, why: &str) {
+        if !self.users.contains_key(&conn) {
+            return;
+        }
+        let channel = self.users[&conn].channel.clone();
+        let removed = self.leave(conn, &channel);
+        let user = self.users.remove(&conn).expect("checked above");
+        self.names.remove(&user.username.to_lowercase());
+        info!("{:?} left (conn {conn}): {why}", user.username);
+        if removed {
+            self.broadcast_channels();
+        }
+    }
+
+    fn welcome(&mut self, conn: ConnId) {
+        let user = &self.users[&conn];
+        let members = &self.channels[&user.channel].members;
+        let users = members
+            .iter()
+            .map(|(c, _)| {
+                let u = &self.users[c];
+                UserWithState {
+                    id: &u.id,
+                    username: &u.username,
+                    state: &u.state,
+                }
+            })
+            .collect();
+        let history = self
+            .history
+            .get(&user.channel)
+            .map(|h| h.iter().map(AsRef::as_ref).collect())
+            .unwrap_or_default();
+        let frame = encode_text(&ServerFrame::Welcome {
+            text: WELCOME_TEXT,
+            user: user.as_ref(),
+            channel: &user.channel,
+            users,
+            history,
+            online: self.users.len(),
+        });
+        self.send_to(conn, frame);
+    }
+
+    fn channels_frame(&self) -> Bytes {
+        let channels = self
+            .channels
+            .iter()
+            .map(|(name, ch)| ChannelCount {
+                name,
+                count: ch.members.len(),
+            })
+            .collect();
+        encode_text(&ServerFrame::Channels {
+            channels,
+            online: self.users.len(),
+        })
+    }
+
+    /// Tells everyone on the server the channel list changed.
+    fn broadcast_channels(&mut self) {
+        let frame = self.channels_frame();
+        for (conn, user) in &self.users {
+            if user.outbox.send(frame.clone()).is_err() {
+                self.overflowed.push(*conn);
+            }
+        }
+    }
+
+    /// Queues one encoded frame for every member of `channel` (but `except`).
+    fn broadcast(&mut self, channel: &str, frame: &Bytes, except: Option<ConnId>) {
+        let Some(ch) = self.channels.get(channel) else {
+            return;
+        };
+        for (conn, outbox) in &ch.members {
+            if Some(*conn) != except && outbox.send(frame.clone()).is_err() {
+                self.overflowed.push(*conn);
+            }
+        }
+    }
+
+    fn send_to(&mut self, conn: ConnId, frame: Bytes) {
+        if let Some(user) = self.users.get(&conn) {
+            if user.outbox.send(frame).is_err() {
+                self.overflowed.push(conn);
+            }
+        }
+    }
+
+    /// Drops every client whose queue overflowed. Telling their channels may overflow others,
+    /// hence the loop.
+    fn drop_overflowed(&mut self) {
+        while let Some(conn) = self.overflowed.pop() {
+            if let Some(user) = self.users.get(&conn) {
+                warn!(
+                    "dropping {:?} (conn {conn}): {} frames queued, it is not reading",
+                    user.username,
+                    user.outbox.queued()
+                );
+                user.outbox.cut_off();
+                self.remove_user(conn, "too slow to read");
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        info!(
+            "closing {} chat and {} echo connections",
+            self.users.len(),
+            self.others.len()
+        );
+        let going_away = || {
+            Outbound::Close(Some(CloseFrame {
+                code: CloseCode::Away,
+                reason: "server shutting down".into(),
+            }))
+        };
+        let outboxes = self.users.values().map(|u| &u.outbox);
+        for outbox in outboxes.chain(self.others.values()) {
+            if outbox.push(going_away()).is_err() {
+                outbox.cut_off();
+            }
+        }
+    }
+
+    fn holder_of(&self, username: &str) -> Option<ConnId> {
+        self.names.get(&username.to_lowercase()).copied()
+    }
+
+    /// `guest-` and the first four hex digits of the user's id, more if those are taken.
+    fn guest_name(&self, id: &str) -> String {
+        let hex: String = id.chars().filter(|c| *c != '-').collect();
+        (4..=hex.len())
+            .map(|n| format!("guest-{}", &hex[..n]))
+            .find(|name| self.holder_of(name).is_none())
+            .unwrap_or_else(|| format!("guest-{hex}-{}", self.users.len()))
+    }
+}
+
+fn taken(username: &str) -> Refusal {
+    Refusal::new(
+        ErrorCode::UsernameTaken,
+        format!("the username {username:?} is taken"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Inbox, MAX_QUEUED, outbox};
+    use std::sync::mpsc;
+
+    /// A fake client: what the hub queued for it, decoded back to JSON.
+    struct Client {
+        conn: ConnId,
+        inbox: Inbox,
+    }
+
+    impl Client {
+        /// Every frame queued so far, as JSON values; like a writer, it makes room in the queue.
+        fn frames(&self) -> Vec<Value> {
+            std::iter::from_fn(|| self.inbox.try_recv())
+                .inspect(|_| self.inbox.done(1))
+                .map(|item| match item {
+                    Outbound::Frame(bytes) => decode(&bytes),
+                    Outbound::Close(close) => {
+                        serde_json::json!({ "close": close.map(|c| u16::from(c.code)) })
+                    }
+                })
+                .collect()
+        }
+
+        fn types(&self) -> Vec<String> {
+            self.frames()
+                .iter()
+                .map(|f| f["type"].as_str().unwrap_or("close").to_owned())
+                .collect()
+        }
+    }
+
+    /// The JSON payload of an encoded (short or medium) server text frame.
+    fn decode(bytes: &[u8]) -> Value {
+        assert_eq!(bytes[0], 0x81, "a final text frame");
+        let (len, start) = match bytes[1] {
+            126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (n as usize, 2),
+        };
+        assert_eq!(bytes.len(), start + len);
+        serde_json::from_slice(&bytes[start..]).unwrap()
+    }
+
+    struct Harness {
+        hub: Hub,
+        next: ConnId,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Harness {
+                hub: Hub::new(None),
+                next: 1,
+            }
+        }
+
+        fn connect(&mut self, username: Option<&str>, channel: Option<&str>) -> Client {
+            let (outbox, inbox) = outbox(None);
+            let conn = self.next;
+            self.next += 1;
+            self.hub.handle(Event::Connect {
+                conn,
+                outbox,
+                username: username.map(str::to_owned),
+                channel: channel.map(str::to_owned),
+            });
+            Client { conn, inbox }
+        }
+
+        fn send(&mut self, client: &Client, json: &str) {
+            match protocol::parse_request(json) {
+                Ok(request) => {
+                    self.hub.handle(Event::Request {
+                        conn: client.conn,
+                        request,
+                    });
+                }
+                Err(refusal) => panic!("test sent an invalid request {json}: {refusal:?}"),
+            }
+        }
+
+        fn leave(&mut self, client: &Client) {
+            self.hub.handle(Event::Disconnect { conn: client.conn });
+        }
+    }
+
+    #[test]
+    fn step3_welcome_names_the_user_and_channel() {
+        let mut h = Harness::new();
+        let alex = h.connect(Some("Alex"), None);
+        let frames = alex.frames();
+        let welcome = &frames[0];
+        assert_eq!(welcome["type"], "welcome");
+        assert_eq!(welcome["text"], "Welcome to Cyber Chat");
+        assert_eq!(welcome["user"]["username"], "Alex");
+        let id = welcome["user"]["id"].as_str().unwrap();
+        assert_eq!(Uuid::parse_str(id).unwrap().get_version_num(), 4);
+        assert_eq!(id, id.to_lowercase());
+        assert_eq!(welcome["channel"], "general");
+        assert_eq!(welcome["online"], 1);
+        assert_eq!(welcome["users"][0]["state"], serde_json::json!({}));
+        assert_eq!(welcome["history"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn step3_guests_get_hex_names_and_bad_names_an_error() {
+        let mut h = Harness::new();
+        let guest = h.connect(None, None);
+        let frames = guest.frames();
+        let name = frames[0]["user"]["username"].as_str().unwrap().to_owned();
+        let id = frames[0]["user"]["id"].as_str().unwrap();
+        assert_eq!(name, format!("guest-{}", &id[..4]));
+        assert_eq!(frames.len(), 1, "no error for a user who gave no name");
+
+        let bad = h.connect(Some("bad\nname"), None);
+        let frames = bad.frames();
+        assert!(
+            frames[0]["user"]["username"]
+                .as_str()
+                .unwrap()
+                .starts_with("guest-")
+        );
+        assert_eq!(frames[1]["code"], "invalid_username");
+
+        h.connect(Some("Alex"), None);
+        let twin = h.connect(Some("ALEX"), None);
+        let frames = twin.frames();
+        assert!(
+            frames[0]["user"]["username"]
+                .as_str()
+                .unwrap()
+                .starts_with("guest-")
+        );
+        assert_eq!(frames[1]["code"], "username_taken");
+    }
+
+    #[test]
+    fn step3_guest_names_grow_when_taken() {
+        let mut h = Harness::new();
+        // Take every name a guest could get by renaming a user to its four-digit guest name.
+        let squatter = h.connect(Some("squatter"), None);
+        let id = "abcdef01-2345-4678-9abc-def012345678";
+        h.send(&squatter, r#"{"type":"username","username":"guest-abcd"}"#);
+        assert_eq!(h.hub.guest_name(id), "guest-abcde");
+    }
+
+    #[test]
+    fn step3_rename_is_unique_without_regard_to_case() {
+        let mut h = Harness::new();
+        let alex = h.connect(Some("Alex"), None);
+        let bob = h.connect(Some("Bob"), None);
+        alex.frames();
+        bob.frames();
+        h.send(&bob, r#"{"type":"username","username":"aLeX"}"#);
+        let frames = bob.frames();
+        assert_eq!(frames[0]["type"], "error");
+        assert_eq!(frames[0]["code"], "username_taken");
+        assert!(
+            alex.frames().is_empty(),
+            "a refused rename tells nobody else"
+        );
+
+        // Another case of your own name is fine, and is announced to the channel.
+        h.send(&alex, r#"{"type":"username","username":"ALEX"}"#);
+        for client in [&alex, &bob] {
+            let renamed = &client.frames()[0];
+            assert_eq!(renamed["type"], "renamed");
+            assert_eq!(renamed["user"]["username"], "ALEX");
+            assert_eq!(renamed["old"], "Alex");
+            assert_eq!(renamed["text"], "Alex is now known as ALEX");
+        }
+        // The old name is free again once renamed away.
+        h.send(&alex, r#"{"type":"username","username":"Alexandra"}"#);
+        h.send(&bob, r#"{"type":"username","username":"alex"}"#);
+        assert_eq!(bob.frames().last().unwrap()["type"], "renamed");
+    }
+
+    #[test]
+    fn step4_presence_joined_and_left_with_counts() {
+        let mut h = Harness::new();
+        let alex = h.connect(Some("Alex"), None);
+        alex.frames();
+        let bob = h.connect(Some("Bob"), None);
+        let joined = &alex.frames()[0];
+        assert_eq!(joined["type"], "joined");
+        assert_eq!(joined["user"]["username"], "Bob");
+        assert_eq!(joined["count"], 2);
+        assert_eq!(joined["text"], "Bob has joined the chat");
+        let welcome = &bob.frames()[0];
+        assert_eq!(welcome["users"].as_array().unwrap().len(), 2);
+        assert_eq!(welcome["online"], 2);
+
+        h.leave(&bob);
+        let left = &alex.frames()[0];
+        assert_eq!(left["type"], "left");
+        assert_eq!(left["count"], 1);
+        assert_eq!(left["text"], "Bob has left the chat");
+        assert_eq!(h.hub.stats().online, 1);
+    }
+
+    #[test]
+    fn step2_messages_reach_the_whole_channel_with_increasing_ids() {
+        let mut h = Harness::new();
+        let alex = h.connect(Some("Alex"), None);
+        let bob = h.connect(Some("Bob"), None);
+        let other = h.connect(Some("Carol"), Some("elsewhere"));
+        alex.frames();
+        bob.frames();
+        other.frames();
+        h.send(&alex, r#"{"type":"message","text":"  hello  "}"#);
+        h.send(&bob, r#"{"type":"message","text":"hi"}"#);
+        let seen = alex.frames();
+        assert_eq!(seen, bob.frames(), "sender included, same frames for all");
+        assert_eq!(seen[0]["text"], "hello");
+        assert_eq!(seen[0]["user"]["username"], "Alex");
+        assert_eq!(seen[0]["channel"], "general");
+        assert!(seen[0]["ts"].as_u64().unwrap() > 1_600_000_000_000);
+        assert!(seen[1]["id"].as_u64() > seen[0]["id"].as_u64());
+        assert!(other.frames().is_empty(), "other channels hear nothing");
+        assert_eq!(h.hub.stats().messages, 2);
+    }
+
+    #[test]
+    fn step5_history_keeps_the_last_hundred_in_order() {
+        let mut h = Harness::new();
+        let alex = h.connect(Some("Alex"), None);
+        for i in 0..105 {
+            h.send(&alex, &format!(r#"{{"type":"message","text":"m{i}"}}"#));
+        }
+        let late = h.connect(Some("Late"), None);
+        let history = late.frames()[0]["history"].as_array().unwrap().clone();
+        assert_eq!(history.len(), 100);
+        assert_eq!(history[0]["text"], "m5");
+        assert_eq!(history[99]["text"], "m104");
+        assert_eq!(history[99]["type"], "message");
+        let ids: Vec<u64> = history.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn step5_join_moves_between_channels() {
+        let mut h = Harness::new();
+        let alex = h.connect(Some("Alex"), None);
+        let bob = h.connect(Some("Bob"), None);
+        let carol = h.connect(Some("Carol"), Some("Rust"));
+        assert_eq!(carol.frames()[0]["channel"], "rust");
+        alex.frames();
+        bob.frames();
+
+        h.send(&alex, r#"{"type":"join","channel":"RUST"}"#);
+        let alex_sees = alex.frames();
+        assert_eq!(alex_sees[0]["type"], "welcome");
+        assert_eq!(alex_sees[0]["channel"], "rust");
+        assert_eq!(alex_sees[0]["users"].as_array().unwrap().len(), 2);
+        let left = &bob.frames()[0];
+        assert_eq!(
+            (left["type"].as_str(), left["channel"].as_str()),
+            (Some("left"), Some("general"))
+        );
+        let joined = &carol.frames()[0];
+        assert_eq!(
+            (joined["type"].as_str(), joined["count"].as_u64()),
+            (Some("joined"), Some(2))
+        );
+
+        // A new channel is announced to everyone, the one who created it too.
+        h.send(&bob, r#"{"type":"join","channel":"new-one"}"#);
+        assert_eq!(bob.types(), ["welcome", "channels"]);
+        let channels = &alex.frames()[0];
+        assert_eq!(channels["type"], "channels");
+        let names: Vec<&str> = channels["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["general", "new-one", "rust"],
+            "general stays even when empty"
+        );
+
+        // The last one out removes a channel, and everyone hears it.
+        h.leave(&bob);
+        let names = alex.frames()[0]["channels"].as_array().unwrap().len();
+        assert_eq!(names, 2);
+    }
+
+    #[test]
+    fn step5_invalid_query_channel_starts_in_general_with_an_error() {
+        let mut h = Harness::new();
+        let c = h.connect(Some("Alex"), Some("no spaces allowed"));
+        let frames = c.frames();
+        assert_eq!(frames[0]["channel"], "general");
+        assert_eq!(frames[1]["code"], "invalid_channel");
+    }
+
+    #[test]
+    fn step6_state_is_shared_kept_across_join_and_shown_in_welcome() {
+        let mut h = Harness::new();
+        let alex = h.connect(Some("Alex"), None);
+        let bob = h.connect(Some("Bob"), None);
+        alex.frames();
+        bob.frames();
+        h.send(&alex, r#"{"type":"state","state":{"x":0.5,"y":0.25}}"#);
+        assert!(alex.frames().is_empty(), "not echoed to the sender");
+        let state = &bob.frames()[0];
+        assert_eq!(state["type"], "state");
+        assert_eq!(state["state"]["x"], 0.5);
+        h.send(&alex, r#"{"type":"join","channel":"elsewhere"}"#);
+        h.send(&bob, r#"{"type":"join","channel":"elsewhere"}"#);
+        let welcome = bob
+            .frames()
+            .into_iter()
+            .find(|f| f["type"] == "welcome")
+            .unwrap();
+        let alex_row = welcome["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["username"] == "Alex")
+            .unwrap()
+            .clone();
+        assert_eq!(alex_row["state"]["y"], 0.25);
+    }
+
+    #[test]
+    fn step4_typing_goes_to_the_others_only() {
+        let mut h = Harness::new();
+        let alex = h.connect(Some("Alex"), None);
+        let bob = h.connect(Some("Bob"), None);
+        alex.frames();
+        bob.frames();
+        h.send(&alex, r#"{"type":"typing","typing":true}"#);
+        assert!(alex.frames().is_empty());
+        let typing = &bob.frames()[0];
+        assert_eq!(
+            (typing["type"].as_str(), typing["typing"].as_bool()),
+            (Some("typing"), Some(true))
+        );
+        assert_eq!(typing["user"]["username"], "Alex");
+    }
+
+    #[test]
+    fn step5_channels_request_lists_counts_and_online() {
+        let mut h = Harness::new();
+        let alex = h.connect(Some("Alex"), None);
+        h.connect(Some("Bob"), Some("rust"));
+        alex.frames();
+        h.send(&alex, r#"{"type":"channels"}"#);
+        let frame = &alex.frames()[0];
+        assert_eq!(frame["online"], 2);
+        assert_eq!(
+            frame["channels"],
+            serde_json::json!([{"name":"general","count":1},{"name":"rust","count":1}])
+        );
+    }
+
+    #[test]
+    fn step2_a_slow_reader_is_dropped_and_the_channel_told() {
+        let mut h = Harness::new();
+        let slow = h.connect(Some("Slow"), None);
+        let alex = h.connect(Some("Alex"), None);
+        // Slow never reads; Alex keeps up.
+        alex.frames();
+        let mut alex_seen = Vec::new();
+        for i in 0..MAX_QUEUED + 5 {
+            h.send(&alex, &format!(r#"{{"type":"message","text":"{i}"}}"#));
+            alex_seen.extend(alex.frames());
+        }
+        assert!(slow.inbox.try_recv().is_some(), "it had frames queued");
+        assert_eq!(h.hub.stats().online, 1, "the slow reader is gone");
+        // Alex got every message, and the `left` for Slow in between.
+        let messages = alex_seen.iter().filter(|f| f["type"] == "message").count();
+        assert_eq!(messages, MAX_QUEUED + 5);
+        let left: Vec<_> = alex_seen.iter().filter(|f| f["type"] == "left").collect();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0]["user"]["username"], "Slow");
+    }
+
+    #[test]
+    fn step7_shutdown_closes_everyone_with_1001() {
+        let mut h = Harness::new();
+        let alex = h.connect(Some("Alex"), None);
+        let (outbox, echo_inbox) = outbox(None);
+        h.hub.handle(Event::Attach { conn: 99, outbox });
+        alex.frames();
+        assert!(!h.hub.handle(Event::Shutdown));
+        assert_eq!(alex.frames()[0]["close"], 1001);
+        assert!(
+            matches!(echo_inbox.try_recv(), Some(Outbound::Close(Some(c))) if c.code == CloseCode::Away)
+        );
+    }
+
+    #[test]
+    fn stats_reply_through_a_channel() {
+        let mut h = Harness::new();
+        h.connect(Some("Alex"), None);
+        let (tx, rx) = mpsc::channel();
+        h.hub.handle(Event::Stats { reply: tx });
+        let stats = rx.recv().unwrap();
+        assert_eq!(stats.online, 1);
+        assert_eq!(
+            stats.channels,
+            [ChannelStat {
+                name: "general".into(),
+                count: 1
+            }]
+        );
+    }
+}

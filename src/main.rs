@@ -1,0 +1,60 @@
+//! `cyberchat`: runs the server until Ctrl-C or SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::mpsc;
+
+use cyberchat::config::USAGE;
+use cyberchat::{Command, Config, Server};
+use log::{error, info};
+use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
+
+fn main() -> ExitCode {
+    let port_env = std::env::var("PORT").ok();
+    let log_env = std::env::var("CYBERCHAT_LOG").ok();
+    let config = match Config::parse(
+        std::env::args().skip(1),
+        port_env.as_deref(),
+        log_env.as_deref(),
+    ) {
+        Ok(Command::Run(config)) => config,
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("cyberchat: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let log_config = ConfigBuilder::new()
+        .set_thread_level(log::LevelFilter::Off)
+        .set_target_level(log::LevelFilter::Off)
+        .build();
+    // Logs go to stderr; a failure here only means a logger was already set.
+    let _ = TermLogger::init(
+        config.log_level,
+        log_config,
+        TerminalMode::Stderr,
+        ColorChoice::Auto,
+    );
+
+    let (stop_tx, stop_rx) = mpsc::channel();
+    if let Err(err) = ctrlc::set_handler(move || {
+        let _ = stop_tx.send(());
+    }) {
+        error!("cannot catch Ctrl-C/SIGTERM: {err}");
+        return ExitCode::FAILURE;
+    }
+    let server = match Server::bind(config) {
+        Ok(server) => server,
+        Err(err) => {
+            error!("cannot start: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = server.local_addr();
+    info!("open www/client.html in a browser, or http://{addr}/ (Ctrl-C stops)");
+    let _ = stop_rx.recv();
+    server.shutdown();
+    ExitCode::SUCCESS
+}
