@@ -8,6 +8,11 @@ use crate::connection::{Ended, Incoming, Reader, TokenBucket};
 use crate::hub::{ConnId, Event};
 use crate::protocol::{self, ErrorCode, Refusal};
 
+/// With the `fault-injection` feature (tests only), this text makes the connection's thread
+/// panic, to show that one connection's panic harms nobody else.
+#[cfg(feature = "fault-injection")]
+pub const FAULT_PANIC: &str = "{\"type\":\"__panic\"}";
+
 /// Reads requests until the connection ends; returns why.
 pub fn serve(reader: &mut Reader, conn: ConnId, hub: &Sender<Event>, max_rate: u32) -> Ended {
     let mut bucket = TokenBucket::new(max_rate);
@@ -21,6 +26,10 @@ pub fn serve(reader: &mut Reader, conn: ConnId, hub: &Sender<Event>, max_rate: u
         } else {
             match incoming {
                 Incoming::Text(text) => match protocol::parse_request(&text) {
+                    #[cfg(feature = "fault-injection")]
+                    Err(_) if text.as_str() == FAULT_PANIC => {
+                        panic!("fault injection: {FAULT_PANIC}")
+                    }
                     Ok(request) => {
                         if hub.send(Event::Request { conn, request }).is_err() {
                             return Ended::ServerStopping;

@@ -206,6 +206,74 @@ impl Hub {
         }
     }
 
+    /// Checks the table's invariants: each user in exactly one channel, counts and names
+    /// consistent, names unique without regard to case, no empty channel but `general`,
+    /// histories at most [`HISTORY_LEN`] long with increasing ids. For tests and debugging.
+    ///
+    /// # Errors
+    /// A description of the first broken invariant.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if !self.channels.contains_key(DEFAULT_CHANNEL) {
+            return Err("general is missing".into());
+        }
+        let mut seen = 0;
+        for (name, channel) in &self.channels {
+            if channel.members.is_empty() && name != DEFAULT_CHANNEL {
+                return Err(format!("empty channel #{name} was kept"));
+            }
+            for (conn, _) in &channel.members {
+                match self.users.get(conn) {
+                    Some(user) if user.channel == *name => seen += 1,
+                    Some(user) => {
+                        return Err(format!(
+                            "conn {conn} listed in #{name} but is in #{}",
+                            user.channel
+                        ));
+                    }
+                    None => return Err(format!("conn {conn} in #{name} is not a user")),
+                }
+            }
+        }
+        if seen != self.users.len() {
+            return Err(format!(
+                "{} memberships for {} users",
+                seen,
+                self.users.len()
+            ));
+        }
+        if self.names.len() != self.users.len() {
+            return Err(format!(
+                "{} names for {} users",
+                self.names.len(),
+                self.users.len()
+            ));
+        }
+        for (conn, user) in &self.users {
+            if self.names.get(&user.username.to_lowercase()) != Some(conn) {
+                return Err(format!(
+                    "{:?} is not registered to conn {conn}",
+                    user.username
+                ));
+            }
+        }
+        for (name, history) in &self.history {
+            if history.len() > HISTORY_LEN {
+                return Err(format!("#{name} keeps {} messages", history.len()));
+            }
+            let ids: Vec<u64> = history
+                .iter()
+                .filter_map(|m| serde_json::from_str::<Value>(m.get()).ok()?["id"].as_u64())
+                .collect();
+            if ids.len() != history.len() || ids.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(format!("#{name}'s history is not in increasing id order"));
+            }
+            if ids.last().is_some_and(|last| *last >= self.next_message_id) {
+                return Err(format!("#{name} holds an id not yet given out"));
+            }
+        }
+        Ok(())
+    }
+
     fn connect(
         &mut self,
         conn: ConnId,

@@ -1,0 +1,203 @@
+//! Helpers shared by the integration tests: a real server on port 0 in this process, and a
+//! blocking tungstenite client whose every wait has a deadline.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use cyberchat::{Config, Server};
+use serde_json::Value;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, WebSocket};
+
+/// How long any single expectation may take before the test fails. Generous: CI is noisy.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Starts a server on a free port with the given changes to the default config.
+pub fn start(configure: impl FnOnce(&mut Config)) -> Server {
+    let mut config = Config {
+        port: 0,
+        ..Config::default()
+    };
+    configure(&mut config);
+    Server::bind(config).expect("server starts")
+}
+
+/// A chat or echo client.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+}
+
+/// Connects to `ws://addr{path_and_query}`.
+pub fn connect(addr: SocketAddr, path_and_query: &str) -> Client {
+    try_connect(addr, path_and_query, &[]).expect("handshake succeeds")
+}
+
+/// Connects with extra request headers; the error carries the HTTP status on refusal.
+pub fn try_connect(
+    addr: SocketAddr,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> Result<Client, tungstenite::Error> {
+    let mut request = format!("ws://{addr}{path_and_query}").into_client_request()?;
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    let stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(DEADLINE))?;
+    let (ws, _) = tungstenite::client(request, stream).map_err(|e| match e {
+        tungstenite::HandshakeError::Failure(e) => e,
+        tungstenite::HandshakeError::Interrupted(_) => panic!("blocking handshake interrupted"),
+    })?;
+    Ok(Client { ws })
+}
+
+/// The HTTP status of a refused handshake.
+pub fn refusal_status(result: Result<Client, tungstenite::Error>) -> u16 {
+    match result {
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("expected an HTTP refusal, got {other:?}"),
+        Ok(_) => panic!("expected an HTTP refusal, the handshake succeeded"),
+    }
+}
+
+impl Client {
+    /// Connects a chat user named `name` to `channel` (or general).
+    pub fn chat(addr: SocketAddr, name: &str) -> Client {
+        let mut client = connect(addr, &format!("/?username={name}"));
+        let welcome = client.recv_type("welcome");
+        assert_eq!(welcome["user"]["username"], name);
+        client
+    }
+
+    /// Sends a JSON value as a text frame.
+    pub fn send(&mut self, value: Value) {
+        self.ws
+            .send(Message::text(value.to_string()))
+            .expect("send");
+    }
+
+    /// Sends a raw text frame.
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("send");
+    }
+
+    /// The next data message (pings are answered by tungstenite on the way).
+    pub fn next_message(&mut self) -> Message {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            assert!(Instant::now() < deadline, "no message within {DEADLINE:?}");
+            match self.ws.read().expect("read a message") {
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// The next chat frame as JSON.
+    pub fn recv(&mut self) -> Value {
+        match self.next_message() {
+            Message::Text(text) => serde_json::from_str(&text).expect("frames are JSON"),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Skips frames until one of type `kind` arrives.
+    pub fn recv_type(&mut self, kind: &str) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no {kind} frame within {DEADLINE:?}"
+            );
+            let frame = self.recv();
+            if frame["type"] == kind {
+                return frame;
+            }
+        }
+    }
+
+    /// Sends `{"type":"message","text":text}` and waits for it to come back.
+    pub fn say(&mut self, text: &str) -> Value {
+        self.send(serde_json::json!({"type": "message", "text": text}));
+        loop {
+            let frame = self.recv_type("message");
+            if frame["text"] == text.trim() {
+                return frame;
+            }
+        }
+    }
+
+    /// Reads until the server's close frame and returns it (`None`: closed without one).
+    pub fn expect_close(&mut self) -> Option<CloseFrame> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            assert!(Instant::now() < deadline, "not closed within {DEADLINE:?}");
+            match self.ws.read() {
+                Ok(Message::Close(frame)) => return frame,
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Reads until the connection ends, returning the close code if the server sent one.
+    pub fn close_code(&mut self) -> Option<u16> {
+        self.expect_close().map(|f| u16::from(f.code))
+    }
+}
+
+/// Sends raw bytes and returns everything the server answers until it closes.
+pub fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE * 2)).unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// `GET path` and the answer's status and body.
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let answer = raw_http(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    );
+    status_and_body(&answer)
+}
+
+/// Splits an HTTP answer into status and body.
+pub fn status_and_body(answer: &str) -> (u16, String) {
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// `GET /stats` as JSON.
+pub fn stats(addr: SocketAddr) -> Value {
+    let (status, body) = get(addr, "/stats");
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Polls `check` until it holds or the deadline passes (for server-side state with no event
+/// to wait on, such as `/stats` after a disconnect).
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {DEADLINE:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
