@@ -17,7 +17,7 @@ pub const FAULT_PANIC: &str = "{\"type\":\"__panic\"}";
 pub fn serve(reader: &mut Reader, conn: ConnId, hub: &Sender<Event>, max_rate: u32) -> Ended {
     let mut bucket = TokenBucket::new(max_rate);
     loop {
-        let incoming = match reader.next() {
+        let incoming = match reader.next_message() {
             Ok(incoming) => incoming,
             Err(ended) => return ended,
         };

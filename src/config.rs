@@ -140,10 +140,8 @@ impl Config {
                 _ => return Err(format!("unknown flag {arg:?} (try --help)")),
             }
         }
-        if !port_flag {
-            if let Some(port) = port_env {
-                config.port = parse_port(port).map_err(|e| format!("PORT: {e}"))?;
-            }
+        if let Some(port) = port_env.filter(|_| !port_flag) {
+            config.port = parse_port(port).map_err(|e| format!("PORT: {e}"))?;
         }
         Ok(Command::Run(config))
     }

@@ -166,7 +166,7 @@ impl Reader {
     ///
     /// # Errors
     /// Why the connection is over.
-    pub fn next(&mut self) -> Result<Incoming, Ended> {
+    pub fn next_message(&mut self) -> Result<Incoming, Ended> {
         loop {
             match self.context.read(&mut ReadOnly(&self.socket)) {
                 Ok(Message::Text(text)) => return Ok(Incoming::Text(text)),

@@ -21,7 +21,7 @@ pub fn serve(reader: &mut Reader) -> Ended {
         return ended;
     }
     loop {
-        let answer = match reader.next() {
+        let answer = match reader.next_message() {
             Ok(Incoming::Text(text)) => encode_text_json(reply_to(&text).as_bytes()),
             Ok(Incoming::Binary(data)) => binary_frame(&data),
             Err(ended) => return ended,

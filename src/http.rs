@@ -251,10 +251,14 @@ pub fn accept_upgrade(request: &Request, door: Door, config: &Config) -> Result<
     if !is_websocket_key(key) {
         return Err(refuse(400, "Sec-WebSocket-Key must be base64 of 16 bytes"));
     }
-    if let Some(origin) = request.header("Origin") {
-        if !config.allow_origins.is_empty() && !config.allow_origins.iter().any(|o| o == origin) {
-            return Err(refuse(403, "origin not allowed"));
-        }
+    let allowed = |origin: &str| {
+        config.allow_origins.is_empty() || config.allow_origins.iter().any(|o| o == origin)
+    };
+    if request
+        .header("Origin")
+        .is_some_and(|origin| !allowed(origin))
+    {
+        return Err(refuse(403, "origin not allowed"));
     }
     let offered: Vec<&str> = request.tokens("Sec-WebSocket-Protocol").collect();
     let protocol = door.subprotocol();

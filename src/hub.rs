@@ -378,10 +378,12 @@ impl Hub {
         self.next_message_id += 1;
         self.messages += 1;
         // On disk before anyone can see it, so a crash never loses a message that was sent.
-        if let Some(store) = &mut self.store {
-            if let Err(err) = store.append(&channel, &json) {
-                error!("could not save message {id} in #{channel}: {err}");
-            }
+        if let Some(Err(err)) = self
+            .store
+            .as_mut()
+            .map(|store| store.append(&channel, &json))
+        {
+            error!("could not save message {id} in #{channel}: {err}");
         }
         let frame = encode_text_json(json.as_bytes());
         let history = self.history.entry(channel.clone()).or_default();
@@ -557,10 +559,12 @@ impl Hub {
     }
 
     fn send_to(&mut self, conn: ConnId, frame: Bytes) {
-        if let Some(user) = self.users.get(&conn) {
-            if user.outbox.send(frame).is_err() {
-                self.overflowed.push(conn);
-            }
+        if self
+            .users
+            .get(&conn)
+            .is_some_and(|user| user.outbox.send(frame).is_err())
+        {
+            self.overflowed.push(conn);
         }
     }
 

@@ -1,0 +1,536 @@
+// End-to-end test of the Cyber Chat browser client, in a real (headless) Chromium.
+//
+// Run by tests/browser.rs, which starts the server and passes its address:
+//   CYBERCHAT_URL=ws://127.0.0.1:PORT/ node tests/e2e/e2e.mjs
+// The pages load www/client.html FROM DISK (file://), exactly as a person who double-clicks it.
+//
+// Talking to the runner (stdout/stdin, one line each):
+//   we print STOP_SERVER   and wait for SERVER_STOPPED
+//   we print START_SERVER  and wait for SERVER_STARTED
+// With CYBERCHAT_NO_RESTART=1 the stop/start check is skipped (handy when running by hand).
+//
+// Every check waits with a deadline (waitForFunction / locator waits): no "sleep and hope".
+// Output: one "ok - name" or "FAIL - name" line per check, then "N passed, N failed".
+// Exit status: 0 only if every check passed.
+
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(HERE, '..', '..');
+const CLIENT = pathToFileURL(path.join(ROOT, 'www', 'client.html')).href;
+const SCREENSHOT = path.join(ROOT, 'target', 'e2e-screenshot.png');
+const SERVER = process.env.CYBERCHAT_URL || 'ws://127.0.0.1:1337/';
+// The same server over plain HTTP, to check the page it serves itself.
+const HTTP = SERVER.replace(/^ws/, 'http');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const RESTART = process.env.CYBERCHAT_NO_RESTART !== '1';
+// The server keeps history across restarts only with a data dir; the runner tells us.
+const PERSISTENT = process.env.CYBERCHAT_PERSISTENT === '1';
+
+const WAIT = 5000; // deadline for anything that should happen "at once"
+const CONNECTED = 'Connected to Cyber Chat';
+const XSS = '<img src=x onerror=alert(1)>';
+
+// ---- tiny test harness ---------------------------------------------------------------
+
+let passed = 0;
+let failed = 0;
+
+async function check(name, fn) {
+  const started = Date.now();
+  try {
+    await fn();
+    passed += 1;
+    console.log(`ok - ${name} (${Date.now() - started} ms)`);
+  } catch (err) {
+    failed += 1;
+    const msg = String((err && err.message) || err).split('\n').slice(0, 6).join('\n    ');
+    console.log(`FAIL - ${name}\n    ${msg}`);
+  }
+}
+
+function assert(cond, message) {
+  if (!cond) throw new Error(message);
+}
+
+// ---- stdin lines from the runner -----------------------------------------------------
+
+const lines = [];
+let lineWaiter = null;
+const rl = createInterface({ input: process.stdin });
+rl.on('line', (line) => {
+  lines.push(line.trim());
+  if (lineWaiter) lineWaiter();
+});
+
+async function expectLine(expected, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const i = lines.indexOf(expected);
+    if (i >= 0) {
+      lines.splice(i, 1);
+      return;
+    }
+    const left = deadline - Date.now();
+    if (left <= 0) throw new Error(`runner did not answer ${expected} within ${timeoutMs} ms`);
+    await new Promise((resolve) => {
+      const t = setTimeout(resolve, left);
+      lineWaiter = () => {
+        clearTimeout(t);
+        resolve();
+      };
+    });
+    lineWaiter = null;
+  }
+}
+
+async function askRunner(command, answer) {
+  console.log(command);
+  await expectLine(answer, 20000);
+}
+
+// ---- page helpers --------------------------------------------------------------------
+
+const pageErrors = [];
+let dialogs = 0;
+
+function clientUrl(params) {
+  const q = new URLSearchParams({ server: SERVER, ...params });
+  return `${CLIENT}?${q}`;
+}
+
+// Each person gets their own browser context (own localStorage), like separate browsers.
+async function openPerson(browser, name, { url, viewport, params } = {}) {
+  const context = await browser.newContext({ viewport: viewport || { width: 900, height: 640 } });
+  const page = await context.newPage();
+  page.on('dialog', async (d) => {
+    dialogs += 1;
+    await d.dismiss();
+  });
+  page.on('pageerror', (e) => pageErrors.push(`${name}: ${e.message}`));
+  await page.goto(url || clientUrl({ username: name, ...params }));
+  page.person = name;
+  return page;
+}
+
+async function waitStatus(page, text, timeout = WAIT) {
+  await page.waitForFunction(
+    (t) => document.getElementById('status').textContent === t && document.title === t,
+    text,
+    { timeout },
+  );
+}
+
+async function waitStatusStartsWith(page, prefix, timeout = WAIT) {
+  await page.waitForFunction(
+    (p) => document.getElementById('status').textContent.startsWith(p),
+    prefix,
+    { timeout },
+  );
+}
+
+// Type like a person and press Enter.
+async function say(page, text) {
+  await page.locator('#input').fill('');
+  await page.locator('#input').pressSequentially(text, { delay: 2 });
+  await page.locator('#input').press('Enter');
+}
+
+// Wait until a chat message with this author and text is on the page; returns its locator.
+async function waitMessage(page, author, text, timeout = WAIT) {
+  const msg = page
+    .locator('#messages .msg')
+    .filter({ has: page.locator('.author', { hasText: author }) })
+    .filter({ has: page.locator('.text', { hasText: text }) });
+  await msg.first().waitFor({ state: 'visible', timeout });
+  return msg.first();
+}
+
+async function waitSystem(page, text, timeout = WAIT) {
+  await page
+    .locator('#messages .system', { hasText: text })
+    .first()
+    .waitFor({ state: 'attached', timeout });
+}
+
+async function waitUsers(page, names, timeout = WAIT) {
+  await page.waitForFunction(
+    (expected) => {
+      const shown = [...document.querySelectorAll('#users .user .name')].map((n) => n.textContent);
+      const count = document.getElementById('user-count').textContent.trim();
+      return (
+        shown.length === expected.length &&
+        expected.every((n) => shown.includes(n)) &&
+        count === String(expected.length)
+      );
+    },
+    names,
+    { timeout },
+  );
+}
+
+async function messageTexts(page) {
+  return page.locator('#messages .msg .text').allTextContents();
+}
+
+async function messageIds(page) {
+  return page.$$eval('#messages .msg', (els) => els.map((e) => e.dataset.id));
+}
+
+// ---- the checks ----------------------------------------------------------------------
+
+// Playwright gives the browser a fresh, temporary profile (user-data-dir) of its own and
+// deletes it on close; each person below also gets an isolated context.
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  headless: true,
+  args: [
+    '--headless',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--disable-quic',
+  ],
+});
+
+// A hard stop for the whole script, in case something hangs outside a check's deadline.
+const watchdog = setTimeout(() => {
+  console.log('FAIL - e2e script took more than 90 s, giving up');
+  process.exit(1);
+}, 90000);
+
+let alice;
+let bob;
+let carol;
+
+try {
+  await check('heading says "Connected to Cyber Chat" after connect (page opened from disk)', async () => {
+    alice = await openPerson(browser, 'Alice');
+    await waitStatus(alice, CONNECTED);
+    assert(alice.url().startsWith('file://'), 'page is not a file:// page');
+  });
+
+  const early = 'Hello! Anyone here yet?';
+  await check('Enter sends, the input is cleared and keeps the focus', async () => {
+    await alice.locator('#input').focus();
+    await say(alice, early);
+    const own = await waitMessage(alice, 'Alice', early);
+    assert(await own.evaluate((e) => e.classList.contains('own')), 'own message not marked .own');
+    assert((await alice.locator('#input').inputValue()) === '', 'input not cleared');
+    assert(
+      await alice.evaluate(() => document.activeElement && document.activeElement.id === 'input'),
+      'focus left the input',
+    );
+  });
+
+  await check('welcome history: a message sent before a page opens is shown in it', async () => {
+    bob = await openPerson(browser, 'Bob');
+    await waitStatus(bob, CONNECTED);
+    const m = await waitMessage(bob, 'Alice', early);
+    assert(!(await m.evaluate((e) => e.classList.contains('own'))), "Alice's message is .own for Bob");
+    const time = await m.locator('.time').textContent();
+    assert(/\d/.test(time), `no local time shown (got "${time}")`);
+  });
+
+  await check('joined line in the other page ("Bob has joined the chat")', async () => {
+    await waitSystem(alice, 'Bob has joined the chat');
+  });
+
+  await check("a message typed in page A appears in page B with the author's name", async () => {
+    await say(alice, 'Hi Bob! Welcome to the channel.');
+    await waitMessage(bob, 'Alice', 'Hi Bob! Welcome to the channel.');
+    await say(bob, 'Thanks Alice, the cursors look fun.');
+    await waitMessage(alice, 'Bob', 'Thanks Alice, the cursors look fun.');
+  });
+
+  await check('user list and count: 2 people', async () => {
+    await waitUsers(alice, ['Alice', 'Bob']);
+    await waitUsers(bob, ['Alice', 'Bob']);
+  });
+
+  await check('page served by the server over http:// connects to its own host', async () => {
+    carol = await openPerson(browser, 'Carol', {
+      url: `${HTTP}?username=Carol&cursors=1`,
+      viewport: { width: 375, height: 700 },
+    });
+    await waitStatus(carol, CONNECTED);
+    const server = await carol.locator('#server').inputValue();
+    assert(server === new URL(SERVER).href, `server field says ${server}, expected ${SERVER}`);
+  });
+
+  await check('a third person joins: joined line, list and count in both pages', async () => {
+    await waitSystem(alice, 'Carol has joined the chat');
+    await waitSystem(bob, 'Carol has joined the chat');
+    await waitUsers(alice, ['Alice', 'Bob', 'Carol']);
+    await waitUsers(bob, ['Alice', 'Bob', 'Carol']);
+  });
+
+  await check('phone width (375 px): no sideways scrolling, sidebar folds behind a button', async () => {
+    const overflow = await carol.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert(overflow <= 0, `page is ${overflow}px wider than the screen`);
+    assert(!(await carol.locator('#users').isVisible()), 'sidebar is open on a phone by default');
+    await carol.locator('#sidebar-toggle').click();
+    await carol.locator('#users').waitFor({ state: 'visible', timeout: WAIT });
+    await carol.locator('#input').waitFor({ state: 'visible', timeout: WAIT });
+  });
+
+  await check("live cursors: Carol's pointer is drawn in Alice's page with her name", async () => {
+    await alice.locator('#cursors-toggle').check();
+    await carol.mouse.move(100, 200);
+    await carol.mouse.move(150, 300, { steps: 3 });
+    await alice
+      .locator('#cursors .cursor .label', { hasText: 'Carol' })
+      .waitFor({ state: 'visible', timeout: WAIT });
+    // Bob shares his pointer too (it shows in the screenshot below).
+    await bob.locator('#cursors-toggle').check();
+    await bob.mouse.move(420, 260, { steps: 3 });
+    await alice
+      .locator('#cursors .cursor .label', { hasText: 'Bob' })
+      .waitFor({ state: 'visible', timeout: WAIT });
+  });
+
+  await check('the third person leaves: left line, list, count and cursor gone', async () => {
+    await carol.context().close();
+    carol = null;
+    await waitSystem(alice, 'Carol has left the chat');
+    await waitSystem(bob, 'Carol has left the chat');
+    await waitUsers(alice, ['Alice', 'Bob']);
+    await waitUsers(bob, ['Alice', 'Bob']);
+    await alice
+      .locator('#cursors .cursor', { hasText: 'Carol' })
+      .waitFor({ state: 'detached', timeout: WAIT });
+  });
+
+  await check('typing line in the other page ("Bob is typing…"), gone after sending', async () => {
+    await bob.locator('#input').pressSequentially('Shall we try another chan', { delay: 5 });
+    await alice.waitForFunction(
+      () => document.getElementById('typing').textContent === 'Bob is typing…',
+      null,
+      { timeout: WAIT },
+    );
+    // The picture for the README: two people mid-conversation.
+    await screenshotSideBySide(alice, bob);
+    await bob.locator('#input').pressSequentially('nel?', { delay: 5 });
+    await bob.locator('#input').press('Enter');
+    await waitMessage(alice, 'Bob', 'Shall we try another channel?');
+    await alice.waitForFunction(() => document.getElementById('typing').textContent === '', null, {
+      timeout: WAIT,
+    });
+  });
+
+  await check('XSS: a message with HTML is shown literally, nothing runs', async () => {
+    await say(alice, XSS);
+    const m = await waitMessage(bob, 'Alice', XSS);
+    assert((await m.locator('.text').textContent()) === XSS, 'text not shown literally');
+    const imgs = await bob.locator('#messages img').count();
+    assert(imgs === 0, `${imgs} <img> element(s) were created from a message`);
+    assert(dialogs === 0, `${dialogs} dialog(s) fired`);
+  });
+
+  await check('rename: "Bob is now known as Robert" and the list follows in the other page', async () => {
+    await bob.locator('#username').fill('Robert');
+    await bob.locator('#username').press('Enter');
+    await waitSystem(alice, 'Bob is now known as Robert');
+    await waitSystem(bob, 'Bob is now known as Robert');
+    await waitUsers(alice, ['Alice', 'Robert']);
+  });
+
+  await check('error frame shown near the input (#error): username_taken', async () => {
+    await bob.locator('#username').fill('alice');
+    await bob.locator('#username').press('Enter');
+    await bob.waitForFunction(
+      () => {
+        const e = document.getElementById('error');
+        return !e.hidden && e.dataset.code === 'username_taken' && e.textContent.trim() !== '';
+      },
+      null,
+      { timeout: WAIT },
+    );
+    await bob.locator('#username').fill('Robert');
+  });
+
+  await check('reconnect (same address via the field): history again, no duplicates, same name', async () => {
+    const before = await messageIds(alice);
+    await alice.locator('#server').fill(SERVER);
+    await alice.locator('#server').press('Enter');
+    await waitStatus(alice, CONNECTED);
+    await alice.waitForFunction((n) => document.querySelectorAll('#messages .msg').length >= n, before.length, {
+      timeout: WAIT,
+    });
+    const after = await messageIds(alice);
+    assert(new Set(after).size === after.length, `duplicate message ids: ${after.join(',')}`);
+    assert(
+      JSON.stringify(after) === JSON.stringify(before),
+      `history differs: before ${before.join(',')} after ${after.join(',')}`,
+    );
+    assert((await alice.locator('#username').inputValue()) === 'Alice', 'name not kept');
+    // Messages sent by the previous connection of this page still count as ours.
+    assert(
+      (await alice.locator('#messages .msg.own').count()) >= 2,
+      'own messages lost their style after reconnect',
+    );
+  });
+
+  await check('switch channel: messages stay in their channel', async () => {
+    await bob.locator('#channel-input').fill('random');
+    await bob.locator('#channel-input').press('Enter');
+    await bob.waitForFunction(
+      () =>
+        document.getElementById('channel-title').textContent === '#random' &&
+        document.querySelectorAll('#messages .msg').length === 0,
+      null,
+      { timeout: WAIT },
+    );
+    await waitSystem(alice, 'Robert has left the chat');
+    await waitUsers(alice, ['Alice']);
+    // The new channel shows up in the other page's channel list, with its count.
+    await alice
+      .locator('#channels .channel', { hasText: '#random' })
+      .filter({ has: alice.locator('.count', { hasText: /^1$/ }) })
+      .waitFor({ timeout: WAIT });
+
+    await say(bob, 'Only in random');
+    await waitMessage(bob, 'Robert', 'Only in random');
+    await say(alice, 'Only in general');
+    await waitMessage(alice, 'Alice', 'Only in general');
+    // Sync point: Robert's next message comes after Alice's, so had Alice's line been sent
+    // to #random it would be on Robert's page by now.
+    await say(bob, 'Still only in random');
+    await waitMessage(bob, 'Robert', 'Still only in random');
+    assert(!(await messageTexts(alice)).some((t) => t.includes('in random')), 'general got a #random line');
+    assert(!(await messageTexts(bob)).includes('Only in general'), 'random got a #general line');
+  });
+
+  await check('click a channel in the list to join it (back to #general with its history)', async () => {
+    await bob.locator('#channels .channel', { hasText: '#general' }).click();
+    await bob.waitForFunction(() => document.getElementById('channel-title').textContent === '#general', null, {
+      timeout: WAIT,
+    });
+    await waitMessage(bob, 'Alice', 'Only in general');
+    assert(!(await messageTexts(bob)).some((t) => t.includes('in random')), '#random lines in #general');
+    await waitUsers(bob, ['Alice', 'Robert']);
+  });
+
+  await check('autoscroll only when already at the bottom (reading older lines is not disturbed)', async () => {
+    // Fill the list past one screen (through the form, quicker than typing 30 lines).
+    await alice.evaluate(() => {
+      const input = document.getElementById('input');
+      const form = document.getElementById('send-form');
+      for (let i = 1; i <= 30; i += 1) {
+        input.value = `Line ${i} of a long story`;
+        form.requestSubmit();
+      }
+    });
+    await waitMessage(bob, 'Alice', 'Line 30 of a long story');
+    const atBottom = () =>
+      bob.evaluate(() => {
+        const m = document.getElementById('messages');
+        return m.scrollHeight - m.scrollTop - m.clientHeight < 5;
+      });
+    assert(await atBottom(), 'new lines did not scroll a reader who was at the bottom');
+    // Scroll up to read older lines: a new message must not move the view.
+    await bob.evaluate(() => {
+      document.getElementById('messages').scrollTop = 0;
+    });
+    await say(alice, 'A new line while Robert reads');
+    await waitMessage(bob, 'Alice', 'A new line while Robert reads');
+    const top = await bob.evaluate(() => document.getElementById('messages').scrollTop);
+    assert(top === 0, `the view was moved to ${top}px while reading older lines`);
+    // Back at the bottom, new lines are followed again.
+    await bob.evaluate(() => {
+      const m = document.getElementById('messages');
+      m.scrollTop = m.scrollHeight;
+    });
+    await say(alice, 'And one more');
+    await waitMessage(bob, 'Alice', 'And one more');
+    assert(await atBottom(), 'the view did not follow the new line');
+  });
+
+  await check('join a channel by name again (#random), ready for the restart', async () => {
+    // Back to #random, so the restart below also checks that the channel is restored.
+    await bob.locator('#channel-input').fill('random');
+    await bob.locator('#channel-input').press('Enter');
+    await bob.waitForFunction(() => document.getElementById('channel-title').textContent === '#random', null, {
+      timeout: WAIT,
+    });
+  });
+
+  if (RESTART) {
+    let idsBeforeStop = [];
+    await check('server stops: "Disconnected — retrying in N s"', async () => {
+      idsBeforeStop = await messageIds(alice);
+      await askRunner('STOP_SERVER', 'SERVER_STOPPED');
+      await waitStatusStartsWith(alice, 'Disconnected — retrying in ');
+      await waitStatusStartsWith(bob, 'Disconnected — retrying in ');
+      const status = await alice.locator('#status').textContent();
+      assert(/^Disconnected — retrying in \d+ s$/.test(status), `status is "${status}"`);
+      assert((await alice.title()) === status, 'document.title does not follow the heading');
+    });
+
+    await check('server back on the same port: "Connected to Cyber Chat", same name and channel', async () => {
+      await askRunner('START_SERVER', 'SERVER_STARTED');
+      await waitStatus(alice, CONNECTED, 15000);
+      await waitStatus(bob, CONNECTED, 15000);
+      assert((await alice.locator('#username').inputValue()) === 'Alice', 'Alice lost her name');
+      assert((await bob.locator('#username').inputValue()) === 'Robert', 'Robert lost his name');
+      const title = await bob.locator('#channel-title').textContent();
+      assert(title === '#random', `Robert is in ${title}, expected #random`);
+      await waitUsers(alice, ['Alice']);
+      await waitUsers(bob, ['Robert']);
+      const ids = await messageIds(alice);
+      assert(new Set(ids).size === ids.length, 'duplicate messages after the restart');
+      if (PERSISTENT) {
+        // History on disk: the same messages come back, each once.
+        await alice.waitForFunction(
+          (n) => document.querySelectorAll('#messages .msg').length >= n,
+          idsBeforeStop.length,
+          { timeout: WAIT },
+        );
+        const back = await messageIds(alice);
+        assert(
+          JSON.stringify(back) === JSON.stringify(idsBeforeStop),
+          `history after restart ${back.join(',')} differs from before ${idsBeforeStop.join(',')}`,
+        );
+      }
+      // And the chat works again.
+      await say(bob, 'Back again');
+      await waitMessage(bob, 'Robert', 'Back again');
+    });
+  }
+
+  await check('no JavaScript errors and no dialogs in any page', async () => {
+    assert(pageErrors.length === 0, pageErrors.join('; '));
+    assert(dialogs === 0, `${dialogs} dialog(s) fired`);
+  });
+} finally {
+  clearTimeout(watchdog);
+  await browser.close().catch(() => {});
+  rl.close();
+}
+
+// Two pages side by side in one picture: draw both screenshots in a scratch page.
+async function screenshotSideBySide(left, right) {
+  const [a, b] = await Promise.all([left.screenshot(), right.screenshot()]);
+  const page = await browser.newPage({ viewport: { width: 1816, height: 640 } });
+  try {
+    await page.setContent(
+      `<body style="margin:0;background:#222;display:flex;gap:16px">` +
+        `<img src="data:image/png;base64,${a.toString('base64')}">` +
+        `<img src="data:image/png;base64,${b.toString('base64')}"></body>`,
+    );
+    mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
+    await page.screenshot({ path: SCREENSHOT });
+  } finally {
+    await page.close();
+  }
+}
+
+console.log(`e2e: ${passed} passed, ${failed} failed`);
+process.exit(failed === 0 ? 0 : 1);
