@@ -34,7 +34,7 @@ use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::{CloseFrame, Message, Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Bytes, Error, Utf8Bytes};
 
-use crate::outbox::{Full, Inbox, Outbound, Outbox};
+use crate::outbox::{Inbox, Outbound, Outbox};
 use crate::protocol::{encode_close, encode_frame};
 
 /// Largest message a client may send, in bytes of payload after reassembling fragments.
@@ -43,9 +43,10 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Frames written with one `writev`; bounded so one slow batch cannot hold a huge list.
 const MAX_BATCH: usize = 64;
-/// Chat frames are small: a 4 KiB read buffer instead of tungstenite's 128 KiB default
-/// keeps an idle connection cheap, and a larger message still arrives in several reads.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Chat frames are small: a 1 KiB read buffer instead of tungstenite's 128 KiB default
+/// keeps an idle connection cheap (tungstenite zero-fills it), and a larger message still
+/// arrives, in several reads.
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// tungstenite's settings for every connection: the 16 KiB limit, small buffers.
 pub fn websocket_config() -> WebSocketConfig {
@@ -159,7 +160,7 @@ impl Reader {
     /// # Errors
     /// [`Ended::Dropped`] when the queue is full or the writer gone.
     pub fn send(&self, frame: Bytes) -> Result<(), Ended> {
-        self.outbox.send(frame).map_err(|Full| Ended::Dropped)
+        self.outbox.send(frame).map_err(|_| Ended::Dropped)
     }
 
     /// Blocks until the next text or binary message, answering pings and a close on the way.

@@ -102,15 +102,22 @@ pub fn read_head(
     mut socket: &TcpStream,
     deadline: Instant,
 ) -> Result<(Request, Vec<u8>), HeadError> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(HeadError::Timeout);
         }
         socket.set_read_timeout(Some(left)).map_err(HeadError::Io)?;
-        let n = match socket.read(&mut chunk) {
+        // Read straight into the buffer's free room: no chunk on the stack, no extra copy.
+        let old_len = buf.len();
+        if buf.capacity() == old_len {
+            buf.reserve(1024);
+        }
+        buf.resize(buf.capacity(), 0);
+        let read = socket.read(&mut buf[old_len..]);
+        buf.truncate(old_len + *read.as_ref().unwrap_or(&0));
+        let n = match read {
             Ok(0) => return Err(HeadError::Closed),
             Ok(n) => n,
             Err(e)
@@ -125,8 +132,7 @@ pub fn read_head(
             Err(e) => return Err(HeadError::Io(e)),
         };
         // Only the new bytes and the three before them can complete the blank line.
-        let from = buf.len().saturating_sub(3);
-        buf.extend_from_slice(&chunk[..n]);
+        let from = (buf.len() - n).saturating_sub(3);
         if let Some(end) = find(&buf[from..], b"\r\n\r\n").map(|i| from + i + 4) {
             if end > MAX_HEAD_BYTES {
                 return Err(HeadError::TooLarge);

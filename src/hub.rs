@@ -23,7 +23,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use uuid::Uuid;
 
 use crate::history::Store;
-use crate::outbox::{Outbound, Outbox};
+use crate::outbox::{Outbound, Outbox, Refused};
 use crate::protocol::{
     self, ChannelCount, DEFAULT_CHANNEL, ErrorCode, Refusal, Request, ServerFrame, UserRef,
     UserWithState, WELCOME_TEXT, encode_text, encode_text_json,
@@ -117,6 +117,8 @@ pub struct Hub {
     started: Instant,
     store: Option<Store>,
     /// Clients whose queue overflowed while handling the current event; dropped right after.
+    /// (A client whose writer has already stopped is not here: its reader is about to send
+    /// [`Event::Disconnect`].)
     overflowed: Vec<ConnId>,
 }
 
@@ -540,7 +542,7 @@ impl Hub {
     fn broadcast_channels(&mut self) {
         let frame = self.channels_frame();
         for (conn, user) in &self.users {
-            if user.outbox.send(frame.clone()).is_err() {
+            if user.outbox.send(frame.clone()) == Err(Refused::Full) {
                 self.overflowed.push(*conn);
             }
         }
@@ -552,7 +554,7 @@ impl Hub {
             return;
         };
         for (conn, outbox) in &ch.members {
-            if Some(*conn) != except && outbox.send(frame.clone()).is_err() {
+            if Some(*conn) != except && outbox.send(frame.clone()) == Err(Refused::Full) {
                 self.overflowed.push(*conn);
             }
         }
@@ -562,7 +564,7 @@ impl Hub {
         if self
             .users
             .get(&conn)
-            .is_some_and(|user| user.outbox.send(frame).is_err())
+            .is_some_and(|user| user.outbox.send(frame) == Err(Refused::Full))
         {
             self.overflowed.push(conn);
         }

@@ -40,9 +40,14 @@ pub struct Outbox {
     socket: Option<Arc<TcpStream>>,
 }
 
-/// The queue refused a frame: the client is too far behind, or already gone.
+/// Why the queue refused a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Full;
+pub enum Refused {
+    /// More than [`MAX_QUEUED`] frames wait: the client is not reading.
+    Full,
+    /// The writer has stopped: the connection is already ending.
+    Closed,
+}
 
 /// The receiving side of a connection's queue, owned by its writer thread.
 #[derive(Debug)]
@@ -67,21 +72,21 @@ impl Outbox {
     /// Queues a frame without ever blocking.
     ///
     /// # Errors
-    /// [`Full`] when more than [`MAX_QUEUED`] frames are already waiting (the caller should
-    /// drop this client) or when the writer has gone.
-    pub fn push(&self, item: Outbound) -> Result<(), Full> {
+    /// [`Refused::Full`] when more than [`MAX_QUEUED`] frames are already waiting (the caller
+    /// should drop this client), [`Refused::Closed`] when the writer has gone.
+    pub fn push(&self, item: Outbound) -> Result<(), Refused> {
         if self.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
             self.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(Full);
+            return Err(Refused::Full);
         }
-        self.tx.send(item).map_err(|_| Full)
+        self.tx.send(item).map_err(|_| Refused::Closed)
     }
 
     /// Queues an encoded frame; see [`Outbox::push`].
     ///
     /// # Errors
     /// As [`Outbox::push`].
-    pub fn send(&self, frame: Bytes) -> Result<(), Full> {
+    pub fn send(&self, frame: Bytes) -> Result<(), Refused> {
         self.push(Outbound::Frame(frame))
     }
 
@@ -129,7 +134,7 @@ mod tests {
         for _ in 0..MAX_QUEUED {
             outbox.send(Bytes::from_static(b"x")).unwrap();
         }
-        assert_eq!(outbox.send(Bytes::from_static(b"x")), Err(Full));
+        assert_eq!(outbox.send(Bytes::from_static(b"x")), Err(Refused::Full));
         assert_eq!(outbox.queued(), MAX_QUEUED);
         assert!(inbox.try_recv().is_some());
         inbox.done(1);
@@ -140,6 +145,6 @@ mod tests {
     fn a_vanished_writer_refuses() {
         let (outbox, inbox) = outbox(None);
         drop(inbox);
-        assert_eq!(outbox.send(Bytes::from_static(b"x")), Err(Full));
+        assert_eq!(outbox.send(Bytes::from_static(b"x")), Err(Refused::Closed));
     }
 }

@@ -34,8 +34,10 @@ use crate::hub::{ConnId, Event, Hub};
 use crate::outbox::{Outbound, outbox};
 use crate::{chat, echo};
 
-/// Stack of a connection's reader thread: it parses JSON (bounded to 16 KiB, depth 128).
-const READER_STACK: usize = 128 * 1024;
+/// Stack of a connection's reader thread. serde_json accepts nesting up to 128 levels, which
+/// needs between 256 and 512 KiB in a debug build; overflowing would abort the whole process.
+/// Only the pages actually touched cost memory, so the generous size is nearly free.
+const READER_STACK: usize = 1024 * 1024;
 /// Stack of a connection's writer thread: it only moves bytes.
 const WRITER_STACK: usize = 64 * 1024;
 /// How long shutdown waits for clients to answer their 1001 before giving up on them.
@@ -218,7 +220,7 @@ fn serve(socket: &Arc<TcpStream>, shared: &Arc<Shared>, conn: ConnId) {
         return;
     }
     if request.is_upgrade() {
-        upgrade(socket, shared, conn, &request, already_read);
+        upgrade(socket, shared, conn, request, already_read);
     } else {
         plain_get(socket, shared, &request);
     }
@@ -294,14 +296,14 @@ fn upgrade(
     socket: &Arc<TcpStream>,
     shared: &Arc<Shared>,
     conn: ConnId,
-    request: &Request,
+    request: Request,
     already_read: Vec<u8>,
 ) {
     let Some(door) = Door::for_path(&request.path) else {
         let _ = http::respond_error(socket, 404, "no WebSocket here: try / or /echo", &[]);
         return;
     };
-    let answer = match http::accept_upgrade(request, door, &shared.config) {
+    let answer = match http::accept_upgrade(&request, door, &shared.config) {
         Ok(answer) => answer,
         Err(refused) => {
             info!(
@@ -337,6 +339,12 @@ fn upgrade(
     if outbox.push(Outbound::Frame(answer.into())).is_err() {
         return;
     }
+    let (username, channel) = (
+        request.query_param("username"),
+        request.query_param("channel"),
+    );
+    // The request is not needed past this point; a long-lived connection should not keep it.
+    drop(request);
     let idle = shared.config.ping_interval.mul_f64(2.5);
     let mut reader = match Reader::new(Arc::clone(socket), already_read, outbox.clone(), idle) {
         Ok(reader) => reader,
@@ -354,8 +362,8 @@ fn upgrade(
             let connect = Event::Connect {
                 conn,
                 outbox,
-                username: request.query_param("username"),
-                channel: request.query_param("channel"),
+                username,
+                channel,
             };
             if shared.hub.send(connect).is_err() {
                 Ended::ServerStopping

@@ -231,3 +231,25 @@ fn step2_every_error_code_on_the_wire() {
     // The connection is still open and useful.
     c.say("still here");
 }
+
+#[test]
+fn step7_deeply_nested_json_is_refused_without_harm() {
+    // serde_json stops at 128 levels; the reader's stack must survive that depth even in a
+    // debug build, or one message would abort the whole server.
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    let mut c = Client::chat(addr, "Alex");
+    for depth in [127, 128, 8_000] {
+        c.send_text(&format!("{}{}", "[".repeat(depth), "]".repeat(depth)));
+        assert_eq!(c.recv_type("error")["code"], "bad_json", "depth {depth}");
+        let state = format!(
+            r#"{{"type":"state","state":{}1{}}}"#,
+            r#"{"a":"#.repeat(depth.min(120)),
+            "}".repeat(depth.min(120))
+        );
+        c.send_text(&state);
+    }
+    let mut bob = Client::chat(addr, "Bob");
+    bob.say("the server is still up");
+    c.say("and so am I");
+}
