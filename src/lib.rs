@@ -9,7 +9,7 @@
 //! | 1 | an echo server | [`echo`] |
 //! | 2 | broadcast: a hub, per-client queues, a reader and a writer | [`hub`], [`outbox`], [`connection`] |
 //! | 3–6 | names, presence, history and channels, live state | [`hub`], [`protocol`], [`chat`] |
-//! | 7 | hardening: origins, limits, keepalive, shutdown | [`http`], [`connection`], [`server`] |
+//! | 7 | hardening: origins, limits, keepalive, shutdown | [`http`], [`connection`], [`limits`], [`server`] |
 //! | — | history on disk | [`history`] |
 //! | — | the command line | [`config`] |
 //!
@@ -29,6 +29,7 @@ pub mod echo;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod outbox;
 pub mod protocol;
 pub mod server;

@@ -31,6 +31,7 @@ use crate::connection::{Ended, Reader, write_pump};
 use crate::history::Store;
 use crate::http::{self, Door, HANDSHAKE_TIMEOUT, Request};
 use crate::hub::{ConnId, Event, Hub};
+use crate::limits::Limits;
 use crate::outbox::{Outbound, outbox};
 use crate::{chat, echo};
 
@@ -72,7 +73,19 @@ impl Server {
     /// # Errors
     /// When the address cannot be bound, `--data-dir` cannot be opened, or a thread cannot
     /// be started.
-    pub fn bind(config: Config) -> io::Result<Server> {
+    pub fn bind(mut config: Config) -> io::Result<Server> {
+        let limits = Limits::read();
+        if let Some(most) = limits
+            .max_connections()
+            .filter(|most| *most < config.max_connections)
+        {
+            warn!(
+                "--max-connections {} lowered to {most}: open files {:?}, vm.max_map_count {:?} \
+                 (raise them with `ulimit -n` and `sysctl -w vm.max_map_count=...`)",
+                config.max_connections, limits.open_files, limits.max_map_count
+            );
+            config.max_connections = most;
+        }
         let store = match &config.data_dir {
             Some(dir) => Some(Store::open(dir, config.fsync)?),
             None => None,
