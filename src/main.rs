@@ -1,5 +1,6 @@
 //! `cyberchat`: runs the server until Ctrl-C or SIGTERM.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::mpsc;
 
@@ -30,13 +31,14 @@ fn main() -> ExitCode {
         .set_thread_level(log::LevelFilter::Off)
         .set_target_level(log::LevelFilter::Off)
         .build();
-    // Logs go to stderr; a failure here only means a logger was already set.
-    let _ = TermLogger::init(
-        config.log_level,
-        log_config,
-        TerminalMode::Stderr,
-        ColorChoice::Auto,
-    );
+    // Logs go to stderr, coloured only on a terminal so that log files stay plain text.
+    let color = if std::io::stderr().is_terminal() {
+        ColorChoice::Auto
+    } else {
+        ColorChoice::Never
+    };
+    // A failure here only means a logger was already set.
+    let _ = TermLogger::init(config.log_level, log_config, TerminalMode::Stderr, color);
 
     let (stop_tx, stop_rx) = mpsc::channel();
     if let Err(err) = ctrlc::set_handler(move || {
