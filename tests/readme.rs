@@ -38,7 +38,7 @@ fn readme_snippets_match_the_source() {
         checked += 1;
     }
     assert!(
-        checked >= 8,
+        checked >= 7,
         "only {checked} snippets found: the markers were lost"
     );
 }
