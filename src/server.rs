@@ -227,7 +227,7 @@ fn serve(socket: &Arc<TcpStream>, shared: &Arc<Shared>, conn: ConnId) {
             return;
         }
     };
-    debug!("conn {conn}: {} {}", request.method, request.path);
+    debug!("conn {conn}: {:?} {:?}", request.method, request.path);
     if request.method != "GET" {
         let _ = http::respond_error(socket, 405, "only GET is served", &[("Allow", "GET")]);
         return;
@@ -267,7 +267,7 @@ fn plain_get(socket: &TcpStream, shared: &Shared, request: &Request) {
         },
     };
     if let Err(err) = result {
-        debug!("could not answer {}: {err}", request.path);
+        debug!("could not answer {:?}: {err}", request.path);
     }
 }
 
