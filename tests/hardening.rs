@@ -1,0 +1,426 @@
+//! Hardening (tutorial step 7) as a user notices it: the rate limit, keepalive pings and the
+//! idle cut-off, slow readers, shutdown, and binary frames on the chat door.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Client, DEADLINE, connect, eventually, start, stats};
+use serde_json::{Value, json};
+use tungstenite::{Bytes, Message};
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// A WebSocket handshake on a raw socket; returns once the whole `101` head has been read.
+/// What follows (the frames) is left unread.
+fn raw_upgrade(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).unwrap(),
+            1,
+            "the handshake ended early"
+        );
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101 "), "no 101: {head:?}");
+    stream
+}
+
+/// A masked client text frame.
+fn masked_text(payload: &[u8]) -> Vec<u8> {
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x81];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&MASK);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    frame
+}
+
+/// Reads until the server ends the stream (or resets it); panics if it is still open after
+/// the deadline.
+fn assert_closed_by_server(stream: &mut TcpStream) {
+    let deadline = Instant::now() + DEADLINE;
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        assert!(Instant::now() < deadline, "still open after {DEADLINE:?}");
+        match stream.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("still open after {DEADLINE:?}")
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// What the server answered to one frame of `client`'s: its message came back, or it was
+/// refused with `rate_limited`. Other frames are skipped; any other error fails the test.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Accepted(String),
+    RateLimited,
+}
+
+fn next_answer(client: &mut Client, me: &str) -> Answer {
+    loop {
+        let frame = client.recv();
+        match frame["type"].as_str() {
+            Some("message") if frame["user"]["username"] == me => {
+                return Answer::Accepted(frame["text"].as_str().unwrap().to_owned());
+            }
+            Some("error") if frame["code"] == "rate_limited" => return Answer::RateLimited,
+            Some("error") => panic!("unexpected error: {frame}"),
+            _ => {}
+        }
+    }
+}
+
+/// Writes `count` message frames in one go, without reading in between.
+fn burst(client: &mut Client, count: usize, tag: &str) {
+    for i in 0..count {
+        let text = json!({"type": "message", "text": format!("{tag}{i}")}).to_string();
+        client.ws.write(Message::text(text)).unwrap();
+    }
+    client.ws.flush().unwrap();
+}
+
+#[test]
+fn step7_a_burst_over_the_rate_gets_one_rate_limited_per_refused_frame() {
+    const N: u32 = 5;
+    const SENT: usize = 60;
+    let server = start(|c| c.max_rate = N);
+    let addr = server.local_addr();
+    let mut watcher = Client::chat(addr, "Watcher");
+    let mut flood = Client::chat(addr, "Flood");
+    watcher.recv_type("joined");
+
+    burst(&mut flood, SENT, "m");
+    let (mut accepted, mut limited) = (Vec::new(), 0);
+    while accepted.len() + limited < SENT {
+        match next_answer(&mut flood, "Flood") {
+            Answer::Accepted(text) => accepted.push(text),
+            Answer::RateLimited => limited += 1,
+        }
+    }
+    assert!(
+        accepted.len() >= 2 * N as usize,
+        "the bucket starts full with 2N: only {} accepted",
+        accepted.len()
+    );
+    assert!(limited >= 1, "{SENT} frames at once and none refused");
+    let numbers: Vec<usize> = accepted.iter().map(|t| t[1..].parse().unwrap()).collect();
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "accepted in order: {numbers:?}"
+    );
+
+    // Nothing more comes for the burst: no second `rate_limited` for any frame. The watcher's
+    // marker is the next thing Flood hears.
+    watcher.send(json!({"type": "message", "text": "marker"}));
+    loop {
+        let frame = flood.recv();
+        if frame["type"] == "message" && frame["text"] == "marker" {
+            break;
+        }
+        assert!(
+            frame["type"] != "error" && frame["type"] != "message",
+            "an answer beyond the {SENT} frames sent: {frame}"
+        );
+    }
+    // Refused messages reached nobody.
+    let mut seen = Vec::new();
+    loop {
+        let frame = watcher.recv_type("message");
+        if frame["text"] == "marker" {
+            break;
+        }
+        seen.push(frame["text"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        seen, accepted,
+        "the others get exactly the accepted messages"
+    );
+
+    // The connection stays usable: once the bucket refills, messages go through again.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        flood.send(json!({"type": "message", "text": "later"}));
+        match next_answer(&mut flood, "Flood") {
+            Answer::Accepted(text) => {
+                assert_eq!(text, "later");
+                break;
+            }
+            Answer::RateLimited => {
+                assert!(Instant::now() < deadline, "never accepted again");
+                // One token's worth of refill before trying again.
+                thread::sleep(Duration::from_secs(1) / N);
+            }
+        }
+    }
+    assert_eq!(watcher.recv_type("message")["text"], "later");
+    assert_eq!(stats(addr)["online"], 2);
+}
+
+#[test]
+fn step7_pings_do_not_count_against_the_rate() {
+    const N: u32 = 5;
+    let server = start(|c| c.max_rate = N);
+    let addr = server.local_addr();
+    let mut alex = Client::chat(addr, "Alex");
+    for i in 0..100u8 {
+        alex.ws.write(Message::Ping(Bytes::from(vec![i]))).unwrap();
+    }
+    burst(&mut alex, 2 * N as usize, "after pings ");
+    for i in 0..2 * N as usize {
+        assert_eq!(
+            next_answer(&mut alex, "Alex"),
+            Answer::Accepted(format!("after pings {i}")),
+            "message {i} after 100 pings"
+        );
+    }
+}
+
+#[test]
+fn step7_max_rate_0_turns_the_limit_off() {
+    const SENT: usize = 300;
+    let server = start(|c| c.max_rate = 0);
+    let addr = server.local_addr();
+    let mut alex = Client::chat(addr, "Alex");
+    burst(&mut alex, SENT, "");
+    for i in 0..SENT {
+        assert_eq!(
+            next_answer(&mut alex, "Alex"),
+            Answer::Accepted(i.to_string())
+        );
+    }
+    assert_eq!(stats(addr)["messages"], SENT);
+}
+
+#[test]
+fn step7_the_server_pings_every_interval() {
+    let server = start(|c| c.ping_interval = Duration::from_millis(200));
+    let mut alex = Client::chat(server.local_addr(), "Alex");
+    let deadline = Instant::now() + DEADLINE;
+    let mut pings = 0;
+    while pings < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "{pings} pings within {DEADLINE:?}"
+        );
+        match alex.ws.read().expect("read") {
+            Message::Ping(_) => pings += 1,
+            Message::Close(close) => panic!("closed: {close:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn step7_a_client_that_answers_pings_stays_connected() {
+    let server = start(|c| c.ping_interval = Duration::from_millis(200));
+    let addr = server.local_addr();
+    let mut alex = Client::chat(addr, "Alex");
+    // Keep reading for 1.5 s (over seven intervals): tungstenite answers each ping.
+    alex.ws
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let until = Instant::now() + Duration::from_millis(1500);
+    let mut pings = 0;
+    while Instant::now() < until {
+        match alex.ws.read() {
+            Ok(Message::Ping(_)) => pings += 1,
+            Ok(Message::Close(close)) => panic!("closed after {pings} pings: {close:?}"),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("connection lost after {pings} pings: {e}"),
+        }
+    }
+    assert!(pings >= 2, "only {pings} pings in 1.5 s");
+    alex.ws.get_mut().set_read_timeout(Some(DEADLINE)).unwrap();
+    alex.say("still here");
+    assert_eq!(stats(addr)["online"], 1);
+}
+
+#[test]
+fn step7_a_client_that_only_sends_stays_connected() {
+    let server = start(|c| c.ping_interval = Duration::from_millis(200));
+    let addr = server.local_addr();
+    let mut alex = Client::chat(addr, "Alex");
+    // Never reads, so never answers a ping, but sends a frame every 100 ms: any frame counts.
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        alex.send(json!({"type": "typing", "typing": false}));
+        thread::sleep(Duration::from_millis(100));
+    }
+    alex.say("still here");
+    assert_eq!(stats(addr)["online"], 1);
+}
+
+#[test]
+fn step7_a_silent_client_is_closed_after_two_and_a_half_intervals() {
+    let interval = Duration::from_millis(200);
+    let server = start(|c| c.ping_interval = interval);
+    let addr = server.local_addr();
+    let mut alex = Client::chat(addr, "Alex");
+    // Handshake, then neither read nor send anything.
+    let connected = Instant::now();
+    let mut silent = raw_upgrade(addr, "/?username=Silent");
+    assert_eq!(alex.recv_type("joined")["user"]["username"], "Silent");
+    let left = alex.recv_type("left");
+    let after = connected.elapsed();
+    assert_eq!(left["user"]["username"], "Silent");
+    assert!(
+        after >= interval * 2,
+        "dropped after {after:?}, before two and a half intervals of silence"
+    );
+    eventually("online drops to 1", || stats(addr)["online"] == 1);
+    assert_closed_by_server(&mut silent);
+    // Alex, who reads and so answers pings, is still there.
+    alex.say("still here");
+}
+
+#[test]
+fn step7_a_slow_reader_is_dropped_and_nobody_waits_for_it() {
+    // 2000 four-byte characters: about 8 KB a frame, so the slow reader's socket buffers fill
+    // after a few hundred frames and its queue passes 1024 well before the flood ends.
+    const TOTAL: usize = 4000;
+    // The reading client is never more than this many messages behind the flooder.
+    const WINDOW: usize = 400;
+    let padding = "😀".repeat(1994);
+    let server = start(|c| c.max_rate = 0);
+    let addr = server.local_addr();
+
+    // The slow reader: handshake done, then never reads.
+    let slow = connect(addr, "/?username=Slow&channel=flood");
+
+    let mut reader = connect(addr, "/?username=Reader&channel=flood");
+    reader.recv_type("welcome");
+    let (progress_tx, progress) = mpsc::channel();
+    let reading = thread::spawn(move || {
+        let mut next = 0;
+        let mut last_id = 0;
+        let mut left = None;
+        while next < TOTAL || left.is_none() {
+            let frame: Value = reader.recv();
+            match frame["type"].as_str() {
+                Some("message") => {
+                    let text = frame["text"].as_str().unwrap();
+                    assert_eq!(text[..5].parse::<usize>().unwrap(), next, "in order");
+                    let id = frame["id"].as_u64().unwrap();
+                    assert!(id > last_id, "ids increase");
+                    last_id = id;
+                    next += 1;
+                    let _ = progress_tx.send(next);
+                }
+                Some("left") => left = Some(frame),
+                _ => {}
+            }
+        }
+        (left.unwrap(), reader)
+    });
+
+    // The flooder: a raw socket whose echoes are drained by a thread of its own.
+    let mut flooder = raw_upgrade(addr, "/?username=Flooder&channel=flood");
+    let mut drain = flooder.try_clone().unwrap();
+    let draining = thread::spawn(move || {
+        let mut chunk = vec![0u8; 64 * 1024];
+        while matches!(drain.read(&mut chunk), Ok(n) if n > 0) {}
+    });
+    let mut acked = 0;
+    for i in 0..TOTAL {
+        while i >= acked + WINDOW {
+            acked = progress
+                .recv_timeout(DEADLINE)
+                .expect("the reading client keeps getting messages");
+        }
+        let text = format!("{i:05}:{padding}");
+        let frame = json!({"type": "message", "text": text}).to_string();
+        flooder.write_all(&masked_text(frame.as_bytes())).unwrap();
+    }
+
+    let (left, mut reader) = reading
+        .join()
+        .expect("the reading client got every message");
+    assert_eq!(left["user"]["username"], "Slow");
+    assert_eq!(left["channel"], "flood");
+    // Reader and Flooder are still there; only Slow is gone.
+    eventually("online drops to 2", || stats(addr)["online"] == 2);
+    reader.say("after the flood");
+    let _ = flooder.shutdown(Shutdown::Both);
+    draining.join().unwrap();
+    drop(slow);
+}
+
+#[test]
+fn step7_shutdown_closes_chat_and_echo_clients_with_1001() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    let mut alex = Client::chat(addr, "Alex");
+    alex.say("before");
+    let mut echo = connect(addr, "/echo");
+    echo.next_message();
+    let closes: Vec<_> = [alex, echo]
+        .into_iter()
+        .map(|mut client| thread::spawn(move || client.close_code()))
+        .collect();
+    let started = Instant::now();
+    server.shutdown();
+    assert!(
+        started.elapsed() < DEADLINE,
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    for (who, close) in ["chat", "echo"].into_iter().zip(closes) {
+        assert_eq!(close.join().unwrap(), Some(1001), "the {who} client");
+    }
+}
+
+#[test]
+fn step7_binary_frames_on_the_chat_door_are_bad_json_and_the_connection_stays_open() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    let mut alex = Client::chat(addr, "Alex");
+    let mut bob = Client::chat(addr, "Bob");
+    alex.recv_type("joined");
+    let json_bytes = json!({"type": "message", "text": "as binary"}).to_string();
+    for data in [vec![1u8, 2, 3], json_bytes.into_bytes()] {
+        bob.ws.send(Message::binary(data)).unwrap();
+        let error = bob.recv_type("error");
+        assert_eq!(error["code"], "bad_json");
+        assert!(error["message"].is_string(), "{error}");
+    }
+    bob.say("still open");
+    let next = alex.recv_type("message");
+    assert_eq!(
+        next["text"], "still open",
+        "the binary frames reached nobody"
+    );
+    assert_eq!(stats(addr)["online"], 2);
+}
