@@ -3,7 +3,7 @@
 //! The hub and the connection's reader push already-encoded frames into an [`Outbox`]; the
 //! connection's writer thread pops them from the matching [`Inbox`] and writes them. Pushing
 //! never blocks, so the hub can never be held up by a slow client: once more than
-//! [`MAX_QUEUED`] frames wait for one client, [`Outbox::push`] says [`Full`] and the hub drops
+//! [`MAX_QUEUED`] frames wait for one client, [`Outbox::push`] says [`Refused::Full`] and the hub drops
 //! that client instead of waiting for it.
 //!
 //! The queue is an unbounded `std::sync::mpsc` channel plus a shared counter, rather than a
