@@ -22,6 +22,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long writing an HTTP answer may take before the client is given up on.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What [`Request::query_param`] gives for a value that is not UTF-8 once decoded: a control
+/// character, so username and channel validation refuse it.
+pub const UNDECODABLE: &str = "\u{0}";
+
 /// A parsed request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -52,11 +56,14 @@ impl Request {
             .filter(|t| !t.is_empty())
     }
 
-    /// A query parameter, percent-decoded (`+` is a space).
+    /// A query parameter, percent-decoded (`+` is a space). A value that does not decode to
+    /// UTF-8 is still *there*, so it comes back as [`UNDECODABLE`], which no name or channel
+    /// rule accepts: the client hears it was invalid instead of being silently ignored.
     pub fn query_param(&self, name: &str) -> Option<String> {
         self.query.split('&').find_map(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(key, true)? == name).then(|| percent_decode(value, true))?
+            (percent_decode(key, true)? == name)
+                .then(|| percent_decode(value, true).unwrap_or_else(|| UNDECODABLE.to_owned()))
         })
     }
 

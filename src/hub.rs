@@ -31,6 +31,10 @@ use crate::protocol::{
 
 /// Messages each channel keeps for late joiners.
 pub const HISTORY_LEN: usize = 100;
+/// Histories kept for channels that have emptied (so coming back shows what was said). Past
+/// this many the oldest are forgotten, so cycling through new channel names cannot grow
+/// memory without bound. With `--data-dir` they stay on disk.
+pub const MAX_DORMANT_HISTORIES: usize = 64;
 
 /// Identifies one connection for its whole life (the user's uuid is separate: it is public).
 pub type ConnId = u64;
@@ -148,6 +152,7 @@ impl Hub {
             }
             hub.next_message_id = store.last_id() + 1;
             hub.store = Some(store);
+            hub.forget_dormant_histories();
         }
         hub
     }
@@ -466,6 +471,7 @@ impl Hub {
         }
         if ch.members.is_empty() && channel != DEFAULT_CHANNEL {
             self.channels.remove(channel);
+            self.forget_dormant_histories();
             return true;
         }
         let user = &self.users[&conn];
@@ -477,6 +483,29 @@ impl Hub {
         });
         self.broadcast(channel, &frame, Some(conn));
         false
+    }
+
+    /// Keeps at most [`MAX_DORMANT_HISTORIES`] histories of channels without members,
+    /// forgetting those whose last message is oldest. Runs only when a channel is removed.
+    fn forget_dormant_histories(&mut self) {
+        let last_id = |history: &VecDeque<Box<RawValue>>| {
+            let last = history.back()?;
+            serde_json::from_str::<Value>(last.get()).ok()?["id"].as_u64()
+        };
+        let mut dormant: Vec<(u64, String)> = self
+            .history
+            .iter()
+            .filter(|(name, _)| !self.channels.contains_key(*name))
+            .map(|(name, history)| (last_id(history).unwrap_or(0), name.clone()))
+            .collect();
+        let Some(excess) = dormant.len().checked_sub(MAX_DORMANT_HISTORIES) else {
+            return;
+        };
+        dormant.sort_unstable();
+        for (_, name) in dormant.drain(..excess) {
+            debug!("forgetting the history of #{name}");
+            self.history.remove(&name);
+        }
     }
 
     fn remove_user(&mut self, conn: ConnId, why: &str) {
@@ -928,6 +957,36 @@ mod tests {
         let frames = c.frames();
         assert_eq!(frames[0]["channel"], "general");
         assert_eq!(frames[1]["code"], "invalid_channel");
+    }
+
+    #[test]
+    fn step5_histories_of_emptied_channels_are_bounded() {
+        let mut h = Harness::new();
+        let alex = h.connect(Some("Alex"), None);
+        for i in 0..MAX_DORMANT_HISTORIES + 10 {
+            h.send(&alex, &format!(r#"{{"type":"join","channel":"c{i}"}}"#));
+            h.send(&alex, r#"{"type":"message","text":"hello"}"#);
+        }
+        h.send(&alex, r#"{"type":"join","channel":"general"}"#);
+        let dormant = h
+            .hub
+            .history
+            .keys()
+            .filter(|c| !h.hub.channels.contains_key(*c))
+            .count();
+        assert_eq!(dormant, MAX_DORMANT_HISTORIES);
+        // The newest are the ones kept: coming back to the last channel shows its message.
+        let last = format!("c{}", MAX_DORMANT_HISTORIES + 9);
+        h.send(&alex, &format!(r#"{{"type":"join","channel":"{last}"}}"#));
+        let welcome = alex
+            .frames()
+            .into_iter()
+            .rev()
+            .find(|f| f["type"] == "welcome")
+            .unwrap();
+        assert_eq!(welcome["history"][0]["text"], "hello");
+        assert!(!h.hub.history.contains_key("c0"), "the oldest is forgotten");
+        h.hub.check_invariants().unwrap();
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub const MAX_USERNAME_CHARS: usize = 32;
 pub const MAX_CHANNEL_CHARS: usize = 32;
 /// Largest user state, in bytes of compact JSON.
 pub const MAX_STATE_BYTES: usize = 1024;
+/// Deepest nesting of a user state. A `welcome` carries each state three levels down
+/// (`users[i].state`), and common JSON parsers (serde_json among them) stop at 128 levels, so
+/// an unbounded state would let one user make every newcomer's `welcome` unreadable.
+pub const MAX_STATE_DEPTH: usize = 32;
 /// The channel everyone starts in; it exists even when empty.
 pub const DEFAULT_CHANNEL: &str = "general";
 /// The greeting in every `welcome`.
@@ -147,6 +151,12 @@ pub fn parse_request(text: &str) -> Result<Request, Refusal> {
                         format!("state must be at most {MAX_STATE_BYTES} bytes of JSON"),
                     ));
                 }
+                if state.values().map(depth).max().unwrap_or(0) + 1 > MAX_STATE_DEPTH {
+                    return Err(Refusal::new(
+                        ErrorCode::InvalidState,
+                        format!("state must nest at most {MAX_STATE_DEPTH} levels deep"),
+                    ));
+                }
                 Ok(Request::State { state })
             }
             _ => Err(bad_field("state", "an object")),
@@ -156,6 +166,15 @@ pub fn parse_request(text: &str) -> Result<Request, Refusal> {
             ErrorCode::UnknownType,
             format!("unknown message type {other:?}"),
         )),
+    }
+}
+
+/// Nesting depth of a JSON value: 0 for a scalar, 1 for a flat array or object.
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(fields) => 1 + fields.values().map(depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -432,6 +451,22 @@ mod tests {
             "a".repeat(1024 - 8)
         );
         assert!(parse_request(&spaced).is_ok());
+    }
+
+    #[test]
+    fn state_nesting_is_bounded() {
+        let nested = |levels: usize| {
+            format!(
+                r#"{{"type":"state","state":{}1{}}}"#,
+                r#"{"a":"#.repeat(levels),
+                "}".repeat(levels)
+            )
+        };
+        assert!(parse_request(&nested(MAX_STATE_DEPTH)).is_ok());
+        assert_eq!(
+            refused(&nested(MAX_STATE_DEPTH + 1)),
+            ErrorCode::InvalidState
+        );
     }
 
     #[test]

@@ -1,0 +1,1183 @@
+//! Property tests: the hub as a pure state machine, and `parse_request` against any input.
+//!
+//! `props_hub_*` drives a [`Hub`] with random but seeded sequences of connects, disconnects
+//! and requests (valid and not), and after every step checks `check_invariants`, `/stats`'
+//! figures, and every frame each fake client was sent against a small model of the contract
+//! (who hears what, with which counts, names, histories and ids). `props_parse_*` feeds
+//! `parse_request` arbitrary text and structured-but-wrong JSON.
+//!
+//! Seeds: `PROPS_SEED=<n>` replays one base seed; a failure prints the seed, the sequence and
+//! the last steps.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::panic::{self, AssertUnwindSafe};
+use std::thread;
+
+use cyberchat::hub::{ConnId, Event, Hub};
+use cyberchat::outbox::{Inbox, Outbound, outbox};
+use cyberchat::protocol::{Refusal, Request, parse_request};
+use serde_json::{Map, Value, json};
+
+// ---------------------------------------------------------------------------------------------
+// A small seeded PRNG (SplitMix64): no dependency, same sequence on every machine.
+
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// True with probability `percent` / 100.
+    fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+fn base_seed() -> u64 {
+    std::env::var("PROPS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x00C0_FFEE_2026)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The contract's rules, written out again here (not borrowed from the crate) as the oracle.
+
+const PARSE_CODES: [&str; 7] = [
+    "bad_json",
+    "unknown_type",
+    "bad_request",
+    "invalid_text",
+    "invalid_username",
+    "invalid_channel",
+    "invalid_state",
+];
+
+fn code_of(refusal: &Refusal) -> String {
+    serde_json::to_value(refusal.code)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{:?}", refusal.code))
+}
+
+fn valid_username(raw: &str) -> Option<String> {
+    let name = raw.trim();
+    let n = name.chars().count();
+    ((1..=32).contains(&n) && !name.chars().any(char::is_control)).then(|| name.to_owned())
+}
+
+fn valid_channel(raw: &str) -> Option<String> {
+    let name = raw.to_lowercase();
+    let n = name.chars().count();
+    let ok = (1..=32).contains(&n)
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    ok.then_some(name)
+}
+
+fn is_uuid_v4(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(c),
+        })
+        && b[14] == b'4'
+        && matches!(b[19], b'8' | b'9' | b'a' | b'b')
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fake clients and the model.
+
+struct Fake {
+    inbox: Inbox,
+    id: String,
+    name: String,
+    channel: String,
+    state: Map<String, Value>,
+    last_message_id: u64,
+    /// Frames already read from the inbox but not yet checked.
+    pending: Vec<Value>,
+}
+
+/// Decodes one encoded server text frame.
+fn decode(bytes: &[u8]) -> Value {
+    assert_eq!(bytes[0], 0x81, "a final, unmasked text frame");
+    let (len, start) = match bytes[1] {
+        126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+        127 => (
+            u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    assert_eq!(bytes.len(), start + len, "one whole frame");
+    serde_json::from_slice(&bytes[start..]).expect("frames are JSON")
+}
+
+/// Everything queued for a client so far, drained as its writer would (`done(1)` each).
+fn drain(inbox: &Inbox) -> Vec<Value> {
+    let mut frames = Vec::new();
+    while let Some(item) = inbox.try_recv() {
+        inbox.done(1);
+        frames.push(match item {
+            Outbound::Frame(bytes) => decode(&bytes),
+            Outbound::Close(close) => json!({ "close": close.map(|c| u16::from(c.code)) }),
+        });
+    }
+    frames
+}
+
+/// Frames as compared: a run of `channels` frames counts as its last one (the list is a
+/// snapshot), users and channel lists are sorted (their order is not part of the contract),
+/// and a run of `error` frames is sorted by code.
+fn normalize(frames: Vec<Value>) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    for mut frame in frames {
+        if let Some(users) = frame.get_mut("users").and_then(Value::as_array_mut) {
+            users.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        }
+        if frame["type"] == "channels"
+            && let Some(list) = frame.get_mut("channels").and_then(Value::as_array_mut)
+        {
+            list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        }
+        if frame["type"] == "channels" && out.last().is_some_and(|l| l["type"] == "channels") {
+            out.pop();
+        }
+        out.push(frame);
+    }
+    let mut i = 0;
+    while i < out.len() {
+        let run = out[i..].iter().take_while(|f| f["type"] == "error").count();
+        out[i..i + run].sort_by(|a, b| a["code"].as_str().cmp(&b["code"].as_str()));
+        i += run.max(1);
+    }
+    out
+}
+
+/// `expected` matches `actual` when every field it names is equal (recursively: the contract
+/// welcomes new fields); arrays must have the same length, and a `state` must be equal whole.
+fn matches(expected: &Value, actual: &Value) -> bool {
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => e.iter().all(|(k, v)| {
+            a.get(k).is_some_and(|av| {
+                if k == "state" {
+                    v == av
+                } else {
+                    matches(v, av)
+                }
+            })
+        }),
+        (Value::Array(e), Value::Array(a)) => {
+            e.len() == a.len() && e.iter().zip(a).all(|(e, a)| matches(e, a))
+        }
+        _ => expected == actual,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Profile {
+    /// Many channels, names and joins.
+    Mixed,
+    /// Mostly messages in few channels, to overflow the 100-message histories.
+    Chatty,
+}
+
+struct World {
+    hub: Hub,
+    clients: BTreeMap<ConnId, Fake>,
+    /// Each channel's last 100 messages, as the sender received them.
+    history: HashMap<String, Vec<Value>>,
+    messages: u64,
+    last_id: u64,
+    next_conn: ConnId,
+    /// Connections that have gone (requests from them must be ignored).
+    gone: Vec<ConnId>,
+    trace: Vec<String>,
+    /// What the sequence exercised: frame types and error codes seen, longest history.
+    seen: BTreeMap<String, usize>,
+}
+
+type Expected = BTreeMap<ConnId, Vec<Value>>;
+
+impl World {
+    fn new() -> World {
+        World {
+            hub: Hub::new(None),
+            clients: BTreeMap::new(),
+            history: HashMap::new(),
+            messages: 0,
+            last_id: 0,
+            next_conn: 1,
+            gone: Vec::new(),
+            trace: Vec::new(),
+            seen: BTreeMap::new(),
+        }
+    }
+
+    fn members(&self, channel: &str) -> Vec<ConnId> {
+        self.clients
+            .iter()
+            .filter(|(_, c)| c.channel == channel)
+            .map(|(conn, _)| *conn)
+            .collect()
+    }
+
+    fn channel_list(&self) -> Vec<Value> {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        counts.insert("general", 0);
+        for c in self.clients.values() {
+            *counts.entry(&c.channel).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .map(|(name, count)| json!({"name": name, "count": count}))
+            .collect()
+    }
+
+    fn channels_frame(&self) -> Value {
+        json!({"type": "channels", "channels": self.channel_list(), "online": self.clients.len()})
+    }
+
+    fn user(&self, conn: ConnId) -> Value {
+        let c = &self.clients[&conn];
+        json!({"id": c.id, "username": c.name})
+    }
+
+    fn welcome(&self, conn: ConnId) -> Value {
+        let me = &self.clients[&conn];
+        let mut users: Vec<Value> = self
+            .members(&me.channel)
+            .into_iter()
+            .map(|m| {
+                let u = &self.clients[&m];
+                json!({"id": u.id, "username": u.name, "state": u.state})
+            })
+            .collect();
+        users.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        let history = self.history.get(&me.channel).cloned().unwrap_or_default();
+        json!({
+            "type": "welcome",
+            "text": "Welcome to Cyber Chat",
+            "user": self.user(conn),
+            "channel": me.channel,
+            "users": users,
+            "history": history,
+            "online": self.clients.len(),
+        })
+    }
+
+    fn holder(&self, name: &str) -> Option<ConnId> {
+        let lower = name.to_lowercase();
+        self.clients
+            .iter()
+            .find(|(_, c)| c.name.to_lowercase() == lower)
+            .map(|(conn, _)| *conn)
+    }
+
+    fn push_all(expected: &mut Expected, to: impl IntoIterator<Item = ConnId>, frame: &Value) {
+        for conn in to {
+            expected.entry(conn).or_default().push(frame.clone());
+        }
+    }
+
+    fn everyone(&self) -> Vec<ConnId> {
+        self.clients.keys().copied().collect()
+    }
+
+    fn channel_exists(&self, channel: &str) -> bool {
+        channel == "general" || self.clients.values().any(|c| c.channel == channel)
+    }
+
+    // -- steps ------------------------------------------------------------------------------
+
+    fn connect(&mut self, username: Option<String>, channel: Option<String>) -> Expected {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let (tx, inbox) = outbox(None);
+        self.hub.handle(Event::Connect {
+            conn,
+            outbox: tx,
+            username: username.clone(),
+            channel: channel.clone(),
+        });
+        // The new user's id is the hub's secret until its welcome: read it first.
+        let first = drain(&inbox);
+        let welcome = first.first().cloned().unwrap_or(Value::Null);
+        assert_eq!(welcome["type"], "welcome", "the first frame is welcome");
+        let id = welcome["user"]["id"].as_str().unwrap_or("").to_owned();
+        assert!(is_uuid_v4(&id), "a canonical lowercase uuid v4: {id:?}");
+
+        let mut errors = Vec::new();
+        let wanted = username.filter(|u| !u.is_empty());
+        let name = match wanted.as_deref().map(valid_username) {
+            Some(Some(name)) if self.holder(&name).is_none() => name,
+            other => {
+                match other {
+                    Some(Some(_)) => errors.push("username_taken"),
+                    Some(None) => errors.push("invalid_username"),
+                    None => {}
+                }
+                let hex: String = id.chars().filter(|c| *c != '-').collect();
+                (4..=hex.len())
+                    .map(|n| format!("guest-{}", &hex[..n]))
+                    .find(|g| self.holder(g).is_none())
+                    .expect("a free guest name")
+            }
+        };
+        let channel = match channel.filter(|c| !c.is_empty()).map(|c| valid_channel(&c)) {
+            Some(Some(channel)) => channel,
+            Some(None) => {
+                errors.push("invalid_channel");
+                "general".to_owned()
+            }
+            None => "general".to_owned(),
+        };
+        let created = !self.channel_exists(&channel);
+        let others = self.members(&channel);
+        self.clients.insert(
+            conn,
+            Fake {
+                inbox,
+                id,
+                name,
+                channel: channel.clone(),
+                state: Map::new(),
+                last_message_id: 0,
+                pending: first,
+            },
+        );
+        let mut expected = Expected::new();
+        let count = others.len() + 1;
+        let c = &self.clients[&conn];
+        let joined = json!({
+            "type": "joined", "channel": channel, "user": self.user(conn), "count": count,
+            "text": format!("{} has joined the chat", c.name),
+        });
+        Self::push_all(&mut expected, others, &joined);
+        let mut mine = vec![self.welcome(conn)];
+        errors.sort_unstable();
+        mine.extend(
+            errors
+                .iter()
+                .map(|code| json!({"type": "error", "code": code})),
+        );
+        expected.insert(conn, mine);
+        if created {
+            let frame = self.channels_frame();
+            Self::push_all(&mut expected, self.everyone(), &frame);
+        }
+        expected
+    }
+
+    fn disconnect(&mut self, conn: ConnId) -> Expected {
+        self.hub.handle(Event::Disconnect { conn });
+        let mut expected = Expected::new();
+        let Some(gone) = self.clients.remove(&conn) else {
+            return expected;
+        };
+        self.gone.push(conn);
+        // Whatever it was sent, nobody reads it any more; it must have been sent nothing now.
+        let late = drain(&gone.inbox);
+        assert!(
+            late.is_empty(),
+            "frames for a disconnected client: {late:?}"
+        );
+        let others = self.members(&gone.channel);
+        if others.is_empty() && gone.channel != "general" {
+            let frame = self.channels_frame();
+            Self::push_all(&mut expected, self.everyone(), &frame);
+        } else {
+            let left = json!({
+                "type": "left", "channel": gone.channel,
+                "user": {"id": gone.id, "username": gone.name}, "count": others.len(),
+                "text": format!("{} has left the chat", gone.name),
+            });
+            Self::push_all(&mut expected, others, &left);
+        }
+        expected
+    }
+
+    fn request(&mut self, conn: ConnId, request: Request) -> Expected {
+        self.hub.handle(Event::Request {
+            conn,
+            request: request.clone(),
+        });
+        let mut expected = Expected::new();
+        if !self.clients.contains_key(&conn) {
+            return expected; // from a connection that is gone: ignored
+        }
+        let channel = self.clients[&conn].channel.clone();
+        let others: Vec<ConnId> = self
+            .members(&channel)
+            .into_iter()
+            .filter(|c| *c != conn)
+            .collect();
+        match request {
+            Request::Message { text } => {
+                let frame = json!({
+                    "type": "message", "channel": channel, "user": self.user(conn), "text": text,
+                });
+                Self::push_all(&mut expected, self.members(&channel), &frame);
+                self.messages += 1;
+            }
+            Request::Rename { username } => match self.holder(&username) {
+                Some(holder) if holder != conn => {
+                    expected.insert(
+                        conn,
+                        vec![json!({"type": "error", "code": "username_taken"})],
+                    );
+                }
+                _ => {
+                    let me = self.clients.get_mut(&conn).unwrap();
+                    let old = std::mem::replace(&mut me.name, username.clone());
+                    let frame = json!({
+                        "type": "renamed", "channel": channel, "user": self.user(conn),
+                        "old": old, "text": format!("{old} is now known as {username}"),
+                    });
+                    Self::push_all(&mut expected, self.members(&channel), &frame);
+                }
+            },
+            Request::Join { channel: to } => {
+                if to == channel {
+                    expected.insert(conn, vec![self.welcome(conn)]);
+                    return expected;
+                }
+                let created = !self.channel_exists(&to);
+                let removed = others.is_empty() && channel != "general";
+                let user = self.user(conn);
+                let name = self.clients[&conn].name.clone();
+                if !removed {
+                    let left = json!({
+                        "type": "left", "channel": channel, "user": user,
+                        "count": others.len(), "text": format!("{name} has left the chat"),
+                    });
+                    Self::push_all(&mut expected, others, &left);
+                }
+                let arriving = self.members(&to);
+                self.clients.get_mut(&conn).unwrap().channel = to.clone();
+                let joined = json!({
+                    "type": "joined", "channel": to, "user": user, "count": arriving.len() + 1,
+                    "text": format!("{name} has joined the chat"),
+                });
+                Self::push_all(&mut expected, arriving, &joined);
+                expected.insert(conn, vec![self.welcome(conn)]);
+                if created || removed {
+                    let frame = self.channels_frame();
+                    Self::push_all(&mut expected, self.everyone(), &frame);
+                }
+            }
+            Request::Typing { typing } => {
+                let frame = json!({
+                    "type": "typing", "channel": channel, "user": self.user(conn), "typing": typing,
+                });
+                Self::push_all(&mut expected, others, &frame);
+            }
+            Request::State { state } => {
+                self.clients.get_mut(&conn).unwrap().state = state.clone();
+                let frame = json!({
+                    "type": "state", "channel": channel, "user": self.user(conn), "state": state,
+                });
+                Self::push_all(&mut expected, others, &frame);
+            }
+            Request::Channels => {
+                expected.insert(conn, vec![self.channels_frame()]);
+            }
+            #[allow(unreachable_patterns)]
+            other => panic!("the model does not know {other:?}: extend this test"),
+        }
+        expected
+    }
+
+    /// Checks everything after a step: invariants, stats, and each client's frames.
+    fn check(&mut self, mut expected: Expected) -> Result<(), String> {
+        self.hub.check_invariants()?;
+        let stats = self.hub.stats();
+        if stats.online != self.clients.len() {
+            return Err(format!(
+                "stats.online {} for {} users",
+                stats.online,
+                self.clients.len()
+            ));
+        }
+        let listed: Vec<Value> = stats
+            .channels
+            .iter()
+            .map(|c| json!({"name": c.name, "count": c.count}))
+            .collect();
+        let mut listed_sorted = listed.clone();
+        listed_sorted.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        if listed_sorted != self.channel_list() {
+            return Err(format!(
+                "stats.channels {listed:?}, model {:?}",
+                self.channel_list()
+            ));
+        }
+        if stats.messages != self.messages {
+            return Err(format!(
+                "stats.messages {} for {} sent",
+                stats.messages, self.messages
+            ));
+        }
+        let conns: Vec<ConnId> = self.clients.keys().copied().collect();
+        let mut new_message: Option<Value> = None;
+        for conn in conns {
+            let client = self.clients.get_mut(&conn).unwrap();
+            let mut actual = std::mem::take(&mut client.pending);
+            actual.extend(drain(&client.inbox));
+            let actual = normalize(actual);
+            let want = normalize(expected.remove(&conn).unwrap_or_default());
+            let same =
+                want.len() == actual.len() && want.iter().zip(&actual).all(|(w, a)| matches(w, a));
+            if !same {
+                return Err(format!(
+                    "conn {conn} ({:?} in #{}):\n  expected {}\n  got      {}",
+                    client.name,
+                    client.channel,
+                    Value::Array(want),
+                    Value::Array(actual)
+                ));
+            }
+            for frame in &actual {
+                let kind = match frame["type"].as_str() {
+                    Some("error") => format!("error {}", frame["code"]),
+                    Some(kind) => kind.to_owned(),
+                    None => "close".to_owned(),
+                };
+                *self.seen.entry(kind).or_default() += 1;
+                if let Some(history) = frame["history"].as_array() {
+                    let longest = self.seen.entry("longest history".into()).or_default();
+                    *longest = (*longest).max(history.len());
+                }
+            }
+            for frame in actual.iter().filter(|f| f["type"] == "message") {
+                let id = frame["id"]
+                    .as_u64()
+                    .ok_or("a message without an integer id")?;
+                if id <= client.last_message_id {
+                    return Err(format!(
+                        "conn {conn}: message id {id} after {}",
+                        client.last_message_id
+                    ));
+                }
+                client.last_message_id = id;
+                if !frame["ts"].is_u64() {
+                    return Err(format!("a message without an integer ts: {frame}"));
+                }
+                match &new_message {
+                    Some(seen) if seen != frame => {
+                        return Err(format!("one message, two versions: {seen} / {frame}"));
+                    }
+                    _ => new_message = Some(frame.clone()),
+                }
+            }
+        }
+        if let Some(message) = new_message {
+            let id = message["id"].as_u64().unwrap();
+            if id <= self.last_id {
+                return Err(format!("message id {id} after {}", self.last_id));
+            }
+            self.last_id = id;
+            let channel = message["channel"].as_str().unwrap().to_owned();
+            let history = self.history.entry(channel).or_default();
+            history.push(message);
+            if history.len() > 100 {
+                history.remove(0);
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generators.
+
+const NAMES: &[&str] = &[
+    "Alex",
+    "alex",
+    "ALEX",
+    "Bob",
+    "bob",
+    "Carol",
+    "  Dave  ",
+    "Zoë",
+    "ZOË",
+    "名前",
+    "émilie",
+    "Émilie",
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxy",
+    "tab\there",
+    "new\nline",
+    "bell\u{7}",
+    "\u{202e}rtl",
+    "guest-0000",
+    "GUEST-ffff",
+    "a",
+];
+
+const CHANNELS: &[&str] = &[
+    "general",
+    "GENERAL",
+    "rust",
+    "Rust",
+    "RUST",
+    "a",
+    "b-c_d",
+    "c0",
+    "c1",
+    "c2",
+    "cccccccccccccccccccccccccccccccc",
+    "ccccccccccccccccccccccccccccccccc",
+    "has space",
+    "émoji",
+    "chan/slash",
+    "İ",
+    "",
+];
+
+fn random_name(rng: &mut Rng, world: &World) -> String {
+    if !world.clients.is_empty() && rng.chance(25) {
+        // Somebody's current name, in another case.
+        let names: Vec<&String> = world.clients.values().map(|c| &c.name).collect();
+        let name = rng.pick(&names).to_string();
+        return if rng.chance(50) {
+            name.to_uppercase()
+        } else {
+            name.to_lowercase()
+        };
+    }
+    if rng.chance(15) {
+        return format!("user{}", rng.below(40));
+    }
+    rng.pick(NAMES).to_string()
+}
+
+fn random_text(rng: &mut Rng) -> String {
+    match rng.below(40) {
+        0 | 1 => String::new(),
+        2 | 3 => " \t\u{3000} ".into(),
+        4 => "x".repeat(2000),
+        5 => "é".repeat(2001),
+        6..=8 => "  padded  ".into(),
+        9..=11 => "line\nbreak\u{0}".into(),
+        _ => format!("hello {}", rng.below(1000)),
+    }
+}
+
+/// A request as a client would send it: valid, or wrong in one of many ways.
+fn random_request(rng: &mut Rng, world: &World, profile: Profile) -> String {
+    let message_share = if profile == Profile::Chatty { 85 } else { 25 };
+    if rng.chance(message_share) {
+        return json!({"type": "message", "text": random_text(rng)}).to_string();
+    }
+    match rng.below(12) {
+        0 | 1 => json!({"type": "username", "username": random_name(rng, world)}).to_string(),
+        2 | 3 => {
+            let channel = if profile == Profile::Chatty {
+                *rng.pick(&["general", "rust", "RUST"])
+            } else {
+                rng.pick(CHANNELS)
+            };
+            json!({"type": "join", "channel": channel}).to_string()
+        }
+        4 => json!({"type": "typing", "typing": rng.chance(50)}).to_string(),
+        5 => {
+            let state = match rng.below(4) {
+                0 => json!({"x": rng.below(100), "y": 0.5}),
+                1 => json!({"big": "s".repeat(1100)}),
+                2 => json!({}),
+                _ => json!({"nested": {"list": [1, 2, {"k": null}]}}),
+            };
+            json!({"type": "state", "state": state}).to_string()
+        }
+        6 => json!({"type": "channels"}).to_string(),
+        7 => rng
+            .pick(&[
+                r#"{"type":"typing","typing":"yes"}"#,
+                r#"{"type":"state","state":[1]}"#,
+                r#"{"type":"message","text":5}"#,
+                r#"{"type":"join"}"#,
+                r#"{"type":"username","username":null}"#,
+            ])
+            .to_string(),
+        8 => rng
+            .pick(&["not json", "{}", "[]", r#"{"type":5}"#, "", "null"])
+            .to_string(),
+        9 => json!({"type": rng.pick(&["dance", "MESSAGE", "", "__panic"])}).to_string(),
+        10 => json!({"type": "message", "text": "extra fields are fine", "x": [1]}).to_string(),
+        _ => {
+            // Bytes as they come, made UTF-8.
+            let bytes: Vec<u8> = (0..rng.below(24)).map(|_| rng.next_u64() as u8).collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The state-machine property.
+
+fn run_sequence(
+    seed: u64,
+    steps: usize,
+    profile: Profile,
+) -> Result<BTreeMap<String, usize>, String> {
+    let mut rng = Rng(seed);
+    let mut world = World::new();
+    for step in 0..steps {
+        let roll = rng.below(100);
+        let connect_share = if world.clients.len() < 2 { 60 } else { 12 };
+        let result = panic::catch_unwind(AssertUnwindSafe(|| {
+            let expected = if roll < connect_share && world.clients.len() < 24 {
+                let username = if rng.chance(20) {
+                    None
+                } else {
+                    Some(random_name(&mut rng, &world))
+                };
+                let channel = if rng.chance(40) {
+                    None
+                } else if profile == Profile::Chatty {
+                    Some(rng.pick(&["general", "rust"]).to_string())
+                } else {
+                    Some(rng.pick(&CHANNELS[..CHANNELS.len() - 1]).to_string())
+                };
+                world
+                    .trace
+                    .push(format!("connect {username:?} {channel:?}"));
+                world.connect(username, channel)
+            } else if roll < connect_share + 8 && !world.clients.is_empty() {
+                let conns: Vec<ConnId> = world.clients.keys().copied().collect();
+                let conn = *rng.pick(&conns);
+                world.trace.push(format!("disconnect {conn}"));
+                world.disconnect(conn)
+            } else if roll < connect_share + 10 {
+                // A disconnect or a request from a connection the hub no longer knows.
+                let conn = world.gone.last().copied().unwrap_or(9999);
+                if rng.chance(50) {
+                    world.trace.push(format!("disconnect again {conn}"));
+                    world.disconnect(conn)
+                } else {
+                    world.trace.push(format!("request from gone {conn}"));
+                    world.request(conn, Request::Channels)
+                }
+            } else if let Some(conn) = {
+                let conns: Vec<ConnId> = world.clients.keys().copied().collect();
+                (!conns.is_empty()).then(|| *rng.pick(&conns))
+            } {
+                let raw = random_request(&mut rng, &world, profile);
+                world.trace.push(format!("conn {conn} sends {raw:?}"));
+                match parse_request(&raw) {
+                    Ok(request) => world.request(conn, request),
+                    Err(refusal) => {
+                        let code = code_of(&refusal);
+                        assert!(PARSE_CODES.contains(&code.as_str()), "code {code}");
+                        assert!(!refusal.message.trim().is_empty(), "an empty message");
+                        Expected::new() // refused in the connection's thread: the hub hears nothing
+                    }
+                }
+            } else {
+                Expected::new()
+            };
+            world.check(expected)
+        }));
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(panic) => Err(panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic".into())),
+        };
+        if let Err(problem) = outcome {
+            let mut report = format!("seed {seed:#x}, step {step}: {problem}\nlast steps:\n");
+            for line in world.trace.iter().rev().take(15).rev() {
+                let _ = writeln!(report, "  {line}");
+            }
+            return Err(report);
+        }
+    }
+    // Shutdown closes everyone with 1001.
+    if world.hub.handle(Event::Shutdown) {
+        return Err(format!("seed {seed:#x}: the hub goes on after Shutdown"));
+    }
+    for (conn, client) in &world.clients {
+        let frames = drain(&client.inbox);
+        if frames.last() != Some(&json!({"close": 1001})) {
+            return Err(format!(
+                "seed {seed:#x}: conn {conn} got {frames:?} at shutdown"
+            ));
+        }
+    }
+    Ok(world.seen)
+}
+
+#[test]
+fn props_hub_random_sequences_keep_every_invariant_and_the_contract() {
+    let base = base_seed();
+    // 300 sequences, split over two threads (they are independent); every 10th is chatty.
+    let results: Vec<Result<BTreeMap<String, usize>, String>> = thread::scope(|scope| {
+        let workers: Vec<_> = (0..2u64)
+            .map(|w| {
+                scope.spawn(move || {
+                    (0..300u64)
+                        .filter(|i| i % 2 == w)
+                        .map(|i| {
+                            let (profile, steps) = if i % 10 == 9 {
+                                (Profile::Chatty, 260)
+                            } else {
+                                (Profile::Mixed, 200)
+                            };
+                            run_sequence(base.wrapping_add(i * 0x1_0001), steps, profile)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a worker thread"))
+            .collect()
+    });
+    let mut failures = Vec::new();
+    let mut coverage: BTreeMap<String, usize> = BTreeMap::new();
+    for result in results {
+        match result {
+            Ok(seen) => {
+                for (kind, n) in seen {
+                    let total = coverage.entry(kind.clone()).or_default();
+                    *total = if kind == "longest history" {
+                        (*total).max(n)
+                    } else {
+                        *total + n
+                    };
+                }
+            }
+            Err(report) if failures.len() < 3 => failures.push(report),
+            Err(_) => {}
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failing sequences (replay with PROPS_SEED={base}):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!("hub properties exercised: {coverage:?}");
+    // The sequences must have reached the interesting corners, or they prove little.
+    for kind in [
+        "welcome",
+        "message",
+        "joined",
+        "left",
+        "renamed",
+        "typing",
+        "state",
+        "channels",
+        "error \"username_taken\"",
+        "error \"invalid_username\"",
+        "error \"invalid_channel\"",
+    ] {
+        assert!(
+            coverage.get(kind).copied().unwrap_or(0) >= 20,
+            "too few {kind} frames: {coverage:?}"
+        );
+    }
+    assert_eq!(
+        coverage["longest history"], 100,
+        "some welcome must carry a full history"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// parse_request against anything.
+
+/// What the contract says `parse_request` must make of a JSON value sent as text.
+fn oracle(value: &Value) -> Result<Request, &'static str> {
+    let Value::Object(fields) = value else {
+        return Err("bad_json");
+    };
+    let Some(Value::String(kind)) = fields.get("type") else {
+        return Err("bad_json");
+    };
+    let string = |name: &str| match fields.get(name) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        _ => Err("bad_request"),
+    };
+    match kind.as_str() {
+        "message" => {
+            let text = string("text")?;
+            let text = text.trim();
+            let n = text.chars().count();
+            if (1..=2000).contains(&n) {
+                Ok(Request::Message {
+                    text: text.to_owned(),
+                })
+            } else {
+                Err("invalid_text")
+            }
+        }
+        "username" => valid_username(&string("username")?)
+            .map(|username| Request::Rename { username })
+            .ok_or("invalid_username"),
+        "join" => valid_channel(&string("channel")?)
+            .map(|channel| Request::Join { channel })
+            .ok_or("invalid_channel"),
+        "typing" => match fields.get("typing") {
+            Some(Value::Bool(typing)) => Ok(Request::Typing { typing: *typing }),
+            _ => Err("bad_request"),
+        },
+        "state" => match fields.get("state") {
+            Some(Value::Object(state)) => {
+                if serde_json::to_string(state).unwrap().len() <= 1024 {
+                    Ok(Request::State {
+                        state: state.clone(),
+                    })
+                } else {
+                    Err("invalid_state")
+                }
+            }
+            _ => Err("bad_request"),
+        },
+        "channels" => Ok(Request::Channels),
+        _ => Err("unknown_type"),
+    }
+}
+
+fn random_string(rng: &mut Rng) -> String {
+    const PIECES: &[&str] = &[
+        "a", "Z", " ", "\t", "\n", "\r", "\u{0}", "\u{7f}", "\u{85}", "\u{a0}", "\u{200b}",
+        "\u{202e}", "\u{3000}", "é", "名", "😀", "\"", "\\", "-", "_", "{", "}", "[", "]",
+    ];
+    let len = match rng.below(10) {
+        0 => 0,
+        1 => 31 + rng.below(4),
+        2 => 1998 + rng.below(5),
+        _ => rng.below(12),
+    };
+    let piece = rng.pick(PIECES).to_string();
+    (0..len)
+        .map(|_| {
+            if rng.chance(70) {
+                piece.clone()
+            } else {
+                rng.pick(PIECES).to_string()
+            }
+        })
+        .collect()
+}
+
+fn random_value(rng: &mut Rng, depth: usize) -> Value {
+    match rng.below(if depth > 2 { 7 } else { 9 }) {
+        0 => Value::Null,
+        1 => Value::Bool(rng.chance(50)),
+        2 => json!(rng.next_u64()),
+        3 => json!(-(rng.below(1000) as i64)),
+        4 => json!(rng.below(1000) as f64 / 7.0),
+        5 | 6 => Value::String(random_string(rng)),
+        7 => Value::Array(
+            (0..rng.below(4))
+                .map(|_| random_value(rng, depth + 1))
+                .collect(),
+        ),
+        _ => {
+            let mut map = Map::new();
+            for _ in 0..rng.below(4) {
+                map.insert(random_string(rng), random_value(rng, depth + 1));
+            }
+            if rng.chance(10) {
+                map.insert(
+                    "pad".into(),
+                    Value::String("p".repeat(1000 + rng.below(50))),
+                );
+            }
+            Value::Object(map)
+        }
+    }
+}
+
+/// A request-shaped value, right or wrong in its type, fields and values.
+fn random_request_value(rng: &mut Rng) -> Value {
+    const TYPES: &[&str] = &[
+        "message", "username", "join", "typing", "state", "channels", "Message", "", "dance",
+        "__panic",
+    ];
+    const FIELDS: &[&str] = &["text", "username", "channel", "typing", "state", "type"];
+    let mut map = Map::new();
+    match rng.below(10) {
+        0 => {}
+        1 => {
+            map.insert("type".into(), random_value(rng, 0));
+        }
+        _ => {
+            map.insert("type".into(), Value::String(rng.pick(TYPES).to_string()));
+        }
+    }
+    for _ in 0..rng.below(3) {
+        let field = rng.pick(FIELDS).to_string();
+        if field != "type" || rng.chance(10) {
+            map.insert(field, random_value(rng, 0));
+        }
+    }
+    if rng.chance(5) {
+        return random_value(rng, 0);
+    }
+    Value::Object(map)
+}
+
+/// A small random edit of `text`: delete, duplicate or replace a few characters.
+fn mutate(rng: &mut Rng, text: &str) -> String {
+    let mut chars: Vec<char> = text.chars().collect();
+    for _ in 0..1 + rng.below(3) {
+        if chars.is_empty() {
+            break;
+        }
+        let at = rng.below(chars.len());
+        match rng.below(3) {
+            0 => {
+                chars.remove(at);
+            }
+            1 => chars.insert(at, chars[at]),
+            _ => chars[at] = *rng.pick(&['"', '{', '}', ',', ':', '\\', '0', 'x', '\u{0}']),
+        }
+    }
+    chars.into_iter().collect()
+}
+
+/// Checks one input; `Err` describes a broken property.
+fn check_parse(input: &str, expect: Option<Result<Request, &'static str>>) -> Result<(), String> {
+    let outcome = panic::catch_unwind(|| parse_request(input))
+        .map_err(|_| format!("parse_request panicked on {input:?}"))?;
+    match &outcome {
+        Err(refusal) => {
+            let code = code_of(refusal);
+            if !PARSE_CODES.contains(&code.as_str()) {
+                return Err(format!(
+                    "{input:?}: code {code} is not one of the contract's"
+                ));
+            }
+            if refusal.message.trim().is_empty() {
+                return Err(format!("{input:?}: refusal {code} without a message"));
+            }
+        }
+        Ok(request) => {
+            // Whatever is accepted obeys the rules.
+            let fine = match request {
+                Request::Message { text } => {
+                    text.trim() == text && (1..=2000).contains(&text.chars().count())
+                }
+                Request::Rename { username } => valid_username(username).as_ref() == Some(username),
+                Request::Join { channel } => valid_channel(channel).as_ref() == Some(channel),
+                Request::State { state } => serde_json::to_string(state).unwrap().len() <= 1024,
+                _ => true,
+            };
+            if !fine {
+                return Err(format!("{input:?} was accepted as {request:?}"));
+            }
+        }
+    }
+    if let Some(expect) = expect {
+        let got = outcome.map_err(|r| code_of(&r));
+        let want = expect.map_err(str::to_owned);
+        if got != want {
+            return Err(format!("{input:?}: expected {want:?}, got {got:?}"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn props_parse_request_never_panics_and_refuses_with_contract_codes() {
+    let mut rng = Rng(base_seed() ^ 0x5EED);
+    let mut problems = Vec::new();
+    let mut note = |result: Result<(), String>| {
+        if let Err(problem) = result
+            && problems.len() < 10
+        {
+            problems.push(problem);
+        }
+    };
+    // Fixed hard cases: deep nesting, huge numbers, lone surrogates, odd whitespace.
+    let deep_array = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let deep_state = format!(
+        r#"{{"type":"state","state":{}1{}}}"#,
+        r#"{"a":"#.repeat(120),
+        "}".repeat(120)
+    );
+    let deeper_state = format!(
+        r#"{{"type":"state","state":{}1{}}}"#,
+        r#"{"a":"#.repeat(5000),
+        "}".repeat(5000)
+    );
+    for input in [
+        deep_array.as_str(),
+        &deep_state,
+        &deeper_state,
+        r#"{"type":"message","text":"\ud800"}"#,
+        r#"{"type":"message","text":1e999}"#,
+        r#"{"type":"typing","typing":true,"typing":false}"#,
+        "\u{feff}{\"type\":\"channels\"}",
+        " \n\t{\"type\":\"channels\"} \r\n",
+        r#"{"type":"channels"}{"type":"channels"}"#,
+        r#"{"type":"message","text":"hi"#,
+    ] {
+        note(check_parse(input, None));
+    }
+    for _ in 0..20_000 {
+        match rng.below(5) {
+            0 => {
+                let bytes: Vec<u8> = (0..rng.below(64)).map(|_| rng.next_u64() as u8).collect();
+                note(check_parse(&String::from_utf8_lossy(&bytes), None));
+            }
+            1 => {
+                const ALPHABET: &[u8] = b"{}[]\":,0123456789.-+eEtruefalsnl \\/ubmxyptgcha";
+                let text: String = (0..rng.below(80))
+                    .map(|_| *rng.pick(ALPHABET) as char)
+                    .collect();
+                note(check_parse(&text, None));
+            }
+            2 | 3 => {
+                let value = random_request_value(&mut rng);
+                let text = if rng.chance(20) {
+                    serde_json::to_string_pretty(&value).unwrap()
+                } else {
+                    value.to_string()
+                };
+                note(check_parse(&text, Some(oracle(&value))));
+            }
+            _ => {
+                let valid = [
+                    r#"{"type":"message","text":"hello"}"#,
+                    r#"{"type":"username","username":"Alex"}"#,
+                    r#"{"type":"join","channel":"rust"}"#,
+                    r#"{"type":"typing","typing":true}"#,
+                    r#"{"type":"state","state":{"x":1}}"#,
+                    r#"{"type":"channels"}"#,
+                ];
+                let base = *rng.pick(&valid);
+                let text = mutate(&mut rng, base);
+                // A mutation that is still JSON has an oracle too.
+                let expect = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .map(|v| oracle(&v));
+                note(check_parse(&text, expect));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -1,0 +1,1213 @@
+//! A bounded soak: a few hundred clients of mixed behaviour against one in-process server.
+//!
+//! Roles (each a plain thread with its own connection):
+//! - **healthy** chatters stay in one of four channels and send numbered messages; each checks
+//!   it gets every healthy peer's messages, whole and in order;
+//! - **switchers** hop between channels, **renamers** rename (and try a taken name);
+//! - **dozers** stop reading for a few seconds (not long enough to be dropped);
+//! - **sleepers** stop reading in a flooded channel until the server cuts them off as slow
+//!   readers, then reconnect; **flooders** send large messages there, an **observer** counts
+//!   the `left`s;
+//! - **garbage** senders send bad JSON, binary frames, unknown types, bursts (rate limit) and
+//!   oversize frames (1009), reconnecting after each 1009;
+//! - **abrupt** clients connect and vanish (reset, half a frame, half-close, or politely),
+//!   over and over.
+//!
+//! At the end everyone parks, `/stats` must count exactly the parked connections, then
+//! everyone leaves and the process's threads and file descriptors must return to their
+//! baseline. Duration: `SOAK_SECS`, else 50 s under `CI=true`, else 20 s.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{ErrorKind, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Client, DEADLINE, eventually, start, stats};
+use serde_json::{Value, json};
+use tungstenite::Message;
+
+const HEALTHY_CHANNELS: usize = 4;
+const HEALTHY: usize = 100;
+const SWITCHERS: usize = 20;
+const RENAMERS: usize = 20;
+const DOZERS: usize = 12;
+const SLEEPERS: usize = 16;
+const FLOODERS: usize = 12;
+const GARBAGE: usize = 20;
+const ABRUPT: usize = 40;
+/// Healthy chatters send one message per this, each (the rate limit is 20 a second).
+const HEALTHY_PERIOD: Duration = Duration::from_millis(500);
+/// Flooders send one large message per this, each.
+const FLOOD_PERIOD: Duration = Duration::from_millis(60);
+/// How long past the end the flood may go on for a sleeper not yet cut off.
+const FLOOD_GRACE: Duration = Duration::from_secs(30);
+/// After the soak, how long the healthy may take to receive what is still on its way.
+const DRAIN: Duration = Duration::from_secs(30);
+/// Client read timeout: the granularity of each client's own clock.
+const TICK: Duration = Duration::from_millis(20);
+
+fn soak_duration() -> Duration {
+    let secs = std::env::var("SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(if std::env::var("CI").is_ok_and(|v| v == "true") {
+            50.0
+        } else {
+            20.0
+        });
+    Duration::from_secs_f64(secs)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process figures.
+
+fn threads_now() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+}
+
+fn fds_now() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared bookkeeping.
+
+/// Named counters (faults injected, drops by cause, …), shared by every thread.
+#[derive(Default)]
+struct Tally(Mutex<BTreeMap<String, u64>>);
+
+impl Tally {
+    fn add(&self, kind: &str, n: u64) {
+        *self.0.lock().unwrap().entry(kind.to_owned()).or_default() += n;
+    }
+    fn get(&self, kind: &str) -> u64 {
+        self.0.lock().unwrap().get(kind).copied().unwrap_or(0)
+    }
+    fn with_prefix(&self, prefix: &str) -> BTreeMap<String, u64> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_owned(), *v)))
+            .collect()
+    }
+}
+
+/// Where every client waits at the end, connected or not, until the figures are checked.
+#[derive(Default)]
+struct Gate {
+    state: Mutex<(usize, usize, bool)>, // (arrived, connected, released)
+    changed: Condvar,
+}
+
+impl Gate {
+    fn arrive(&self, connected: bool) {
+        let mut state = self.state.lock().unwrap();
+        state.0 += 1;
+        state.1 += usize::from(connected);
+        self.changed.notify_all();
+    }
+
+    /// Arrives and waits for the release (bounded, so a lost main thread cannot hang us).
+    fn park(&self, connected: bool) {
+        self.arrive(connected);
+        let state = self.state.lock().unwrap();
+        let _ = self
+            .changed
+            .wait_timeout_while(state, Duration::from_secs(180), |s| !s.2)
+            .unwrap();
+    }
+
+    fn wait_all(&self, total: usize, limit: Duration) -> (usize, usize) {
+        let state = self.state.lock().unwrap();
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, limit, |s| s.0 < total)
+            .unwrap();
+        (state.0, state.1)
+    }
+
+    fn release(&self) {
+        self.state.lock().unwrap().2 = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Makes sure a thread that panics still counts as arrived (not connected).
+struct Arrival<'a> {
+    gate: &'a Gate,
+    done: bool,
+}
+
+impl Arrival<'_> {
+    fn park(mut self, connected: bool) {
+        self.done = true;
+        self.gate.park(connected);
+    }
+}
+
+impl Drop for Arrival<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.gate.arrive(false);
+        }
+    }
+}
+
+struct Soak {
+    addr: SocketAddr,
+    end: Instant,
+    tally: Tally,
+    gate: Gate,
+    /// Contract violations seen by clients (the first few are kept).
+    violations: Mutex<Vec<String>>,
+    /// How many messages each healthy chatter sent, once it has stopped (`u64::MAX` before).
+    healthy_sent: Vec<AtomicU64>,
+    /// Sleepers the observer saw leave the flood channel.
+    sleeper_dropped: Vec<AtomicBool>,
+    sleepers_left: AtomicUsize,
+    started: Instant,
+    deliveries: AtomicU64,
+    connections: AtomicU64,
+}
+
+impl Soak {
+    fn violation(&self, what: String) {
+        let mut v = self.violations.lock().unwrap();
+        if v.len() < 40 {
+            v.push(what);
+        }
+    }
+
+    fn over(&self) -> bool {
+        Instant::now() >= self.end
+    }
+
+    /// The flood goes on past the end, if need be, until every sleeper has been cut off.
+    fn flood_over(&self) -> bool {
+        self.over()
+            && (self.sleepers_left.load(Ordering::SeqCst) >= SLEEPERS
+                || Instant::now() >= self.end + FLOOD_GRACE)
+    }
+
+    /// Connects a chat client (retrying briefly: a few hundred connect at once) and reads its
+    /// welcome. Short read timeouts let each client keep its own clock.
+    fn connect(&self, name: &str, channel: &str) -> Option<(Client, Value)> {
+        let path = format!("/?username={name}&channel={channel}");
+        let deadline = Instant::now() + DEADLINE;
+        let mut client = loop {
+            match common::try_connect(self.addr, &path, &[]) {
+                Ok(client) => break client,
+                Err(err) if Instant::now() > deadline => {
+                    self.violation(format!("{name}: cannot connect: {err}"));
+                    return None;
+                }
+                Err(_) => {
+                    self.tally.add("connect retries", 1);
+                    thread::sleep(Duration::from_millis(100));
+                }
+            }
+        };
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        let welcome = client.recv_type("welcome");
+        if welcome["user"]["username"] != name || welcome["channel"] != channel {
+            self.violation(format!("{name}: unexpected welcome {welcome}"));
+        }
+        client
+            .ws
+            .get_ref()
+            .set_read_timeout(Some(TICK))
+            .expect("set a read timeout");
+        Some((client, welcome))
+    }
+}
+
+/// One read with the client's short timeout: `Ok(None)` when nothing came in time.
+fn poll(client: &mut Client) -> Result<Option<Message>, tungstenite::Error> {
+    match client.ws.read() {
+        Ok(message) => Ok(Some(message)),
+        Err(tungstenite::Error::Io(e))
+            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn as_json(message: &Message) -> Option<Value> {
+    match message {
+        Message::Text(text) => serde_json::from_str(text).ok(),
+        _ => None,
+    }
+}
+
+/// Reads (answering pings) until a frame passes `want`, within the deadline.
+fn wait_for(client: &mut Client, mut want: impl FnMut(&Value) -> bool) -> Result<Value, String> {
+    let deadline = Instant::now() + DEADLINE;
+    while Instant::now() < deadline {
+        match poll(client) {
+            Ok(Some(message)) => {
+                if let Some(frame) = as_json(&message)
+                    && want(&frame)
+                {
+                    return Ok(frame);
+                }
+                if let Message::Close(close) = message {
+                    return Err(format!("closed: {close:?}"));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("nothing in time".into())
+}
+
+/// Leaves politely: close frame, then wait for the server's.
+fn leave(mut client: Client) {
+    let _ = client.ws.close(None);
+    let deadline = Instant::now() + DEADLINE;
+    while Instant::now() < deadline {
+        match poll(&mut client) {
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Sends a message; false if the connection is gone.
+fn send(client: &mut Client, value: Value) -> bool {
+    client.ws.send(Message::text(value.to_string())).is_ok()
+}
+
+/// A small deterministic PRNG per thread (SplitMix64).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    }
+    fn millis(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_millis(from + self.below(to - from))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The roles.
+
+fn healthy(soak: &Soak, me: usize, mut client: Client) {
+    let arrival = Arrival {
+        gate: &soak.gate,
+        done: false,
+    };
+    let mut rng = Rng(me as u64);
+    let peers: Vec<usize> = (0..HEALTHY)
+        .filter(|p| p % HEALTHY_CHANNELS == me % HEALTHY_CHANNELS)
+        .collect();
+    let mut next_from: HashMap<usize, u64> = peers.iter().map(|p| (*p, 0)).collect();
+    let mut sent = 0u64;
+    let mut next_send = Instant::now() + rng.millis(0, HEALTHY_PERIOD.as_millis() as u64);
+    let mut alive = true;
+    let handle = |frame: &Value, next_from: &mut HashMap<usize, u64>| {
+        if frame["type"] != "message" {
+            return;
+        }
+        soak.deliveries.fetch_add(1, Ordering::Relaxed);
+        let Some((sender, n)) = frame["text"]
+            .as_str()
+            .and_then(|t| t.strip_prefix('h'))
+            .and_then(|t| t.split_once(':'))
+            .and_then(|(s, n)| Some((s.parse::<usize>().ok()?, n.parse::<u64>().ok()?)))
+        else {
+            return; // not from a healthy chatter
+        };
+        if frame["user"]["username"] != format!("healthy-{sender}") {
+            soak.violation(format!(
+                "healthy-{me}: h{sender}'s text from {}",
+                frame["user"]
+            ));
+            return;
+        }
+        match next_from.get_mut(&sender) {
+            Some(next) if *next == n => *next += 1,
+            Some(next) => {
+                soak.violation(format!(
+                    "healthy-{me}: from healthy-{sender} got #{n}, expected #{next}"
+                ));
+                *next = n + 1;
+            }
+            None => soak.violation(format!(
+                "healthy-{me}: got healthy-{sender}'s message from another channel"
+            )),
+        }
+    };
+    // Chat until the end of the soak.
+    while alive && !soak.over() {
+        if Instant::now() >= next_send {
+            if !send(
+                &mut client,
+                json!({"type": "message", "text": format!("h{me}:{sent}")}),
+            ) {
+                alive = false;
+                break;
+            }
+            sent += 1;
+            next_send = (next_send + HEALTHY_PERIOD).max(Instant::now());
+        }
+        match poll(&mut client) {
+            Ok(Some(message)) => {
+                if let Some(frame) = as_json(&message) {
+                    handle(&frame, &mut next_from);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                soak.violation(format!("healthy-{me} was disconnected: {e}"));
+                alive = false;
+            }
+        }
+    }
+    soak.healthy_sent[me].store(sent, Ordering::SeqCst);
+    // Receive whatever is still on its way from the others.
+    let drain_until = Instant::now() + DRAIN;
+    while alive {
+        let complete = peers.iter().all(|p| {
+            let total = soak.healthy_sent[*p].load(Ordering::SeqCst);
+            total != u64::MAX && next_from[p] >= total
+        });
+        if complete {
+            break;
+        }
+        if Instant::now() > drain_until {
+            let missing: Vec<String> = peers
+                .iter()
+                .filter_map(|p| {
+                    let total = soak.healthy_sent[*p].load(Ordering::SeqCst);
+                    (next_from[p] < total).then(|| format!("h{p}: {}/{total}", next_from[p]))
+                })
+                .collect();
+            soak.violation(format!("healthy-{me} never got: {}", missing.join(", ")));
+            break;
+        }
+        match poll(&mut client) {
+            Ok(Some(message)) => {
+                if let Some(frame) = as_json(&message) {
+                    handle(&frame, &mut next_from);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                soak.violation(format!("healthy-{me} was disconnected while draining: {e}"));
+                alive = false;
+            }
+        }
+    }
+    soak.tally.add("sent: healthy", sent);
+    arrival.park(alive);
+    if alive {
+        leave(client);
+    }
+}
+
+fn switcher(soak: &Soak, me: usize) {
+    let arrival = Arrival {
+        gate: &soak.gate,
+        done: false,
+    };
+    const ROUTE: [&str; 6] = ["sw-a", "soak-0", "sw-b", "general", "sw-c", "soak-1"];
+    let name = format!("switcher-{me}");
+    let Some((mut client, _)) = soak.connect(&name, ROUTE[me % ROUTE.len()]) else {
+        return;
+    };
+    let mut hop = me;
+    let mut alive = true;
+    while alive && !soak.over() {
+        hop += 1;
+        let to = ROUTE[hop % ROUTE.len()];
+        if !send(&mut client, json!({"type": "join", "channel": to})) {
+            alive = false;
+            break;
+        }
+        if let Err(e) = wait_for(&mut client, |f| f["type"] == "welcome") {
+            soak.violation(format!("{name}: no welcome to #{to}: {e}"));
+            alive = false;
+            break;
+        }
+        soak.tally.add("switches", 1);
+        // After the welcome, only the new channel speaks to us.
+        let text = format!("{name} in {to} #{hop}");
+        if !send(&mut client, json!({"type": "message", "text": text})) {
+            alive = false;
+            break;
+        }
+        let result = wait_for(&mut client, |f| {
+            if f["type"] == "message" && f["channel"] != to {
+                soak.violation(format!(
+                    "{name}: in #{to}, got a message of {}",
+                    f["channel"]
+                ));
+            }
+            f["type"] == "message" && f["text"] == text.as_str()
+        });
+        if let Err(e) = result {
+            soak.violation(format!("{name}: own message lost in #{to}: {e}"));
+            alive = false;
+        }
+        // Stay a little while, reading.
+        let stay = Instant::now() + Duration::from_millis(600 + (me as u64 % 5) * 100);
+        while alive && Instant::now() < stay {
+            if let Err(e) = poll(&mut client) {
+                soak.violation(format!("{name} was disconnected: {e}"));
+                alive = false;
+            }
+        }
+    }
+    arrival.park(alive);
+    if alive {
+        leave(client);
+    }
+}
+
+fn renamer(soak: &Soak, me: usize) {
+    let arrival = Arrival {
+        gate: &soak.gate,
+        done: false,
+    };
+    let mut name = format!("renamer-{me}");
+    let Some((mut client, _)) = soak.connect(&name, "general") else {
+        return;
+    };
+    let mut alive = true;
+    let mut k = 0;
+    while alive && !soak.over() {
+        k += 1;
+        let (wanted, taken) = if k % 4 == 0 {
+            ("TAKEN-name".to_owned(), true)
+        } else {
+            (format!("renamer-{me}-{k}"), false)
+        };
+        if !send(&mut client, json!({"type": "username", "username": wanted})) {
+            alive = false;
+            break;
+        }
+        let answer = wait_for(&mut client, |f| {
+            (f["type"] == "renamed" && f["old"] == name.as_str()) || f["type"] == "error"
+        });
+        match answer {
+            Ok(f) if taken && f["code"] == "username_taken" => {
+                soak.tally.add("renames refused (taken)", 1)
+            }
+            Ok(f) if !taken && f["user"]["username"] == wanted.as_str() => {
+                soak.tally.add("renames", 1);
+                name = wanted;
+            }
+            Ok(f) => soak.violation(format!("renamer-{me}: asked for {wanted}, got {f}")),
+            Err(e) => {
+                soak.violation(format!("renamer-{me}: no answer to a rename: {e}"));
+                alive = false;
+            }
+        }
+        let pause = Instant::now() + Duration::from_millis(400);
+        while alive && Instant::now() < pause {
+            if let Err(e) = poll(&mut client) {
+                soak.violation(format!("renamer-{me} was disconnected: {e}"));
+                alive = false;
+            }
+        }
+    }
+    arrival.park(alive);
+    if alive {
+        leave(client);
+    }
+}
+
+fn dozer(soak: &Soak, me: usize) {
+    let arrival = Arrival {
+        gate: &soak.gate,
+        done: false,
+    };
+    let name = format!("dozer-{me}");
+    let channel = format!("soak-{}", me % HEALTHY_CHANNELS);
+    let Some((mut client, _)) = soak.connect(&name, &channel) else {
+        return;
+    };
+    let mut alive = true;
+    let mut nap = 0;
+    while alive && !soak.over() {
+        // Awake for two seconds.
+        let awake = Instant::now() + Duration::from_secs(2);
+        while alive && Instant::now() < awake {
+            match poll(&mut client) {
+                Ok(Some(message)) if as_json(&message).is_some_and(|f| f["type"] == "message") => {
+                    soak.deliveries.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    soak.violation(format!("{name} was disconnected while awake: {e}"));
+                    alive = false;
+                }
+            }
+        }
+        if !alive || soak.over() {
+            break;
+        }
+        // Asleep for three: hundreds of frames pile up, well under the 1024 limit.
+        nap += 1;
+        soak.tally.add("fault: reader stalls 3 s (dozer)", 1);
+        thread::sleep(Duration::from_secs(3));
+        let text = format!("{name} woke #{nap}");
+        alive = send(&mut client, json!({"type": "message", "text": text}));
+        if alive && let Err(e) = wait_for(&mut client, |f| f["text"] == text.as_str()) {
+            soak.violation(format!("{name} did not survive a 3 s nap: {e}"));
+            alive = false;
+        }
+    }
+    arrival.park(alive);
+    if alive {
+        leave(client);
+    }
+}
+
+/// Stops reading in the flooded channel until dropped; then reconnects.
+fn sleeper(soak: &Soak, me: usize) {
+    let arrival = Arrival {
+        gate: &soak.gate,
+        done: false,
+    };
+    let name = format!("sleeper-{me}");
+    let Some((mut client, _)) = soak.connect(&name, "flood") else {
+        return;
+    };
+    soak.tally.add("fault: reader stops for good (sleeper)", 1);
+    while !soak.sleeper_dropped[me].load(Ordering::SeqCst) && !soak.flood_over() {
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Read what was buffered: the stream must end (the server cut us off).
+    let mut ended = false;
+    let deadline = Instant::now() + DEADLINE;
+    while Instant::now() < deadline {
+        match poll(&mut client) {
+            Ok(Some(Message::Close(_))) => {}
+            Ok(_) => {}
+            Err(_) => {
+                ended = true;
+                break;
+            }
+        }
+        if !soak.sleeper_dropped[me].load(Ordering::SeqCst) && soak.flood_over() {
+            break; // never dropped: it stays
+        }
+    }
+    let connected = if ended {
+        soak.tally.add("drop: slow reader cut off", 1);
+        // Come back, as a person would.
+        match soak.connect(&format!("{name}-again"), "flood") {
+            Some((again, _)) => {
+                client = again;
+                soak.tally.add("reconnects", 1);
+                true
+            }
+            None => false,
+        }
+    } else {
+        soak.violation(format!("{name} was never dropped as a slow reader"));
+        true
+    };
+    // Keep up from now on, until the end.
+    let mut alive = connected;
+    while alive && !soak.over() {
+        if poll(&mut client).is_err() {
+            soak.violation(format!("{name} was disconnected after coming back"));
+            alive = false;
+        }
+    }
+    arrival.park(alive);
+    if alive {
+        leave(client);
+    }
+}
+
+fn flooder(soak: &Soak, me: usize) {
+    let arrival = Arrival {
+        gate: &soak.gate,
+        done: false,
+    };
+    let name = format!("flooder-{me}");
+    let Some((mut client, _)) = soak.connect(&name, "flood") else {
+        return;
+    };
+    // 2000 four-byte characters: about 8 KB a frame.
+    let big = "😀".repeat(1990);
+    let mut alive = true;
+    let mut next = Instant::now();
+    let mut sent = 0u64;
+    while alive && !soak.flood_over() {
+        let flooding = soak.sleepers_left.load(Ordering::SeqCst) < SLEEPERS;
+        if flooding && Instant::now() >= next {
+            alive = send(
+                &mut client,
+                json!({"type": "message", "text": format!("{me}:{sent} {big}")}),
+            );
+            sent += 1;
+            next = (next + FLOOD_PERIOD).max(Instant::now());
+        }
+        match poll(&mut client) {
+            Ok(Some(Message::Text(_))) => {
+                soak.deliveries.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                soak.violation(format!("{name} was disconnected: {e}"));
+                alive = false;
+            }
+        }
+    }
+    soak.tally.add("sent: flood (8 KB)", sent);
+    arrival.park(alive);
+    if alive {
+        leave(client);
+    }
+}
+
+fn observer(soak: &Soak) {
+    let arrival = Arrival {
+        gate: &soak.gate,
+        done: false,
+    };
+    let Some((mut client, _)) = soak.connect("observer", "flood") else {
+        return;
+    };
+    let mut alive = true;
+    while alive && !soak.flood_over() {
+        match poll(&mut client) {
+            Ok(Some(Message::Text(text))) => {
+                // Large flood frames are not parsed: only presence matters here.
+                if text.len() < 2000
+                    && let Ok(frame) = serde_json::from_str::<Value>(&text)
+                    && frame["type"] == "left"
+                    && let Some(n) = frame["user"]["username"]
+                        .as_str()
+                        .and_then(|u| u.strip_prefix("sleeper-"))
+                        .and_then(|n| n.parse::<usize>().ok())
+                    && n < SLEEPERS
+                    && !soak.sleeper_dropped[n].swap(true, Ordering::SeqCst)
+                    && soak.sleepers_left.fetch_add(1, Ordering::SeqCst) + 1 == SLEEPERS
+                {
+                    let at = soak.started.elapsed().as_millis() as u64;
+                    soak.tally.add("ms until every sleeper was cut off", at);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                soak.violation(format!("the observer was disconnected: {e}"));
+                alive = false;
+            }
+        }
+    }
+    arrival.park(alive);
+    if alive {
+        leave(client);
+    }
+}
+
+fn garbage(soak: &Soak, me: usize) {
+    let arrival = Arrival {
+        gate: &soak.gate,
+        done: false,
+    };
+    let name = format!("garbage-{me}");
+    let Some((mut client, _)) = soak.connect(&name, "junk") else {
+        return;
+    };
+    let mut alive = true;
+    let mut round = me;
+    let mut reconnects = 0;
+    while alive && !soak.over() {
+        round += 1;
+        let expect_error = |client: &mut Client, code: &str, kind: &str| -> bool {
+            match wait_for(client, |f| f["type"] == "error") {
+                Ok(f) if f["code"] == code => {
+                    soak.tally.add(&format!("fault: {kind}"), 1);
+                    true
+                }
+                Ok(f) => {
+                    soak.violation(format!("{name}: {kind} answered with {f}"));
+                    true
+                }
+                Err(e) => {
+                    soak.violation(format!("{name}: {kind} unanswered: {e}"));
+                    false
+                }
+            }
+        };
+        alive = match round % 8 {
+            0 => {
+                client.ws.send(Message::text("{not json")).is_ok()
+                    && expect_error(&mut client, "bad_json", "bad JSON")
+            }
+            1 => {
+                client
+                    .ws
+                    .send(Message::binary(vec![0u8, 159, 146, 150]))
+                    .is_ok()
+                    && expect_error(&mut client, "bad_json", "binary frame")
+            }
+            2 => {
+                send(&mut client, json!({"type": "dance"}))
+                    && expect_error(&mut client, "unknown_type", "unknown type")
+            }
+            3 => {
+                send(&mut client, json!({"type": "message"}))
+                    && expect_error(&mut client, "bad_request", "missing field")
+            }
+            4 => {
+                send(
+                    &mut client,
+                    json!({"type": "state", "state": {"x": "y".repeat(2000)}}),
+                ) && expect_error(&mut client, "invalid_state", "state over 1 KiB")
+            }
+            5 if me.is_multiple_of(2) => {
+                // Over 16 KiB: the server closes with 1009; come back.
+                let _ = client.ws.send(Message::text("z".repeat(17 * 1024)));
+                let _ = client.ws.get_ref().set_read_timeout(Some(DEADLINE));
+                match client.close_code() {
+                    Some(1009) => soak.tally.add("drop: 1009 message too big", 1),
+                    other => soak.violation(format!("{name}: oversize closed with {other:?}")),
+                }
+                soak.tally.add("fault: oversize message (17 KiB)", 1);
+                reconnects += 1;
+                match soak.connect(&format!("{name}-{reconnects}"), "junk") {
+                    Some((again, _)) => {
+                        client = again;
+                        soak.tally.add("reconnects", 1);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            6 => {
+                // A burst far over the rate: each frame is answered exactly once, by a welcome
+                // (a join to one's own channel) or by rate_limited.
+                const BURST: usize = 60;
+                let mut ok = true;
+                for _ in 0..BURST {
+                    ok &= send(&mut client, json!({"type": "join", "channel": "junk"}));
+                }
+                let (mut welcomes, mut limited) = (0, 0);
+                while ok && welcomes + limited < BURST {
+                    match wait_for(&mut client, |f| {
+                        f["type"] == "welcome" || f["type"] == "error"
+                    }) {
+                        Ok(f) if f["type"] == "welcome" => welcomes += 1,
+                        Ok(f) if f["code"] == "rate_limited" => limited += 1,
+                        Ok(f) => {
+                            soak.violation(format!("{name}: burst answered with {f}"));
+                            ok = false;
+                        }
+                        Err(e) => {
+                            soak.violation(format!(
+                                "{name}: burst of {BURST}: {welcomes} welcomes and {limited} \
+                                 rate_limited, then {e}"
+                            ));
+                            ok = false;
+                        }
+                    }
+                }
+                if ok && limited == 0 {
+                    soak.violation(format!("{name}: a burst of {BURST} was never rate limited"));
+                }
+                soak.tally
+                    .add("fault: rate-limited frames (bursts)", limited as u64);
+                ok
+            }
+            _ => {
+                send(&mut client, json!({"type": "message", "text": "   "}))
+                    && expect_error(&mut client, "invalid_text", "blank message")
+            }
+        };
+        // A burst empties the bucket; let it refill (20 a second) before the next round.
+        let pause = Instant::now() + Duration::from_millis(if round % 8 == 6 { 2500 } else { 300 });
+        while alive && Instant::now() < pause {
+            if let Err(e) = poll(&mut client) {
+                soak.violation(format!("{name} was disconnected: {e}"));
+                alive = false;
+            }
+        }
+    }
+    arrival.park(alive);
+    if alive {
+        leave(client);
+    }
+}
+
+fn abrupt(soak: &Soak, me: usize) {
+    let arrival = Arrival {
+        gate: &soak.gate,
+        done: false,
+    };
+    let mut rng = Rng(1000 + me as u64);
+    let channels = ["soak-0", "soak-1", "soak-2", "soak-3", "general"];
+    let mut k = 0;
+    while !soak.over() {
+        k += 1;
+        let channel = channels[rng.below(channels.len() as u64) as usize];
+        let Some((mut client, _)) = soak.connect(&format!("abrupt-{me}-{k}"), channel) else {
+            break;
+        };
+        if rng.below(2) == 0 {
+            let text = format!("abrupt-{me}-{k} was here");
+            if !send(&mut client, json!({"type": "message", "text": text}))
+                || wait_for(&mut client, |f| f["text"] == text.as_str()).is_err()
+            {
+                soak.violation(format!("abrupt-{me}-{k}: own message lost"));
+            }
+        }
+        match rng.below(4) {
+            0 => {
+                // Gone without a word (an RST if anything is unread).
+                soak.tally.add("fault: abrupt drop (reset)", 1);
+                drop(client);
+            }
+            1 => {
+                // Half a frame: the header promises 200 bytes, 3 come.
+                soak.tally.add("fault: half a frame, then gone", 1);
+                let stream = client.ws.get_mut();
+                let _ = stream.write_all(&[0x81, 0x80 | 126, 0, 200, 1, 2, 3, 4, b'{', b'"', b't']);
+                drop(client);
+            }
+            2 => {
+                // Half-close without a close frame: the server must hang up by itself.
+                soak.tally.add("fault: half-close without a close frame", 1);
+                let _ = client.ws.get_ref().shutdown(Shutdown::Write);
+                let deadline = Instant::now() + DEADLINE;
+                let ended = loop {
+                    match poll(&mut client) {
+                        Err(_) => break true,
+                        Ok(_) if Instant::now() > deadline => break false,
+                        Ok(_) => {}
+                    }
+                };
+                if !ended {
+                    soak.violation(format!("abrupt-{me}-{k}: half-closed, never hung up on"));
+                }
+            }
+            _ => {
+                soak.tally.add("polite leaves", 1);
+                leave(client);
+            }
+        }
+        thread::sleep(rng.millis(100, 400));
+    }
+    // Be there at the end.
+    let last = soak.connect(&format!("abrupt-{me}-last"), "general");
+    arrival.park(last.is_some());
+    if let Some((client, _)) = last {
+        leave(client);
+    }
+}
+
+fn holder(soak: &Soak) {
+    let arrival = Arrival {
+        gate: &soak.gate,
+        done: false,
+    };
+    let Some((mut client, _)) = soak.connect("Taken-Name", "general") else {
+        return;
+    };
+    let mut alive = true;
+    while alive && !soak.over() {
+        if let Err(e) = poll(&mut client) {
+            soak.violation(format!("the name holder was disconnected: {e}"));
+            alive = false;
+        }
+    }
+    arrival.park(alive);
+    if alive {
+        leave(client);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn soak_mixed_clients_deliver_in_order_and_leak_nothing() {
+    let duration = soak_duration();
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    // Baseline: the server is up, no client yet.
+    let (threads_before, fds_before, rss_before) = (threads_now(), fds_now(), rss_kib());
+
+    let total =
+        HEALTHY + SWITCHERS + RENAMERS + DOZERS + SLEEPERS + FLOODERS + GARBAGE + ABRUPT + 2;
+    // The healthy connect first and all of them are in before anyone speaks, so each can
+    // expect every peer's messages from number 0.
+    let mut soak = Soak {
+        addr,
+        end: Instant::now() + Duration::from_secs(3600),
+        tally: Tally::default(),
+        gate: Gate::default(),
+        violations: Mutex::new(Vec::new()),
+        healthy_sent: (0..HEALTHY).map(|_| AtomicU64::new(u64::MAX)).collect(),
+        sleeper_dropped: (0..SLEEPERS).map(|_| AtomicBool::new(false)).collect(),
+        sleepers_left: AtomicUsize::new(0),
+        started: Instant::now(),
+        deliveries: AtomicU64::new(0),
+        connections: AtomicU64::new(0),
+    };
+    let healthy_clients: Vec<Client> = (0..HEALTHY)
+        .map(|i| {
+            let channel = format!("soak-{}", i % HEALTHY_CHANNELS);
+            soak.connect(&format!("healthy-{i}"), &channel)
+                .expect("a healthy client connects")
+                .0
+        })
+        .collect();
+    eventually("all healthy chatters are in", || {
+        stats(addr)["online"] == HEALTHY
+    });
+    soak.started = Instant::now();
+    soak.end = soak.started + duration;
+    let soak = Arc::new(soak);
+
+    let spawn = |name: String, body: Box<dyn FnOnce(&Soak) + Send>| {
+        let soak = Arc::clone(&soak);
+        thread::Builder::new()
+            .name(name)
+            .stack_size(256 * 1024)
+            .spawn(move || body(&soak))
+            .expect("spawn a client thread")
+    };
+    let mut handles = Vec::new();
+    for (i, client) in healthy_clients.into_iter().enumerate() {
+        handles.push(spawn(
+            format!("healthy-{i}"),
+            Box::new(move |s| healthy(s, i, client)),
+        ));
+    }
+    handles.push(spawn("holder".into(), Box::new(holder)));
+    handles.push(spawn("observer".into(), Box::new(observer)));
+    for i in 0..SLEEPERS {
+        handles.push(spawn(
+            format!("sleeper-{i}"),
+            Box::new(move |s| sleeper(s, i)),
+        ));
+    }
+    for i in 0..FLOODERS {
+        handles.push(spawn(
+            format!("flooder-{i}"),
+            Box::new(move |s| flooder(s, i)),
+        ));
+    }
+    for i in 0..SWITCHERS {
+        handles.push(spawn(
+            format!("switcher-{i}"),
+            Box::new(move |s| switcher(s, i)),
+        ));
+    }
+    for i in 0..RENAMERS {
+        handles.push(spawn(
+            format!("renamer-{i}"),
+            Box::new(move |s| renamer(s, i)),
+        ));
+    }
+    for i in 0..DOZERS {
+        handles.push(spawn(format!("dozer-{i}"), Box::new(move |s| dozer(s, i))));
+    }
+    for i in 0..GARBAGE {
+        handles.push(spawn(
+            format!("garbage-{i}"),
+            Box::new(move |s| garbage(s, i)),
+        ));
+    }
+    for i in 0..ABRUPT {
+        handles.push(spawn(
+            format!("abrupt-{i}"),
+            Box::new(move |s| abrupt(s, i)),
+        ));
+    }
+    assert_eq!(handles.len(), total);
+
+    // Sample the process while the soak runs (pacing the samples, not waiting on anything).
+    let started = Instant::now();
+    let mut rss_samples: Vec<(Duration, u64)> = Vec::new();
+    let (mut threads_peak, mut fds_peak) = (0, 0);
+    while !soak.over() {
+        rss_samples.push((started.elapsed(), rss_kib()));
+        threads_peak = threads_peak.max(threads_now());
+        fds_peak = fds_peak.max(fds_now());
+        thread::sleep(Duration::from_millis(500));
+    }
+
+    // Everyone parks; then /stats must count exactly the connected ones.
+    let (arrived, connected) = soak.gate.wait_all(total, DRAIN + DEADLINE * 3);
+    let parked_stats = {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let now = stats(addr);
+            if now["online"] == connected || Instant::now() > deadline {
+                break now;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let rss_parked = rss_kib();
+    soak.gate.release();
+    let mut panicked = Vec::new();
+    for handle in handles {
+        let name = handle.thread().name().unwrap_or("?").to_owned();
+        if handle.join().is_err() {
+            panicked.push(name);
+        }
+    }
+    eventually("everyone has left", || stats(addr)["online"] == 0);
+    let final_stats = stats(addr);
+
+    // Threads and descriptors come back to the baseline: nothing leaked.
+    let settle_deadline = Instant::now() + DEADLINE * 3;
+    let (mut threads_after, mut fds_after);
+    loop {
+        threads_after = threads_now();
+        fds_after = fds_now();
+        if (threads_after <= threads_before + 2 && fds_after <= fds_before + 4)
+            || Instant::now() > settle_deadline
+        {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let rss_after = rss_kib();
+
+    // The figures, for the README.
+    let half = duration / 2;
+    let first_half_max = rss_samples
+        .iter()
+        .filter(|(t, _)| *t <= half)
+        .map(|(_, r)| *r)
+        .max()
+        .unwrap_or(0);
+    let second_half_max = rss_samples
+        .iter()
+        .filter(|(t, _)| *t > half)
+        .map(|(_, r)| *r)
+        .max()
+        .unwrap_or(0);
+    let healthy_sent: u64 = soak
+        .healthy_sent
+        .iter()
+        .map(|s| s.load(Ordering::SeqCst))
+        .filter(|s| *s != u64::MAX)
+        .sum();
+    eprintln!("== soak: {:.0} s", duration.as_secs_f64());
+    eprintln!(
+        "clients: {total} threads, {} connections made (with reconnects)",
+        soak.connections.load(Ordering::SeqCst)
+    );
+    eprintln!(
+        "messages: {} accepted by the server; healthy sent {healthy_sent}; deliveries counted by clients: {}",
+        final_stats["messages"],
+        soak.deliveries.load(Ordering::SeqCst)
+    );
+    eprintln!("faults injected: {:?}", soak.tally.with_prefix("fault: "));
+    eprintln!(
+        "drops by cause: {:?} (every sleeper cut off {:.1} s into the soak)",
+        soak.tally.with_prefix("drop: "),
+        soak.tally.get("ms until every sleeper was cut off") as f64 / 1000.0
+    );
+    eprintln!(
+        "other: switches {}, renames {} (+{} refused as taken), reconnects {}, polite leaves {}, connect retries {}",
+        soak.tally.get("switches"),
+        soak.tally.get("renames"),
+        soak.tally.get("renames refused (taken)"),
+        soak.tally.get("reconnects"),
+        soak.tally.get("polite leaves"),
+        soak.tally.get("connect retries"),
+    );
+    eprintln!(
+        "RSS: {} MiB before, {} MiB max in the first half, {} MiB max in the second, {} MiB parked, {} MiB after",
+        rss_before / 1024,
+        first_half_max / 1024,
+        second_half_max / 1024,
+        rss_parked / 1024,
+        rss_after / 1024
+    );
+    let timeline: Vec<String> = rss_samples
+        .iter()
+        .step_by(10)
+        .map(|(t, r)| format!("{:.0}s:{}", t.as_secs_f64(), r / 1024))
+        .collect();
+    eprintln!("RSS timeline (MiB): {}", timeline.join(" "));
+    eprintln!(
+        "threads: {threads_before} before, {threads_peak} peak, {threads_after} after; \
+         fds: {fds_before} before, {fds_peak} peak, {fds_after} after"
+    );
+    eprintln!(
+        "online when parked: {} of {connected} connected",
+        parked_stats["online"]
+    );
+
+    // The verdicts.
+    let violations = soak.violations.lock().unwrap().clone();
+    assert!(panicked.is_empty(), "client threads panicked: {panicked:?}");
+    assert!(
+        violations.is_empty(),
+        "{} contract violations seen by clients:\n{}",
+        violations.len(),
+        violations.join("\n")
+    );
+    assert_eq!(arrived, total, "every client reached the end");
+    assert_eq!(connected, total, "every client was connected at the end");
+    assert_eq!(
+        parked_stats["online"], connected,
+        "/stats online while parked: {parked_stats}"
+    );
+    let counted: u64 = parked_stats["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, connected as u64, "channel counts add up to online");
+    assert!(
+        final_stats["messages"].as_u64().unwrap() >= healthy_sent,
+        "fewer messages accepted than the healthy alone sent"
+    );
+    assert_eq!(
+        soak.tally.get("drop: slow reader cut off"),
+        SLEEPERS as u64,
+        "every sleeper was cut off as a slow reader"
+    );
+    assert!(soak.tally.get("drop: 1009 message too big") > 0);
+    assert!(
+        threads_after <= threads_before + 2,
+        "threads leaked: {threads_before} before, {threads_after} after"
+    );
+    assert!(
+        fds_after <= fds_before + 4,
+        "file descriptors leaked: {fds_before} before, {fds_after} after"
+    );
+    assert!(
+        second_half_max <= first_half_max + first_half_max / 2 + 64 * 1024,
+        "memory kept growing: {first_half_max} KiB max in the first half, {second_half_max} KiB in the second"
+    );
+    server.shutdown();
+}
