@@ -383,15 +383,22 @@ impl Hub {
         .to_json();
         let channel = user.channel.clone();
         self.next_message_id += 1;
-        self.messages += 1;
-        // On disk before anyone can see it, so a crash never loses a message that was sent.
+        // On disk before anyone can see it, so a crash never loses a message that was sent; a
+        // message that cannot be saved is not sent at all, and its sender is told.
         if let Some(Err(err)) = self
             .store
             .as_mut()
             .map(|store| store.append(&channel, &json))
         {
-            error!("could not save message {id} in #{channel}: {err}");
+            error!("could not save message {id} in #{channel}: {err}; not sent");
+            let refusal = Refusal::new(
+                ErrorCode::Unavailable,
+                "the server could not save your message, so it was not sent; try again later",
+            );
+            self.send_to(conn, refusal.to_frame());
+            return;
         }
+        self.messages += 1;
         let frame = encode_text_json(json.as_bytes());
         let history = self.history.entry(channel.clone()).or_default();
         if history.len() == HISTORY_LEN {
@@ -957,6 +964,32 @@ mod tests {
         let frames = c.frames();
         assert_eq!(frames[0]["channel"], "general");
         assert_eq!(frames[1]["code"], "invalid_channel");
+    }
+
+    #[test]
+    fn step5_a_message_that_cannot_be_saved_is_not_sent() {
+        let dir = std::env::temp_dir().join(format!("cyberchat-full-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Every write to /dev/full fails with "no space left on device".
+        std::os::unix::fs::symlink("/dev/full", dir.join("general.jsonl")).unwrap();
+        let store = Store::open(&dir, crate::history::Fsync::Never).unwrap();
+        let mut h = Harness {
+            hub: Hub::new(Some(store)),
+            next: 1,
+        };
+        let alex = h.connect(Some("Alex"), None);
+        let bob = h.connect(Some("Bob"), None);
+        alex.frames();
+        bob.frames();
+        h.send(&alex, r#"{"type":"message","text":"lost?"}"#);
+        assert_eq!(alex.frames()[0]["code"], "unavailable");
+        assert!(
+            bob.frames().is_empty(),
+            "nobody saw a message that is not on disk"
+        );
+        assert_eq!(h.hub.stats().messages, 0);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

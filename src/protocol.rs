@@ -43,6 +43,9 @@ pub enum ErrorCode {
     InvalidChannel,
     InvalidState,
     RateLimited,
+    /// The server could not do it right now (with `--data-dir`: the message could not be
+    /// saved, so it was not sent). An addition to the contract's codes.
+    Unavailable,
 }
 
 /// A refused request: the code for programs and a sentence for people.
