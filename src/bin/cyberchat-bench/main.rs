@@ -50,8 +50,10 @@
 //!   (window messages × C) against received (loss), latency of every received copy
 //!   (p50/p90/p99/max, receive time minus the send time in the text, one clock), order
 //!   errors, and from `/proc`: the server's CPU seconds, RSS and threads (`--server-pid`), the
-//!   bench's own CPU (a bench near 100 % of its core is flagged: then it is the bottleneck),
-//!   and how busy each core was.
+//!   bench's own CPU (a bench near 100 % of its core is flagged: then it is the bottleneck)
+//!   and how long a turn of its receiving loop took (what it can add to a latency), and how
+//!   busy each core was (`/proc/stat`, which samples at the timer tick: a note says when
+//!   that visibly missed the load).
 //! - **idle**: N clients over K channels, handshaken from `--threads` threads with
 //!   `--in-flight` handshakes outstanding each; handshakes/s until all are welcomed; server
 //!   RSS and threads before and after (KiB per connection); after `--hold` seconds, one

@@ -51,14 +51,24 @@ pub fn with_cpu_notes(mut r: FanoutResult) -> FanoutResult {
             r.bench_cpus
         ));
     }
+    // `/proc/stat` samples each core at the timer tick, while a process's CPU time is exact:
+    // a paced load that runs just after each tick can make a core look idler than its tenant.
     let mut others = |cpus: &[usize], own_pct: Option<f64>, who: &str| {
-        if let ([cpu], Some(own)) = (cpus, own_pct)
-            && let Some(busy) = r.core_busy_pct.get(*cpu)
-            && busy - own > 15.0
-        {
+        let ([cpu], Some(own)) = (cpus, own_pct) else {
+            return;
+        };
+        let Some(busy) = r.core_busy_pct.get(*cpu).copied() else {
+            return;
+        };
+        if busy - own > 15.0 {
             r.notes.push(format!(
                 "core {cpu} ({who}'s) was {busy:.0}% busy, {:.0} points of it not the {who}: a noisy machine",
                 busy - own
+            ));
+        } else if own - busy > 15.0 {
+            r.notes.push(format!(
+                "core {cpu} looks {busy:.0}% busy in /proc/stat but the {who} alone used {own:.0}%: \
+                 tick sampling missed the load, ignore core busy % for this run"
             ));
         }
     };

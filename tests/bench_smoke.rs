@@ -1,0 +1,221 @@
+//! Smoke tests of `cyberchat-bench`, so the benchmark cannot rot: a few clients for about a
+//! second against an in-process server. They check that it runs, prints its row, and that its
+//! `--json` reports no loss and every idle client live. No timing is asserted: figures belong
+//! to the benchmark, not to the test suite.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_cyberchat-bench");
+/// A run that takes longer than this has hung.
+const WATCHDOG: Duration = Duration::from_secs(90);
+
+/// Runs the bench with `args`, killing it if it hangs.
+fn bench(args: &[&str]) -> Output {
+    let mut child = Command::new(BENCH)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the bench binary starts");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stdout.read_to_end(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stderr.read_to_end(&mut s);
+        s
+    });
+    let deadline = Instant::now() + WATCHDOG;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("cyberchat-bench {args:?} did not finish within {WATCHDOG:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The last line of stdout, as JSON.
+fn json_row(output: &Output) -> Value {
+    let stdout = text(&output.stdout);
+    let line = stdout
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no output; stderr: {}", text(&output.stderr)));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+fn assert_success(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+}
+
+#[test]
+fn bench_fanout_prints_a_row_and_its_json_shows_no_loss() {
+    let server = common::start(|c| c.max_rate = 0);
+    let url = format!("ws://{}/", server.local_addr());
+    let pid = std::process::id().to_string();
+    let common_args = [
+        "fanout",
+        "--url",
+        &url,
+        "-c",
+        "5",
+        "-s",
+        "2",
+        "--warmup",
+        "0.2",
+        "--secs",
+        "1",
+        "--server-pid",
+        &pid,
+        "--drain",
+        "30",
+    ];
+
+    // Fixed rate, as a table row.
+    let mut args = common_args.to_vec();
+    args.extend(["-r", "50"]);
+    let output = bench(&args);
+    assert_success(&output, "fanout -r 50");
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("| scenario |"), "a header: {stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("| fanout | 5 | 2 | 50 |")),
+        "a row: {stdout}"
+    );
+
+    // Flood, as JSON.
+    for rate in ["50", "0"] {
+        let mut args = common_args.to_vec();
+        args.extend(["-r", rate, "-w", "4", "--json"]);
+        let output = bench(&args);
+        assert_success(&output, "fanout --json");
+        let row = json_row(&output);
+        assert_eq!(row["kind"], "fanout");
+        assert!(row["sent"].as_u64().unwrap() > 0, "{row}");
+        assert_eq!(
+            row["expected"].as_u64().unwrap(),
+            row["sent"].as_u64().unwrap() * 5,
+            "{row}"
+        );
+        assert_eq!(row["received"], row["expected"], "R={rate}: {row}");
+        assert_eq!(row["lost"], 0, "R={rate}: {row}");
+        assert_eq!(row["dropped_clients"], 0, "{row}");
+        assert_eq!(row["order_errors"], 0, "{row}");
+        assert!(row["p99_ms"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["server_cpu_s"].is_number(), "reads /proc/<pid>: {row}");
+        assert!(row["bench_cpu_pct"].is_number(), "{row}");
+    }
+}
+
+#[test]
+fn bench_idle_holds_every_client_and_finds_each_live() {
+    let server = common::start(|c| c.max_rate = 0);
+    let url = format!("ws://{}/", server.local_addr());
+    let pid = std::process::id().to_string();
+    let output = bench(&[
+        "idle",
+        "--url",
+        &url,
+        "-n",
+        "20",
+        "-k",
+        "3",
+        "--hold",
+        "0.2",
+        "--server-pid",
+        &pid,
+        "--no-raise-limits",
+        "--json",
+    ]);
+    assert_success(&output, "idle --json");
+    let row = json_row(&output);
+    assert_eq!(row["kind"], "idle");
+    assert_eq!(row["connected"], 20, "{row}");
+    assert_eq!(row["failed"], 0, "{row}");
+    assert_eq!(row["held"], 20, "{row}");
+    assert_eq!(row["live"], 20, "{row}");
+    assert!(row["server_threads_after"].as_u64().unwrap() > 0, "{row}");
+
+    let output = bench(&["idle", "--url", &url, "-n", "6", "-k", "2", "--hold", "0"]);
+    assert_success(&output, "idle");
+    assert!(
+        text(&output.stdout)
+            .lines()
+            .any(|l| l.starts_with("| idle | 6 | 2 | 6 | 0 |")),
+        "a row: {}",
+        text(&output.stdout)
+    );
+}
+
+#[test]
+fn bench_fanout_refuses_a_throttling_server_with_advice() {
+    // The default --max-rate 20 throttles a flood within its first 40 messages.
+    let server = common::start(|_| {});
+    let url = format!("ws://{}/", server.local_addr());
+    let output = bench(&[
+        "fanout", "--url", &url, "-c", "2", "-s", "1", "-w", "8", "--warmup", "0.2", "--secs", "2",
+    ]);
+    assert!(!output.status.success(), "{}", text(&output.stdout));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("rate_limited") && stderr.contains("--max-rate 0"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bench_sweep_prints_rows_and_draws_the_chart() {
+    let server = common::start(|c| c.max_rate = 0);
+    let url = format!("ws://{}/", server.local_addr());
+    let svg =
+        std::env::temp_dir().join(format!("cyberchat-bench-smoke-{}.svg", std::process::id()));
+    let svg_arg = svg.to_string_lossy().into_owned();
+    let output = bench(&[
+        "sweep", "--url", &url, "-c", "3", "-s", "1", "--rates", "20,60", "--warmup", "0.1",
+        "--secs", "0.4", "--drain", "30", "--svg", &svg_arg, "--json",
+    ]);
+    assert_success(&output, "sweep");
+    let rows: Vec<Value> = text(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON rows"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().all(|r| r["lost"] == 0), "{rows:?}");
+    let chart = std::fs::read_to_string(&svg).expect("the chart is written");
+    let _ = std::fs::remove_file(&svg);
+    assert!(
+        chart.starts_with("<svg") && chart.contains("<polyline"),
+        "{chart}"
+    );
+}
