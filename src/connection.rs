@@ -268,6 +268,7 @@ pub fn write_pump(socket: Arc<TcpStream>, inbox: Inbox, ping_interval: Duration)
                     closing = true;
                     break;
                 }
+                Outbound::Finish => {} // the pen holds it; see below
             }
             if batch.len() == MAX_BATCH {
                 break;
@@ -281,6 +282,11 @@ pub fn write_pump(socket: Arc<TcpStream>, inbox: Inbox, ping_interval: Duration)
         if next_ping.is_none_or(|at| at <= now) {
             next_ping = Some(now + ping_interval);
         }
+        let mut pen = inbox.pen();
+        // The rest of a frame the fast path began goes out before anything else.
+        if let Some(rest) = pen.take() {
+            batch.insert(0, rest);
+        }
         let written = write_all_vectored(&socket, &batch);
         batch.clear();
         inbox.done(taken);
@@ -290,10 +296,13 @@ pub fn write_pump(socket: Arc<TcpStream>, inbox: Inbox, ping_interval: Duration)
         }
         if closing {
             // Nothing may follow a close frame; let the peer answer, then hang up.
+            inbox.mark_closed();
             let _ = socket.shutdown(Shutdown::Write);
+            drop(pen);
             linger(&inbox, Instant::now() + CLOSE_GRACE);
             break;
         }
+        drop(pen);
     }
     let _ = socket.shutdown(Shutdown::Both);
 }
@@ -311,7 +320,8 @@ fn linger(inbox: &Inbox, deadline: Instant) {
 
 /// Writes all frames with as few `writev` calls as the kernel allows.
 fn write_all_vectored(mut socket: &TcpStream, frames: &[Bytes]) -> io::Result<()> {
-    let mut slices = [IoSlice::new(&[]); MAX_BATCH + 1];
+    // Room for a full batch, a ping and the rest of a frame the fast path began.
+    let mut slices = [IoSlice::new(&[]); MAX_BATCH + 2];
     let count = frames.len();
     for (slot, frame) in slices.iter_mut().zip(frames) {
         *slot = IoSlice::new(frame);

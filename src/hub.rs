@@ -685,6 +685,7 @@ mod tests {
                     Outbound::Close(close) => {
                         serde_json::json!({ "close": close.map(|c| u16::from(c.code)) })
                     }
+                    Outbound::Finish => panic!("without a socket there is no fast path"),
                 })
                 .collect()
         }

@@ -9,11 +9,21 @@
 //! The queue is an unbounded `std::sync::mpsc` channel plus a shared counter, rather than a
 //! `sync_channel(1024)`, because a bounded channel allocates all its slots up front (about
 //! 32 KiB a client) while this one grows only as frames actually wait.
+//!
+//! **The fast path.** Waking a writer thread costs two context switches, which at a moderate
+//! rate is most of what a delivery costs. So when nothing is queued for a client and nobody
+//! is writing to it, [`Outbox::send`] writes the frame itself with one non-blocking
+//! `send(MSG_DONTWAIT)`: it never waits on the socket. Whatever the socket does not take at
+//! once is left to the writer thread. Every write, fast or not, happens while holding the
+//! connection's *pen* (a mutex), so there is still at most one writer at a time, and the rest
+//! of a frame that was only partly written is kept in the pen itself, where the writer always
+//! finishes it before anything else.
 
 use std::net::{Shutdown, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tungstenite::Bytes;
@@ -29,14 +39,28 @@ pub enum Outbound {
     Frame(Bytes),
     /// Start the closing handshake with this close frame; nothing is written after it.
     Close(Option<CloseFrame>),
+    /// The fast path left the rest of a frame in the pen: finish it.
+    Finish,
+}
+
+/// What both ends of a connection's queue share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Items queued, or taken by the writer and not yet written.
+    queued: AtomicUsize,
+    /// Whoever holds the pen may write to the socket. It holds the rest of a frame the fast
+    /// path could only partly write, which must go out before anything else.
+    pen: Mutex<Option<Bytes>>,
+    /// Set, under the pen, once a close frame is written: nothing may follow it.
+    closed: AtomicBool,
 }
 
 /// The sending side of a connection's queue. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Outbox {
     tx: Sender<Outbound>,
-    queued: Arc<AtomicUsize>,
-    /// The connection's socket, so that a slow reader can be cut off without writing to it.
+    shared: Arc<Shared>,
+    /// The connection's socket, for the fast path and so that a slow reader can be cut off.
     socket: Option<Arc<TcpStream>>,
 }
 
@@ -53,19 +77,19 @@ pub enum Refused {
 #[derive(Debug)]
 pub struct Inbox {
     rx: Receiver<Outbound>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
-/// Creates a connection's queue. `socket` is the stream that [`Outbox::cut_off`] shuts down;
-/// tests of the hub pass `None`.
+/// Creates a connection's queue. `socket` is the stream the fast path writes to and
+/// [`Outbox::cut_off`] shuts down; tests of the hub pass `None` (everything is queued).
 pub fn outbox(socket: Option<Arc<TcpStream>>) -> (Outbox, Inbox) {
     let (tx, rx) = mpsc::channel();
-    let queued = Arc::new(AtomicUsize::new(0));
+    let shared = Arc::new(Shared::default());
     let inbox = Inbox {
         rx,
-        queued: Arc::clone(&queued),
+        shared: Arc::clone(&shared),
     };
-    (Outbox { tx, queued, socket }, inbox)
+    (Outbox { tx, shared, socket }, inbox)
 }
 
 impl Outbox {
@@ -75,24 +99,43 @@ impl Outbox {
     /// [`Refused::Full`] when more than [`MAX_QUEUED`] frames are already waiting (the caller
     /// should drop this client), [`Refused::Closed`] when the writer has gone.
     pub fn push(&self, item: Outbound) -> Result<(), Refused> {
-        if self.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+        if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::Full);
         }
         self.tx.send(item).map_err(|_| Refused::Closed)
     }
 
-    /// Queues an encoded frame; see [`Outbox::push`].
+    /// Sends an encoded frame: written at once if the socket takes it without waiting and
+    /// nothing is queued before it (the fast path, see the module docs), queued otherwise.
+    /// Never blocks.
     ///
     /// # Errors
     /// As [`Outbox::push`].
     pub fn send(&self, frame: Bytes) -> Result<(), Refused> {
-        self.push(Outbound::Frame(frame))
+        let Some(socket) = self.socket.as_deref().filter(|_| self.queued() == 0) else {
+            return self.push(Outbound::Frame(frame));
+        };
+        let Ok(mut unfinished) = self.shared.pen.try_lock() else {
+            return self.push(Outbound::Frame(frame)); // the writer is busy: it will take this too
+        };
+        // Checked again with the pen held: now nobody else can start writing.
+        if self.queued() != 0 || unfinished.is_some() || self.shared.closed.load(Ordering::Acquire)
+        {
+            return self.push(Outbound::Frame(frame));
+        }
+        let written = send_without_waiting(socket, &frame);
+        if written == frame.len() {
+            return Ok(());
+        }
+        // The rest must go out before anything else: leave it in the pen and wake the writer.
+        *unfinished = Some(frame.slice(written..));
+        self.push(Outbound::Finish)
     }
 
     /// Frames waiting for this client right now.
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.shared.queued.load(Ordering::Acquire)
     }
 
     /// Disconnects the client abruptly: both directions of its socket are shut down, which
@@ -118,10 +161,45 @@ impl Inbox {
         self.rx.try_recv().ok()
     }
 
-    /// Marks `n` items as written, making room in the queue.
-    pub fn done(&self, n: usize) {
-        self.queued.fetch_sub(n, Ordering::Relaxed);
+    /// Takes the pen, waiting while the fast path finishes a write (microseconds), and returns
+    /// it with the rest of any frame that must be written first.
+    pub fn pen(&self) -> MutexGuard<'_, Option<Bytes>> {
+        self.shared.pen.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Marks `n` items as written, making room in the queue. Call it holding the pen, so the
+    /// fast path never sees an empty queue while a batch is still being written.
+    pub fn done(&self, n: usize) {
+        self.shared.queued.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Records that a close frame went out (hold the pen): the fast path stops for good.
+    pub fn mark_closed(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+    }
+}
+
+/// One `send(2)` with `MSG_DONTWAIT`: writes what the socket buffer takes right now and returns
+/// how much that was (0 if it would block or failed; the writer thread then meets the error).
+/// `MSG_NOSIGNAL`: a peer that has gone must not kill the process with `SIGPIPE`.
+fn send_without_waiting(socket: &TcpStream, bytes: &[u8]) -> usize {
+    const MSG_DONTWAIT: i32 = 0x40;
+    const MSG_NOSIGNAL: i32 = 0x4000;
+    unsafe extern "C" {
+        // From the C library std already links. std's own writes always block.
+        fn send(fd: i32, buf: *const u8, len: usize, flags: i32) -> isize;
+    }
+    // SAFETY: the pointer and length come from a live slice, and the descriptor is owned by
+    // `socket`, which outlives the call.
+    let sent = unsafe {
+        send(
+            socket.as_raw_fd(),
+            bytes.as_ptr(),
+            bytes.len(),
+            MSG_DONTWAIT | MSG_NOSIGNAL,
+        )
+    };
+    usize::try_from(sent).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use crate::connection::{Ended, Reader, write_pump};
 use crate::history::Store;
 use crate::http::{self, Door, HANDSHAKE_TIMEOUT, Request};
 use crate::hub::{ConnId, Event, Hub};
-use crate::limits::Limits;
+use crate::limits::{self, Limits};
 use crate::outbox::{Outbound, outbox};
 use crate::{chat, echo};
 
@@ -74,6 +74,9 @@ impl Server {
     /// When the address cannot be bound, `--data-dir` cannot be opened, or a thread cannot
     /// be started.
     pub fn bind(mut config: Config) -> io::Result<Server> {
+        if limits::use_global_futex_hash() {
+            debug!("using the kernel's global futex hash");
+        }
         let limits = Limits::read();
         if let Some(most) = limits
             .max_connections()

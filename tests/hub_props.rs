@@ -138,6 +138,7 @@ fn drain(inbox: &Inbox) -> Vec<Value> {
         frames.push(match item {
             Outbound::Frame(bytes) => decode(&bytes),
             Outbound::Close(close) => json!({ "close": close.map(|c| u16::from(c.code)) }),
+            Outbound::Finish => panic!("without a socket there is no fast path to finish"),
         });
     }
     frames
