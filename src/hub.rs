@@ -8,6 +8,11 @@
 //!
 //! [`Hub::handle`] is a plain state machine, so the unit tests below drive it with events and
 //! read what it queued for whom, no sockets involved.
+//!
+//! **Batching.** Frames are not sent the moment an event makes them: they are collected, and
+//! [`Hub::run`] first applies every event already waiting in its channel, then gives each
+//! client *one* write for everything it is owed. When the server is quiet a batch is a single
+//! event, so nothing waits; under a flood, one system call carries many frames.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, Sender};
@@ -31,6 +36,10 @@ use crate::protocol::{
 
 /// Messages each channel keeps for late joiners.
 pub const HISTORY_LEN: usize = 100;
+/// Deliveries collected before the hub stops taking more events and writes them out, which
+/// bounds both the memory a batch holds and how long its first event waits.
+const MAX_BATCH_DELIVERIES: usize = 16 * 1024;
+
 /// Histories kept for channels that have emptied (so coming back shows what was said). Past
 /// this many the oldest are forgotten, so cycling through new channel names cannot grow
 /// memory without bound. With `--data-dir` they stay on disk.
@@ -120,6 +129,10 @@ pub struct Hub {
     messages: u64,
     started: Instant,
     store: Option<Store>,
+    /// Frames owed to clients by the events of this batch, in order; written by [`Hub::flush`].
+    pending: Vec<(ConnId, Bytes)>,
+    /// Reused buffer in which one client's frames are joined for a single write.
+    scratch: Vec<u8>,
     /// Clients whose queue overflowed while handling the current event; dropped right after.
     /// (A client whose writer has already stopped is not here: its reader is about to send
     /// [`Event::Disconnect`].)
@@ -139,6 +152,8 @@ impl Hub {
             messages: 0,
             started: Instant::now(),
             store: None,
+            pending: Vec::new(),
+            scratch: Vec::new(),
             overflowed: Vec::new(),
         };
         hub.channels
@@ -159,16 +174,32 @@ impl Hub {
 
     /// Runs the hub until [`Event::Shutdown`] or until every sender is gone.
     pub fn run(mut self, events: Receiver<Event>) {
-        for event in events {
-            if !self.handle(event) {
+        while let Ok(first) = events.recv() {
+            let mut going = self.apply(first);
+            // Whatever else is already waiting joins this batch (see the module docs).
+            while going && self.pending.len() < MAX_BATCH_DELIVERIES {
+                match events.try_recv() {
+                    Ok(event) => going = self.apply(event),
+                    Err(_) => break,
+                }
+            }
+            self.flush();
+            if !going {
                 break;
             }
         }
         debug!("hub stopped");
     }
 
-    /// Applies one event. Returns `false` once the hub should stop.
+    /// Applies one event and sends what it produced. Returns `false` once the hub should stop.
     pub fn handle(&mut self, event: Event) -> bool {
+        let going = self.apply(event);
+        self.flush();
+        going
+    }
+
+    /// Applies one event, collecting the frames it produces. Returns `false` to stop.
+    fn apply(&mut self, event: Event) -> bool {
         match event {
             Event::Connect {
                 conn,
@@ -192,8 +223,35 @@ impl Hub {
                 return false;
             }
         }
-        self.drop_overflowed();
         true
+    }
+
+    /// Writes out every frame the batch produced: each client's, in order, in one go. Drops
+    /// clients whose queue overflowed, which tells their channels, which is written out too.
+    fn flush(&mut self) {
+        while !self.pending.is_empty() {
+            // A stable sort groups each client's frames and keeps them in order.
+            self.pending.sort_by_key(|(conn, _)| *conn);
+            let Hub {
+                users,
+                pending,
+                scratch,
+                overflowed,
+                ..
+            } = self;
+            for group in pending.chunk_by(|a, b| a.0 == b.0) {
+                let conn = group[0].0;
+                let frames = group.iter().map(|(_, frame)| frame);
+                let sent = users
+                    .get(&conn)
+                    .map(|user| user.outbox.send_all(frames, scratch));
+                if sent == Some(Err(Refused::Full)) {
+                    overflowed.push(conn);
+                }
+            }
+            pending.clear();
+            self.drop_overflowed();
+        }
     }
 
     /// The figures of `GET /stats`.
@@ -577,33 +635,23 @@ impl Hub {
     /// Tells everyone on the server the channel list changed.
     fn broadcast_channels(&mut self) {
         let frame = self.channels_frame();
-        for (conn, user) in &self.users {
-            if user.outbox.send(frame.clone()) == Err(Refused::Full) {
-                self.overflowed.push(*conn);
-            }
-        }
+        let everyone = self.users.keys().map(|conn| (*conn, frame.clone()));
+        self.pending.extend(everyone);
     }
 
-    /// Queues one encoded frame for every member of `channel` (but `except`).
+    /// Owes one encoded frame to every member of `channel` (but `except`). The frame is
+    /// shared: each recipient holds a reference to the same bytes.
     fn broadcast(&mut self, channel: &str, frame: &Bytes, except: Option<ConnId>) {
         let Some(ch) = self.channels.get(channel) else {
             return;
         };
-        for (conn, outbox) in &ch.members {
-            if Some(*conn) != except && outbox.send(frame.clone()) == Err(Refused::Full) {
-                self.overflowed.push(*conn);
-            }
-        }
+        let members = ch.members.iter().filter(|(conn, _)| Some(*conn) != except);
+        self.pending
+            .extend(members.map(|(conn, _)| (*conn, frame.clone())));
     }
 
     fn send_to(&mut self, conn: ConnId, frame: Bytes) {
-        if self
-            .users
-            .get(&conn)
-            .is_some_and(|user| user.outbox.send(frame) == Err(Refused::Full))
-        {
-            self.overflowed.push(conn);
-        }
+        self.pending.push((conn, frame));
     }
 
     /// Drops every client whose queue overflowed. Telling their channels may overflow others,
@@ -623,6 +671,7 @@ impl Hub {
     }
 
     fn shutdown(&mut self) {
+        self.flush(); // what was said before the shutdown still goes out first
         info!(
             "closing {} chat and {} echo connections",
             self.users.len(),

@@ -113,17 +113,9 @@ impl Outbox {
     /// # Errors
     /// As [`Outbox::push`].
     pub fn send(&self, frame: Bytes) -> Result<(), Refused> {
-        let Some(socket) = self.socket.as_deref().filter(|_| self.queued() == 0) else {
+        let Some((socket, mut unfinished)) = self.fast_path() else {
             return self.push(Outbound::Frame(frame));
         };
-        let Ok(mut unfinished) = self.shared.pen.try_lock() else {
-            return self.push(Outbound::Frame(frame)); // the writer is busy: it will take this too
-        };
-        // Checked again with the pen held: now nobody else can start writing.
-        if self.queued() != 0 || unfinished.is_some() || self.shared.closed.load(Ordering::Acquire)
-        {
-            return self.push(Outbound::Frame(frame));
-        }
         let written = send_without_waiting(socket, &frame);
         if written == frame.len() {
             return Ok(());
@@ -131,6 +123,45 @@ impl Outbox {
         // The rest must go out before anything else: leave it in the pen and wake the writer.
         *unfinished = Some(frame.slice(written..));
         self.push(Outbound::Finish)
+    }
+
+    /// Sends several encoded frames, in order: in one write when the fast path is free (they
+    /// are joined in `scratch`), each queued otherwise. Never blocks.
+    ///
+    /// # Errors
+    /// As [`Outbox::push`]; frames after a refused one are not sent.
+    pub fn send_all<'a>(
+        &self,
+        mut frames: impl ExactSizeIterator<Item = &'a Bytes>,
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), Refused> {
+        if frames.len() == 1 {
+            return frames
+                .next()
+                .map_or(Ok(()), |frame| self.send(frame.clone()));
+        }
+        let Some((socket, mut unfinished)) = self.fast_path() else {
+            return frames.try_for_each(|frame| self.push(Outbound::Frame(frame.clone())));
+        };
+        scratch.clear();
+        frames.for_each(|frame| scratch.extend_from_slice(frame));
+        let written = send_without_waiting(socket, scratch);
+        if written == scratch.len() {
+            return Ok(());
+        }
+        *unfinished = Some(Bytes::copy_from_slice(&scratch[written..]));
+        self.push(Outbound::Finish)
+    }
+
+    /// The socket and the pen, if the fast path may write now: nothing queued, nobody writing,
+    /// nothing unfinished, no close frame sent.
+    fn fast_path(&self) -> Option<(&TcpStream, MutexGuard<'_, Option<Bytes>>)> {
+        let socket = self.socket.as_deref().filter(|_| self.queued() == 0)?;
+        let pen = self.shared.pen.try_lock().ok()?;
+        // Checked again with the pen held: now nobody else can start writing.
+        let free =
+            self.queued() == 0 && pen.is_none() && !self.shared.closed.load(Ordering::Acquire);
+        free.then_some((socket, pen))
     }
 
     /// Frames waiting for this client right now.
