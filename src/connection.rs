@@ -238,18 +238,16 @@ fn drain(mut socket: &TcpStream, deadline: Instant) {
 
 /// The writer thread's loop: the only code that writes to a connection's socket.
 ///
-/// It sleeps until the first item arrives (the `101` answer, queued by the reader), then
-/// writes everything queued in batches, pinging every `ping_interval`. It returns when the
+/// It sleeps until something is queued, then writes everything queued in batches, pinging
+/// every `ping_interval`; every write holds the connection's pen. It returns when the
 /// connection is over: after a close frame (and [`CLOSE_GRACE`]), on a write error, or once
 /// every [`Outbox`] is gone.
 pub fn write_pump(socket: Arc<TcpStream>, inbox: Inbox, ping_interval: Duration) {
-    let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_BATCH);
-    // No pings before the handshake answer has gone out.
-    let mut next_ping: Option<Instant> = None;
+    // Grown on demand: an idle connection should not hold a batch's worth of room.
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut next_ping = Instant::now() + ping_interval;
     loop {
-        let wait = next_ping.map_or(Duration::MAX, |at| {
-            at.saturating_duration_since(Instant::now())
-        });
+        let wait = next_ping.saturating_duration_since(Instant::now());
         let first = match inbox.recv_timeout(wait) {
             Ok(item) => Some(item),
             Err(RecvTimeoutError::Timeout) => None,
@@ -276,11 +274,11 @@ pub fn write_pump(socket: Arc<TcpStream>, inbox: Inbox, ping_interval: Duration)
             item = inbox.try_recv();
         }
         let now = Instant::now();
-        if !closing && next_ping.is_some_and(|at| at <= now) {
+        if !closing && next_ping <= now {
             batch.push(encode_frame(OpCode::Control(Control::Ping), b""));
         }
-        if next_ping.is_none_or(|at| at <= now) {
-            next_ping = Some(now + ping_interval);
+        if next_ping <= now {
+            next_ping = now + ping_interval;
         }
         let mut pen = inbox.pen();
         // The rest of a frame the fast path began goes out before anything else.

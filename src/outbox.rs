@@ -164,6 +164,12 @@ impl Outbox {
         free.then_some((socket, pen))
     }
 
+    /// Takes the pen, waiting while someone else writes. For writing the handshake answer
+    /// before the connection's writer may write anything.
+    pub fn pen(&self) -> MutexGuard<'_, Option<Bytes>> {
+        self.shared.pen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Frames waiting for this client right now.
     pub fn queued(&self) -> usize {
         self.shared.queued.load(Ordering::Acquire)

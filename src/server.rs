@@ -15,7 +15,7 @@
 //! for a WebSocket, spawns its writer and becomes the reader. [`Server`] shuts everything down
 //! when dropped, the way the Rust Book's `ThreadPool` does.
 
-use std::io;
+use std::io::{self, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,7 +32,7 @@ use crate::history::Store;
 use crate::http::{self, Door, HANDSHAKE_TIMEOUT, Request};
 use crate::hub::{ConnId, Event, Hub};
 use crate::limits::{self, Limits};
-use crate::outbox::{Outbound, outbox};
+use crate::outbox::outbox;
 use crate::{chat, echo};
 
 /// Stack of a connection's reader thread. serde_json accepts nesting up to 128 levels, which
@@ -344,7 +344,9 @@ fn upgrade(
         return;
     };
     // The writer is started before the 101 goes out, so a failed spawn can still get a 503.
+    // Holding the connection's pen meanwhile keeps it from writing anything (a ping) first.
     let (outbox, inbox) = outbox(Some(Arc::clone(socket)));
+    let pen = outbox.pen();
     let writer_socket = Arc::clone(socket);
     let ping_interval = shared.config.ping_interval;
     let writer = thread::Builder::new()
@@ -356,10 +358,11 @@ fn upgrade(
         let _ = http::respond_error(socket, 503, "server is out of threads", &[]);
         return;
     }
-    // The writer's first item is the handshake answer; everything else follows it.
-    if outbox.push(Outbound::Frame(answer.into())).is_err() {
+    if let Err(err) = (&**socket).write_all(answer.as_bytes()) {
+        debug!("conn {conn}: could not answer the handshake: {err}");
         return;
     }
+    drop(pen);
     let (username, channel) = (
         request.query_param("username"),
         request.query_param("channel"),
