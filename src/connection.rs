@@ -3,20 +3,27 @@
 //! tungstenite's `WebSocket` owns its stream and does both reading and writing, so two threads
 //! cannot use it at once without a lock — and a lock held by a reader blocked in `read` would
 //! stop every write. Instead the connection is split by hand, keeping one invariant:
-//! **at most one thread reads the socket, at most one thread writes it.**
+//! **at most one thread reads the socket, at most one writes it at a time.**
 //!
 //! - The **reader** (the connection's own thread) owns a [`WebSocketContext`], tungstenite's
-//!   protocol state without a stream. It decodes frames from `&TcpStream` and never writes: the
-//!   context is handed a stream whose write side is a sink, and the pongs and close replies the
-//!   protocol needs are queued by the reader as ordinary items of the connection's [`Outbox`].
-//! - The **writer** ([`write_pump`], a second thread) is the only one that writes. It blocks
-//!   on the outbox, and as soon as an item arrives it takes everything else already queued and
-//!   writes it all with one `writev` call. Delivery never waits for a read timeout or a poll:
-//!   the writer wakes the moment a frame is queued. Pings are timed by the same wait.
+//!   protocol state without a stream. It decodes frames from `&TcpStream` and never writes to
+//!   it through tungstenite: the context is handed a stream whose write side is a sink, and the
+//!   pongs and close replies the protocol needs are sent by the reader through the
+//!   connection's [`Outbox`] like any other frame.
+//! - Every write happens while holding the connection's **pen** (see [`crate::outbox`]). When
+//!   nothing is queued, whoever sends (usually the hub) takes the pen and writes with one
+//!   non-blocking `send`, so a quiet connection needs no thread switch to deliver a frame.
+//! - The **writer** ([`write_pump`], a second thread) writes everything that could not go out
+//!   that way. It blocks on the outbox, and as soon as an item arrives it takes everything else
+//!   already queued and writes it all with one `writev` call. Delivery never waits for a read
+//!   timeout or a poll: either the frame is written at once, or the writer wakes the moment it
+//!   is queued. Pings are timed by the same wait.
 //!
-//! Because every frame (data, ping, pong, close) passes through the one queue and the one
-//! writer, control frames never interleave with data frames, and neither thread holds a lock
-//! while blocked on the network: `&TcpStream` implements `Read` and `Write` without one.
+//! Because every write holds the pen, and a frame the fast path could only partly write is
+//! finished by the writer before anything else, frames (data, ping, pong, close) never
+//! interleave. Nobody holds the pen while *waiting* for the network except the writer, and
+//! the fast path only ever `try_lock`s it, so a slow client can only ever hold up its own
+//! writer thread.
 //!
 //! Ending a connection: whoever decides to close queues a close frame; the writer writes it,
 //! shuts down its half of the socket and waits [`CLOSE_GRACE`] for the reader to see the

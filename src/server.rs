@@ -5,10 +5,10 @@
 //!  accept thread ──spawn──▶ conn-N (reader) ──Event──▶  hub thread  ◀──Event── conn-M …
 //!                               │                       (users, channels,
 //!                               │ pong/close/errors      history)
-//!                               ▼                          │ encoded frames
+//!                               ▼                          │ each client's frames, batched
 //!                           Outbox N ◀─────────────────────┘ (never blocks)
-//!                               │
-//!                         conn-N-w (writer) ──▶ socket
+//!                               ├─ idle socket: send(MSG_DONTWAIT) ──▶ socket
+//!                               └─ otherwise: queue ─▶ conn-N-w (writer) ──▶ socket
 //! ```
 //!
 //! Each connection thread reads the HTTP head, picks a door (chat, echo, a file, `/stats`) and,
