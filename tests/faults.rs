@@ -13,23 +13,15 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Client, DEADLINE, eventually, get, raw_http, refusal_status, start, stats};
+use common::{
+    Client, DEADLINE, client_frame, eventually, get, raw_http, refusal_status, start, stats,
+    upgrade_request,
+};
 use serde_json::{Value, json};
 use tungstenite::Message;
 
 // ---------------------------------------------------------------------------------------------
 // A raw WebSocket client: it speaks frames byte by byte, so it can also lie.
-
-/// The RFC 6455 example key; any valid key will do.
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-
-fn upgrade_head(path: &str, extra: &str) -> String {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    )
-}
 
 struct Raw {
     stream: TcpStream,
@@ -54,7 +46,9 @@ impl Raw {
     fn connect(addr: SocketAddr, path: &str) -> Raw {
         let mut stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        stream.write_all(upgrade_head(path, "").as_bytes()).unwrap();
+        stream
+            .write_all(upgrade_request(path, "").as_bytes())
+            .unwrap();
         let mut raw = Raw {
             stream,
             buf: Vec::new(),
@@ -175,34 +169,9 @@ impl Raw {
 
     /// Sends one frame with `first` as its first byte (FIN, RSV and opcode as given).
     fn send_frame(&mut self, first: u8, payload: &[u8], masked: bool) {
-        let bytes = frame_bytes(first, payload.len() as u64, payload, masked);
+        let bytes = client_frame(first, payload.len() as u64, payload, masked);
         self.send_raw(&bytes);
     }
-}
-
-/// A client frame: the header for a payload of `len` bytes, then `payload` (which may be
-/// shorter than `len`, for a frame that lies about its length or is cut short).
-fn frame_bytes(first: u8, len: u64, payload: &[u8], masked: bool) -> Vec<u8> {
-    let mask_bit = if masked { 0x80 } else { 0 };
-    let mut out = vec![first];
-    match len {
-        0..=125 => out.push(mask_bit | len as u8),
-        126..=0xffff => {
-            out.push(mask_bit | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(mask_bit | 127);
-            out.extend_from_slice(&len.to_be_bytes());
-        }
-    }
-    if masked {
-        out.extend_from_slice(&MASK);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-    } else {
-        out.extend_from_slice(payload);
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -275,7 +244,7 @@ fn step7_fault_peers_that_reset_or_vanish_mid_frame_harm_no_one() {
         .peek(&mut peek)
         .expect("Half's message arrives, unread");
     // The header promises 100 bytes; only 10 follow.
-    half.send_raw(&frame_bytes(0x81, 100, &[b'{'; 10], true));
+    half.send_raw(&client_frame(0x81, 100, &[b'{'; 10], true));
     drop(half);
     assert_eq!(expect_left(&mut by, "Half")["count"], 1);
 
@@ -306,7 +275,7 @@ fn step7_fault_peers_that_reset_or_vanish_mid_frame_harm_no_one() {
 
     // 4. Half an upgrade head, then gone: never a user, nobody hears of it.
     let mut partial = TcpStream::connect(addr).unwrap();
-    let head = upgrade_head("/?username=Ghost", "");
+    let head = upgrade_request("/?username=Ghost", "");
     partial
         .write_all(&head.as_bytes()[..head.len() / 2])
         .unwrap();
@@ -409,7 +378,7 @@ fn step7_fault_headers_over_8_kib_are_refused_and_under_it_served() {
         .map(|i| format!("X-Header-{i}: {}\r\n", "b".repeat(40)))
         .collect();
     let many_small = format!("GET /stats HTTP/1.1\r\nHost: x\r\n{many}\r\n");
-    let big_upgrade = upgrade_head(
+    let big_upgrade = upgrade_request(
         "/?username=Big",
         &format!("X-Big: {}\r\n", "c".repeat(9000)),
     );
@@ -552,7 +521,7 @@ fn step7_fault_a_wrong_version_is_told_which_version_to_use() {
     // RFC 6455, section 4.4: the refusal carries the versions the server understands.
     let server = start(|_| {});
     let addr = server.local_addr();
-    let request = upgrade_head("/", "").replace("Version: 13", "Version: 8");
+    let request = upgrade_request("/", "").replace("Version: 13", "Version: 8");
     let answer = raw_http(addr, request.as_bytes());
     let head = answer.split("\r\n\r\n").next().unwrap_or("");
     assert!((400..500).contains(&status_of(&answer)), "{head:?}");
@@ -664,8 +633,8 @@ fn step7_fault_an_upgrade_with_a_method_other_than_get_is_405() {
     let server = start(|_| {});
     let addr = server.local_addr();
     for method in ["POST", "PUT", "DELETE", "HEAD", "OPTIONS", "get"] {
-        let request =
-            upgrade_head("/?username=Poster", "Content-Length: 0\r\n").replacen("GET", method, 1);
+        let request = upgrade_request("/?username=Poster", "Content-Length: 0\r\n")
+            .replacen("GET", method, 1);
         let answer = raw_http(addr, request.as_bytes());
         assert_eq!(
             status_of(&answer),
@@ -709,7 +678,7 @@ fn step7_fault_static_paths_that_climb_out_of_www_are_404() {
         );
     }
     // The WebSocket doors do not climb either.
-    let answer = raw_http(addr, upgrade_head("/../", "").as_bytes());
+    let answer = raw_http(addr, upgrade_request("/../", "").as_bytes());
     assert_eq!(status_of(&answer), 404);
     let mut by = bystander(addr);
     still_chats(addr, &mut by, "path escapes");
@@ -730,102 +699,100 @@ fn step7_fault_frames_that_lie_are_closed_with_the_right_code() {
     let mut cases: Vec<(&str, Vec<u8>, &[u16])> = vec![
         (
             "an unmasked client frame",
-            frame_bytes(0x81, hello.len() as u64, hello, false),
+            client_frame(0x81, hello.len() as u64, hello, false),
             &[1002],
         ),
         (
             "RSV1 set",
-            frame_bytes(0xC1, hello.len() as u64, hello, true),
+            client_frame(0xC1, hello.len() as u64, hello, true),
             &[1002],
         ),
         (
             "RSV3 set on a ping",
-            frame_bytes(0x99, 0, b"", true),
+            client_frame(0x99, 0, b"", true),
             &[1002],
         ),
         (
             "reserved data opcode 0x3",
-            frame_bytes(0x83, hello.len() as u64, hello, true),
+            client_frame(0x83, hello.len() as u64, hello, true),
             &[1002],
         ),
         (
             "reserved control opcode 0xB",
-            frame_bytes(0x8B, 0, b"", true),
+            client_frame(0x8B, 0, b"", true),
             &[1002],
         ),
         (
             "invalid UTF-8 in a text frame",
-            frame_bytes(0x81, 4, &[b'a', 0xC3, 0x28, 0xff], true),
+            client_frame(0x81, 4, &[b'a', 0xC3, 0x28, 0xff], true),
             &[1007],
         ),
         (
             "a fragmented ping",
-            frame_bytes(0x09, 1, b"x", true),
+            client_frame(0x09, 1, b"x", true),
             &[1002],
         ),
         (
             "a control frame over 125 bytes",
-            frame_bytes(0x89, 126, &[b'p'; 126], true),
+            client_frame(0x89, 126, &[b'p'; 126], true),
             &[1002],
         ),
         (
             "a continuation with nothing to continue",
-            frame_bytes(0x80, 1, b"x", true),
+            client_frame(0x80, 1, b"x", true),
             &[1002],
         ),
         (
             "a new text frame in the middle of a fragmented one",
             [
-                frame_bytes(0x01, 2, b"{\"", true),
-                frame_bytes(0x81, 2, b"{}", true),
+                client_frame(0x01, 2, b"{\"", true),
+                client_frame(0x81, 2, b"{}", true),
             ]
             .concat(),
             &[1002],
         ),
         (
             "a 64-bit length of 2^63 - 1",
-            frame_bytes(0x81, (1 << 63) - 1, b"", true),
+            client_frame(0x81, (1 << 63) - 1, b"", true),
             &[1009],
         ),
         (
             "a frame of 16385 bytes",
-            frame_bytes(0x82, 16385, &[b'x'; 16385], true),
+            client_frame(0x82, 16385, &[b'x'; 16385], true),
             &[1009],
         ),
         (
             "two fragments of 9000 bytes",
             [
-                frame_bytes(0x01, 9000, &big, true),
-                frame_bytes(0x80, 9000, &big, true),
+                client_frame(0x01, 9000, &big, true),
+                client_frame(0x80, 9000, &big, true),
             ]
             .concat(),
             &[1009],
         ),
         (
             "a close frame with a one-byte body",
-            frame_bytes(0x88, 1, &[3], true),
+            client_frame(0x88, 1, &[3], true),
             &[1002],
         ),
         (
             "a close frame with code 1005, which must never be sent",
-            frame_bytes(0x88, 2, &1005u16.to_be_bytes(), true),
+            client_frame(0x88, 2, &1005u16.to_be_bytes(), true),
             &[1002],
         ),
         (
             "a close frame with code 999",
-            frame_bytes(0x88, 2, &999u16.to_be_bytes(), true),
+            client_frame(0x88, 2, &999u16.to_be_bytes(), true),
             &[1002],
         ),
         (
             "a close frame whose reason is not UTF-8",
-            frame_bytes(0x88, 4, &[0x03, 0xe8, 0xff, 0xfe], true),
+            client_frame(0x88, 4, &[0x03, 0xe8, 0xff, 0xfe], true),
             &[1007, 1002],
         ),
     ];
     // 2^63 sets the length's top bit, which RFC 6455 forbids: 1002 is as right as 1009.
-    let mut huge = vec![0x81, 0x80 | 127];
-    huge.extend_from_slice(&(1u64 << 63).to_be_bytes());
-    huge.extend_from_slice(&MASK);
+    let huge = client_frame(0x81, 1u64 << 63, b"", true);
     cases.push(("a 64-bit length of 2^63", huge, &[1009, 1002]));
 
     for (i, (what, bytes, codes)) in cases.iter().enumerate() {
@@ -1209,7 +1176,7 @@ fn step7_fault_log_lines_cannot_be_forged() {
         // In the path of a plain GET and of an upgrade, and as an HTTP method.
         let path = format!("/{}", encode(payload));
         let _ = get(addr, &path);
-        let _ = raw_http(addr, upgrade_head(&path, "").as_bytes());
+        let _ = raw_http(addr, upgrade_request(&path, "").as_bytes());
         if !payload.contains(['\r', '\n', ' ']) {
             let _ = raw_http(
                 addr,

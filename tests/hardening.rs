@@ -9,23 +9,18 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Client, DEADLINE, connect, eventually, start, stats};
+use common::{Client, DEADLINE, client_frame, connect, eventually, start, stats, upgrade_request};
 use serde_json::{Value, json};
 use tungstenite::{Bytes, Message};
-
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 /// A WebSocket handshake on a raw socket; returns once the whole `101` head has been read.
 /// What follows (the frames) is left unread.
 fn raw_upgrade(addr: SocketAddr, path: &str) -> TcpStream {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .unwrap();
+    stream
+        .write_all(upgrade_request(path, "").as_bytes())
+        .unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -42,22 +37,7 @@ fn raw_upgrade(addr: SocketAddr, path: &str) -> TcpStream {
 
 /// A masked client text frame.
 fn masked_text(payload: &[u8]) -> Vec<u8> {
-    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![0x81];
-    match payload.len() {
-        n if n < 126 => frame.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&MASK);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-    frame
+    client_frame(0x81, payload.len() as u64, payload, true)
 }
 
 /// Reads until the server ends the stream (or resets it); panics if it is still open after
