@@ -159,6 +159,14 @@ impl Arrival<'_> {
         self.done = true;
         self.gate.park(connected);
     }
+
+    /// Parks at the gate, then leaves politely if still connected.
+    fn finish(self, client: Client, alive: bool) {
+        self.park(alive);
+        if alive {
+            leave(client);
+        }
+    }
 }
 
 impl Drop for Arrival<'_> {
@@ -184,6 +192,16 @@ struct Soak {
     started: Instant,
     deliveries: AtomicU64,
     connections: AtomicU64,
+}
+
+impl Soak {
+    /// A client's place at the gate; see [`Arrival`].
+    fn arrival(&self) -> Arrival<'_> {
+        Arrival {
+            gate: &self.gate,
+            done: false,
+        }
+    }
 }
 
 impl Soak {
@@ -316,10 +334,7 @@ impl Rng {
 // The roles.
 
 fn healthy(soak: &Soak, me: usize, mut client: Client) {
-    let arrival = Arrival {
-        gate: &soak.gate,
-        done: false,
-    };
+    let arrival = soak.arrival();
     let mut rng = Rng(me as u64);
     let peers: Vec<usize> = (0..HEALTHY)
         .filter(|p| p % HEALTHY_CHANNELS == me % HEALTHY_CHANNELS)
@@ -423,17 +438,11 @@ fn healthy(soak: &Soak, me: usize, mut client: Client) {
         }
     }
     soak.tally.add("sent: healthy", sent);
-    arrival.park(alive);
-    if alive {
-        leave(client);
-    }
+    arrival.finish(client, alive);
 }
 
 fn switcher(soak: &Soak, me: usize) {
-    let arrival = Arrival {
-        gate: &soak.gate,
-        done: false,
-    };
+    let arrival = soak.arrival();
     const ROUTE: [&str; 6] = ["sw-a", "soak-0", "sw-b", "general", "sw-c", "soak-1"];
     let name = format!("switcher-{me}");
     let Some((mut client, _)) = soak.connect(&name, ROUTE[me % ROUTE.len()]) else {
@@ -482,17 +491,11 @@ fn switcher(soak: &Soak, me: usize) {
             }
         }
     }
-    arrival.park(alive);
-    if alive {
-        leave(client);
-    }
+    arrival.finish(client, alive);
 }
 
 fn renamer(soak: &Soak, me: usize) {
-    let arrival = Arrival {
-        gate: &soak.gate,
-        done: false,
-    };
+    let arrival = soak.arrival();
     let mut name = format!("renamer-{me}");
     let Some((mut client, _)) = soak.connect(&name, "general") else {
         return;
@@ -535,17 +538,11 @@ fn renamer(soak: &Soak, me: usize) {
             }
         }
     }
-    arrival.park(alive);
-    if alive {
-        leave(client);
-    }
+    arrival.finish(client, alive);
 }
 
 fn dozer(soak: &Soak, me: usize) {
-    let arrival = Arrival {
-        gate: &soak.gate,
-        done: false,
-    };
+    let arrival = soak.arrival();
     let name = format!("dozer-{me}");
     let channel = format!("soak-{}", me % HEALTHY_CHANNELS);
     let Some((mut client, _)) = soak.connect(&name, &channel) else {
@@ -582,18 +579,12 @@ fn dozer(soak: &Soak, me: usize) {
             alive = false;
         }
     }
-    arrival.park(alive);
-    if alive {
-        leave(client);
-    }
+    arrival.finish(client, alive);
 }
 
 /// Stops reading in the flooded channel until dropped; then reconnects.
 fn sleeper(soak: &Soak, me: usize) {
-    let arrival = Arrival {
-        gate: &soak.gate,
-        done: false,
-    };
+    let arrival = soak.arrival();
     let name = format!("sleeper-{me}");
     let Some((mut client, _)) = soak.connect(&name, "flood") else {
         return;
@@ -641,17 +632,11 @@ fn sleeper(soak: &Soak, me: usize) {
             alive = false;
         }
     }
-    arrival.park(alive);
-    if alive {
-        leave(client);
-    }
+    arrival.finish(client, alive);
 }
 
 fn flooder(soak: &Soak, me: usize) {
-    let arrival = Arrival {
-        gate: &soak.gate,
-        done: false,
-    };
+    let arrival = soak.arrival();
     let name = format!("flooder-{me}");
     let Some((mut client, _)) = soak.connect(&name, "flood") else {
         return;
@@ -683,17 +668,11 @@ fn flooder(soak: &Soak, me: usize) {
         }
     }
     soak.tally.add("sent: flood (8 KB)", sent);
-    arrival.park(alive);
-    if alive {
-        leave(client);
-    }
+    arrival.finish(client, alive);
 }
 
 fn observer(soak: &Soak) {
-    let arrival = Arrival {
-        gate: &soak.gate,
-        done: false,
-    };
+    let arrival = soak.arrival();
     let Some((mut client, _)) = soak.connect("observer", "flood") else {
         return;
     };
@@ -724,17 +703,11 @@ fn observer(soak: &Soak) {
             }
         }
     }
-    arrival.park(alive);
-    if alive {
-        leave(client);
-    }
+    arrival.finish(client, alive);
 }
 
 fn garbage(soak: &Soak, me: usize) {
-    let arrival = Arrival {
-        gate: &soak.gate,
-        done: false,
-    };
+    let arrival = soak.arrival();
     let name = format!("garbage-{me}");
     let Some((mut client, _)) = soak.connect(&name, "junk") else {
         return;
@@ -854,17 +827,11 @@ fn garbage(soak: &Soak, me: usize) {
             }
         }
     }
-    arrival.park(alive);
-    if alive {
-        leave(client);
-    }
+    arrival.finish(client, alive);
 }
 
 fn abrupt(soak: &Soak, me: usize) {
-    let arrival = Arrival {
-        gate: &soak.gate,
-        done: false,
-    };
+    let arrival = soak.arrival();
     let mut rng = Rng(1000 + me as u64);
     let channels = ["soak-0", "soak-1", "soak-2", "soak-3", "general"];
     let mut k = 0;
@@ -927,10 +894,7 @@ fn abrupt(soak: &Soak, me: usize) {
 }
 
 fn holder(soak: &Soak) {
-    let arrival = Arrival {
-        gate: &soak.gate,
-        done: false,
-    };
+    let arrival = soak.arrival();
     let Some((mut client, _)) = soak.connect("Taken-Name", "general") else {
         return;
     };
@@ -941,10 +905,7 @@ fn holder(soak: &Soak) {
             alive = false;
         }
     }
-    arrival.park(alive);
-    if alive {
-        leave(client);
-    }
+    arrival.finish(client, alive);
 }
 
 // ---------------------------------------------------------------------------------------------
