@@ -1,6 +1,7 @@
 //! The chat door's read loop (tutorial steps 2 to 7): each text frame is rate-limited, parsed
 //! and validated here, in the connection's own thread, and only valid requests reach the hub.
-//! Refusals are answered straight from this thread through the connection's own outbox.
+//! Refusals are encoded here and delivered through the hub, the one source of a chat client's
+//! data frames, so that no `error` can overtake the `welcome`.
 
 use std::sync::mpsc::Sender;
 
@@ -44,8 +45,13 @@ pub fn serve(reader: &mut Reader, conn: ConnId, hub: &Sender<Event>, max_rate: u
                 ),
             }
         };
-        if let Err(ended) = reader.send(answer.to_frame()) {
-            return ended;
+        // Encoded here, delivered by the hub: it must never arrive before the `welcome`.
+        let reply = Event::Reply {
+            conn,
+            frame: answer.to_frame(),
+        };
+        if hub.send(reply).is_err() {
+            return Ended::ServerStopping;
         }
     }
 }

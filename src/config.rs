@@ -13,6 +13,10 @@ pub const USAGE: &str = "usage: cyberchat [--host H] [--port P] [--allow-origin 
 [--ping-interval S] [--max-connections N] [--data-dir DIR] [--fsync always|never] [--www DIR] \
 [--log-level off|error|warn|info|debug|trace]";
 
+/// The shortest ping interval: below it pings would flood clients (and a zero read timeout
+/// is not a timeout at all).
+const MIN_PING_SECS: f64 = 0.01;
+
 /// Everything the server can be told at start. [`Config::default`] is what `cyberchat` with no
 /// flags runs with.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,8 +118,10 @@ impl Config {
                     let secs: f64 = v
                         .parse()
                         .ok()
-                        .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
-                        .ok_or_else(|| format!("--ping-interval: {v:?} is not a number of seconds between 0 and 86400"))?;
+                        .filter(|s: &f64| (MIN_PING_SECS..=86_400.0).contains(s))
+                        .ok_or_else(|| {
+                            format!("--ping-interval: {v:?} is not a number of seconds from {MIN_PING_SECS} to 86400")
+                        })?;
                     config.ping_interval = Duration::from_secs_f64(secs);
                 }
                 "--max-connections" => {
@@ -249,6 +255,7 @@ mod tests {
             &["--port"],
             &["--ping-interval", "0"],
             &["--ping-interval", "nan"],
+            &["--ping-interval", "1e-10"],
             &["--max-rate", "-1"],
             &["--max-connections", "0"],
             &["--fsync", "sometimes"],

@@ -89,6 +89,19 @@ impl Store {
         self.last_id
     }
 
+    /// Reads a channel's last messages again (for a channel re-created after its history was
+    /// dropped from memory). A missing file is an empty history; a read error is logged.
+    pub fn reload(&self, channel: &str) -> Vec<String> {
+        let path = self.dir.join(format!("{channel}.jsonl"));
+        if !path.exists() {
+            return Vec::new();
+        }
+        load_tail(&path).unwrap_or_else(|err| {
+            warn!("could not read {}: {err}", path.display());
+            Vec::new()
+        })
+    }
+
     /// Appends one message (its JSON, without a newline) to its channel's file.
     ///
     /// # Errors
@@ -104,11 +117,16 @@ impl Store {
         self.line.clear();
         self.line.extend_from_slice(json.as_bytes());
         self.line.push(b'\n');
-        file.write_all(&self.line)?;
-        if self.fsync == Fsync::Always {
-            file.sync_data()?;
+        let before = file.metadata()?.len();
+        let written = file.write_all(&self.line).and_then(|()| match self.fsync {
+            Fsync::Always => file.sync_data(),
+            Fsync::Never => Ok(()),
+        });
+        if written.is_err() {
+            // Half a line would swallow the next one: cut the file back to where it was.
+            let _ = file.set_len(before);
         }
-        Ok(())
+        written
     }
 }
 

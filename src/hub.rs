@@ -42,7 +42,8 @@ const MAX_BATCH_DELIVERIES: usize = 16 * 1024;
 
 /// Histories kept for channels that have emptied (so coming back shows what was said). Past
 /// this many the oldest are forgotten, so cycling through new channel names cannot grow
-/// memory without bound. With `--data-dir` they stay on disk.
+/// memory without bound. With `--data-dir` they stay on disk and are read again when their
+/// channel comes back.
 pub const MAX_DORMANT_HISTORIES: usize = 64;
 
 /// Identifies one connection for its whole life (the user's uuid is separate: it is public).
@@ -63,6 +64,9 @@ pub enum Event {
     Attach { conn: ConnId, outbox: Outbox },
     /// A valid request from a chat user.
     Request { conn: ConnId, request: Request },
+    /// A frame from a chat user's own thread (an `error` refusing a request), sent through
+    /// the hub so that it can never overtake the `welcome`.
+    Reply { conn: ConnId, frame: Bytes },
     /// The connection ended, for whatever reason.
     Disconnect { conn: ConnId },
     /// Asks for the figures of `GET /stats`.
@@ -167,7 +171,6 @@ impl Hub {
             }
             hub.next_message_id = store.last_id() + 1;
             hub.store = Some(store);
-            hub.forget_dormant_histories();
         }
         hub
     }
@@ -186,6 +189,12 @@ impl Hub {
             self.flush();
             if !going {
                 break;
+            }
+        }
+        // Connections that registered while the server was stopping still get their 1001.
+        for event in events.try_iter() {
+            if let Event::Connect { outbox, .. } | Event::Attach { outbox, .. } = event {
+                let _ = outbox.push(going_away());
             }
         }
         debug!("hub stopped");
@@ -211,6 +220,7 @@ impl Hub {
                 self.others.insert(conn, outbox);
             }
             Event::Request { conn, request } => self.request(conn, request),
+            Event::Reply { conn, frame } => self.send_to(conn, frame),
             Event::Disconnect { conn } => {
                 self.others.remove(&conn);
                 self.remove_user(conn, "disconnected");
@@ -251,6 +261,14 @@ impl Hub {
             }
             pending.clear();
             self.drop_overflowed();
+        }
+        // A burst (welcomes with full histories for a crowd) must not pin its peak for good.
+        const KEEP_BYTES: usize = 1 << 20;
+        if self.scratch.capacity() > KEEP_BYTES {
+            self.scratch = Vec::new();
+        }
+        if self.pending.capacity() * size_of::<(ConnId, Bytes)>() > KEEP_BYTES {
+            self.pending = Vec::new();
         }
     }
 
@@ -349,7 +367,7 @@ impl Hub {
         let id = Uuid::new_v4().hyphenated().to_string();
         // Refusals of the query's values go right after the welcome.
         let mut refusals = Vec::new();
-        let requested_name = username.filter(|u| !u.trim().is_empty());
+        let requested_name = username.filter(|u| !u.is_empty());
         let username = match requested_name.map(|u| protocol::validate_username(&u)) {
             Some(Ok(name)) if self.holder_of(&name).is_none() => name,
             Some(Ok(name)) => {
@@ -511,8 +529,16 @@ impl Hub {
     /// Adds a user to their channel's members and tells the others. Returns whether the
     /// channel was created.
     fn enter(&mut self, conn: ConnId, channel: &str) -> bool {
-        let user = &self.users[&conn];
         let created = !self.channels.contains_key(channel);
+        if created && !self.history.contains_key(channel) {
+            // Forgotten from memory (or never loaded): the disk may still have it.
+            if let Some(store) = &self.store {
+                let lines = store.reload(channel).into_iter();
+                let kept = lines.filter_map(|l| RawValue::from_string(l).ok());
+                self.history.insert(channel.to_owned(), kept.collect());
+            }
+        }
+        let user = &self.users[&conn];
         let members = &mut self.channels.entry(channel.to_owned()).or_default().members;
         members.push((conn, user.outbox.clone()));
         let frame = encode_text(&ServerFrame::Joined {
@@ -651,7 +677,9 @@ impl Hub {
     }
 
     fn send_to(&mut self, conn: ConnId, frame: Bytes) {
-        self.pending.push((conn, frame));
+        if self.users.contains_key(&conn) {
+            self.pending.push((conn, frame));
+        }
     }
 
     /// Drops every client whose queue overflowed. Telling their channels may overflow others,
@@ -677,12 +705,6 @@ impl Hub {
             self.users.len(),
             self.others.len()
         );
-        let going_away = || {
-            Outbound::Close(Some(CloseFrame {
-                code: CloseCode::Away,
-                reason: "server shutting down".into(),
-            }))
-        };
         let outboxes = self.users.values().map(|u| &u.outbox);
         for outbox in outboxes.chain(self.others.values()) {
             if outbox.push(going_away()).is_err() {
@@ -703,6 +725,14 @@ impl Hub {
             .find(|name| self.holder_of(name).is_none())
             .unwrap_or_else(|| format!("guest-{hex}-{}", self.users.len()))
     }
+}
+
+/// The close frame every client gets when the server stops.
+fn going_away() -> Outbound {
+    Outbound::Close(Some(CloseFrame {
+        code: CloseCode::Away,
+        reason: "server shutting down".into(),
+    }))
 }
 
 fn taken(username: &str) -> Refusal {
@@ -1039,6 +1069,47 @@ mod tests {
             "nobody saw a message that is not on disk"
         );
         assert_eq!(h.hub.stats().messages, 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn step5_disk_history_of_a_forgotten_channel_comes_back() {
+        let dir = std::env::temp_dir().join(format!("cyberchat-reload-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let channels = MAX_DORMANT_HISTORIES + 6;
+        for i in 0..channels {
+            let line = format!(
+                r#"{{"type":"message","id":{},"channel":"c{i}","user":{{"id":"x","username":"u"}},"text":"t{i}","ts":0}}"#,
+                i + 1
+            );
+            std::fs::write(dir.join(format!("c{i}.jsonl")), line + "\n").unwrap();
+        }
+        let store = Store::open(&dir, crate::history::Fsync::Never).unwrap();
+        let mut h = Harness {
+            hub: Hub::new(Some(store)),
+            next: 1,
+        };
+        let alex = h.connect(Some("Alex"), None);
+        // Walking through every channel empties each behind us, so most are forgotten...
+        for i in 0..channels {
+            h.send(&alex, &format!(r#"{{"type":"join","channel":"c{i}"}}"#));
+        }
+        h.send(&alex, r#"{"type":"join","channel":"general"}"#);
+        assert!(
+            !h.hub.history.contains_key("c0"),
+            "c0 was forgotten from memory"
+        );
+        // ...and coming back reads the disk again.
+        alex.frames();
+        h.send(&alex, r#"{"type":"join","channel":"c0"}"#);
+        let welcome = alex
+            .frames()
+            .into_iter()
+            .find(|f| f["type"] == "welcome")
+            .unwrap();
+        assert_eq!(welcome["history"][0]["text"], "t0");
+        h.hub.check_invariants().unwrap();
         std::fs::remove_dir_all(dir).unwrap();
     }
 

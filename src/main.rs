@@ -49,9 +49,16 @@ fn main() -> ExitCode {
     }
     let server = match Server::bind(config) {
         Ok(server) => server,
-        Err(err) => {
+        // A port someone else holds is the machine's state (1); anything else that stops the
+        // start (a host that is not an address here, a --data-dir that is not a directory) is
+        // a bad value (2), and nothing is listening.
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
             error!("cannot start: {err}");
             return ExitCode::FAILURE;
+        }
+        Err(err) => {
+            eprintln!("cyberchat: cannot start: {err}");
+            return ExitCode::from(2);
         }
     };
     let addr = server.local_addr();

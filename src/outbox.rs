@@ -103,7 +103,10 @@ impl Outbox {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::Full);
         }
-        self.tx.send(item).map_err(|_| Refused::Closed)
+        self.tx.send(item).map_err(|_| {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            Refused::Closed
+        })
     }
 
     /// Sends an encoded frame: written at once if the socket takes it without waiting and

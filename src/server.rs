@@ -89,11 +89,18 @@ impl Server {
             );
             config.max_connections = most;
         }
+        let with_context = |what: String| {
+            move |err: io::Error| io::Error::new(err.kind(), format!("{what}: {err}"))
+        };
         let store = match &config.data_dir {
-            Some(dir) => Some(Store::open(dir, config.fsync)?),
+            Some(dir) => {
+                let store = Store::open(dir, config.fsync);
+                Some(store.map_err(with_context(format!("--data-dir {}", dir.display())))?)
+            }
             None => None,
         };
-        let listener = TcpListener::bind((config.host.as_str(), config.port))?;
+        let listener = TcpListener::bind((config.host.as_str(), config.port))
+            .map_err(with_context(format!("{}:{}", config.host, config.port)))?;
         let addr = listener.local_addr()?;
         let (hub_tx, hub_rx) = mpsc::channel();
         let hub = Hub::new(store);
@@ -396,8 +403,11 @@ fn upgrade(
             }
         }
         Door::Echo => {
-            let _ = shared.hub.send(Event::Attach { conn, outbox });
-            echo::serve(&mut reader)
+            if shared.hub.send(Event::Attach { conn, outbox }).is_err() {
+                Ended::ServerStopping
+            } else {
+                echo::serve(&mut reader)
+            }
         }
     };
     info!("conn {conn} ({door:?}) ended: {ended:?}");

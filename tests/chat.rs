@@ -256,3 +256,18 @@ fn step7_deeply_nested_json_is_refused_without_harm() {
     bob.say("the server is still up");
     c.say("and so am I");
 }
+
+#[test]
+fn step3_welcome_is_always_the_first_frame_even_after_an_instant_bad_request() {
+    // A client that sends garbage the moment the socket opens must still hear `welcome`
+    // first: refusals go through the hub, behind it.
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    for i in 0..50 {
+        let mut c = connect(addr, &format!("/?username=hasty{i}"));
+        c.send_text("not json");
+        let first = c.recv();
+        assert_eq!(first["type"], "welcome", "connection {i}: {first}");
+        assert_eq!(c.recv_type("error")["code"], "bad_json");
+    }
+}

@@ -281,3 +281,14 @@ fn cli_sigterm_closes_clients_with_1001_and_exits_0() {
 fn cli_ctrl_c_closes_clients_with_1001_and_exits_0() {
     assert_clean_stop_on("-INT");
 }
+
+#[test]
+fn cli_a_host_or_data_dir_that_cannot_work_is_status_2() {
+    assert_refused(&["--host", "999.1.1.1", "--port", "0"], &[]);
+    // A data dir that is a file cannot become a directory.
+    let file = std::env::temp_dir().join(format!("cyberchat-not-a-dir-{}", std::process::id()));
+    std::fs::write(&file, "x").unwrap();
+    assert_refused(&["--port", "0", "--data-dir", file.to_str().unwrap()], &[]);
+    std::fs::remove_file(file).unwrap();
+    assert_refused(&["--ping-interval", "0.001"], &[]);
+}
