@@ -449,14 +449,17 @@ impl Hub {
     fn message(&mut self, conn: ConnId, text: &str) {
         let user = &self.users[&conn];
         let id = self.next_message_id;
-        let json = ServerFrame::Message {
+        let message = ServerFrame::Message {
             id,
             channel: &user.channel,
             user: user.as_ref(),
             text,
             ts: protocol::now_ms(),
-        }
-        .to_json();
+        };
+        // Serialized once, straight into the form history keeps; the frame and the disk line
+        // are the same bytes.
+        let json =
+            serde_json::value::to_raw_value(&message).expect("server frames always serialize");
         let channel = user.channel.clone();
         self.next_message_id += 1;
         // On disk before anyone can see it, so a crash never loses a message that was sent; a
@@ -464,7 +467,7 @@ impl Hub {
         if let Some(Err(err)) = self
             .store
             .as_mut()
-            .map(|store| store.append(&channel, &json))
+            .map(|store| store.append(&channel, json.get()))
         {
             error!("could not save message {id} in #{channel}: {err}; not sent");
             let refusal = Refusal::new(
@@ -475,12 +478,12 @@ impl Hub {
             return;
         }
         self.messages += 1;
-        let frame = encode_text_json(json.as_bytes());
+        let frame = encode_text_json(json.get().as_bytes());
         let history = self.history.entry(channel.clone()).or_default();
         if history.len() == HISTORY_LEN {
             history.pop_front();
         }
-        history.push_back(RawValue::from_string(json).expect("our own JSON is valid"));
+        history.push_back(json);
         self.broadcast(&channel, &frame, None);
     }
 
@@ -767,6 +770,13 @@ mod tests {
                     Outbound::Finish => panic!("without a socket there is no fast path"),
                 })
                 .collect()
+        }
+
+        /// The last `welcome` among the frames queued so far.
+        fn last_welcome(&self) -> Value {
+            let frames = self.frames();
+            let welcome = frames.into_iter().rev().find(|f| f["type"] == "welcome");
+            welcome.expect("a welcome was queued")
         }
 
         fn types(&self) -> Vec<String> {
@@ -1103,11 +1113,7 @@ mod tests {
         // ...and coming back reads the disk again.
         alex.frames();
         h.send(&alex, r#"{"type":"join","channel":"c0"}"#);
-        let welcome = alex
-            .frames()
-            .into_iter()
-            .find(|f| f["type"] == "welcome")
-            .unwrap();
+        let welcome = alex.last_welcome();
         assert_eq!(welcome["history"][0]["text"], "t0");
         h.hub.check_invariants().unwrap();
         std::fs::remove_dir_all(dir).unwrap();
@@ -1132,12 +1138,7 @@ mod tests {
         // The newest are the ones kept: coming back to the last channel shows its message.
         let last = format!("c{}", MAX_DORMANT_HISTORIES + 9);
         h.send(&alex, &format!(r#"{{"type":"join","channel":"{last}"}}"#));
-        let welcome = alex
-            .frames()
-            .into_iter()
-            .rev()
-            .find(|f| f["type"] == "welcome")
-            .unwrap();
+        let welcome = alex.last_welcome();
         assert_eq!(welcome["history"][0]["text"], "hello");
         assert!(!h.hub.history.contains_key("c0"), "the oldest is forgotten");
         h.hub.check_invariants().unwrap();
@@ -1157,11 +1158,7 @@ mod tests {
         assert_eq!(state["state"]["x"], 0.5);
         h.send(&alex, r#"{"type":"join","channel":"elsewhere"}"#);
         h.send(&bob, r#"{"type":"join","channel":"elsewhere"}"#);
-        let welcome = bob
-            .frames()
-            .into_iter()
-            .find(|f| f["type"] == "welcome")
-            .unwrap();
+        let welcome = bob.last_welcome();
         let alex_row = welcome["users"]
             .as_array()
             .unwrap()
