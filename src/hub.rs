@@ -113,6 +113,9 @@ struct User {
     channel: String,
     state: Map<String, Value>,
     outbox: Outbox,
+    /// This user as a `welcome` lists them, serialized once and again only when their name
+    /// or state changes: a welcome lists everyone in the channel, so this is most of it.
+    listing: Box<RawValue>,
     /// Number of the last presence frame of its channel this user has been given, or needs
     /// no copy of (its own arrival). See [`Presence`].
     presence_seen: u64,
@@ -124,6 +127,16 @@ impl User {
             id: &self.id,
             username: &self.username,
         }
+    }
+
+    /// Serializes [`User::listing`] again, after a change of name or state.
+    fn relist(&mut self) {
+        let listing = UserWithState {
+            id: &self.id,
+            username: &self.username,
+            state: &self.state,
+        };
+        self.listing = serde_json::value::to_raw_value(&listing).expect("users always serialize");
     }
 }
 
@@ -431,6 +444,12 @@ impl Hub {
             ));
         }
         for (conn, user) in &self.users {
+            let listed: Value = serde_json::from_str(user.listing.get()).unwrap_or_default();
+            let current =
+                serde_json::json!({"id": user.id, "username": user.username, "state": user.state});
+            if listed != current {
+                return Err(format!("conn {conn} is listed as {listed}, not {current}"));
+            }
             if self.names.get(&user.username.to_lowercase()) != Some(conn) {
                 return Err(format!(
                     "{:?} is not registered to conn {conn}",
@@ -490,17 +509,17 @@ impl Hub {
         };
         info!("{username:?} connected (conn {conn}, id {id}) into #{channel}");
         self.names.insert(username.to_lowercase(), conn);
-        self.users.insert(
-            conn,
-            User {
-                id,
-                username,
-                channel: channel.clone(),
-                state: Map::new(),
-                outbox,
-                presence_seen: 0,
-            },
-        );
+        let mut user = User {
+            id,
+            username,
+            channel: channel.clone(),
+            state: Map::new(),
+            outbox,
+            listing: Box::default(),
+            presence_seen: 0,
+        };
+        user.relist();
+        self.users.insert(conn, user);
         let created = self.enter(conn, &channel);
         self.welcome(conn);
         for refusal in refusals {
@@ -531,6 +550,7 @@ impl Hub {
             }
             Request::State { state } => {
                 user.state = state;
+                user.relist();
                 let frame = encode_text(&ServerFrame::State {
                     channel: &user.channel,
                     user: user.as_ref(),
@@ -597,6 +617,7 @@ impl Hub {
         }
         let user = self.users.get_mut(&conn).expect("caller checked");
         let old = std::mem::replace(&mut user.username, username);
+        user.relist();
         info!("{old:?} renamed to {:?} (conn {conn})", user.username);
         self.names.remove(&old.to_lowercase());
         self.names.insert(user.username.to_lowercase(), conn);
@@ -723,14 +744,7 @@ impl Hub {
         let members = &self.channels[&user.channel].members;
         let users = members
             .iter()
-            .map(|(c, _)| {
-                let u = &self.users[c];
-                UserWithState {
-                    id: &u.id,
-                    username: &u.username,
-                    state: &u.state,
-                }
-            })
+            .map(|(c, _)| &*self.users[c].listing)
             .collect();
         let history = self
             .history

@@ -259,7 +259,8 @@ pub enum ServerFrame<'a> {
         text: &'a str,
         user: UserRef<'a>,
         channel: &'a str,
-        users: Vec<UserWithState<'a>>,
+        /// Everyone in the channel, each as [`UserWithState`] serialized.
+        users: Vec<&'a RawValue>,
         /// Earlier `message` frames, kept as the JSON they were sent as.
         history: Vec<&'a RawValue>,
         online: usize,
