@@ -280,8 +280,7 @@ impl Hub {
     pub fn handle(&mut self, event: Event) -> bool {
         self.now = Instant::now();
         let going = self.apply(event);
-        self.release_all();
-        self.flush();
+        self.flush_everything();
         going
     }
 
@@ -884,8 +883,14 @@ impl Hub {
             };
             let from = user.presence_seen.max(p.held_after);
             if from < p.last {
-                let start = starts[(from - p.held_after) as usize];
-                pending.push((*conn, joined.slice(start..)));
+                let first = (from - p.held_after) as usize;
+                if user.outbox.queued() == 0 {
+                    pending.push((*conn, joined.slice(starts[first]..)));
+                } else {
+                    // A backlog: these will be queued, and the slow-reader limit counts
+                    // frames, so each goes as its own.
+                    pending.extend(p.held[first..].iter().map(|f| (*conn, f.clone())));
+                }
             }
             user.presence_seen = p.last;
         }
@@ -908,6 +913,18 @@ impl Hub {
                     self.holding.push(name);
                 }
                 None => {} // written meanwhile, or the channel is gone
+            }
+        }
+    }
+
+    /// Writes out everything owed, held presence included. Writing can drop a slow reader,
+    /// and the `left` that makes may be held again, hence the loop (it ends: users only go).
+    fn flush_everything(&mut self) {
+        loop {
+            self.release_all();
+            self.flush();
+            if self.holding.is_empty() {
+                return;
             }
         }
     }
@@ -937,8 +954,7 @@ impl Hub {
     }
 
     fn shutdown(&mut self) {
-        self.release_all();
-        self.flush(); // what was said before the shutdown still goes out first
+        self.flush_everything(); // what was said before the shutdown still goes out first
         info!(
             "closing {} chat and {} echo connections",
             self.users.len(),
@@ -1629,5 +1645,84 @@ mod tests {
                 "left Max 4"
             ]
         );
+        // Alex was caught up before his error; the release brings only what came after.
+        assert_eq!(
+            presence_of(&alex.frames()),
+            ["joined Ann 6", "left Sam 5", "left Max 4"]
+        );
+    }
+
+    /// Connects a client into #room whose queue the test can fill, like a reader that stopped.
+    fn connect_stuck(c: &mut Clocked, ms: u64, name: &str) -> (Client, Outbox) {
+        let (outbox, inbox) = outbox(None);
+        let conn = c.next;
+        c.next += 1;
+        let event = Event::Connect {
+            conn,
+            outbox: outbox.clone(),
+            username: Some(name.to_owned()),
+            channel: Some("room".to_owned()),
+        };
+        c.event(ms, event);
+        (Client { conn, inbox }, outbox)
+    }
+
+    #[test]
+    fn step7_shutdown_writes_held_presence_before_closing() {
+        let mut c = Clocked::new();
+        let alex = c.connect(0, "Alex");
+        let (slow, slow_outbox) = connect_stuck(&mut c, 1, "Slow"); // told at once
+        slow.frames();
+        let _kim = c.connect(2, "Kim"); // held
+        alex.frames();
+        while slow_outbox.push(Outbound::Frame(Bytes::new())).is_ok() {}
+        // Writing out Kim's arrival overflows Slow, whose `left` must still come before 1001.
+        assert!(!c.hub.handle_at(Event::Shutdown, c.at(3)));
+        assert_eq!(alex.types(), ["joined", "left", "close"]);
+    }
+
+    #[test]
+    fn step2_held_presence_counts_frame_by_frame_against_a_slow_reader() {
+        let mut c = Clocked::new();
+        // Someone stays in #x so that moving there never creates or removes a channel.
+        let (anchor_outbox, inbox) = outbox(None);
+        let anchor = Client { conn: 1000, inbox };
+        let username = Some("Anchor".to_owned());
+        let channel = Some("x".to_owned());
+        c.event(
+            0,
+            Event::Connect {
+                conn: 1000,
+                outbox: anchor_outbox,
+                username,
+                channel,
+            },
+        );
+        let (stuck, _stuck_outbox) = connect_stuck(&mut c, 0, "Stuck"); // never reads again
+        let movers: Vec<Client> = (0..10).map(|i| c.connect(1, &format!("m{i}"))).collect();
+        let mut ms = 1000;
+        for _ in 0..60 {
+            for m in &movers {
+                ms += 1;
+                c.send(ms, m, r#"{"type":"join","channel":"x"}"#);
+            }
+            for m in &movers {
+                ms += 1;
+                c.send(ms, m, r#"{"type":"join","channel":"room"}"#);
+            }
+            ms += 300;
+            c.tick(ms);
+            for m in movers.iter().chain([&anchor]) {
+                m.frames();
+            }
+        }
+        // 60 windows of ten moves each owe Stuck far more than the queue's limit in frames.
+        let owed = stuck.frames().len();
+        assert_eq!(
+            c.hub.stats().online,
+            11,
+            "Stuck, owed {owed} frames, is still connected"
+        );
+        assert!(owed <= MAX_QUEUED, "{owed} frames were queued for Stuck");
     }
 }

@@ -35,7 +35,8 @@ pub const MAX_QUEUED: usize = 1024;
 /// What a writer thread can be asked to do.
 #[derive(Debug)]
 pub enum Outbound {
-    /// Write these bytes: one complete, encoded WebSocket frame (data, ping or pong).
+    /// Write these bytes: one complete, encoded WebSocket frame (data, ping or pong), or, when
+    /// the hub writes held presence to a client with nothing queued, several end to end.
     Frame(Bytes),
     /// Start the closing handshake with this close frame; nothing is written after it.
     Close(Option<CloseFrame>),
