@@ -798,12 +798,19 @@ impl Hub {
     }
 
     fn send_to(&mut self, conn: ConnId, frame: Bytes) {
-        let Some(user) = self.users.get(&conn) else {
+        let Hub {
+            users,
+            channels,
+            pending,
+            ..
+        } = self;
+        let Some(user) = users.get_mut(&conn) else {
             return;
         };
-        let channel = user.channel.clone();
-        self.catch_up(conn, &channel);
-        self.pending.push((conn, frame));
+        if let Some(ch) = channels.get(&user.channel) {
+            owe_held(conn, user, &ch.presence, pending);
+        }
+        pending.push((conn, frame));
     }
 
     /// Tells `channel` a presence `frame` about `about`: at once, or held back if the channel
@@ -843,14 +850,7 @@ impl Hub {
         let (Some(ch), Some(user)) = (self.channels.get(channel), self.users.get_mut(&conn)) else {
             return;
         };
-        let p = &ch.presence;
-        let from = user.presence_seen.max(p.held_after);
-        if from < p.last {
-            let owed = &p.held[(from - p.held_after) as usize..];
-            self.pending
-                .extend(owed.iter().map(|frame| (conn, frame.clone())));
-            user.presence_seen = p.last;
-        }
+        owe_held(conn, user, &ch.presence, &mut self.pending);
     }
 
     /// Writes out a channel's held presence to its members: joined end to end once, and
@@ -979,6 +979,21 @@ impl Hub {
             .map(|n| format!("guest-{}", &hex[..n]))
             .find(|name| self.holder_of(name).is_none())
             .unwrap_or_else(|| format!("guest-{hex}-{}", self.users.len()))
+    }
+}
+
+/// Owes `user` (a member of the channel `presence` belongs to) the held frames it has not had.
+fn owe_held(
+    conn: ConnId,
+    user: &mut User,
+    presence: &Presence,
+    pending: &mut Vec<(ConnId, Bytes)>,
+) {
+    let from = user.presence_seen.max(presence.held_after);
+    if from < presence.last {
+        let owed = &presence.held[(from - presence.held_after) as usize..];
+        pending.extend(owed.iter().map(|frame| (conn, frame.clone())));
+        user.presence_seen = presence.last;
     }
 }
 
