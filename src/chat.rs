@@ -3,9 +3,11 @@
 //! Refusals are encoded here and delivered through the hub, the one source of a chat client's
 //! data frames, so that no `error` can overtake the `welcome`.
 
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::SyncSender;
 
-use crate::connection::{Ended, Incoming, Reader, TokenBucket};
+use tungstenite::Bytes;
+
+use crate::connection::{Ended, FloodGauge, Incoming, Reader, TokenBucket};
 use crate::hub::{ConnId, Event};
 use crate::protocol::{self, ErrorCode, Refusal};
 
@@ -15,15 +17,26 @@ use crate::protocol::{self, ErrorCode, Refusal};
 pub const FAULT_PANIC: &str = "{\"type\":\"__panic\"}";
 
 /// Reads requests until the connection ends; returns why.
-pub fn serve(reader: &mut Reader, conn: ConnId, hub: &Sender<Event>, max_rate: u32) -> Ended {
+///
+/// Sending to the hub blocks when its queue is full: this thread then stops reading, and TCP
+/// makes this client (and only this client) wait. A frame refused for the rate limit costs a
+/// clone of one shared `error` frame, and a client that keeps sending while refused is closed
+/// with 1008, so flooding costs the server no more than the limit allows.
+pub fn serve(reader: &mut Reader, conn: ConnId, hub: &SyncSender<Event>, max_rate: u32) -> Ended {
     let mut bucket = TokenBucket::new(max_rate);
+    let mut gauge = FloodGauge::new(max_rate);
+    let rate_limited: Bytes =
+        Refusal::new(ErrorCode::RateLimited, "slow down: too many messages").to_frame();
     loop {
         let incoming = match reader.next_message() {
             Ok(incoming) => incoming,
             Err(ended) => return ended,
         };
-        let answer = if !bucket.take() {
-            Refusal::new(ErrorCode::RateLimited, "slow down: too many messages")
+        let refusal = if !bucket.take() {
+            if gauge.refused() {
+                return Ended::Flooding;
+            }
+            rate_limited.clone()
         } else {
             match incoming {
                 Incoming::Text(text) => match protocol::parse_request(&text) {
@@ -37,18 +50,19 @@ pub fn serve(reader: &mut Reader, conn: ConnId, hub: &Sender<Event>, max_rate: u
                         }
                         continue;
                     }
-                    Err(refusal) => refusal,
+                    Err(refusal) => refusal.to_frame(),
                 },
                 Incoming::Binary(_) => Refusal::new(
                     ErrorCode::BadJson,
                     "binary frames are not chat frames: send JSON text",
-                ),
+                )
+                .to_frame(),
             }
         };
         // Encoded here, delivered by the hub: it must never arrive before the `welcome`.
         let reply = Event::Reply {
             conn,
-            frame: answer.to_frame(),
+            frame: refusal,
         };
         if hub.send(reply).is_err() {
             return Ended::ServerStopping;

@@ -10,8 +10,8 @@ use crate::history::Fsync;
 
 /// The usage line printed by `--help`.
 pub const USAGE: &str = "usage: cyberchat [--host H] [--port P] [--allow-origin O]... [--max-rate N] \
-[--ping-interval S] [--max-connections N] [--data-dir DIR] [--fsync always|never] [--www DIR] \
-[--log-level off|error|warn|info|debug|trace]";
+[--ping-interval S] [--max-connections N] [--max-handshakes N] [--max-handshakes-per-ip N] \
+[--data-dir DIR] [--fsync always|never] [--www DIR] [--log-level off|error|warn|info|debug|trace]";
 
 /// The shortest ping interval: below it pings would flood clients (and a zero read timeout
 /// is not a timeout at all).
@@ -31,6 +31,15 @@ pub struct Config {
     pub ping_interval: Duration,
     /// Open WebSocket connections on both doors.
     pub max_connections: usize,
+    /// Connections whose HTTP head is still being read or answered (handshakes in progress
+    /// and plain HTTP requests), in all.
+    pub max_handshakes: usize,
+    /// Of those, from one address (an IPv6 /64). Generous: a whole class may sit behind one
+    /// NAT address.
+    pub max_handshakes_per_address: usize,
+    /// Bytes that may wait in every client's outbox together before clients that do not
+    /// read are dropped (each also has its own 4 MiB).
+    pub max_queued_bytes: usize,
     pub data_dir: Option<PathBuf>,
     pub fsync: Fsync,
     /// Where the browser client's files are served from.
@@ -47,6 +56,9 @@ impl Default for Config {
             max_rate: 20,
             ping_interval: Duration::from_secs(30),
             max_connections: 10_000,
+            max_handshakes: 2048,
+            max_handshakes_per_address: 256,
+            max_queued_bytes: 256 << 20,
             data_dir: None,
             fsync: Fsync::Never,
             www_dir: default_www_dir(),
@@ -130,6 +142,12 @@ impl Config {
                         return Err("--max-connections: must be at least 1".into());
                     }
                 }
+                "--max-handshakes" => {
+                    config.max_handshakes = parse_positive(&flag, &value()?)?;
+                }
+                "--max-handshakes-per-ip" => {
+                    config.max_handshakes_per_address = parse_positive(&flag, &value()?)?;
+                }
                 "--data-dir" => config.data_dir = Some(PathBuf::from(non_empty(&flag, value()?)?)),
                 "--fsync" => {
                     config.fsync = match value()?.as_str() {
@@ -171,6 +189,13 @@ fn parse_number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, Stri
     value
         .parse()
         .map_err(|_| format!("{flag}: {value:?} is not a whole number"))
+}
+
+fn parse_positive(flag: &str, value: &str) -> Result<usize, String> {
+    match parse_number(flag, value)? {
+        0 => Err(format!("{flag}: must be at least 1")),
+        n => Ok(n),
+    }
 }
 
 fn parse_level(value: &str) -> Result<LevelFilter, String> {
@@ -219,6 +244,9 @@ mod tests {
                 "0.5",
                 "--max-connections",
                 "7",
+                "--max-handshakes",
+                "9",
+                "--max-handshakes-per-ip=3",
                 "--data-dir",
                 "/tmp/x",
                 "--fsync",
@@ -235,6 +263,7 @@ mod tests {
         assert_eq!(c.max_rate, 0);
         assert_eq!(c.ping_interval, Duration::from_millis(500));
         assert_eq!(c.max_connections, 7);
+        assert_eq!((c.max_handshakes, c.max_handshakes_per_address), (9, 3));
         assert_eq!(c.data_dir, Some(PathBuf::from("/tmp/x")));
         assert_eq!(c.fsync, Fsync::Always);
         assert_eq!(c.log_level, LevelFilter::Debug);
@@ -258,6 +287,8 @@ mod tests {
             &["--ping-interval", "1e-10"],
             &["--max-rate", "-1"],
             &["--max-connections", "0"],
+            &["--max-handshakes", "0"],
+            &["--max-handshakes-per-ip", "x"],
             &["--fsync", "sometimes"],
             &["--bogus"],
             &["--log-level", "loud"],

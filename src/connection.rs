@@ -1,23 +1,25 @@
-//! One WebSocket connection: a reader and a writer sharing one socket (tutorial step 2).
+//! One WebSocket connection: a reader thread, and a writer only while one is needed
+//! (tutorial step 2).
 //!
 //! tungstenite's `WebSocket` owns its stream and does both reading and writing, so two threads
 //! cannot use it at once without a lock — and a lock held by a reader blocked in `read` would
 //! stop every write. Instead the connection is split by hand, keeping one invariant:
 //! **at most one thread reads the socket, at most one writes it at a time.**
 //!
-//! - The **reader** (the connection's own thread) owns a [`WebSocketContext`], tungstenite's
-//!   protocol state without a stream. It decodes frames from `&TcpStream` and never writes to
-//!   it through tungstenite: the context is handed a stream whose write side is a sink, and the
-//!   pongs and close replies the protocol needs are sent by the reader through the
-//!   connection's [`Outbox`] like any other frame.
+//! - The **reader** (the connection's own thread, [`Reader`]) owns a [`WebSocketContext`],
+//!   tungstenite's protocol state without a stream. It decodes frames from `&TcpStream` and
+//!   never writes to it through tungstenite: the context is handed a stream whose write side is
+//!   a sink, and the pongs and close replies the protocol needs are sent by the reader through
+//!   the connection's [`Outbox`] like any other frame. The reader also keeps the time: it
+//!   pings every interval and gives up on a client silent for two and a half.
 //! - Every write happens while holding the connection's **pen** (see [`crate::outbox`]). When
 //!   nothing is queued, whoever sends (usually the hub) takes the pen and writes with one
 //!   non-blocking `send`, so a quiet connection needs no thread switch to deliver a frame.
-//! - The **writer** ([`write_pump`], a second thread) writes everything that could not go out
-//!   that way. It blocks on the outbox, and as soon as an item arrives it takes everything else
-//!   already queued and writes it all with one `writev` call. Delivery never waits for a read
+//! - Whatever the socket does not take at once is queued, and a **writer** thread
+//!   (`outbox::write_pump`) starts, writes everything queued with as few `writev` calls as it
+//!   can, and ends once the queue has been empty for a while. Delivery never waits for a read
 //!   timeout or a poll: either the frame is written at once, or the writer wakes the moment it
-//!   is queued. Pings are timed by the same wait.
+//!   is queued.
 //!
 //! Because every write holds the pen, and a frame the fast path could only partly write is
 //! finished by the writer before anything else, frames (data, ping, pong, close) never
@@ -25,35 +27,35 @@
 //! the fast path only ever `try_lock`s it, so a slow client can only ever hold up its own
 //! writer thread.
 //!
-//! Ending a connection: whoever decides to close queues a close frame; the writer writes it,
-//! shuts down its half of the socket and waits [`CLOSE_GRACE`] for the reader to see the
-//! peer's reply or end of stream; the reader then shuts the socket down for good.
+//! Ending a connection: whoever decides to close sends a close frame through the outbox (then
+//! the write side is shut); the reader waits [`CLOSE_GRACE`] for the peer's reply or end of
+//! stream, then shuts the socket down for good.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
-use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use log::debug;
 use tungstenite::error::{CapacityError, ProtocolError};
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::{CloseFrame, Message, Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Bytes, Error, Utf8Bytes};
 
-use crate::outbox::{Inbox, Outbound, Outbox};
+use crate::outbox::Outbox;
 use crate::protocol::{encode_close, encode_frame};
 
 /// Largest message a client may send, in bytes of payload after reassembling fragments.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 /// How long a closing connection waits for the peer's close reply before cutting it off.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
-/// Frames written with one `writev`; bounded so one slow batch cannot hold a huge list.
-const MAX_BATCH: usize = 64;
 /// Chat frames are small: a 1 KiB read buffer instead of tungstenite's 128 KiB default
 /// keeps an idle connection cheap (tungstenite zero-fills it), and a larger message still
 /// arrives, in several reads.
 const READ_BUFFER_BYTES: usize = 1024;
+/// Most a closing connection reads while waiting for the peer's close reply.
+const DRAIN_LIMIT: usize = 64 * 1024;
+/// A ping with no payload, the same two bytes every time.
+const PING: &[u8] = &[0x89, 0x00];
 
 /// tungstenite's settings for every connection: the 16 KiB limit, small buffers.
 pub fn websocket_config() -> WebSocketConfig {
@@ -87,6 +89,8 @@ pub enum Ended {
     Protocol(String),
     /// A text message that is not UTF-8.
     BadUtf8,
+    /// The client went on sending while its frames were refused for the rate limit.
+    Flooding,
     /// Our own outbox refused: the client is not reading, or was dropped by the hub.
     Dropped,
     /// The server is stopping.
@@ -101,6 +105,7 @@ impl Ended {
             Ended::Protocol(_) => (CloseCode::Protocol, "protocol error"),
             Ended::BadUtf8 => (CloseCode::Invalid, "text is not UTF-8"),
             Ended::Idle => (CloseCode::Away, "no activity"),
+            Ended::Flooding => (CloseCode::Policy, "too many frames over the rate limit"),
             Ended::ServerStopping => (CloseCode::Away, "server shutting down"),
             Ended::PeerClosed | Ended::Vanished(_) | Ended::Dropped => return None,
         };
@@ -111,13 +116,64 @@ impl Ended {
     }
 }
 
+/// The reader's clock: when the next ping is due and when a silent client is given up on.
+#[derive(Debug)]
+struct Keepalive {
+    interval: Duration,
+    next_ping: Instant,
+    last_heard: Instant,
+    /// The read timeout the socket has now (zero: none set yet).
+    armed: Duration,
+}
+
+impl Keepalive {
+    fn new(interval: Duration) -> Keepalive {
+        let now = Instant::now();
+        Keepalive {
+            interval,
+            next_ping: now + interval,
+            last_heard: now,
+            armed: Duration::ZERO,
+        }
+    }
+
+    /// A client silent for this long is closed.
+    fn idle_limit(&self) -> Duration {
+        self.interval.mul_f64(2.5)
+    }
+
+    /// The next moment the reader must stop reading to do something.
+    fn due(&self) -> Instant {
+        self.next_ping.min(self.last_heard + self.idle_limit())
+    }
+}
+
 /// Lets tungstenite read from the socket while anything it tries to write is discarded: the
-/// reader queues pongs and close replies itself, so the writer stays the only writer.
-struct ReadOnly<'a>(&'a TcpStream);
+/// reader sends pongs and close replies itself, through the outbox. Each read stops at the
+/// keepalive's next due time (as `WouldBlock`, which tungstenite survives mid-frame), so a
+/// client trickling one byte at a time still gets its pings and its idle limit.
+struct ReadOnly<'a> {
+    socket: &'a TcpStream,
+    keepalive: &'a mut Keepalive,
+}
 
 impl Read for ReadOnly<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        let left = self
+            .keepalive
+            .due()
+            .saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        // A timeout within an eighth of an interval of the right one is left as it is: one
+        // system call fewer per message for a busy client.
+        let slack = self.keepalive.interval / 8;
+        if self.keepalive.armed.abs_diff(left) > slack {
+            self.socket.set_read_timeout(Some(left))?;
+            self.keepalive.armed = left;
+        }
+        self.socket.read(buf)
     }
 }
 
@@ -130,75 +186,93 @@ impl Write for ReadOnly<'_> {
     }
 }
 
-/// The read side of a connection: decodes frames, answers control frames through the outbox.
+/// The read side of a connection: decodes frames, answers control frames through the outbox,
+/// pings every interval.
 pub struct Reader {
     socket: Arc<TcpStream>,
     context: WebSocketContext,
     outbox: Outbox,
+    keepalive: Keepalive,
 }
 
 impl Reader {
-    /// `already_read` is whatever arrived behind the HTTP head; `idle` is how long the client
-    /// may stay silent.
-    ///
-    /// # Errors
-    /// When the socket's read timeout cannot be set.
+    /// `already_read` is whatever arrived behind the HTTP head; the reader pings every
+    /// `ping_interval` and ends a connection silent for two and a half of them.
     pub fn new(
         socket: Arc<TcpStream>,
         already_read: Vec<u8>,
         outbox: Outbox,
-        idle: Duration,
-    ) -> io::Result<Reader> {
-        socket.set_read_timeout(Some(idle))?;
+        ping_interval: Duration,
+    ) -> Reader {
         let context = WebSocketContext::from_partially_read(
             already_read,
             Role::Server,
             Some(websocket_config()),
         );
-        Ok(Reader {
+        Reader {
             socket,
             context,
             outbox,
-        })
+            keepalive: Keepalive::new(ping_interval),
+        }
     }
 
-    /// Queues an encoded frame for this client.
+    /// Sends an encoded frame to this client.
     ///
     /// # Errors
-    /// [`Ended::Dropped`] when the queue is full or the writer gone.
+    /// [`Ended::Dropped`] when the queue is full or the connection closing.
     pub fn send(&self, frame: Bytes) -> Result<(), Ended> {
         self.outbox.send(frame).map_err(|_| Ended::Dropped)
     }
 
-    /// Blocks until the next text or binary message, answering pings and a close on the way.
+    /// Blocks until the next text or binary message, answering pings and a close, and sending
+    /// pings of its own, on the way.
     ///
     /// # Errors
     /// Why the connection is over.
     pub fn next_message(&mut self) -> Result<Incoming, Ended> {
         loop {
-            match self.context.read(&mut ReadOnly(&self.socket)) {
-                Ok(Message::Text(text)) => return Ok(Incoming::Text(text)),
-                Ok(Message::Binary(data)) => return Ok(Incoming::Binary(data)),
-                Ok(Message::Ping(data)) => {
+            let now = Instant::now();
+            if now >= self.keepalive.last_heard + self.keepalive.idle_limit() {
+                return Err(Ended::Idle);
+            }
+            if now >= self.keepalive.next_ping {
+                self.send(Bytes::from_static(PING))?;
+                self.keepalive.next_ping = now + self.keepalive.interval;
+            }
+            let mut stream = ReadOnly {
+                socket: &self.socket,
+                keepalive: &mut self.keepalive,
+            };
+            let message = match self.context.read(&mut stream) {
+                Ok(message) => message,
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::TimedOut => continue,
+                Err(err) => return Err(classify(err)),
+            };
+            self.keepalive.last_heard = Instant::now();
+            match message {
+                Message::Text(text) => return Ok(Incoming::Text(text)),
+                Message::Binary(data) => return Ok(Incoming::Binary(data)),
+                Message::Ping(data) => {
                     self.send(encode_frame(OpCode::Control(Control::Pong), &data))?
                 }
-                Ok(Message::Pong(_) | Message::Frame(_)) => {}
-                Ok(Message::Close(close)) => {
+                Message::Pong(_) | Message::Frame(_) => {}
+                Message::Close(close) => {
                     // Echo the client's code, as RFC 6455 asks.
-                    let _ = self.outbox.push(Outbound::Close(close));
+                    let _ = self.outbox.close(encode_close(close));
                     return Err(Ended::PeerClosed);
                 }
-                Err(err) => return Err(classify(err)),
             }
         }
     }
 
-    /// Ends the connection: queues the close frame `why` calls for, waits (at most
+    /// Ends the connection: sends the close frame `why` calls for, waits (at most
     /// [`CLOSE_GRACE`]) for the peer to finish, then shuts the socket down, which also stops
-    /// the writer.
+    /// a writer if one is running.
     pub fn finish(self, why: &Ended) {
         let close = why.close_frame();
-        let sent_close = close.is_some() && self.outbox.push(Outbound::Close(close)).is_ok();
+        let sent_close = close.is_some_and(|c| self.outbox.close(encode_close(Some(c))).is_ok());
         if sent_close || matches!(why, Ended::PeerClosed) {
             // Read until the peer closes, so unread bytes cannot turn our close into a reset.
             drain(&self.socket, Instant::now() + CLOSE_GRACE);
@@ -210,14 +284,6 @@ impl Reader {
 fn classify(err: Error) -> Ended {
     match err {
         Error::ConnectionClosed | Error::AlreadyClosed => Ended::PeerClosed,
-        Error::Io(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            Ended::Idle
-        }
         Error::Io(e) => Ended::Vanished(e.to_string()),
         Error::Capacity(CapacityError::MessageTooLong { .. }) => Ended::TooBig,
         Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
@@ -228,119 +294,21 @@ fn classify(err: Error) -> Ended {
     }
 }
 
-/// Reads and discards until end of stream, an error, or `deadline`.
+/// Reads and discards until end of stream, an error, `deadline`, or [`DRAIN_LIMIT`] bytes: a
+/// client that keeps sending after our close frame is not read for ever.
 fn drain(mut socket: &TcpStream, deadline: Instant) {
     let mut scratch = [0u8; 1024];
-    loop {
+    let mut drained = 0;
+    while drained < DRAIN_LIMIT {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || socket.set_read_timeout(Some(left)).is_err() {
             return;
         }
         match socket.read(&mut scratch) {
             Ok(0) | Err(_) => return,
-            Ok(_) => {}
+            Ok(n) => drained += n,
         }
     }
-}
-
-/// The writer thread's loop: the only code that writes to a connection's socket.
-///
-/// It sleeps until something is queued, then writes everything queued in batches, pinging
-/// every `ping_interval`; every write holds the connection's pen. It returns when the
-/// connection is over: after a close frame (and [`CLOSE_GRACE`]), on a write error, or once
-/// every [`Outbox`] is gone.
-pub fn write_pump(socket: Arc<TcpStream>, inbox: Inbox, ping_interval: Duration) {
-    // Grown on demand: an idle connection should not hold a batch's worth of room.
-    let mut batch: Vec<Bytes> = Vec::new();
-    let mut next_ping = Instant::now() + ping_interval;
-    loop {
-        let wait = next_ping.saturating_duration_since(Instant::now());
-        let first = match inbox.recv_timeout(wait) {
-            Ok(item) => Some(item),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        // Take everything already queued: many frames, one system call.
-        let mut taken = 0;
-        let mut closing = false;
-        let mut item = first;
-        while let Some(next) = item {
-            taken += 1;
-            match next {
-                Outbound::Frame(bytes) => batch.push(bytes),
-                Outbound::Close(close) => {
-                    batch.push(encode_close(close));
-                    closing = true;
-                    break;
-                }
-                Outbound::Finish => {} // the pen holds it; see below
-            }
-            if batch.len() == MAX_BATCH {
-                break;
-            }
-            item = inbox.try_recv();
-        }
-        let now = Instant::now();
-        if !closing && next_ping <= now {
-            batch.push(encode_frame(OpCode::Control(Control::Ping), b""));
-        }
-        if next_ping <= now {
-            next_ping = now + ping_interval;
-        }
-        let mut pen = inbox.pen();
-        // The rest of a frame the fast path began goes out before anything else.
-        if let Some(rest) = pen.take() {
-            batch.insert(0, rest);
-        }
-        let written = write_all_vectored(&socket, &batch);
-        batch.clear();
-        inbox.done(taken);
-        if let Err(err) = written {
-            debug!("write failed: {err}");
-            break;
-        }
-        if closing {
-            // Nothing may follow a close frame; let the peer answer, then hang up.
-            inbox.mark_closed();
-            let _ = socket.shutdown(Shutdown::Write);
-            drop(pen);
-            linger(&inbox, Instant::now() + CLOSE_GRACE);
-            break;
-        }
-        drop(pen);
-    }
-    let _ = socket.shutdown(Shutdown::Both);
-}
-
-/// Discards queued items until every sender is gone (the reader has finished) or `deadline`.
-fn linger(inbox: &Inbox, deadline: Instant) {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match inbox.recv_timeout(left) {
-            Ok(_) => inbox.done(1),
-            Err(_) => return,
-        }
-    }
-}
-
-/// Writes all frames with as few `writev` calls as the kernel allows.
-fn write_all_vectored(mut socket: &TcpStream, frames: &[Bytes]) -> io::Result<()> {
-    // Room for a full batch, a ping and the rest of a frame the fast path began.
-    let mut slices = [IoSlice::new(&[]); MAX_BATCH + 2];
-    let count = frames.len();
-    for (slot, frame) in slices.iter_mut().zip(frames) {
-        *slot = IoSlice::new(frame);
-    }
-    let mut remaining = &mut slices[..count];
-    while !remaining.is_empty() {
-        match socket.write_vectored(remaining) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut remaining, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Encodes a binary frame (the echo door sends binary messages back unchanged).
@@ -387,6 +355,44 @@ impl TokenBucket {
     }
 }
 
+/// Counts frames refused for the rate limit, to tell a client that went over the limit once
+/// from one that keeps flooding: more than `max(10 × rate, 100)` refusals within about
+/// [`FLOOD_WINDOW`] and it may be closed with 1008. A leaky bucket rather than a list of
+/// times: constant memory whatever the rate.
+#[derive(Debug)]
+pub struct FloodGauge {
+    limit: f64,
+    level: f64,
+    last: Instant,
+}
+
+/// The window the contract counts refusals over.
+pub const FLOOD_WINDOW: Duration = Duration::from_secs(10);
+
+impl FloodGauge {
+    /// A gauge for a connection limited to `rate` frames a second.
+    pub fn new(rate: u32) -> Self {
+        FloodGauge {
+            limit: (10.0 * f64::from(rate)).max(100.0),
+            level: 0.0,
+            last: Instant::now(),
+        }
+    }
+
+    /// Records one refused frame; `true` once the client counts as flooding.
+    pub fn refused(&mut self) -> bool {
+        self.refused_at(Instant::now())
+    }
+
+    fn refused_at(&mut self, now: Instant) -> bool {
+        let drained = now.saturating_duration_since(self.last).as_secs_f64() * self.limit
+            / FLOOD_WINDOW.as_secs_f64();
+        self.level = (self.level - drained).max(0.0) + 1.0;
+        self.last = now;
+        self.level > self.limit
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,6 +416,26 @@ mod tests {
             20,
             "never more than 2N"
         );
+    }
+
+    #[test]
+    fn step7_only_a_client_that_keeps_flooding_counts_as_flooding() {
+        let start = Instant::now();
+        let mut gauge = FloodGauge::new(20);
+        gauge.last = start;
+        // 200 refusals at once is the limit, not over it.
+        assert!(!(0..200).any(|_| gauge.refused_at(start)));
+        assert!(gauge.refused_at(start), "the 201st within the window");
+        // Someone refused a few times a second, for a minute, is never flooding.
+        let mut polite = FloodGauge::new(20);
+        polite.last = start;
+        let flooding = (0..600).any(|i| polite.refused_at(start + Duration::from_millis(i * 100)));
+        assert!(!flooding);
+        // Low rates still allow 100 refusals.
+        let mut low = FloodGauge::new(1);
+        low.last = start;
+        assert!(!(0..100).any(|_| low.refused_at(start)));
+        assert!(low.refused_at(start));
     }
 
     #[test]

@@ -36,10 +36,10 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use uuid::Uuid;
 
 use crate::history::Store;
-use crate::outbox::{Outbound, Outbox, Refused};
+use crate::outbox::{Outbox, Refused};
 use crate::protocol::{
     self, ChannelCount, DEFAULT_CHANNEL, ErrorCode, Refusal, Request, ServerFrame, UserRef,
-    UserWithState, WELCOME_TEXT, encode_text, encode_text_json,
+    UserWithState, WELCOME_TEXT, encode_close, encode_text, encode_text_json, name_key,
 };
 
 /// Messages each channel keeps for late joiners.
@@ -53,6 +53,12 @@ const MAX_BATCH_DELIVERIES: usize = 16 * 1024;
 /// arriving costs each member a few writes a second rather than one per arrival. Measured
 /// with `cyberchat-bench idle` (10,000 joins into 50 channels): see the README.
 pub const PRESENCE_WINDOW: Duration = Duration::from_millis(250);
+
+/// How often the server-wide `channels` list may go out. Every client gets it whenever a
+/// channel is created or removed, so without this one client connecting and leaving in a
+/// loop with a new `?channel=` would send everyone thousands of lists a second. A change
+/// waits at most this long, and only the newest list is sent.
+pub const CHANNELS_EVERY: Duration = Duration::from_secs(1);
 
 /// Histories kept for channels that have emptied (so coming back shows what was said). Past
 /// this many the oldest are forgotten, so cycling through new channel names cannot grow
@@ -171,7 +177,8 @@ impl Presence {
 #[derive(Debug)]
 pub struct Hub {
     users: HashMap<ConnId, User>,
-    /// Lowercased username to holder: names are unique without regard to case.
+    /// Username, case-folded ([`name_key`]), to holder: names are unique without regard to
+    /// case.
     names: HashMap<String, ConnId>,
     /// Channels with members, plus `general` always. Ordered, so lists come out sorted.
     channels: BTreeMap<String, Channel>,
@@ -189,6 +196,10 @@ pub struct Hub {
     /// Channels that may be holding presence back, and when the earliest is due.
     holding: Vec<String>,
     release_at: Option<Instant>,
+    /// When the `channels` list last went to everyone, and whether a change waits to be told
+    /// (see [`CHANNELS_EVERY`]).
+    channels_sent_at: Option<Instant>,
+    channels_owed: bool,
     /// The time the current batch is handled at.
     now: Instant,
     /// Reused buffer in which one client's frames are joined for a single write.
@@ -215,6 +226,8 @@ impl Hub {
             pending: Vec::new(),
             holding: Vec::new(),
             release_at: None,
+            channels_sent_at: None,
+            channels_owed: false,
             now: Instant::now(),
             scratch: Vec::new(),
             overflowed: Vec::new(),
@@ -234,11 +247,12 @@ impl Hub {
         hub
     }
 
-    /// Runs the hub until [`Event::Shutdown`] or until every sender is gone.
-    pub fn run(mut self, events: Receiver<Event>) {
+    /// Runs the hub until [`Event::Shutdown`] or until every sender is gone. Returns every
+    /// connection it told to close, so that the server can cut off those that do not answer.
+    pub fn run(mut self, events: Receiver<Event>) -> Vec<Outbox> {
         loop {
-            // Sleep until an event arrives or held presence is due, whichever is first.
-            let first = match self.release_at {
+            // Sleep until an event arrives or something held back is due, whichever is first.
+            let first = match self.next_due() {
                 None => match events.recv() {
                     Ok(event) => Some(event),
                     Err(_) => break,
@@ -266,13 +280,31 @@ impl Hub {
                 break;
             }
         }
+        let mut closing: Vec<Outbox> = self.users.into_values().map(|u| u.outbox).collect();
+        closing.extend(self.others.into_values());
         // Connections that registered while the server was stopping still get their 1001.
         for event in events.try_iter() {
             if let Event::Connect { outbox, .. } | Event::Attach { outbox, .. } = event {
-                let _ = outbox.push(going_away());
+                close_going_away(&outbox);
+                closing.push(outbox);
             }
         }
         debug!("hub stopped");
+        closing
+    }
+
+    /// When the hub must wake up without an event: held presence or a channel list is due.
+    fn next_due(&self) -> Option<Instant> {
+        let channels = self.channels_due();
+        match (self.release_at, channels) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn channels_due(&self) -> Option<Instant> {
+        let sent_at = self.channels_sent_at?;
+        self.channels_owed.then(|| sent_at + CHANNELS_EVERY)
     }
 
     /// Applies one event and writes out everything it produced, held presence included, so
@@ -295,7 +327,7 @@ impl Hub {
         going
     }
 
-    /// Writes out the presence that is due at `now`.
+    /// Writes out the presence and channel lists that are due at `now`.
     pub fn tick(&mut self, now: Instant) {
         self.now = now;
         self.release_due();
@@ -449,7 +481,7 @@ impl Hub {
             if listed != current {
                 return Err(format!("conn {conn} is listed as {listed}, not {current}"));
             }
-            if self.names.get(&user.username.to_lowercase()) != Some(conn) {
+            if self.names.get(&name_key(&user.username)) != Some(conn) {
                 return Err(format!(
                     "{:?} is not registered to conn {conn}",
                     user.username
@@ -507,7 +539,7 @@ impl Hub {
             None => DEFAULT_CHANNEL.to_owned(),
         };
         info!("{username:?} connected (conn {conn}, id {id}) into #{channel}");
-        self.names.insert(username.to_lowercase(), conn);
+        self.names.insert(name_key(&username), conn);
         let mut user = User {
             id,
             username,
@@ -525,7 +557,7 @@ impl Hub {
             self.send_to(conn, refusal.to_frame());
         }
         if created {
-            self.broadcast_channels();
+            self.channels_changed();
         }
     }
 
@@ -618,8 +650,8 @@ impl Hub {
         let old = std::mem::replace(&mut user.username, username);
         user.relist();
         info!("{old:?} renamed to {:?} (conn {conn})", user.username);
-        self.names.remove(&old.to_lowercase());
-        self.names.insert(user.username.to_lowercase(), conn);
+        self.names.remove(&name_key(&old));
+        self.names.insert(name_key(&user.username), conn);
         let frame = encode_text(&ServerFrame::Renamed {
             channel: &user.channel,
             user: user.as_ref(),
@@ -633,7 +665,9 @@ impl Hub {
     fn join(&mut self, conn: ConnId, channel: String) {
         let user = self.users.get_mut(&conn).expect("caller checked");
         if user.channel == channel {
-            self.welcome(conn);
+            // Nothing changes, so nothing is sent: a welcome can be most of a megabyte, and
+            // resending it on request would let one client make the server queue megabytes a
+            // second.
             return;
         }
         info!(
@@ -647,7 +681,7 @@ impl Hub {
         let created = self.enter(conn, &channel);
         self.welcome(conn);
         if removed || created {
-            self.broadcast_channels();
+            self.channels_changed();
         }
     }
 
@@ -731,10 +765,10 @@ impl Hub {
         let channel = self.users[&conn].channel.clone();
         let removed = self.leave(conn, &channel);
         let user = self.users.remove(&conn).expect("checked above");
-        self.names.remove(&user.username.to_lowercase());
+        self.names.remove(&name_key(&user.username));
         info!("{:?} left (conn {conn}): {why}", user.username);
         if removed {
-            self.broadcast_channels();
+            self.channels_changed();
         }
     }
 
@@ -776,8 +810,19 @@ impl Hub {
         })
     }
 
-    /// Tells everyone on the server the channel list changed.
-    fn broadcast_channels(&mut self) {
+    /// Tells everyone on the server the channel list changed: now, or if a list went out
+    /// less than [`CHANNELS_EVERY`] ago, when that time is up (and then only the newest).
+    fn channels_changed(&mut self) {
+        match self.channels_sent_at {
+            Some(at) if self.now < at + CHANNELS_EVERY => self.channels_owed = true,
+            _ => self.send_channels(),
+        }
+    }
+
+    /// Sends the channel list to everyone on the server.
+    fn send_channels(&mut self) {
+        self.channels_owed = false;
+        self.channels_sent_at = Some(self.now);
         // Everyone gets this frame, so everyone first gets the presence they are owed.
         self.release_all();
         let frame = self.channels_frame();
@@ -899,8 +944,11 @@ impl Hub {
         p.written_at = Some(*now);
     }
 
-    /// Releases every channel whose held presence is due.
+    /// Releases every channel whose held presence is due, and the channel list if it is.
     fn release_due(&mut self) {
+        if self.channels_due().is_some_and(|due| due <= self.now) {
+            self.send_channels();
+        }
         if self.release_at.is_none_or(|at| self.now < at) {
             return;
         }
@@ -921,9 +969,12 @@ impl Hub {
     /// and the `left` that makes may be held again, hence the loop (it ends: users only go).
     fn flush_everything(&mut self) {
         loop {
+            if self.channels_owed {
+                self.send_channels();
+            }
             self.release_all();
             self.flush();
-            if self.holding.is_empty() {
+            if self.holding.is_empty() && !self.channels_owed {
                 return;
             }
         }
@@ -961,15 +1012,13 @@ impl Hub {
             self.others.len()
         );
         let outboxes = self.users.values().map(|u| &u.outbox);
-        for outbox in outboxes.chain(self.others.values()) {
-            if outbox.push(going_away()).is_err() {
-                outbox.cut_off();
-            }
-        }
+        outboxes
+            .chain(self.others.values())
+            .for_each(close_going_away);
     }
 
     fn holder_of(&self, username: &str) -> Option<ConnId> {
-        self.names.get(&username.to_lowercase()).copied()
+        self.names.get(&name_key(username)).copied()
     }
 
     /// `guest-` and the first four hex digits of the user's id, more if those are taken.
@@ -997,12 +1046,16 @@ fn owe_held(
     }
 }
 
-/// The close frame every client gets when the server stops.
-fn going_away() -> Outbound {
-    Outbound::Close(Some(CloseFrame {
+/// Sends the close frame every client gets when the server stops (1001); a client that cannot
+/// be told is cut off.
+fn close_going_away(outbox: &Outbox) {
+    let frame = encode_close(Some(CloseFrame {
         code: CloseCode::Away,
         reason: "server shutting down".into(),
-    }))
+    }));
+    if outbox.close(frame).is_err() {
+        outbox.cut_off();
+    }
 }
 
 fn taken(username: &str) -> Refusal {
@@ -1015,7 +1068,8 @@ fn taken(username: &str) -> Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::{Inbox, MAX_QUEUED, outbox};
+    use crate::outbox::{Inbox, MAX_QUEUED_FRAMES, Outbound};
+    use crate::protocol::close_code;
     use std::sync::mpsc;
 
     /// A fake client: what the hub queued for it, decoded back to JSON.
@@ -1032,14 +1086,13 @@ mod tests {
 
         /// What was queued so far, one entry per queued item (frames written together share one).
         fn writes(&self) -> Vec<Vec<Value>> {
-            std::iter::from_fn(|| self.inbox.try_recv())
-                .inspect(|_| self.inbox.done(1))
+            std::iter::from_fn(|| self.inbox.take())
                 .map(|item| match item {
                     Outbound::Frame(bytes) => decode_all(&bytes),
                     Outbound::Close(close) => {
-                        vec![serde_json::json!({ "close": close.map(|c| u16::from(c.code)) })]
+                        vec![serde_json::json!({ "close": close_code(&close) })]
                     }
-                    Outbound::Finish => panic!("without a socket there is no fast path"),
+                    Outbound::Finish(_) => panic!("without a socket there is no fast path"),
                 })
                 .collect()
         }
@@ -1092,7 +1145,7 @@ mod tests {
         }
 
         fn connect(&mut self, username: Option<&str>, channel: Option<&str>) -> Client {
-            let (outbox, inbox) = outbox(None);
+            let (outbox, inbox) = Outbox::detached();
             let conn = self.next;
             self.next += 1;
             self.hub.handle(Event::Connect {
@@ -1485,15 +1538,15 @@ mod tests {
         // Slow never reads; Alex keeps up.
         alex.frames();
         let mut alex_seen = Vec::new();
-        for i in 0..MAX_QUEUED + 5 {
+        for i in 0..MAX_QUEUED_FRAMES + 5 {
             h.send(&alex, &format!(r#"{{"type":"message","text":"{i}"}}"#));
             alex_seen.extend(alex.frames());
         }
-        assert!(slow.inbox.try_recv().is_some(), "it had frames queued");
+        assert!(slow.inbox.take().is_some(), "it had frames queued");
         assert_eq!(h.hub.stats().online, 1, "the slow reader is gone");
         // Alex got every message, and the `left` for Slow in between.
         let messages = alex_seen.iter().filter(|f| f["type"] == "message").count();
-        assert_eq!(messages, MAX_QUEUED + 5);
+        assert_eq!(messages, MAX_QUEUED_FRAMES + 5);
         let left: Vec<_> = alex_seen.iter().filter(|f| f["type"] == "left").collect();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0]["user"]["username"], "Slow");
@@ -1503,13 +1556,13 @@ mod tests {
     fn step7_shutdown_closes_everyone_with_1001() {
         let mut h = Harness::new();
         let alex = h.connect(Some("Alex"), None);
-        let (outbox, echo_inbox) = outbox(None);
+        let (outbox, echo_inbox) = Outbox::detached();
         h.hub.handle(Event::Attach { conn: 99, outbox });
         alex.frames();
         assert!(!h.hub.handle(Event::Shutdown));
         assert_eq!(alex.frames()[0]["close"], 1001);
         assert!(
-            matches!(echo_inbox.try_recv(), Some(Outbound::Close(Some(c))) if c.code == CloseCode::Away)
+            matches!(echo_inbox.take(), Some(Outbound::Close(c)) if close_code(&c) == Some(1001))
         );
     }
 
@@ -1556,7 +1609,7 @@ mod tests {
         }
 
         fn connect(&mut self, ms: u64, name: &str) -> Client {
-            let (outbox, inbox) = outbox(None);
+            let (outbox, inbox) = Outbox::detached();
             let conn = self.next;
             self.next += 1;
             let (username, channel) = (Some(name.to_owned()), Some("room".to_owned()));
@@ -1669,7 +1722,7 @@ mod tests {
 
     /// Connects a client into #room whose queue the test can fill, like a reader that stopped.
     fn connect_stuck(c: &mut Clocked, ms: u64, name: &str) -> (Client, Outbox) {
-        let (outbox, inbox) = outbox(None);
+        let (outbox, inbox) = Outbox::detached();
         let conn = c.next;
         c.next += 1;
         let event = Event::Connect {
@@ -1700,7 +1753,7 @@ mod tests {
     fn step2_held_presence_counts_frame_by_frame_against_a_slow_reader() {
         let mut c = Clocked::new();
         // Someone stays in #x so that moving there never creates or removes a channel.
-        let (anchor_outbox, inbox) = outbox(None);
+        let (anchor_outbox, inbox) = Outbox::detached();
         let anchor = Client { conn: 1000, inbox };
         let username = Some("Anchor".to_owned());
         let channel = Some("x".to_owned());
@@ -1738,6 +1791,103 @@ mod tests {
             11,
             "Stuck, owed {owed} frames, is still connected"
         );
-        assert!(owed <= MAX_QUEUED, "{owed} frames were queued for Stuck");
+        assert!(
+            owed <= MAX_QUEUED_FRAMES,
+            "{owed} frames were queued for Stuck"
+        );
+    }
+
+    fn lists_of(frames: &[Value]) -> Vec<Vec<String>> {
+        let names = |f: &Value| {
+            let list = f["channels"].as_array().unwrap();
+            list.iter()
+                .map(|c| c["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        frames
+            .iter()
+            .filter(|f| f["type"] == "channels")
+            .map(names)
+            .collect()
+    }
+
+    #[test]
+    fn step5_channel_lists_go_out_at_most_once_a_second_and_only_the_newest() {
+        let mut c = Clocked::new();
+        let alex = c.connect(0, "Alex"); // into #room: the first change is told at once
+        assert_eq!(lists_of(&alex.frames()), [["general", "room"]]);
+        // Three more channels come and one goes within the second: nobody hears yet.
+        let mut churn = Vec::new();
+        for (ms, name) in [(100, "a"), (200, "b"), (300, "c")] {
+            let (outbox, inbox) = Outbox::detached();
+            let conn = 100 + ms;
+            let channel = Some(name.to_owned());
+            c.event(
+                ms,
+                Event::Connect {
+                    conn,
+                    outbox,
+                    username: None,
+                    channel,
+                },
+            );
+            churn.push(Client { conn, inbox });
+        }
+        c.event(
+            400,
+            Event::Disconnect {
+                conn: churn[0].conn,
+            },
+        );
+        c.tick(999);
+        assert!(
+            lists_of(&alex.frames()).is_empty(),
+            "held until a second has passed"
+        );
+        // Then one list, the newest.
+        c.tick(1000);
+        assert_eq!(lists_of(&alex.frames()), [["b", "c", "general", "room"]]);
+        c.tick(5000);
+        assert!(lists_of(&alex.frames()).is_empty(), "nothing more changed");
+        // Asking is always answered at once.
+        c.send(5001, &alex, r#"{"type":"channels"}"#);
+        assert_eq!(lists_of(&alex.frames()).len(), 1);
+    }
+
+    #[test]
+    fn step5_a_join_to_the_channel_you_are_in_sends_nothing() {
+        let mut h = Harness::new();
+        let alex = h.connect(Some("Alex"), Some("rust"));
+        let bob = h.connect(Some("Bob"), Some("rust"));
+        alex.frames();
+        bob.frames();
+        h.send(&alex, r#"{"type":"join","channel":"RUST"}"#);
+        assert!(
+            alex.frames().is_empty(),
+            "no second welcome (it may be most of a megabyte)"
+        );
+        assert!(bob.frames().is_empty(), "no left or joined");
+        h.hub.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn step3_names_are_unique_under_case_folding() {
+        let mut h = Harness::new();
+        let _strasse = h.connect(Some("Straße"), None);
+        let shouting = h.connect(Some("STRASSE"), None);
+        let frames = shouting.frames();
+        assert!(
+            frames[0]["user"]["username"]
+                .as_str()
+                .unwrap()
+                .starts_with("guest-")
+        );
+        assert_eq!(frames[1]["code"], "username_taken");
+        let kelvin = h.connect(Some("\u{212A}im"), None); // the Kelvin sign
+        let kim = h.connect(Some("kim"), None);
+        assert_eq!(kim.frames()[1]["code"], "username_taken");
+        // Another case of your own name is still yours.
+        h.send(&kelvin, r#"{"type":"username","username":"KIM"}"#);
+        assert_eq!(kelvin.frames().last().unwrap()["type"], "renamed");
     }
 }

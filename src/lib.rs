@@ -9,7 +9,7 @@
 //! | 1 | an echo server | [`echo`] |
 //! | 2 | broadcast: a hub, per-client queues, a reader and a writer | [`hub`], [`outbox`], [`connection`] |
 //! | 3–6 | names, presence, history and channels, live state | [`hub`], [`protocol`], [`chat`] |
-//! | 7 | hardening: origins, limits, keepalive, shutdown | [`http`], [`connection`], [`limits`], [`server`] |
+//! | 7 | hardening: origins, limits, keepalive, budgets, shutdown | [`http`], [`connection`], [`limits`], [`budget`], [`server`] |
 //! | — | history on disk | [`history`] |
 //! | — | the command line | [`config`] |
 //!
@@ -22,6 +22,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+pub mod budget;
 pub mod chat;
 pub mod config;
 pub mod connection;
@@ -33,6 +34,7 @@ pub mod limits;
 pub mod outbox;
 pub mod protocol;
 pub mod server;
+pub mod throttle;
 
 pub use config::{Command, Config};
 pub use server::Server;

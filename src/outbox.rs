@@ -1,113 +1,313 @@
 //! The per-connection outbound queue (tutorial step 2): the only way anything reaches a client.
 //!
-//! The hub and the connection's reader push already-encoded frames into an [`Outbox`]; the
-//! connection's writer thread pops them from the matching [`Inbox`] and writes them. Pushing
-//! never blocks, so the hub can never be held up by a slow client: once more than
-//! [`MAX_QUEUED`] frames wait for one client, [`Outbox::push`] says [`Refused::Full`] and the hub drops
-//! that client instead of waiting for it.
+//! The hub and the connection's reader hand already-encoded frames to an [`Outbox`]. Handing
+//! over never blocks, so the hub can never be held up by a slow client: once more than
+//! [`MAX_QUEUED_FRAMES`] frames or [`MAX_QUEUED_BYTES`] bytes wait for one client (or the
+//! server's whole [`Writers::max_queued_bytes`] is used up), [`Outbox::push`] says
+//! [`Refused::Full`] and the hub drops that client instead of waiting for it.
 //!
-//! The queue is an unbounded `std::sync::mpsc` channel plus a shared counter, rather than a
-//! `sync_channel(1024)`, because a bounded channel allocates all its slots up front (about
-//! 32 KiB a client) while this one grows only as frames actually wait.
+//! **The fast path.** When nothing is queued for a client and nobody is writing to it,
+//! [`Outbox::send`] writes the frame itself with one non-blocking `send(MSG_DONTWAIT)`: it never
+//! waits on the socket. That is how nearly every frame goes out: a chat client reads what it
+//! is sent, so its socket buffer has room.
 //!
-//! **The fast path.** Waking a writer thread costs two context switches, which at a moderate
-//! rate is most of what a delivery costs. So when nothing is queued for a client and nobody
-//! is writing to it, [`Outbox::send`] writes the frame itself with one non-blocking
-//! `send(MSG_DONTWAIT)`: it never waits on the socket. Whatever the socket does not take at
-//! once is left to the writer thread. Every write, fast or not, happens while holding the
-//! connection's *pen* (a mutex), so there is still at most one writer at a time, and the rest
-//! of a frame that was only partly written is kept in the pen itself, where the writer always
-//! finishes it before anything else.
+//! **A writer thread only while needed.** Whatever the socket does not take at once is queued,
+//! and the first frame queued starts the connection's writer thread ([`write_pump`]), which
+//! blocks on the socket until the queue is empty and ends once it has stayed empty for
+//! [`WRITER_LINGER`]. A connection therefore costs one thread (its reader) most of the time
+//! and two only while its client is behind, which is what lets one process hold twice as many
+//! people under the same thread and memory-map limits.
+//!
+//! Every write, fast or not, happens while holding the connection's *pen* (a mutex), so there
+//! is at most one writer at a time, and the rest of a frame that was only partly written is
+//! kept in the pen itself, where the writer always finishes it before anything else.
 
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
 use std::time::Duration;
 
+use log::{debug, warn};
 use tungstenite::Bytes;
-use tungstenite::protocol::CloseFrame;
+
+use crate::throttle::Throttle;
 
 /// Frames that may wait for one client before it counts as a slow reader and is dropped.
-pub const MAX_QUEUED: usize = 1024;
+pub const MAX_QUEUED_FRAMES: usize = 1024;
+/// Bytes that may wait for one client before it counts as a slow reader: without this, 1024
+/// full welcomes (about 800 KB each) could pile up for one client that does not read.
+pub const MAX_QUEUED_BYTES: usize = 4 * 1024 * 1024;
+/// How long a writer thread waits for more once its queue is empty before it ends: long
+/// enough that a client kept busy does not start a thread per burst, short enough that an
+/// idle connection goes back to costing one thread.
+pub const WRITER_LINGER: Duration = Duration::from_secs(2);
+/// Frames written with one `writev`; bounded so one slow batch cannot hold a huge list.
+const MAX_BATCH: usize = 64;
+/// Stack of a writer thread: it only moves bytes. Not smaller, because glibc keeps the stacks
+/// of ended threads for reuse (up to 40 MiB), and each kept stack is two memory maps.
+pub const WRITER_STACK: usize = 256 * 1024;
 
-/// What a writer thread can be asked to do.
+/// Warnings about the server-wide budget, at most one every few seconds.
+static BUDGET_WARNING: Throttle = Throttle::new();
+
+/// What a writer can be asked to do.
 #[derive(Debug)]
 pub enum Outbound {
     /// Write these bytes: one complete, encoded WebSocket frame (data, ping or pong), or, when
     /// the hub writes held presence to a client with nothing queued, several end to end.
     Frame(Bytes),
-    /// Start the closing handshake with this close frame; nothing is written after it.
-    Close(Option<CloseFrame>),
-    /// The fast path left the rest of a frame in the pen: finish it.
-    Finish,
+    /// Write this encoded close frame (empty if the fast path already began it and its rest is
+    /// in the pen), then nothing more.
+    Close(Bytes),
+    /// The fast path left the rest of a frame (this many bytes) in the pen: finish it.
+    Finish(usize),
+}
+
+impl Outbound {
+    /// Bytes this item holds for its client.
+    fn size(&self) -> usize {
+        match self {
+            Outbound::Frame(bytes) | Outbound::Close(bytes) => bytes.len(),
+            Outbound::Finish(rest) => *rest,
+        }
+    }
+}
+
+/// Why the queue refused a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Too much waits for this client (or for everyone together): it is not reading.
+    Full,
+    /// The connection is closing or its writer has failed: nothing more goes out.
+    Closed,
+}
+
+/// What every connection's outbox shares: the server-wide limits on writer threads and on
+/// queued bytes.
+#[derive(Debug)]
+pub struct Writers {
+    /// Writer threads that may run at once (see `limits::Capacity`).
+    max_threads: usize,
+    threads: AtomicUsize,
+    /// Bytes that may wait in all outboxes together, so that a crowd of clients that do not
+    /// read cannot eat the machine's memory even though each stays under its own limit.
+    pub max_queued_bytes: usize,
+    queued_bytes: AtomicUsize,
+    /// How long a writer may wait on a socket that takes nothing before giving the client up.
+    stall: Duration,
+}
+
+impl Writers {
+    pub fn new(max_threads: usize, max_queued_bytes: usize, stall: Duration) -> Arc<Writers> {
+        Arc::new(Writers {
+            max_threads,
+            threads: AtomicUsize::new(0),
+            max_queued_bytes,
+            queued_bytes: AtomicUsize::new(0),
+            stall,
+        })
+    }
+
+    /// Writer threads running now.
+    pub fn threads(&self) -> usize {
+        self.threads.load(Ordering::Relaxed)
+    }
+
+    /// Bytes waiting in every outbox together.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    fn reserve(&self, bytes: usize) -> bool {
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes > self.max_queued_bytes {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Starts a writer thread for `shared`, if the budget has room for one.
+    fn start(self: &Arc<Self>, shared: Arc<Shared>, socket: Arc<TcpStream>) -> io::Result<()> {
+        if self.threads.fetch_add(1, Ordering::AcqRel) >= self.max_threads {
+            self.threads.fetch_sub(1, Ordering::AcqRel);
+            return Err(io::Error::other("every writer thread is busy"));
+        }
+        let slot = WriterSlot(Arc::clone(self));
+        let spawned = thread::Builder::new()
+            .name("writer".into())
+            .stack_size(WRITER_STACK)
+            .spawn(move || {
+                let _stopped = StopOnPanic(&shared);
+                write_pump(&shared, &socket, slot.0.stall);
+                drop(slot); // (also given back if the pump panics: unwinding drops it)
+            });
+        // A failed spawn drops the closure, and with it the slot.
+        spawned.map(drop)
+    }
+}
+
+/// A running writer's place in [`Writers`]; given back when dropped.
+struct WriterSlot(Arc<Writers>);
+
+impl Drop for WriterSlot {
+    fn drop(&mut self) {
+        self.0.threads.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// If a writer panics, its connection refuses everything from then on (and is soon dropped)
+/// instead of queueing for a writer that no longer runs.
+struct StopOnPanic<'a>(&'a Shared);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.0.stop();
+        }
+    }
+}
+
+/// The queue proper, under [`Shared::queue`].
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Outbound>,
+    /// Frames and bytes queued, or taken by the writer and not yet written.
+    frames: usize,
+    bytes: usize,
+    /// A writer thread is running for this connection.
+    writer: bool,
+    /// It is waiting on [`Shared::wake`] for more.
+    waiting: bool,
+    /// Nothing more may be queued: a close frame was queued or written, or a write failed.
+    stopped: bool,
 }
 
 /// What both ends of a connection's queue share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
-    /// Items queued, or taken by the writer and not yet written.
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    /// [`Queue::frames`], readable without the lock so the fast path can look first.
     queued: AtomicUsize,
     /// Whoever holds the pen may write to the socket. It holds the rest of a frame the fast
     /// path could only partly write, which must go out before anything else.
     pen: Mutex<Option<Bytes>>,
     /// Set, under the pen, once a close frame is written: nothing may follow it.
     closed: AtomicBool,
+    /// `None` for an outbox with no socket (the hub's tests): nothing is written, ever.
+    writers: Option<Arc<Writers>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let queue = self.queue.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(writers) = &self.writers {
+            writers.release(queue.bytes);
+        }
+    }
 }
 
 /// The sending side of a connection's queue. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    tx: Sender<Outbound>,
     shared: Arc<Shared>,
     /// The connection's socket, for the fast path and so that a slow reader can be cut off.
     socket: Option<Arc<TcpStream>>,
 }
 
-/// Why the queue refused a frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// More than [`MAX_QUEUED`] frames wait: the client is not reading.
-    Full,
-    /// The writer has stopped: the connection is already ending.
-    Closed,
-}
-
-/// The receiving side of a connection's queue, owned by its writer thread.
+/// Reads a detached outbox's queue, as a writer would (for the hub's tests).
 #[derive(Debug)]
 pub struct Inbox {
-    rx: Receiver<Outbound>,
     shared: Arc<Shared>,
 }
 
-/// Creates a connection's queue. `socket` is the stream the fast path writes to and
-/// [`Outbox::cut_off`] shuts down; tests of the hub pass `None` (everything is queued).
-pub fn outbox(socket: Option<Arc<TcpStream>>) -> (Outbox, Inbox) {
-    let (tx, rx) = mpsc::channel();
-    let shared = Arc::new(Shared::default());
-    let inbox = Inbox {
-        rx,
-        shared: Arc::clone(&shared),
-    };
-    (Outbox { tx, shared, socket }, inbox)
-}
-
 impl Outbox {
-    /// Queues a frame without ever blocking.
+    /// The outbox of a connection on `socket`. Its writer thread starts when first needed.
+    pub fn new(socket: Arc<TcpStream>, writers: &Arc<Writers>) -> Outbox {
+        Outbox {
+            shared: Arc::new(Shared::new(Some(Arc::clone(writers)))),
+            socket: Some(socket),
+        }
+    }
+
+    /// An outbox with no socket: everything is queued, for the [`Inbox`] to read.
+    pub fn detached() -> (Outbox, Inbox) {
+        let shared = Arc::new(Shared::new(None));
+        let inbox = Inbox {
+            shared: Arc::clone(&shared),
+        };
+        (
+            Outbox {
+                shared,
+                socket: None,
+            },
+            inbox,
+        )
+    }
+
+    /// Queues an item without ever blocking, starting the writer thread if none is running.
     ///
     /// # Errors
-    /// [`Refused::Full`] when more than [`MAX_QUEUED`] frames are already waiting (the caller
-    /// should drop this client), [`Refused::Closed`] when the writer has gone.
+    /// [`Refused::Full`] when the item would take this client past [`MAX_QUEUED_FRAMES`] or
+    /// [`MAX_QUEUED_BYTES`], the server past its queued-bytes budget, or no writer thread can
+    /// be had (the caller should drop this client); [`Refused::Closed`] when the connection is
+    /// closing.
     pub fn push(&self, item: Outbound) -> Result<(), Refused> {
-        if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED {
-            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        let size = item.size();
+        let shared = &*self.shared;
+        let mut queue = shared.lock();
+        if queue.stopped {
+            return Err(Refused::Closed);
+        }
+        if queue.frames >= MAX_QUEUED_FRAMES || queue.bytes + size > MAX_QUEUED_BYTES {
             return Err(Refused::Full);
         }
-        self.tx.send(item).map_err(|_| {
-            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-            Refused::Closed
-        })
+        if let Some(writers) = &shared.writers
+            && !writers.reserve(size)
+        {
+            if let Some(also) = BUDGET_WARNING.allow() {
+                warn!(
+                    "the server's {} MiB for queued frames is used up: dropping clients that \
+                     do not read ({also} more times since the last warning)",
+                    writers.max_queued_bytes >> 20
+                );
+            }
+            return Err(Refused::Full);
+        }
+        if matches!(item, Outbound::Close(_)) {
+            queue.stopped = true; // nothing may follow a close frame
+        }
+        queue.items.push_back(item);
+        queue.frames += 1;
+        queue.bytes += size;
+        shared.queued.store(queue.frames, Ordering::Release);
+        if queue.writer {
+            if queue.waiting {
+                shared.wake.notify_one();
+            }
+            return Ok(());
+        }
+        let (Some(writers), Some(socket)) = (&shared.writers, &self.socket) else {
+            return Ok(()); // detached: the Inbox reads it
+        };
+        queue.writer = true;
+        drop(queue);
+        if let Err(err) = writers.start(Arc::clone(&self.shared), Arc::clone(socket)) {
+            debug!("cannot start a writer thread: {err}");
+            shared.stop();
+            self.cut_off();
+            return Err(Refused::Full);
+        }
+        Ok(())
     }
 
     /// Sends an encoded frame: written at once if the socket takes it without waiting and
@@ -124,9 +324,11 @@ impl Outbox {
         if written == frame.len() {
             return Ok(());
         }
-        // The rest must go out before anything else: leave it in the pen and wake the writer.
+        // The rest must go out before anything else: leave it in the pen for the writer.
+        let rest = frame.len() - written;
         *unfinished = Some(frame.slice(written..));
-        self.push(Outbound::Finish)
+        drop(unfinished);
+        self.push(Outbound::Finish(rest))
     }
 
     /// Sends several encoded frames, in order: in one write when the fast path is free (they
@@ -153,8 +355,32 @@ impl Outbox {
         if written == scratch.len() {
             return Ok(());
         }
+        let rest = scratch.len() - written;
         *unfinished = Some(Bytes::copy_from_slice(&scratch[written..]));
-        self.push(Outbound::Finish)
+        drop(unfinished);
+        self.push(Outbound::Finish(rest))
+    }
+
+    /// Starts the closing handshake with an encoded close frame: written at once when the fast
+    /// path is free (then the write side is shut, so the client sees the end), queued
+    /// otherwise. Nothing can be sent after it. Never blocks.
+    ///
+    /// # Errors
+    /// As [`Outbox::push`].
+    pub fn close(&self, frame: Bytes) -> Result<(), Refused> {
+        let Some((socket, mut unfinished)) = self.fast_path() else {
+            return self.push(Outbound::Close(frame));
+        };
+        let written = send_without_waiting(socket, &frame);
+        if written == frame.len() {
+            self.shared.closed.store(true, Ordering::Release);
+            self.shared.stop();
+            let _ = socket.shutdown(Shutdown::Write);
+            return Ok(());
+        }
+        *unfinished = Some(frame.slice(written..));
+        drop(unfinished);
+        self.push(Outbound::Close(Bytes::new()))
     }
 
     /// The socket and the pen, if the fast path may write now: nothing queued, nobody writing,
@@ -169,7 +395,7 @@ impl Outbox {
     }
 
     /// Takes the pen, waiting while someone else writes. For writing the handshake answer
-    /// before the connection's writer may write anything.
+    /// before anything else may be written.
     pub fn pen(&self) -> MutexGuard<'_, Option<Bytes>> {
         self.shared.pen.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -177,6 +403,11 @@ impl Outbox {
     /// Frames waiting for this client right now.
     pub fn queued(&self) -> usize {
         self.shared.queued.load(Ordering::Acquire)
+    }
+
+    /// Bytes waiting for this client right now.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.lock().bytes
     }
 
     /// Disconnects the client abruptly: both directions of its socket are shut down, which
@@ -188,56 +419,164 @@ impl Outbox {
     }
 }
 
+impl Shared {
+    fn new(writers: Option<Arc<Writers>>) -> Shared {
+        Shared {
+            queue: Mutex::default(),
+            wake: Condvar::new(),
+            queued: AtomicUsize::new(0),
+            pen: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            writers,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Refuses everything from now on, and forgets what is queued.
+    fn stop(&self) {
+        let mut queue = self.lock();
+        queue.stopped = true;
+        let dropped: Vec<usize> = queue.items.drain(..).map(|item| item.size()).collect();
+        queue.frames -= dropped.len();
+        self.forget(&mut queue, dropped.iter().sum());
+        self.queued.store(queue.frames, Ordering::Release);
+    }
+
+    /// Takes `bytes` (of items no longer queued) off the counts.
+    fn forget(&self, queue: &mut Queue, bytes: usize) {
+        queue.bytes -= bytes;
+        if let Some(writers) = &self.writers {
+            writers.release(bytes);
+        }
+    }
+
+    /// Marks `frames` items of `bytes` as written, making room in the queue. Call it holding
+    /// the pen, so the fast path never sees an empty queue while a batch is being written.
+    fn done(&self, frames: usize, bytes: usize) {
+        let mut queue = self.lock();
+        queue.frames -= frames;
+        self.forget(&mut queue, bytes);
+        self.queued.store(queue.frames, Ordering::Release);
+    }
+}
+
 impl Inbox {
-    /// Waits up to `timeout` for the next item; `Err(Timeout)` lets the writer send a ping.
-    ///
-    /// # Errors
-    /// `Disconnected` once every [`Outbox`] is gone: the connection is over.
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Outbound, RecvTimeoutError> {
-        self.rx.recv_timeout(timeout)
+    /// Takes the next queued item, if any, and counts it as written.
+    pub fn take(&self) -> Option<Outbound> {
+        let mut queue = self.shared.lock();
+        let item = queue.items.pop_front()?;
+        queue.frames -= 1;
+        self.shared.forget(&mut queue, item.size());
+        self.shared.queued.store(queue.frames, Ordering::Release);
+        Some(item)
     }
+}
 
-    /// The next item if one is already queued.
-    pub fn try_recv(&self) -> Option<Outbound> {
-        self.rx.try_recv().ok()
+/// A writer thread's loop (see the module docs): writes everything queued, in batches of one
+/// `writev`, holding the pen for each; ends when the queue has stayed empty for
+/// [`WRITER_LINGER`], after a close frame, or when a write fails (the socket then is shut down,
+/// which ends the reader too).
+fn write_pump(shared: &Shared, socket: &TcpStream, stall: Duration) {
+    // The fast path never waits, but this thread may: for at most `stall` on a socket that
+    // takes nothing, then the client is given up.
+    let _ = socket.set_write_timeout(Some(stall));
+    // Grown on demand: an idle connection should not hold a batch's worth of room.
+    let mut batch: Vec<Bytes> = Vec::new();
+    loop {
+        let mut queue = shared.lock();
+        while queue.items.is_empty() {
+            queue.waiting = true;
+            let (again, waited) = shared
+                .wake
+                .wait_timeout(queue, WRITER_LINGER)
+                .unwrap_or_else(|e| e.into_inner());
+            queue = again;
+            queue.waiting = false;
+            if waited.timed_out() && queue.items.is_empty() {
+                queue.writer = false;
+                return;
+            }
+        }
+        // Take everything already queued: many frames, one system call.
+        let (mut frames, mut bytes, mut closing) = (0, 0, false);
+        while let Some(item) = queue.items.pop_front() {
+            frames += 1;
+            bytes += item.size();
+            match item {
+                Outbound::Frame(frame) => batch.push(frame),
+                Outbound::Close(frame) => {
+                    batch.push(frame);
+                    closing = true;
+                    break; // nothing may follow a close frame
+                }
+                Outbound::Finish(_) => {} // the pen holds it; see below
+            }
+            if batch.len() == MAX_BATCH {
+                break;
+            }
+        }
+        drop(queue);
+        let mut pen = shared.pen.lock().unwrap_or_else(|e| e.into_inner());
+        // The rest of a frame the fast path began goes out before anything else.
+        if let Some(rest) = pen.take() {
+            batch.insert(0, rest);
+        }
+        let written = write_all_vectored(socket, &batch);
+        batch.clear();
+        shared.done(frames, bytes);
+        let ends = written.is_err() || closing;
+        if let Err(err) = written {
+            debug!("write failed: {err}");
+            shared.stop();
+            let _ = socket.shutdown(Shutdown::Both);
+        } else if closing {
+            // The client answers our close frame and then sees the end of the stream.
+            shared.closed.store(true, Ordering::Release);
+            let _ = socket.shutdown(Shutdown::Write);
+        }
+        drop(pen);
+        if ends {
+            shared.lock().writer = false;
+            return;
+        }
     }
+}
 
-    /// Takes the pen, waiting while the fast path finishes a write (microseconds), and returns
-    /// it with the rest of any frame that must be written first.
-    pub fn pen(&self) -> MutexGuard<'_, Option<Bytes>> {
-        self.shared.pen.lock().unwrap_or_else(|e| e.into_inner())
+/// Writes all frames with as few `writev` calls as the kernel allows.
+fn write_all_vectored(mut socket: &TcpStream, frames: &[Bytes]) -> io::Result<()> {
+    // Room for a full batch and the rest of a frame the fast path began.
+    let mut slices = [IoSlice::new(&[]); MAX_BATCH + 1];
+    let count = frames.len();
+    for (slot, frame) in slices.iter_mut().zip(frames) {
+        *slot = IoSlice::new(frame);
     }
-
-    /// Marks `n` items as written, making room in the queue. Call it holding the pen, so the
-    /// fast path never sees an empty queue while a batch is still being written.
-    pub fn done(&self, n: usize) {
-        self.shared.queued.fetch_sub(n, Ordering::AcqRel);
+    let mut remaining = &mut slices[..count];
+    while !remaining.is_empty() {
+        match socket.write_vectored(remaining) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut remaining, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
-
-    /// Records that a close frame went out (hold the pen): the fast path stops for good.
-    pub fn mark_closed(&self) {
-        self.shared.closed.store(true, Ordering::Release);
-    }
+    Ok(())
 }
 
 /// One `send(2)` with `MSG_DONTWAIT`: writes what the socket buffer takes right now and returns
 /// how much that was (0 if it would block or failed; the writer thread then meets the error).
 /// `MSG_NOSIGNAL`: a peer that has gone must not kill the process with `SIGPIPE`.
-fn send_without_waiting(socket: &TcpStream, bytes: &[u8]) -> usize {
-    const MSG_DONTWAIT: i32 = 0x40;
-    const MSG_NOSIGNAL: i32 = 0x4000;
-    unsafe extern "C" {
-        // From the C library std already links. std's own writes always block.
-        fn send(fd: i32, buf: *const u8, len: usize, flags: i32) -> isize;
-    }
+pub fn send_without_waiting(socket: &TcpStream, bytes: &[u8]) -> usize {
     // SAFETY: the pointer and length come from a live slice, and the descriptor is owned by
     // `socket`, which outlives the call.
     let sent = unsafe {
-        send(
+        libc::send(
             socket.as_raw_fd(),
-            bytes.as_ptr(),
+            bytes.as_ptr().cast(),
             bytes.len(),
-            MSG_DONTWAIT | MSG_NOSIGNAL,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
         )
     };
     usize::try_from(sent).unwrap_or(0)
@@ -248,22 +587,62 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_full_queue_refuses_instead_of_blocking() {
-        let (outbox, inbox) = outbox(None);
-        for _ in 0..MAX_QUEUED {
+    fn step2_a_full_queue_refuses_instead_of_blocking() {
+        let (outbox, inbox) = Outbox::detached();
+        for _ in 0..MAX_QUEUED_FRAMES {
             outbox.send(Bytes::from_static(b"x")).unwrap();
         }
         assert_eq!(outbox.send(Bytes::from_static(b"x")), Err(Refused::Full));
-        assert_eq!(outbox.queued(), MAX_QUEUED);
-        assert!(inbox.try_recv().is_some());
-        inbox.done(1);
+        assert_eq!(outbox.queued(), MAX_QUEUED_FRAMES);
+        assert!(inbox.take().is_some());
         assert!(outbox.send(Bytes::from_static(b"x")).is_ok());
     }
 
     #[test]
-    fn a_vanished_writer_refuses() {
-        let (outbox, inbox) = outbox(None);
-        drop(inbox);
+    fn step2_a_queue_is_full_at_4_mib_whatever_the_frame_count() {
+        let (outbox, inbox) = Outbox::detached();
+        let mib = Bytes::from(vec![0u8; 1024 * 1024]);
+        for _ in 0..4 {
+            outbox.send(mib.clone()).unwrap();
+        }
+        assert_eq!(outbox.queued_bytes(), MAX_QUEUED_BYTES);
+        assert_eq!(outbox.send(Bytes::from_static(b"x")), Err(Refused::Full));
+        inbox.take();
+        assert_eq!(outbox.queued_bytes(), 3 * 1024 * 1024);
+        assert!(outbox.send(Bytes::from_static(b"x")).is_ok());
+    }
+
+    #[test]
+    fn step2_nothing_is_queued_after_a_close() {
+        let (outbox, inbox) = Outbox::detached();
+        outbox.close(Bytes::from_static(b"bye")).unwrap();
         assert_eq!(outbox.send(Bytes::from_static(b"x")), Err(Refused::Closed));
+        assert!(matches!(inbox.take(), Some(Outbound::Close(_))));
+        assert!(inbox.take().is_none());
+    }
+
+    #[test]
+    fn step7_the_server_wide_byte_budget_refuses_once_used_up() {
+        let writers = Writers::new(0, 10, Duration::from_secs(1));
+        let shared = Arc::new(Shared::new(Some(Arc::clone(&writers))));
+        // No socket: the writer is never started, so the budget alone decides.
+        let outbox = Outbox {
+            shared,
+            socket: None,
+        };
+        outbox
+            .push(Outbound::Frame(Bytes::from_static(b"12345678")))
+            .unwrap();
+        assert_eq!(
+            outbox.push(Outbound::Frame(Bytes::from_static(b"123"))),
+            Err(Refused::Full)
+        );
+        assert_eq!(writers.queued_bytes(), 8);
+        drop(outbox);
+        assert_eq!(
+            writers.queued_bytes(),
+            0,
+            "a gone connection gives its bytes back"
+        );
     }
 }

@@ -195,22 +195,90 @@ fn bad_field(name: &str, what: &str) -> Refusal {
     )
 }
 
-/// Trims a requested username and checks its rule: 1 to 32 characters, no control characters.
+/// Trims a requested username and checks its rule: 1 to 32 characters, no control characters,
+/// no invisible format characters (bidi overrides, zero-width spaces: they let one name pass
+/// for another) except a zero-width joiner between two characters, which emoji sequences use.
 ///
 /// # Errors
 /// `invalid_username` when the rule is broken. Whether the name is taken is the hub's question.
 pub fn validate_username(raw: &str) -> Result<String, Refusal> {
     let name = raw.trim();
-    let chars = name.chars().count();
-    if chars == 0 || chars > MAX_USERNAME_CHARS || name.chars().any(char::is_control) {
+    let chars: Vec<char> = name.chars().collect();
+    let invisible = |(i, c): (usize, &char)| match *c {
+        ZERO_WIDTH_JOINER => i == 0 || i + 1 == chars.len() || chars[i - 1] == ZERO_WIDTH_JOINER,
+        c => is_format_character(c),
+    };
+    if chars.is_empty()
+        || chars.len() > MAX_USERNAME_CHARS
+        || chars.iter().any(|c| c.is_control())
+        || chars.iter().enumerate().any(invisible)
+    {
         return Err(Refusal::new(
             ErrorCode::InvalidUsername,
             format!(
-                "a username must be 1 to {MAX_USERNAME_CHARS} characters, with no control characters"
+                "a username must be 1 to {MAX_USERNAME_CHARS} characters, with no control or \
+                 invisible formatting characters"
             ),
         ));
     }
     Ok(name.to_owned())
+}
+
+/// U+200D, which joins emoji into one (👩‍💻): the one format character a name may hold.
+const ZERO_WIDTH_JOINER: char = '\u{200D}';
+
+/// Unicode's format characters (general category Cf), as ranges: invisible, and so able to
+/// make two names that look the same compare different. Std has no table of categories;
+/// this one is Unicode 15's list.
+const FORMAT_CHARACTERS: &[(char, char)] = &[
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{0600}', '\u{0605}'),
+    ('\u{061C}', '\u{061C}'),
+    ('\u{06DD}', '\u{06DD}'),
+    ('\u{070F}', '\u{070F}'),
+    ('\u{0890}', '\u{0891}'),
+    ('\u{08E2}', '\u{08E2}'),
+    ('\u{180E}', '\u{180E}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{202A}', '\u{202E}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{2066}', '\u{206F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFF9}', '\u{FFFB}'),
+    ('\u{110BD}', '\u{110BD}'),
+    ('\u{110CD}', '\u{110CD}'),
+    ('\u{13430}', '\u{1343F}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0001}', '\u{E0001}'),
+    ('\u{E0020}', '\u{E007F}'),
+];
+
+fn is_format_character(c: char) -> bool {
+    FORMAT_CHARACTERS
+        .iter()
+        .any(|(first, last)| (*first..=*last).contains(&c))
+}
+
+/// The form two usernames are compared in: Unicode full case folding, so that `Straße`,
+/// `STRASSE` and `STRAẞE` are one name, and so are `k` and the Kelvin sign `K`.
+///
+/// Std has no case folding, but lowercasing, uppercasing and lowercasing again, one
+/// character at a time, puts every character in the same class as full case folding does
+/// (checked against Python's `str.casefold` for every code point), with one exception: it
+/// would also make the dotless `ı` an `i`, which folding keeps apart. A crate would add a
+/// dependency for that one letter.
+pub fn name_key(name: &str) -> String {
+    let mut key = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c == 'ı' {
+            key.push(c);
+            continue;
+        }
+        let folded = c.to_lowercase().flat_map(char::to_uppercase);
+        key.extend(folded.flat_map(char::to_lowercase));
+    }
+    key
 }
 
 /// Lowercases a requested channel name and checks it: 1 to 32 of `a-z 0-9 - _`.
@@ -354,6 +422,12 @@ pub fn encode_close(close: Option<tungstenite::protocol::CloseFrame>) -> Bytes {
     Bytes::from(out)
 }
 
+/// The code of an encoded close frame (`None` for a close frame without one).
+pub fn close_code(frame: &[u8]) -> Option<u16> {
+    let payload = frame.get(2..4)?;
+    Some(u16::from_be_bytes([payload[0], payload[1]]))
+}
+
 /// Milliseconds since the Unix epoch, the unit of every `ts`.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -423,6 +497,43 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn step3_names_compare_under_full_case_folding() {
+        let same = |a: &str, b: &str| name_key(a) == name_key(b);
+        assert!(same("Straße", "STRASSE"));
+        assert!(same("straße", "STRAẞE"), "the capital sharp s");
+        assert!(same("\u{212A}elvin", "kelvin"), "the Kelvin sign");
+        assert!(same("ΟΔΟΣ", "οδος") && same("οδος", "οδοσ"), "final sigma");
+        assert!(same("ﬀ", "FF"), "a ligature folds to its letters");
+        assert!(same("Alex", "aLEX"));
+        assert!(!same("ı", "i"), "folding keeps the dotless i apart");
+        assert!(!same("Alex", "Alexa"));
+    }
+
+    #[test]
+    fn step3_invisible_characters_cannot_make_a_look_alike_name() {
+        for bad in [
+            "Al\u{200B}ex",       // zero-width space
+            "\u{202E}xelA",       // right-to-left override
+            "Alex\u{FEFF}",       // byte order mark (trimming keeps it)
+            "\u{2066}Alex",       // bidi isolate
+            "Al\u{00AD}ex",       // soft hyphen
+            "\u{200D}Alex",       // a joiner with nothing before it
+            "Alex\u{200D}",       // or after it
+            "A\u{200D}\u{200D}b", // or only another joiner
+            "Alex\u{E0041}",      // a tag character
+        ] {
+            assert_eq!(
+                validate_username(bad).unwrap_err().code,
+                ErrorCode::InvalidUsername,
+                "{bad:?}"
+            );
+        }
+        // A joiner between two characters is how emoji are built: 👩‍💻.
+        assert!(validate_username("Ada \u{1F469}\u{200D}\u{1F4BB}").is_ok());
+        assert!(validate_username("Zoë").is_ok());
     }
 
     #[test]

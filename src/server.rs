@@ -1,62 +1,71 @@
 //! The server: a `TcpListener`, a thread per connection, and the hub thread.
 //!
 //! ```text
-//!                      ┌──────────── one mpsc channel of Events ────────────┐
+//!                      ┌─────── one bounded mpsc channel of Events ───────┐
 //!  accept thread ──spawn──▶ conn-N (reader) ──Event──▶  hub thread  ◀──Event── conn-M …
-//!                               │                       (users, channels,
-//!                               │ pong/close/errors      history)
+//!   (budget first)              │                       (users, channels,
+//!                               │ pong/ping/close        history)
 //!                               ▼                          │ each client's frames, batched
 //!                           Outbox N ◀─────────────────────┘ (never blocks)
 //!                               ├─ idle socket: send(MSG_DONTWAIT) ──▶ socket
-//!                               └─ otherwise: queue ─▶ conn-N-w (writer) ──▶ socket
+//!                               └─ otherwise: queue ─▶ writer thread (while needed) ──▶ socket
 //! ```
 //!
-//! Each connection thread reads the HTTP head, picks a door (chat, echo, a file, `/stats`) and,
-//! for a WebSocket, spawns its writer and becomes the reader. [`Server`] shuts everything down
-//! when dropped, the way the Rust Book's `ThreadPool` does.
+//! The accept thread counts every connection against the [`Budget`] before it spawns
+//! anything, and refuses what is over with a 503 written without waiting. Each connection
+//! thread reads the HTTP head, picks a door (chat, echo, a file, `/stats`) and, for a
+//! WebSocket, becomes its reader. [`Server`] shuts everything down when dropped, the way the
+//! Rust Book's `ThreadPool` does.
 
+use std::fs::File;
 use std::io::{self, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::mpsc::{self, SyncSender};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 
+use crate::budget::{Budget, Full, Handshake};
 use crate::config::Config;
-use crate::connection::{Ended, Reader, write_pump};
+use crate::connection::{Ended, Reader};
 use crate::history::Store;
 use crate::http::{self, Door, HANDSHAKE_TIMEOUT, Request};
 use crate::hub::{ConnId, Event, Hub};
-use crate::limits::{self, Limits};
-use crate::outbox::outbox;
+use crate::limits::{self, Capacity, Limits, READER_STACK, Wanted};
+use crate::outbox::{Outbox, Writers, send_without_waiting};
+use crate::throttle::Throttle;
 use crate::{chat, echo};
 
-/// Stack of a connection's reader thread. serde_json accepts nesting up to 128 levels, which
-/// needs between 256 and 512 KiB in a debug build; overflowing would abort the whole process.
-/// Only the pages actually touched cost memory, so the generous size is nearly free.
-const READER_STACK: usize = 1024 * 1024;
-/// Stack of a connection's writer thread: it only moves bytes.
-const WRITER_STACK: usize = 64 * 1024;
-/// How long shutdown waits for clients to answer their 1001 before giving up on them.
+/// Events that may wait for the hub. When it falls this far behind, connection threads wait
+/// to hand it more (each its own client's reader, so TCP slows exactly those clients) and
+/// the hub itself never waits. Small enough that a user's message is never stuck behind more
+/// than a few milliseconds of other people's.
+pub const HUB_QUEUE: usize = 4096;
+/// How long shutdown waits for clients to answer their 1001 before cutting them off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long `GET /stats` waits for the hub.
 const STATS_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pause after a failed `accept` (out of file descriptors, say) so the loop does not spin.
+/// Pause after a failed `accept` (other than running out of descriptors) so the loop does not
+/// spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Refusals at the door, logged at most every few seconds: a flood of them must not become
+/// a flood of log lines.
+static REFUSED: Throttle = Throttle::new();
 
 /// What every connection thread shares.
 struct Shared {
     config: Config,
-    hub: Sender<Event>,
+    hub: SyncSender<Event>,
+    budget: Arc<Budget>,
+    writers: Arc<Writers>,
     next_conn: AtomicU64,
     stopping: AtomicBool,
-    /// Open WebSocket connections, for `--max-connections` and for shutdown to wait on.
-    open: Mutex<usize>,
-    closed: Condvar,
 }
 
 /// A running server. Dropping it (or calling [`Server::shutdown`]) stops it.
@@ -64,7 +73,7 @@ pub struct Server {
     addr: SocketAddr,
     shared: Arc<Shared>,
     accept_thread: Option<JoinHandle<()>>,
-    hub_thread: Option<JoinHandle<()>>,
+    hub_thread: Option<JoinHandle<Vec<Outbox>>>,
 }
 
 impl Server {
@@ -76,18 +85,6 @@ impl Server {
     pub fn bind(mut config: Config) -> io::Result<Server> {
         if limits::use_global_futex_hash() {
             debug!("using the kernel's global futex hash");
-        }
-        let limits = Limits::read();
-        if let Some(most) = limits
-            .max_connections()
-            .filter(|most| *most < config.max_connections)
-        {
-            warn!(
-                "--max-connections {} lowered to {most}: open files {:?}, vm.max_map_count {:?} \
-                 (raise them with `ulimit -n` and `sysctl -w vm.max_map_count=...`)",
-                config.max_connections, limits.open_files, limits.max_map_count
-            );
-            config.max_connections = most;
         }
         let with_context = |what: String| {
             move |err: io::Error| io::Error::new(err.kind(), format!("{what}: {err}"))
@@ -102,18 +99,26 @@ impl Server {
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .map_err(with_context(format!("{}:{}", config.host, config.port)))?;
         let addr = listener.local_addr()?;
-        let (hub_tx, hub_rx) = mpsc::channel();
+        let capacity = fit_to_this_machine(&mut config);
+        let (hub_tx, hub_rx) = mpsc::sync_channel(HUB_QUEUE);
         let hub = Hub::new(store);
         let hub_thread = thread::Builder::new()
             .name("hub".into())
             .spawn(move || hub.run(hub_rx))?;
+        // A writer that waits this long on a socket that takes nothing gives the client up,
+        // as the reader gives up on a client silent this long.
+        let stall = config
+            .ping_interval
+            .mul_f64(2.5)
+            .max(Duration::from_secs(1));
+        let writers = Writers::new(capacity.writers, config.max_queued_bytes, stall);
         let shared = Arc::new(Shared {
             config,
             hub: hub_tx,
+            budget: Budget::new(capacity),
+            writers,
             next_conn: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
-            open: Mutex::new(0),
-            closed: Condvar::new(),
         });
         let accept_shared = Arc::clone(&shared);
         let accept_thread = thread::Builder::new()
@@ -133,6 +138,11 @@ impl Server {
         self.addr
     }
 
+    /// The budgets this server runs with, after fitting them to the machine.
+    pub fn capacity(&self) -> Capacity {
+        self.shared.budget.capacity()
+    }
+
     /// Stops accepting, closes every WebSocket with 1001 and waits (a few seconds at most)
     /// for them to go.
     pub fn shutdown(mut self) {
@@ -149,17 +159,15 @@ impl Server {
         let _ = TcpStream::connect_timeout(&reachable(self.addr), Duration::from_secs(1));
         let _ = accept_thread.join();
         let _ = self.shared.hub.send(Event::Shutdown);
-        if let Some(hub) = self.hub_thread.take() {
-            let _ = hub.join();
-        }
-        let open = self.shared.open.lock().unwrap_or_else(|e| e.into_inner());
-        let (open, _) = self
-            .shared
-            .closed
-            .wait_timeout_while(open, SHUTDOWN_GRACE, |open| *open > 0)
-            .unwrap_or_else(|e| e.into_inner());
-        if *open > 0 {
-            warn!("{} connections did not close in time", *open);
+        let closing = self
+            .hub_thread
+            .take()
+            .and_then(|hub| hub.join().ok())
+            .unwrap_or_default();
+        let open = self.shared.budget.wait_until_closed(SHUTDOWN_GRACE);
+        if open > 0 {
+            warn!("{open} connections did not answer their close in time: cut off");
+            closing.iter().for_each(Outbox::cut_off);
         }
         info!("stopped");
     }
@@ -171,6 +179,44 @@ impl Drop for Server {
     }
 }
 
+/// Fits `--max-connections` and the other budgets to what the OS allows, and says so.
+fn fit_to_this_machine(config: &mut Config) -> Capacity {
+    let limits = Limits::read();
+    let wanted = Wanted {
+        connections: config.max_connections,
+        handshakes: config.max_handshakes,
+        handshakes_per_address: config.max_handshakes_per_address,
+    };
+    let capacity = Capacity::derive(&limits, wanted);
+    let known = |n: Option<u64>| n.map_or("no limit".to_owned(), |n| n.to_string());
+    let per_thread = limits
+        .maps_per_thread
+        .map_or("?".to_owned(), |n| format!("{n:.1}"));
+    if capacity.connections < config.max_connections {
+        warn!(
+            "--max-connections {} lowered to {}: this process may open {} files (`ulimit -n`), \
+             map {} areas (`sysctl vm.max_map_count`; a thread costs {per_thread} here) and \
+             start {} threads; raise those to hold more",
+            config.max_connections,
+            capacity.connections,
+            known(limits.open_files),
+            known(limits.max_map_count),
+            known(limits.threads),
+        );
+        config.max_connections = capacity.connections;
+    }
+    info!(
+        "capacity: {} connections, {} handshakes at once ({} per address), {} writer threads, \
+         {} MiB of queued frames",
+        capacity.connections,
+        capacity.handshakes,
+        capacity.handshakes_per_address,
+        capacity.writers,
+        config.max_queued_bytes >> 20
+    );
+    capacity
+}
+
 /// The address to connect to in order to reach a listener bound to `addr`.
 fn reachable(addr: SocketAddr) -> SocketAddr {
     match addr {
@@ -180,22 +226,79 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Accepts connections, admitting each against the budget; never waits on a client.
 fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
-    for stream in listener.incoming() {
+    // Kept so that, out of file descriptors, one can still be freed to take a connection
+    // off the backlog and refuse it, instead of leaving clients hanging.
+    let mut reserve = File::open("/dev/null").ok();
+    loop {
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                drop(reserve.take());
+                if let Ok((stream, _)) = listener.accept() {
+                    refuse_now(&stream, "the server is out of file descriptors");
+                }
+                reserve = File::open("/dev/null").ok();
+                if let Some(also) = REFUSED.allow() {
+                    warn!("accept: {err} (raise `ulimit -n`); {also} more refused since");
+                }
+                continue;
+            }
+            Err(err) => {
+                if let Some(also) = REFUSED.allow() {
+                    warn!("accept failed: {err}; {also} more refused since");
+                }
+                thread::sleep(ACCEPT_BACKOFF);
+                continue;
+            }
+        };
         if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
-        match stream {
-            Ok(stream) => spawn_connection(stream, shared),
-            Err(err) => {
-                warn!("accept failed: {err} (raise `ulimit -n` if this is 'too many open files')");
-                thread::sleep(ACCEPT_BACKOFF);
+        match shared.budget.admit(peer.ip()) {
+            Ok(handshake) => spawn_connection(stream, handshake, shared),
+            Err(full) => {
+                refuse_now(&stream, full.reason());
+                if let Some(also) = REFUSED.allow() {
+                    let (open, handshakes) = shared.budget.in_use();
+                    warn!(
+                        "refused a connection from {}: {} ({open} open, {handshakes} starting; \
+                         {also} more refused since the last warning)",
+                        peer.ip(),
+                        full.reason()
+                    );
+                }
             }
         }
     }
 }
 
-fn spawn_connection(stream: TcpStream, shared: &Arc<Shared>) {
+/// Answers 503 with one write that never waits, and closes.
+fn refuse_now(stream: &TcpStream, reason: &str) {
+    let body = format!("503 Service Unavailable: {reason}\n");
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nRetry-After: 5\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    send_without_waiting(stream, answer.as_bytes());
+    // Whatever the client already sent is read first: closing a socket with unread bytes
+    // sends a reset, which can destroy the answer before the client reads it.
+    let mut scratch = [0u8; 4096];
+    // SAFETY: reads into our own buffer from a descriptor `stream` owns.
+    let _ = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            scratch.as_mut_ptr().cast(),
+            scratch.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+fn spawn_connection(stream: TcpStream, handshake: Handshake, shared: &Arc<Shared>) {
     // Chat frames are small and latency matters: never let Nagle hold one back.
     let _ = stream.set_nodelay(true);
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -207,7 +310,7 @@ fn spawn_connection(stream: TcpStream, shared: &Arc<Shared>) {
         .stack_size(READER_STACK)
         .spawn(move || {
             let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-                serve(&thread_socket, &thread_shared, conn)
+                serve(&thread_socket, &thread_shared, conn, handshake)
             }));
             if outcome.is_err() {
                 error!(
@@ -217,15 +320,15 @@ fn spawn_connection(stream: TcpStream, shared: &Arc<Shared>) {
             }
         });
     if let Err(err) = spawned {
-        warn!(
-            "conn {conn}: cannot start a thread ({err}); answering 503 (see `sysctl vm.max_map_count`)"
-        );
-        let _ = http::respond_error(&socket, 503, "server is out of threads", &[]);
+        if let Some(also) = REFUSED.allow() {
+            warn!("cannot start a connection thread ({err}); answering 503 ({also} more since)");
+        }
+        refuse_now(&socket, "the server is out of threads");
     }
 }
 
 /// Serves one TCP connection, from the request head to the end.
-fn serve(socket: &Arc<TcpStream>, shared: &Arc<Shared>, conn: ConnId) {
+fn serve(socket: &Arc<TcpStream>, shared: &Arc<Shared>, conn: ConnId, handshake: Handshake) {
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let (request, already_read) = match http::read_head(socket, deadline) {
         Ok(head) => head,
@@ -243,7 +346,7 @@ fn serve(socket: &Arc<TcpStream>, shared: &Arc<Shared>, conn: ConnId) {
         return;
     }
     if request.is_upgrade() {
-        upgrade(socket, shared, conn, request, already_read);
+        upgrade(socket, shared, conn, request, already_read, handshake);
     } else {
         plain_get(socket, shared, &request);
     }
@@ -281,31 +384,9 @@ fn plain_get(socket: &TcpStream, shared: &Shared, request: &Request) {
     }
 }
 
-/// Holds one of the `--max-connections` places; gives it back when dropped.
-struct Place<'a>(&'a Shared);
-
-impl<'a> Place<'a> {
-    fn take(shared: &'a Shared) -> Option<Place<'a>> {
-        let mut open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
-        if *open >= shared.config.max_connections || shared.stopping.load(Ordering::SeqCst) {
-            return None;
-        }
-        *open += 1;
-        Some(Place(shared))
-    }
-}
-
-impl Drop for Place<'_> {
-    fn drop(&mut self) {
-        let mut open = self.0.open.lock().unwrap_or_else(|e| e.into_inner());
-        *open -= 1;
-        self.0.closed.notify_all();
-    }
-}
-
 /// Tells the hub a connection is gone when dropped, even if its thread panicked.
 struct Registration<'a> {
-    hub: &'a Sender<Event>,
+    hub: &'a SyncSender<Event>,
     conn: ConnId,
 }
 
@@ -321,6 +402,7 @@ fn upgrade(
     conn: ConnId,
     request: Request,
     already_read: Vec<u8>,
+    handshake: Handshake,
 ) {
     let Some(door) = Door::for_path(&request.path) else {
         let _ = http::respond_error(socket, 404, "no WebSocket here: try / or /echo", &[]);
@@ -342,48 +424,40 @@ fn upgrade(
             return;
         }
     };
-    let Some(_place) = Place::take(shared) else {
-        warn!(
-            "conn {conn}: refused, {} connections open",
-            shared.config.max_connections
-        );
-        let _ = http::respond_error(socket, 503, "too many connections", &[]);
-        return;
+    let place = match shared.budget.place() {
+        Some(place) if !shared.stopping.load(Ordering::SeqCst) => place,
+        _ => {
+            if let Some(also) = REFUSED.allow() {
+                warn!(
+                    "conn {conn}: refused, {} connections open ({also} more refused since)",
+                    shared.config.max_connections
+                );
+            }
+            let reason = Full::Connections.reason();
+            let _ = http::respond_error(socket, 503, reason, &[("Retry-After", "5")]);
+            return;
+        }
     };
-    // The writer is started before the 101 goes out, so a failed spawn can still get a 503.
-    // Holding the connection's pen meanwhile keeps it from writing anything (a ping) first.
-    let (outbox, inbox) = outbox(Some(Arc::clone(socket)));
-    let pen = outbox.pen();
-    let writer_socket = Arc::clone(socket);
-    let ping_interval = shared.config.ping_interval;
-    let writer = thread::Builder::new()
-        .name(format!("conn-{conn}-w"))
-        .stack_size(WRITER_STACK)
-        .spawn(move || write_pump(writer_socket, inbox, ping_interval));
-    if let Err(err) = writer {
-        warn!("conn {conn}: cannot start a writer thread ({err}); answering 503");
-        let _ = http::respond_error(socket, 503, "server is out of threads", &[]);
-        return;
-    }
+    // Nobody else can write yet: the hub does not know this connection.
     if let Err(err) = (&**socket).write_all(answer.as_bytes()) {
         debug!("conn {conn}: could not answer the handshake: {err}");
         return;
     }
-    drop(pen);
+    drop(handshake);
+    let outbox = Outbox::new(Arc::clone(socket), &shared.writers);
     let (username, channel) = (
         request.query_param("username"),
         request.query_param("channel"),
     );
     // The request is not needed past this point; a long-lived connection should not keep it.
     drop(request);
-    let idle = shared.config.ping_interval.mul_f64(2.5);
-    let mut reader = match Reader::new(Arc::clone(socket), already_read, outbox.clone(), idle) {
-        Ok(reader) => reader,
-        Err(err) => {
-            debug!("conn {conn}: {err}");
-            return;
-        }
-    };
+    let ping_interval = shared.config.ping_interval;
+    let mut reader = Reader::new(
+        Arc::clone(socket),
+        already_read,
+        outbox.clone(),
+        ping_interval,
+    );
     let registration = Registration {
         hub: &shared.hub,
         conn,
@@ -414,4 +488,5 @@ fn upgrade(
     // Presence first: the channel hears `left` now, not after the closing handshake.
     drop(registration);
     reader.finish(&ended);
+    drop(place);
 }

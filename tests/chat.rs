@@ -107,6 +107,46 @@ fn step3_query_username_rename_and_taken_names() {
 }
 
 #[test]
+fn step3_look_alike_names_are_taken_or_refused() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    let _strasse = Client::chat(addr, "Straße");
+    let _kelvin = Client::chat(addr, "\u{212A}elvin"); // with the Kelvin sign
+    // The same names under full case folding are taken, whatever their case or spelling.
+    for (query, name) in [
+        ("STRASSE", "STRASSE"),
+        ("stra%E1%BA%9Ee", "straẞe"),
+        ("KELVIN", "KELVIN"),
+    ] {
+        let mut twin = connect(addr, &format!("/?username={query}"));
+        let welcome = twin.recv_type("welcome");
+        assert_ne!(welcome["user"]["username"], name);
+        assert_eq!(twin.recv()["code"], "username_taken", "{name}");
+    }
+    // Invisible characters cannot make a second "Alex" that looks like the first.
+    let mut alex = Client::chat(addr, "Alex");
+    for invisible in [
+        "Al\u{200B}ex",
+        "\u{202E}xelA",
+        "Alex\u{FEFF}",
+        "Alex\u{200D}",
+    ] {
+        alex.send(json!({"type": "username", "username": invisible}));
+        assert_eq!(
+            alex.recv_type("error")["code"],
+            "invalid_username",
+            "{invisible:?}"
+        );
+    }
+    // A joiner between two emoji is how 👩‍💻 is written: that is a fine name.
+    alex.send(json!({"type": "username", "username": "Alex \u{1F469}\u{200D}\u{1F4BB}"}));
+    assert_eq!(
+        alex.recv_type("renamed")["user"]["username"],
+        "Alex \u{1F469}\u{200D}\u{1F4BB}"
+    );
+}
+
+#[test]
 fn step4_presence_counts_and_joined_left_lines() {
     let server = start(|_| {});
     let addr = server.local_addr();

@@ -15,8 +15,9 @@ use std::panic::{self, AssertUnwindSafe};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cyberchat::hub::{ConnId, Event, Hub, PRESENCE_WINDOW};
-use cyberchat::outbox::{Inbox, Outbound, outbox};
+use cyberchat::hub::{CHANNELS_EVERY, ConnId, Event, Hub, PRESENCE_WINDOW};
+use cyberchat::outbox::{Inbox, Outbound, Outbox};
+use cyberchat::protocol::close_code;
 use cyberchat::protocol::{Refusal, Request, parse_request};
 use serde_json::{Map, Value, json};
 
@@ -77,8 +78,34 @@ fn code_of(refusal: &Refusal) -> String {
 
 fn valid_username(raw: &str) -> Option<String> {
     let name = raw.trim();
-    let n = name.chars().count();
-    ((1..=32).contains(&n) && !name.chars().any(char::is_control)).then(|| name.to_owned())
+    let chars: Vec<char> = name.chars().collect();
+    let n = chars.len();
+    // Format characters (Unicode category Cf) are refused, but a zero-width joiner between
+    // two other characters.
+    let format = |c: char| {
+        matches!(
+            c,
+            '\u{AD}' | '\u{600}'..='\u{605}' | '\u{61C}' | '\u{6DD}' | '\u{70F}'
+        ) || matches!(
+            c,
+            '\u{890}'..='\u{891}' | '\u{8E2}' | '\u{180E}' | '\u{FEFF}'
+        ) || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}')
+            || matches!(c, '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}')
+            || matches!(c, '\u{FFF9}'..='\u{FFFB}' | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
+    };
+    let joiner_ok = |i: usize| i > 0 && i + 1 < n && chars[i - 1] != '\u{200D}';
+    let invisible = chars.iter().enumerate().any(|(i, c)| match c {
+        '\u{200D}' => !joiner_ok(i),
+        c => format(*c),
+    });
+    ((1..=32).contains(&n) && !chars.iter().any(|c| c.is_control()) && !invisible)
+        .then(|| name.to_owned())
+}
+
+/// Names compare under full case folding; for the names generated here, uppercasing and
+/// then lowercasing the whole string gives the same classes.
+fn folded(name: &str) -> String {
+    name.to_uppercase().to_lowercase()
 }
 
 fn valid_channel(raw: &str) -> Option<String> {
@@ -159,17 +186,14 @@ fn decode_all(mut bytes: &[u8]) -> Vec<Value> {
     frames
 }
 
-/// Everything queued for a client so far, drained as its writer would (`done(1)` each).
+/// Everything queued for a client so far, taken as its writer would.
 fn drain(inbox: &Inbox) -> Vec<Value> {
     let mut frames = Vec::new();
-    while let Some(item) = inbox.try_recv() {
-        inbox.done(1);
+    while let Some(item) = inbox.take() {
         match item {
             Outbound::Frame(bytes) => frames.extend(decode_all(&bytes)),
-            Outbound::Close(close) => {
-                frames.push(json!({ "close": close.map(|c| u16::from(c.code)) }))
-            }
-            Outbound::Finish => panic!("without a socket there is no fast path to finish"),
+            Outbound::Close(close) => frames.push(json!({ "close": close_code(&close) })),
+            Outbound::Finish(_) => panic!("without a socket there is no fast path to finish"),
         }
     }
     frames
@@ -201,6 +225,23 @@ fn normalize(frames: Vec<Value>) -> Vec<Value> {
         i += run.max(1);
     }
     out
+}
+
+/// On a clock, `channels` frames may be coalesced (at most one every [`CHANNELS_EVERY`], the
+/// newest list only), so they are checked apart from the other frames, whose order is exact.
+fn split_lists(frames: Vec<Value>) -> (Vec<Value>, Vec<Value>) {
+    frames.into_iter().partition(|f| f["type"] != "channels")
+}
+
+fn channel_names(list: &Value) -> Vec<String> {
+    let mut names: Vec<String> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
 }
 
 /// `expected` matches `actual` when every field it names is equal (recursively: the contract
@@ -287,16 +328,33 @@ impl World {
         let Some(clock) = &mut self.clock else {
             return Ok(());
         };
-        clock.ms += PRESENCE_WINDOW.as_millis() as u64 + 1;
+        clock.ms += PRESENCE_WINDOW.max(CHANNELS_EVERY).as_millis() as u64 + 1;
         self.hub.tick(clock.start + Duration::from_millis(clock.ms));
         self.hub.check_invariants()?;
+        let current = channel_names(&Value::Array(self.channel_list()));
         for (conn, client) in &mut self.clients {
             let late = drain(&client.inbox);
             *self.seen.entry("held, then sent".into()).or_default() += late.len();
             client.got.extend(late);
-            let owed = normalize(std::mem::take(&mut client.owed));
-            let got = normalize(std::mem::take(&mut client.got));
+            let (owed, owed_lists) = split_lists(std::mem::take(&mut client.owed));
+            let (got, got_lists) = split_lists(std::mem::take(&mut client.got));
+            let (owed, got) = (normalize(owed), normalize(got));
             let same = owed.len() == got.len() && owed.iter().zip(&got).all(|(w, a)| matches(w, a));
+            // Whoever was owed a list got one, the last with the channels as they are now
+            // (everything due went out in the quiet window); a list sent after a change may
+            // also reach someone who arrived after it.
+            let lists_ok = (owed_lists.is_empty() || !got_lists.is_empty())
+                && got_lists.len() <= owed_lists.len() + 1
+                && got_lists
+                    .last()
+                    .is_none_or(|l| channel_names(&l["channels"]) == current);
+            if !lists_ok {
+                return Err(format!(
+                    "conn {conn}, on a clock, channel lists:\n  owed {}\n  got  {}",
+                    Value::Array(owed_lists),
+                    Value::Array(got_lists)
+                ));
+            }
             if !same {
                 return Err(format!(
                     "conn {conn} ({:?}), on a clock:\n  expected {}\n  got      {}",
@@ -362,10 +420,10 @@ impl World {
     }
 
     fn holder(&self, name: &str) -> Option<ConnId> {
-        let lower = name.to_lowercase();
+        let key = folded(name);
         self.clients
             .iter()
-            .find(|(_, c)| c.name.to_lowercase() == lower)
+            .find(|(_, c)| folded(&c.name) == key)
             .map(|(conn, _)| *conn)
     }
 
@@ -388,7 +446,7 @@ impl World {
     fn connect(&mut self, username: Option<String>, channel: Option<String>) -> Expected {
         let conn = self.next_conn;
         self.next_conn += 1;
-        let (tx, inbox) = outbox(None);
+        let (tx, inbox) = Outbox::detached();
         self.handle(Event::Connect {
             conn,
             outbox: tx,
@@ -479,16 +537,22 @@ impl World {
             late.is_empty(),
             "frames for a disconnected client: {late:?}"
         );
+        // Channel lists may be coalesced: one still owed when it went may never have been sent.
+        let ((mut owed, owed_lists), (got, got_lists)) =
+            (split_lists(gone.owed), split_lists(gone.got));
+        assert!(
+            got_lists.len() <= owed_lists.len() + 1,
+            "more channel lists than changes"
+        );
         // On a clock, presence still held for it when it went is never sent; all else was.
-        let mut owed = gone.owed;
-        while normalize(owed.clone()).len() > normalize(gone.got.clone()).len()
+        while normalize(owed.clone()).len() > normalize(got.clone()).len()
             && owed
                 .last()
                 .is_some_and(|f| f["type"] == "joined" || f["type"] == "left")
         {
             owed.pop();
         }
-        let (owed, got) = (normalize(owed), normalize(gone.got));
+        let (owed, got) = (normalize(owed), normalize(got));
         assert!(
             owed.len() == got.len() && owed.iter().zip(&got).all(|(w, a)| matches(w, a)),
             "conn {conn} went on a clock:\n  expected {}\n  got      {}",
@@ -552,8 +616,7 @@ impl World {
             },
             Request::Join { channel: to } => {
                 if to == channel {
-                    expected.insert(conn, vec![self.welcome(conn)]);
-                    return expected;
+                    return expected; // already there: nothing changes, nothing is sent
                 }
                 let created = !self.channel_exists(&to);
                 let removed = others.is_empty() && channel != "general";
@@ -730,6 +793,13 @@ const NAMES: &[&str] = &[
     "new\nline",
     "bell\u{7}",
     "\u{202e}rtl",
+    "Al\u{200b}ex",
+    "\u{200d}Bob",
+    "Ada \u{1F469}\u{200D}\u{1F4BB}",
+    "Straße",
+    "STRASSE",
+    "\u{212A}im",
+    "kim",
     "guest-0000",
     "GUEST-ffff",
     "a",

@@ -779,19 +779,17 @@ fn garbage(soak: &Soak, me: usize) {
                 }
             }
             6 => {
-                // A burst far over the rate: each frame is answered exactly once, by a welcome
-                // (a join to one's own channel) or by rate_limited.
+                // A burst far over the rate: each frame is answered exactly once, by the
+                // invalid_text a blank message earns or by rate_limited.
                 const BURST: usize = 60;
                 let mut ok = true;
                 for _ in 0..BURST {
-                    ok &= send(&mut client, json!({"type": "join", "channel": "junk"}));
+                    ok &= send(&mut client, json!({"type": "message", "text": " "}));
                 }
-                let (mut welcomes, mut limited) = (0, 0);
-                while ok && welcomes + limited < BURST {
-                    match wait_for(&mut client, |f| {
-                        f["type"] == "welcome" || f["type"] == "error"
-                    }) {
-                        Ok(f) if f["type"] == "welcome" => welcomes += 1,
+                let (mut refused, mut limited) = (0, 0);
+                while ok && refused + limited < BURST {
+                    match wait_for(&mut client, |f| f["type"] == "error") {
+                        Ok(f) if f["code"] == "invalid_text" => refused += 1,
                         Ok(f) if f["code"] == "rate_limited" => limited += 1,
                         Ok(f) => {
                             soak.violation(format!("{name}: burst answered with {f}"));
@@ -799,7 +797,7 @@ fn garbage(soak: &Soak, me: usize) {
                         }
                         Err(e) => {
                             soak.violation(format!(
-                                "{name}: burst of {BURST}: {welcomes} welcomes and {limited} \
+                                "{name}: burst of {BURST}: {refused} invalid_text and {limited} \
                                  rate_limited, then {e}"
                             ));
                             ok = false;

@@ -2,8 +2,11 @@
 //! blocking tungstenite client whose every wait has a deadline.
 #![allow(dead_code)] // each test file uses its own subset
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+pub mod process;
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 
 use cyberchat::{Config, Server};
@@ -41,6 +44,80 @@ pub fn try_connect(
     path_and_query: &str,
     headers: &[(&str, &str)],
 ) -> Result<Client, tungstenite::Error> {
+    handshake(TcpStream::connect(addr)?, addr, path_and_query, headers)
+}
+
+/// Connects from another address of the loopback network (any of `127.0.0.0/8`), so that a
+/// test can be a second client machine.
+pub fn connect_from(from: Ipv4Addr, addr: SocketAddr, path_and_query: &str) -> Client {
+    let stream = tcp_from(from, addr).expect("connect");
+    handshake(stream, addr, path_and_query, &[]).expect("handshake succeeds")
+}
+
+/// A TCP connection to `addr` (IPv4) from the local address `from`. Std cannot bind before
+/// connecting, so this is made with the C calls.
+pub fn tcp_from(from: Ipv4Addr, addr: SocketAddr) -> io::Result<TcpStream> {
+    tcp_with(from, addr, None)
+}
+
+/// Like [`tcp_from`], with a receive buffer of `receive_buffer` bytes if given (set before
+/// connecting, so the window the server sees is small from the start).
+pub fn tcp_with(
+    from: Ipv4Addr,
+    addr: SocketAddr,
+    receive_buffer: Option<i32>,
+) -> io::Result<TcpStream> {
+    let SocketAddr::V4(to) = addr else {
+        panic!("tcp_from speaks IPv4 only");
+    };
+    let sockaddr = |a: SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor we own, with addresses that live on the stack
+    // for the length of each call; the descriptor is handed to TcpStream, which closes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        if let Some(size) = receive_buffer {
+            let set = libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&raw const size).cast(),
+                size_of::<i32>() as libc::socklen_t,
+            );
+            if set != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let local = sockaddr(SocketAddrV4::new(from, 0));
+        if libc::bind(fd, (&raw const local).cast(), len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let remote = sockaddr(to);
+        if libc::connect(fd, (&raw const remote).cast(), len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+/// The WebSocket handshake on an already connected stream.
+pub fn handshake(
+    stream: TcpStream,
+    addr: SocketAddr,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> Result<Client, tungstenite::Error> {
     let mut request = format!("ws://{addr}{path_and_query}").into_client_request()?;
     for (name, value) in headers {
         request.headers_mut().insert(
@@ -48,7 +125,6 @@ pub fn try_connect(
             value.parse().unwrap(),
         );
     }
-    let stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(DEADLINE))?;
     let (ws, _) = tungstenite::client(request, stream).map_err(|e| match e {
         tungstenite::HandshakeError::Failure(e) => e,
