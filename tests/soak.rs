@@ -11,7 +11,11 @@
 //! - **garbage** senders send bad JSON, binary frames, unknown types, bursts (rate limit) and
 //!   oversize frames (1009), reconnecting after each 1009;
 //! - **abrupt** clients connect and vanish (reset, half a frame, half-close, or politely),
-//!   over and over.
+//!   over and over;
+//! - hostile ones: **spammers** pipeline tiny frames far over the rate until closed with 1008,
+//!   and come back; **greedy** clients never read (tiny windows) and ask for welcomes into the
+//!   flood channel's full history until dropped; **churners** connect into a new channel and
+//!   leave, as fast as they can; a **lurker** holds silent sockets from another address.
 //!
 //! At the end everyone parks, `/stats` must count exactly the parked connections, then
 //! everyone leaves and the process's threads and file descriptors must return to their
@@ -27,7 +31,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Client, DEADLINE, eventually, start, stats};
+use common::{Client, DEADLINE, eventually, flood_once, start, stats};
 use serde_json::{Value, json};
 use tungstenite::Message;
 
@@ -40,6 +44,10 @@ const SLEEPERS: usize = 16;
 const FLOODERS: usize = 12;
 const GARBAGE: usize = 20;
 const ABRUPT: usize = 40;
+const SPAMMERS: usize = 3;
+const GREEDY: usize = 3;
+const CHURNERS: usize = 2;
+const LURKERS: usize = 1;
 /// Healthy chatters send one message per this, each (the rate limit is 20 a second).
 const HEALTHY_PERIOD: Duration = Duration::from_millis(500);
 /// Flooders send one large message per this, each.
@@ -891,6 +899,96 @@ fn abrupt(soak: &Soak, me: usize) {
     }
 }
 
+/// Comes back at the end as an ordinary client, parks, and leaves.
+fn park_fresh(soak: &Soak, arrival: Arrival<'_>, name: &str) {
+    let last = soak.connect(name, "general");
+    arrival.park(last.is_some());
+    if let Some((client, _)) = last {
+        leave(client);
+    }
+}
+
+fn spammer(soak: &Soak, me: usize) {
+    let arrival = soak.arrival();
+    let mut k = 0;
+    while !soak.over() {
+        k += 1;
+        let until = soak.end.min(Instant::now() + Duration::from_secs(3));
+        match flood_once(soak.addr, &format!("spam-{me}-{k}"), until) {
+            Some(1008) => soak.tally.add("drop: 1008 flooding", 1),
+            Some(other) => soak.violation(format!("spam-{me}-{k} was closed with {other}")),
+            None => soak.tally.add("spam: ended without a close frame", 1),
+        }
+    }
+    park_fresh(soak, arrival, &format!("spam-{me}-last"));
+}
+
+fn greedy(soak: &Soak, me: usize) {
+    let arrival = soak.arrival();
+    let mut k = 0;
+    while !soak.over() {
+        k += 1;
+        let Ok(stream) = common::tcp_with(std::net::Ipv4Addr::LOCALHOST, soak.addr, Some(1)) else {
+            continue;
+        };
+        let path = format!("/?username=greedy-{me}-{k}&channel=greedy-{me}");
+        let Ok(mut client) = common::handshake(stream, soak.addr, &path, &[]) else {
+            continue;
+        };
+        // Never reads: each join into the flood channel asks for its whole history.
+        let mut n = 0;
+        loop {
+            n += 1;
+            let channel = if n % 2 == 0 {
+                "flood".to_owned()
+            } else {
+                format!("greedy-{me}")
+            };
+            if !send(&mut client, json!({"type": "join", "channel": channel})) {
+                soak.tally.add("drop: greedy reader", 1);
+                break;
+            }
+            if soak.over() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    park_fresh(soak, arrival, &format!("greedy-{me}-last"));
+}
+
+fn churner(soak: &Soak, me: usize) {
+    let arrival = soak.arrival();
+    let mut k = 0;
+    while !soak.over() {
+        k += 1;
+        let path = format!("/?username=churn-{me}-{k}&channel=churn-{me}-{k}");
+        if let Ok(mut client) = common::try_connect(soak.addr, &path, &[]) {
+            client.recv_type("welcome");
+            let _ = client.ws.close(None);
+            soak.tally.add("fault: channels made and removed", 1);
+        }
+    }
+    park_fresh(soak, arrival, &format!("churn-{me}-last"));
+}
+
+fn lurker(soak: &Soak) {
+    let arrival = soak.arrival();
+    let elsewhere = std::net::Ipv4Addr::new(127, 0, 0, 3);
+    while !soak.over() {
+        // Silent sockets, more than one address may hold; each is let go after its 10 s.
+        let silent: Vec<_> = (0..300)
+            .filter_map(|_| common::tcp_from(elsewhere, soak.addr).ok())
+            .collect();
+        soak.tally.add("fault: silent sockets", silent.len() as u64);
+        let until = soak.end.min(Instant::now() + Duration::from_secs(11));
+        while Instant::now() < until {
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    park_fresh(soak, arrival, "lurker-last");
+}
+
 fn holder(soak: &Soak) {
     let arrival = soak.arrival();
     let Some((mut client, _)) = soak.connect("Taken-Name", "general") else {
@@ -916,8 +1014,17 @@ fn soak_mixed_clients_deliver_in_order_and_leak_nothing() {
     // Baseline: the server is up, no client yet.
     let (threads_before, fds_before, rss_before) = (threads_now(), fds_now(), rss_kib());
 
-    let total =
-        HEALTHY + SWITCHERS + RENAMERS + DOZERS + SLEEPERS + FLOODERS + GARBAGE + ABRUPT + 2;
+    let hostile = SPAMMERS + GREEDY + CHURNERS + LURKERS;
+    let total = HEALTHY
+        + SWITCHERS
+        + RENAMERS
+        + DOZERS
+        + SLEEPERS
+        + FLOODERS
+        + GARBAGE
+        + ABRUPT
+        + hostile
+        + 2;
     // The healthy connect first and all of them are in before anyone speaks, so each can
     // expect every peer's messages from number 0.
     let mut soak = Soak {
@@ -1004,6 +1111,25 @@ fn soak_mixed_clients_deliver_in_order_and_leak_nothing() {
             Box::new(move |s| abrupt(s, i)),
         ));
     }
+    for i in 0..SPAMMERS {
+        handles.push(spawn(
+            format!("spammer-{i}"),
+            Box::new(move |s| spammer(s, i)),
+        ));
+    }
+    for i in 0..GREEDY {
+        handles.push(spawn(
+            format!("greedy-{i}"),
+            Box::new(move |s| greedy(s, i)),
+        ));
+    }
+    for i in 0..CHURNERS {
+        handles.push(spawn(
+            format!("churner-{i}"),
+            Box::new(move |s| churner(s, i)),
+        ));
+    }
+    handles.push(spawn("lurker".into(), Box::new(lurker)));
     assert_eq!(handles.len(), total);
 
     // Sample the process while the soak runs (pacing the samples, not waiting on anything).
@@ -1156,6 +1282,14 @@ fn soak_mixed_clients_deliver_in_order_and_leak_nothing() {
         "every sleeper was cut off as a slow reader"
     );
     assert!(soak.tally.get("drop: 1009 message too big") > 0);
+    assert!(
+        soak.tally.get("drop: 1008 flooding") > 0,
+        "spammers were closed with 1008"
+    );
+    assert!(
+        soak.tally.get("drop: greedy reader") > 0,
+        "greedy readers were dropped"
+    );
     assert!(
         threads_after <= threads_before + 2,
         "threads leaked: {threads_before} before, {threads_after} after"

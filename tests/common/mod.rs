@@ -7,6 +7,9 @@ pub mod process;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::FromRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use cyberchat::{Config, Server};
@@ -315,4 +318,79 @@ pub fn client_frame(first: u8, len: u64, payload: &[u8], masked: bool) -> Vec<u8
         out.extend_from_slice(payload);
     }
     out
+}
+
+/// A raw client that pipelines two-byte text frames (`{}`) as fast as the socket takes them,
+/// reading everything the server says on another thread. Returns the code of the close
+/// frame it was sent, if any.
+pub fn flood_once(addr: SocketAddr, name: &str, until: Instant) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    let request = upgrade_request(&format!("/?username={name}"), "");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).ok()?;
+        head.push(byte[0]);
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        return None;
+    }
+    let closed = Arc::new(AtomicBool::new(false));
+    let listen = {
+        let (mut stream, closed) = (stream.try_clone().ok()?, Arc::clone(&closed));
+        thread::spawn(move || {
+            let code = close_code_in(&mut stream);
+            closed.store(true, Ordering::SeqCst);
+            code
+        })
+    };
+    let frame = client_frame(0x81, 2, b"{}", true);
+    let burst: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 4096)
+        .collect();
+    while !closed.load(Ordering::SeqCst) && Instant::now() < until {
+        if stream.write_all(&burst).is_err() {
+            break;
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    listen.join().ok()?
+}
+
+/// Reads server frames until the stream ends; the code of the close frame among them.
+fn close_code_in(stream: &mut TcpStream) -> Option<u16> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        // Every complete frame at the front of the buffer.
+        while buffer.len() >= 2 {
+            let (len, start) = match buffer[1] & 0x7f {
+                126 if buffer.len() >= 4 => {
+                    (u16::from_be_bytes([buffer[2], buffer[3]]) as usize, 4)
+                }
+                127 if buffer.len() >= 10 => (
+                    u64::from_be_bytes(buffer[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            if buffer.len() < start + len {
+                break;
+            }
+            if buffer[0] & 0x0f == 0x8 {
+                let payload = &buffer[start..start + len];
+                return (len >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+            buffer.drain(..start + len);
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
 }
