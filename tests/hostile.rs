@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -456,5 +456,92 @@ fn hostile_channel_churn_sends_everyone_at_most_a_list_a_second() {
     for (reader, lists) in &mut readers {
         until_message(reader, "after the churn");
         assert!(*lists <= 5 + 2, "{lists} channel lists in 5 s");
+    }
+}
+
+/// Threads running on the whole machine (the fourth field of `/proc/loadavg`, `2/345`).
+fn threads_on_the_machine() -> u64 {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap();
+    let field = loadavg.split_whitespace().nth(3).unwrap();
+    field.split_once('/').unwrap().1.parse().unwrap()
+}
+
+#[test]
+fn hostile_a_thread_that_cannot_start_is_a_refused_connection_not_a_crash() {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIPPED: running the server as another user with its own thread limit needs root"
+        );
+        return;
+    }
+    // The server, as `nobody`, may have this many threads, and plans for fewer (it counts
+    // every thread on the machine against the limit, to be safe).
+    let limit = threads_on_the_machine() + 100;
+    let mut server = ServerProcess::start_as(&[], &[], None, Some(limit));
+    let addr = server.addr;
+    let mut alex = Client::chat(addr, "Alex");
+    // Then another program of the same user takes every thread left: the budget did not
+    // foresee it, so the server's next spawns fail.
+    let mut eater = std::process::Command::new(std::env::current_exe().unwrap());
+    eater
+        .args([
+            "--ignored",
+            "--exact",
+            "thread_eater",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CYBERCHAT_EAT_THREADS", "1")
+        .stdout(std::process::Stdio::piped());
+    common::process::limit_child(&mut eater, None, Some(limit));
+    let mut eater = eater.spawn().unwrap();
+    let mut ate = String::new();
+    let mut out = std::io::BufReader::new(eater.stdout.take().unwrap());
+    // (The harness may print "test thread_eater ... " before it on the same line.)
+    while !ate.contains("ate ") {
+        ate.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut ate).unwrap() > 0,
+            "the eater died"
+        );
+    }
+    // Newcomers are refused with a 503, and the server goes on.
+    for _ in 0..5 {
+        let socket = tcp_from(ELSEWHERE, addr).unwrap();
+        assert!(answer_of(&socket).starts_with("HTTP/1.1 503"));
+    }
+    assert!(server.alive(), "a failed spawn must not abort the process");
+    alex.say("still here"); // and hears it back
+    let _ = eater.kill();
+    let _ = eater.wait();
+    // Threads are free again: the next one is welcomed.
+    let mut bob = connect_from(ELSEWHERE, addr, "/?username=Bob");
+    assert_eq!(bob.recv_type("welcome")["user"]["username"], "Bob");
+    still_chats(&mut bob, &mut alex, "threads came back");
+}
+
+/// Not a test of its own: the spawn-failure test runs this in a process as `nobody`, to take
+/// every thread that user may still start, and kills it when done.
+#[test]
+#[ignore = "a helper process of the spawn-failure test"]
+fn thread_eater() {
+    if std::env::var("CYBERCHAT_EAT_THREADS").is_err() {
+        return;
+    }
+    let mut threads = 0;
+    while thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(thread::park)
+        .is_ok()
+    {
+        threads += 1;
+    }
+    // Straight to stdout: the test harness may capture `println!`.
+    let mut out = std::io::stdout();
+    writeln!(out, "ate {threads}").unwrap();
+    out.flush().unwrap();
+    loop {
+        thread::park();
     }
 }

@@ -35,6 +35,17 @@ impl ServerProcess {
     /// Starts the binary with `args` (plus `--port 0`), `env`, and at most `open_files` file
     /// descriptors if given; returns once it listens.
     pub fn start(args: &[&str], env: &[(&str, &str)], open_files: Option<u64>) -> ServerProcess {
+        Self::start_as(args, env, open_files, None)
+    }
+
+    /// Like [`ServerProcess::start`], as the user `nobody` (when run as root) with at most
+    /// `processes` threads for that user (`RLIMIT_NPROC`), if given.
+    pub fn start_as(
+        args: &[&str],
+        env: &[(&str, &str)],
+        open_files: Option<u64>,
+        processes: Option<u64>,
+    ) -> ServerProcess {
         // CYBERCHAT_BIN runs these tests against another build (an older one, to show that a
         // test fails without the fix it checks).
         let bin = std::env::var("CYBERCHAT_BIN");
@@ -50,21 +61,7 @@ impl ServerProcess {
         for (name, value) in env {
             command.env(name, value);
         }
-        if let Some(limit) = open_files {
-            // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
-            unsafe {
-                command.pre_exec(move || {
-                    let rlimit = libc::rlimit {
-                        rlim_cur: limit,
-                        rlim_max: limit,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
+        limit_child(&mut command, open_files, processes);
         let mut child = command.spawn().expect("the binary starts");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
@@ -165,6 +162,45 @@ impl Sampler {
     pub fn most(mut self) -> Usage {
         let _ = self.stop.send(());
         self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+/// The unprivileged user a test may run a process as.
+pub const NOBODY: u32 = 65534;
+
+/// Lowers a child's open-file limit, and with `processes`, makes it `nobody` (if we are root)
+/// with at most that many threads for the user. Async-signal-safe calls only: they run
+/// between fork and exec.
+pub fn limit_child(command: &mut Command, open_files: Option<u64>, processes: Option<u64>) {
+    let set = |resource, limit: u64| {
+        let rlimit = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        // SAFETY: setrlimit only reads the struct and changes this process's limits.
+        if unsafe { libc::setrlimit(resource, &rlimit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: only async-signal-safe calls (setrlimit, setgroups, setgid, setuid, geteuid).
+    unsafe {
+        command.pre_exec(move || {
+            if let Some(limit) = open_files {
+                set(libc::RLIMIT_NOFILE, limit)?;
+            }
+            if let Some(limit) = processes {
+                if libc::geteuid() == 0
+                    && (libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(NOBODY) != 0
+                        || libc::setuid(NOBODY) != 0)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                set(libc::RLIMIT_NPROC, limit)?;
+            }
+            Ok(())
+        });
     }
 }
 
