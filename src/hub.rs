@@ -234,15 +234,18 @@ impl Hub {
         };
         hub.channels
             .insert(DEFAULT_CHANNEL.to_owned(), Channel::default());
-        if let Some(store) = store {
-            for (channel, lines) in store.loaded() {
+        if let Some(mut store) = store {
+            // Handed over, not copied: each history is held once.
+            for (channel, lines) in store.take_loaded() {
                 let kept = lines
-                    .iter()
-                    .filter_map(|l| RawValue::from_string(l.clone()).ok());
-                hub.history.insert(channel.clone(), kept.collect());
+                    .into_iter()
+                    .filter_map(|l| RawValue::from_string(l).ok());
+                hub.history.insert(channel, kept.collect());
             }
             hub.next_message_id = store.last_id() + 1;
             hub.store = Some(store);
+            // The cap on histories of channels without members holds from the start.
+            hub.forget_dormant_histories();
         }
         hub
     }
@@ -618,7 +621,7 @@ impl Hub {
         if let Some(Err(err)) = self
             .store
             .as_mut()
-            .map(|store| store.append(&channel, json.get()))
+            .map(|store| store.append(&channel, id, json.get()))
         {
             error!("could not save message {id} in #{channel}: {err}; not sent");
             let refusal = Refusal::new(
@@ -691,10 +694,12 @@ impl Hub {
         let created = !self.channels.contains_key(channel);
         if created && !self.history.contains_key(channel) {
             // Forgotten from memory (or never loaded): the disk may still have it.
-            if let Some(store) = &self.store {
+            if let Some(store) = &mut self.store {
                 let lines = store.reload(channel).into_iter();
                 let kept = lines.filter_map(|l| RawValue::from_string(l).ok());
                 self.history.insert(channel.to_owned(), kept.collect());
+                // The file may hold ids not seen at start: new ones stay above them.
+                self.next_message_id = self.next_message_id.max(store.last_id() + 1);
             }
         }
         let user = &self.users[&conn];
@@ -736,7 +741,8 @@ impl Hub {
     }
 
     /// Keeps at most [`MAX_DORMANT_HISTORIES`] histories of channels without members,
-    /// forgetting those whose last message is oldest. Runs only when a channel is removed.
+    /// forgetting those whose last message is oldest. Runs at start and when a channel is
+    /// removed.
     fn forget_dormant_histories(&mut self) {
         let last_id = |history: &VecDeque<Box<RawValue>>| {
             let last = history.back()?;
