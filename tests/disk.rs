@@ -71,8 +71,12 @@ impl Immutable {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        // Check it took: appending must now fail.
-        let refused = OpenOptions::new().append(true).open(path).is_err();
+        // Check it took: appending (to a directory: creating a file in it) must now fail.
+        let refused = if path.is_dir() {
+            File::create(path.join("probe")).is_err()
+        } else {
+            OpenOptions::new().append(true).open(path).is_err()
+        };
         match (done, refused) {
             (true, true) => Some(Immutable(path.to_owned())),
             (true, false) => {
@@ -472,6 +476,10 @@ fn step5_disk_odd_entries_are_skipped_and_never_hang_the_start() {
     let name = CString::new(fifo.as_os_str().as_bytes()).unwrap();
     // SAFETY: a valid C string; mkfifo only reads it.
     assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o644) }, 0);
+    // Set-aside files are read for their ids at start: a FIFO named like one must not hang it.
+    let name = CString::new(dir.join("x.jsonl.corrupt-1").as_os_str().as_bytes()).unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o644) }, 0);
     fs::write(dir.join("fine.jsonl"), history_file("fine", 1..=3)).unwrap();
 
     // Before: the FIFO hung the start forever (this times out), the others stopped it.
@@ -570,6 +578,36 @@ fn step5_disk_an_immutable_file_keeps_its_history_and_refuses_messages() {
     drop(c);
     server.terminate();
     fs::set_permissions(&readonly, fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+#[test]
+fn step5_disk_a_file_that_cannot_be_set_aside_refuses_its_channel() {
+    let dir = TempDir::new("stuck");
+    let garbage = "this is not a history\n".repeat(10);
+    fs::write(dir.join("bad.jsonl"), &garbage).unwrap();
+    fs::write(dir.join("fine.jsonl"), history_file("fine", 1..=3)).unwrap();
+    // An immutable directory: nothing in it can be renamed or created (a read-only mount is
+    // the same), though its files can still be written.
+    let Some(_guard) = Immutable::make(dir.path()) else {
+        eprintln!("SKIP step5_disk_a_file_that_cannot_be_set_aside...: no `chattr +i` here");
+        return;
+    };
+    let server = Binary::start(dir.path());
+    server.assert_warned("bad.jsonl");
+    let mut c = connect(server.addr, "/?username=Stuck&channel=bad");
+    let welcome = c.recv_type("welcome");
+    assert_eq!(welcome["history"], json!([]), "garbage is never served");
+    let answer = send_message(&mut c, "after garbage?");
+    assert_eq!(answer["code"], "unavailable", "{answer}");
+    assert_eq!(fs::read_to_string(dir.join("bad.jsonl")).unwrap(), garbage);
+    assert_eq!(join(&mut c, "fine").len(), 3);
+    let id = say(&mut c, "an existing file still grows");
+    assert!(id > 3);
+    join(&mut c, "brandnew");
+    let answer = send_message(&mut c, "no file can be made");
+    assert_eq!(answer["code"], "unavailable", "{answer}");
+    drop(c);
+    server.terminate();
 }
 
 #[test]
@@ -695,6 +733,24 @@ fn step5_disk_links_cases_long_lines_and_odd_ends() {
     let zeros = history_file("zeros", 1..=2);
     fs::write(dir.join("zeros.jsonl"), zeros.clone() + &"\0".repeat(4096)).unwrap();
     fs::write(dir.join("empty.jsonl"), "").unwrap();
+    // A 10 GB file that is all hole: read from its end, it costs what any other file costs.
+    let sparse = 10u64 << 30;
+    File::create(dir.join("sparse.jsonl"))
+        .unwrap()
+        .set_len(sparse)
+        .unwrap();
+    // Set-aside names already taken (for every second this test may run in) are not replaced.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let taken: Vec<PathBuf> = (now - 1..now + 30)
+        .map(|s| dir.join(&format!("taken.jsonl.corrupt-{s}")))
+        .collect();
+    for path in &taken {
+        fs::write(path, "an earlier one").unwrap();
+    }
+    fs::write(dir.join("taken.jsonl"), "not a history either\n").unwrap();
 
     let server = Binary::start(dir.path());
     let mut c = connect(server.addr, "/?username=Hostile");
@@ -742,6 +798,26 @@ fn step5_disk_links_cases_long_lines_and_odd_ends() {
 
     assert_eq!(join(&mut c, "empty"), Vec::<Value>::new());
     assert!(!server.warned("empty.jsonl"));
+
+    assert_eq!(join(&mut c, "sparse"), Vec::<Value>::new());
+    let aside = set_aside(dir.path(), "sparse.jsonl");
+    assert_eq!(aside.len(), 1);
+    assert_eq!(fs::metadata(&aside[0]).unwrap().len(), sparse);
+    server.assert_warned("sparse.jsonl");
+
+    assert_eq!(join(&mut c, "taken"), Vec::<Value>::new());
+    for path in &taken {
+        assert_eq!(fs::read_to_string(path).unwrap(), "an earlier one");
+    }
+    let added: Vec<PathBuf> = set_aside(dir.path(), "taken.jsonl")
+        .into_iter()
+        .filter(|p| !taken.contains(p))
+        .collect();
+    assert_eq!(added.len(), 1, "{added:?}");
+    assert_eq!(
+        fs::read_to_string(&added[0]).unwrap(),
+        "not a history either\n"
+    );
     drop(c);
     server.terminate();
 }
