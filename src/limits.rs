@@ -21,8 +21,10 @@ use crate::outbox::WRITER_STACK;
 /// needs between 256 and 512 KiB in a debug build; overflowing would abort the whole process.
 /// Only the pages actually touched cost memory, so the generous size is nearly free.
 pub const READER_STACK: usize = 1024 * 1024;
-/// File descriptors kept back for the listener, logs, history files and the like.
-const SPARE_FDS: u64 = 128;
+/// File descriptors kept back for the listener, stdio, the one kept to refuse connections
+/// with when descriptors run out, and `--data-dir`'s files (at most
+/// `history::MAX_OPEN_APPENDERS` open for appending, and one being read).
+const SPARE_FDS: u64 = 64;
 /// The share of `vm.max_map_count` kept back for the program, its libraries, malloc's arenas
 /// and large buffers (each allocation over 128 KiB is a map of its own): a sixteenth, 4095 of
 /// Linux's default 65530.
