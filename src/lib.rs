@@ -3,14 +3,16 @@
 //! A WebSocket chat server with one thread per connection, built to be read. Each module is
 //! one idea of the tutorial (see the README):
 //!
-//! | step | idea | module |
+//! | step | idea | where |
 //! |---|---|---|
-//! | 0 | the handshake: HTTP, `Sec-WebSocket-Key`, `101` | [`http`] |
-//! | 1 | an echo server | [`echo`] |
-//! | 2 | broadcast: a hub, per-client queues, a reader and a writer | [`hub`], [`outbox`], [`connection`] |
-//! | 3–6 | names, presence, history and channels, live state | [`hub`], [`protocol`], [`chat`] |
-//! | 7 | hardening: origins, limits, keepalive, budgets, shutdown | [`http`], [`connection`], [`limits`], [`budget`], [`server`] |
-//! | — | history on disk | [`history`] |
+//! | 0 | the handshake: HTTP, `Sec-WebSocket-Key`, `101` | [`http`], [`doors`] |
+//! | 1 | an echo server; frames as bytes | [`doors::echo`], [`connection::frame`] |
+//! | 2 | broadcast: a hub, per-client queues, a reader and a writer | [`hub`], [`connection`] |
+//! | 3 | identity: ids, names, renames | [`protocol::names`], `hub/users.rs` |
+//! | 4 | presence: joined, left, typing | `hub/presence.rs` |
+//! | 5 | history and channels | [`history`], `hub/channels.rs`, `hub/messages.rs` |
+//! | 6 | live state | `hub/messages.rs`, [`protocol::requests`] |
+//! | 7 | hardening: origins, limits, keepalive, budgets, shutdown | [`capacity`], [`doors::rate`], [`server`] |
 //! | — | the command line | [`config`] |
 //!
 //! ```no_run
@@ -22,16 +24,13 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-pub mod budget;
-pub mod chat;
+pub mod capacity;
 pub mod config;
 pub mod connection;
-pub mod echo;
+pub mod doors;
 pub mod history;
 pub mod http;
 pub mod hub;
-pub mod limits;
-pub mod outbox;
 pub mod protocol;
 pub mod server;
 pub mod throttle;

@@ -18,28 +18,26 @@
 //! Rust Book's `ThreadPool` does.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use log::{debug, error, info, warn};
 
-use crate::budget::{Budget, Full, Handshake};
+use crate::capacity::{self, Budget, Capacity, Handshake, Limits, READER_STACK, Wanted};
 use crate::config::Config;
-use crate::connection::{Ended, Reader};
+use crate::connection::writer::send_without_waiting;
+use crate::connection::{Outbox, Writers};
+use crate::doors::{self, Context};
 use crate::history::Store;
-use crate::http::{self, Door, HANDSHAKE_TIMEOUT, Request};
-use crate::hub::{ConnId, Event, Hub};
-use crate::limits::{self, Capacity, Limits, READER_STACK, Wanted};
-use crate::outbox::{Outbox, Writers, send_without_waiting};
+use crate::hub::{Event, Hub};
 use crate::throttle::Throttle;
-use crate::{chat, echo};
 
 /// Events that may wait for the hub. When it falls this far behind, connection threads wait
 /// to hand it more (each its own client's reader, so TCP slows exactly those clients) and
@@ -48,8 +46,6 @@ use crate::{chat, echo};
 pub const HUB_QUEUE: usize = 4096;
 /// How long shutdown waits for clients to answer their 1001 before cutting them off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// How long `GET /stats` waits for the hub.
-const STATS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after a failed `accept` (other than running out of descriptors) so the loop does not
 /// spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -58,20 +54,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// a flood of log lines.
 static REFUSED: Throttle = Throttle::new();
 
-/// What every connection thread shares.
-struct Shared {
-    config: Config,
-    hub: SyncSender<Event>,
-    budget: Arc<Budget>,
-    writers: Arc<Writers>,
-    next_conn: AtomicU64,
-    stopping: AtomicBool,
-}
-
 /// A running server. Dropping it (or calling [`Server::shutdown`]) stops it.
 pub struct Server {
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    context: Arc<Context>,
     accept_thread: Option<JoinHandle<()>>,
     hub_thread: Option<JoinHandle<Vec<Outbox>>>,
 }
@@ -83,7 +69,7 @@ impl Server {
     /// When the address cannot be bound, `--data-dir` cannot be opened, or a thread cannot
     /// be started.
     pub fn bind(mut config: Config) -> io::Result<Server> {
-        if limits::use_global_futex_hash() {
+        if capacity::use_global_futex_hash() {
             debug!("using the kernel's global futex hash");
         }
         let with_context = |what: String| {
@@ -112,22 +98,21 @@ impl Server {
             .mul_f64(2.5)
             .max(Duration::from_secs(1));
         let writers = Writers::new(capacity.writers, config.max_queued_bytes, stall);
-        let shared = Arc::new(Shared {
+        let context = Arc::new(Context {
             config,
             hub: hub_tx,
             budget: Budget::new(capacity),
             writers,
-            next_conn: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
         });
-        let accept_shared = Arc::clone(&shared);
+        let accept_context = Arc::clone(&context);
         let accept_thread = thread::Builder::new()
             .name("accept".into())
-            .spawn(move || accept_loop(&listener, &accept_shared))?;
+            .spawn(move || accept_loop(&listener, &accept_context))?;
         info!("listening on ws://{addr}");
         Ok(Server {
             addr,
-            shared,
+            context,
             accept_thread: Some(accept_thread),
             hub_thread: Some(hub_thread),
         })
@@ -140,7 +125,7 @@ impl Server {
 
     /// The budgets this server runs with, after fitting them to the machine.
     pub fn capacity(&self) -> Capacity {
-        self.shared.budget.capacity()
+        self.context.budget.capacity()
     }
 
     /// Stops accepting, closes every WebSocket with 1001 and waits (a few seconds at most)
@@ -154,17 +139,17 @@ impl Server {
             return;
         };
         info!("shutting down");
-        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.context.stopping.store(true, Ordering::SeqCst);
         // `accept` has no timeout: wake it with a connection of our own.
         let _ = TcpStream::connect_timeout(&reachable(self.addr), Duration::from_secs(1));
         let _ = accept_thread.join();
-        let _ = self.shared.hub.send(Event::Shutdown);
+        let _ = self.context.hub.send(Event::Shutdown);
         let closing = self
             .hub_thread
             .take()
             .and_then(|hub| hub.join().ok())
             .unwrap_or_default();
-        let open = self.shared.budget.wait_until_closed(SHUTDOWN_GRACE);
+        let open = self.context.budget.wait_until_closed(SHUTDOWN_GRACE);
         if open > 0 {
             warn!("{open} connections did not answer their close in time: cut off");
             closing.iter().for_each(Outbox::cut_off);
@@ -227,10 +212,12 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Accepts connections, admitting each against the budget; never waits on a client.
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+fn accept_loop(listener: &TcpListener, context: &Arc<Context>) {
     // Kept so that, out of file descriptors, one can still be freed to take a connection
     // off the backlog and refuse it, instead of leaving clients hanging.
     let mut reserve = File::open("/dev/null").ok();
+    // Connection numbers, for the log.
+    let next_conn = AtomicU64::new(1);
     loop {
         let (stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
@@ -253,15 +240,16 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                 continue;
             }
         };
-        if shared.stopping.load(Ordering::SeqCst) {
+        if context.stopping.load(Ordering::SeqCst) {
             break;
         }
-        match shared.budget.admit(peer.ip()) {
-            Ok(handshake) => spawn_connection(stream, handshake, shared),
+        let conn = next_conn.fetch_add(1, Ordering::Relaxed);
+        match context.budget.admit(peer.ip()) {
+            Ok(handshake) => spawn_connection(stream, handshake, context, conn),
             Err(full) => {
                 refuse_now(&stream, full.reason());
                 if let Some(also) = REFUSED.allow() {
-                    let (open, handshakes) = shared.budget.in_use();
+                    let (open, handshakes) = context.budget.in_use();
                     warn!(
                         "refused a connection from {}: {} ({open} open, {handshakes} starting; \
                          {also} more refused since the last warning)",
@@ -298,19 +286,18 @@ fn refuse_now(stream: &TcpStream, reason: &str) {
     let _ = stream.shutdown(Shutdown::Write);
 }
 
-fn spawn_connection(stream: TcpStream, handshake: Handshake, shared: &Arc<Shared>) {
+fn spawn_connection(stream: TcpStream, handshake: Handshake, context: &Arc<Context>, conn: u64) {
     // Chat frames are small and latency matters: never let Nagle hold one back.
     let _ = stream.set_nodelay(true);
-    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let socket = Arc::new(stream);
     let thread_socket = Arc::clone(&socket);
-    let thread_shared = Arc::clone(shared);
+    let thread_context = Arc::clone(context);
     let spawned = thread::Builder::new()
         .name(format!("conn-{conn}"))
         .stack_size(READER_STACK)
         .spawn(move || {
             let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-                serve(&thread_socket, &thread_shared, conn, handshake)
+                doors::serve(&thread_socket, &thread_context, conn, handshake)
             }));
             if outcome.is_err() {
                 error!(
@@ -325,168 +312,4 @@ fn spawn_connection(stream: TcpStream, handshake: Handshake, shared: &Arc<Shared
         }
         refuse_now(&socket, "the server is out of threads");
     }
-}
-
-/// Serves one TCP connection, from the request head to the end.
-fn serve(socket: &Arc<TcpStream>, shared: &Arc<Shared>, conn: ConnId, handshake: Handshake) {
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-    let (request, already_read) = match http::read_head(socket, deadline) {
-        Ok(head) => head,
-        Err(err) => {
-            debug!("conn {conn}: no request: {err:?}");
-            if let Some(status) = err.status() {
-                let _ = http::respond_error(socket, status, "could not read a request", &[]);
-            }
-            return;
-        }
-    };
-    debug!("conn {conn}: {:?} {:?}", request.method, request.path);
-    if request.method != "GET" {
-        let _ = http::respond_error(socket, 405, "only GET is served", &[("Allow", "GET")]);
-        return;
-    }
-    if request.is_upgrade() {
-        upgrade(socket, shared, conn, request, already_read, handshake);
-    } else {
-        plain_get(socket, shared, &request);
-    }
-}
-
-fn plain_get(socket: &TcpStream, shared: &Shared, request: &Request) {
-    let result = match request.path.as_str() {
-        "/stats" => {
-            let (reply, answer) = mpsc::channel();
-            let _ = shared.hub.send(Event::Stats { reply });
-            match answer.recv_timeout(STATS_TIMEOUT) {
-                Ok(stats) => {
-                    let body = serde_json::to_vec(&stats).expect("stats serialize");
-                    http::respond(socket, 200, "application/json", &[], &body)
-                }
-                Err(_) => http::respond_error(socket, 503, "the hub is not answering", &[]),
-            }
-        }
-        "/chat" | "/echo" => http::respond_error(
-            socket,
-            426,
-            "this is a WebSocket endpoint: connect with new WebSocket(url)",
-            &[("Upgrade", "websocket")],
-        ),
-        path => match http::static_file(&shared.config.www_dir, path) {
-            Some((file, content_type)) => match std::fs::read(&file) {
-                Ok(body) => http::respond(socket, 200, content_type, &[], &body),
-                Err(_) => http::respond_error(socket, 404, "not found", &[]),
-            },
-            None => http::respond_error(socket, 404, "not found", &[]),
-        },
-    };
-    if let Err(err) = result {
-        debug!("could not answer {:?}: {err}", request.path);
-    }
-}
-
-/// Tells the hub a connection is gone when dropped, even if its thread panicked.
-struct Registration<'a> {
-    hub: &'a SyncSender<Event>,
-    conn: ConnId,
-}
-
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        let _ = self.hub.send(Event::Disconnect { conn: self.conn });
-    }
-}
-
-fn upgrade(
-    socket: &Arc<TcpStream>,
-    shared: &Arc<Shared>,
-    conn: ConnId,
-    request: Request,
-    already_read: Vec<u8>,
-    handshake: Handshake,
-) {
-    let Some(door) = Door::for_path(&request.path) else {
-        let _ = http::respond_error(socket, 404, "no WebSocket here: try / or /echo", &[]);
-        return;
-    };
-    let answer = match http::accept_upgrade(&request, door, &shared.config) {
-        Ok(answer) => answer,
-        Err(refused) => {
-            info!(
-                "conn {conn}: refused upgrade ({} {})",
-                refused.status, refused.reason
-            );
-            // RFC 6455 4.4: a version refusal names the version we do speak.
-            let version: &[(&str, &str)] = match refused.status {
-                426 => &[("Sec-WebSocket-Version", "13")],
-                _ => &[],
-            };
-            let _ = http::respond_error(socket, refused.status, refused.reason, version);
-            return;
-        }
-    };
-    let place = match shared.budget.place() {
-        Some(place) if !shared.stopping.load(Ordering::SeqCst) => place,
-        _ => {
-            if let Some(also) = REFUSED.allow() {
-                warn!(
-                    "conn {conn}: refused, {} connections open ({also} more refused since)",
-                    shared.config.max_connections
-                );
-            }
-            let reason = Full::Connections.reason();
-            let _ = http::respond_error(socket, 503, reason, &[("Retry-After", "5")]);
-            return;
-        }
-    };
-    // Nobody else can write yet: the hub does not know this connection.
-    if let Err(err) = (&**socket).write_all(answer.as_bytes()) {
-        debug!("conn {conn}: could not answer the handshake: {err}");
-        return;
-    }
-    drop(handshake);
-    let outbox = Outbox::new(Arc::clone(socket), &shared.writers);
-    let (username, channel) = (
-        request.query_param("username"),
-        request.query_param("channel"),
-    );
-    // The request is not needed past this point; a long-lived connection should not keep it.
-    drop(request);
-    let ping_interval = shared.config.ping_interval;
-    let mut reader = Reader::new(
-        Arc::clone(socket),
-        already_read,
-        outbox.clone(),
-        ping_interval,
-    );
-    let registration = Registration {
-        hub: &shared.hub,
-        conn,
-    };
-    let ended = match door {
-        Door::Chat => {
-            let connect = Event::Connect {
-                conn,
-                outbox,
-                username,
-                channel,
-            };
-            if shared.hub.send(connect).is_err() {
-                Ended::ServerStopping
-            } else {
-                chat::serve(&mut reader, conn, &shared.hub, shared.config.max_rate)
-            }
-        }
-        Door::Echo => {
-            if shared.hub.send(Event::Attach { conn, outbox }).is_err() {
-                Ended::ServerStopping
-            } else {
-                echo::serve(&mut reader)
-            }
-        }
-    };
-    info!("conn {conn} ({door:?}) ended: {ended:?}");
-    // Presence first: the channel hears `left` now, not after the closing handshake.
-    drop(registration);
-    reader.finish(&ended);
-    drop(place);
 }

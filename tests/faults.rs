@@ -928,7 +928,7 @@ fn step7_fault_a_panicking_connection_thread_harms_no_one() {
         expect_joined(&mut by, &name);
         expect_joined(&mut watcher, &name);
         doomed.say(&format!("famous last words {round}"));
-        doomed.send_text(cyberchat::chat::FAULT_PANIC);
+        doomed.send_text(cyberchat::doors::chat::FAULT_PANIC);
         // The doomed client's connection ends (with or without a close frame).
         doomed.expect_close();
         for client in [&mut by, &mut watcher] {

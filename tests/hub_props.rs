@@ -15,10 +15,10 @@ use std::panic::{self, AssertUnwindSafe};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use cyberchat::connection::frame::close_code;
+use cyberchat::connection::{Outbound, Outbox, QueuedFrames};
 use cyberchat::hub::{CHANNELS_EVERY, ConnId, Event, Hub, PRESENCE_WINDOW};
-use cyberchat::outbox::{Inbox, Outbound, Outbox};
-use cyberchat::protocol::close_code;
-use cyberchat::protocol::{Refusal, Request, parse_request};
+use cyberchat::protocol::{ChatError, ChatRequest, parse_request};
 use serde_json::{Map, Value, json};
 
 // ---------------------------------------------------------------------------------------------
@@ -69,7 +69,7 @@ const PARSE_CODES: [&str; 7] = [
     "invalid_state",
 ];
 
-fn code_of(refusal: &Refusal) -> String {
+fn code_of(refusal: &ChatError) -> String {
     serde_json::to_value(refusal.code)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -133,7 +133,7 @@ fn is_uuid_v4(id: &str) -> bool {
 // Fake clients and the model.
 
 struct Fake {
-    inbox: Inbox,
+    inbox: QueuedFrames,
     id: String,
     name: String,
     channel: String,
@@ -187,7 +187,7 @@ fn decode_all(mut bytes: &[u8]) -> Vec<Value> {
 }
 
 /// Everything queued for a client so far, taken as its writer would.
-fn drain(inbox: &Inbox) -> Vec<Value> {
+fn drain(inbox: &QueuedFrames) -> Vec<Value> {
     let mut frames = Vec::new();
     while let Some(item) = inbox.take() {
         match item {
@@ -574,7 +574,7 @@ impl World {
         expected
     }
 
-    fn request(&mut self, conn: ConnId, request: Request) -> Expected {
+    fn request(&mut self, conn: ConnId, request: ChatRequest) -> Expected {
         self.handle(Event::Request {
             conn,
             request: request.clone(),
@@ -590,14 +590,14 @@ impl World {
             .filter(|c| *c != conn)
             .collect();
         match request {
-            Request::Message { text } => {
+            ChatRequest::Message { text } => {
                 let frame = json!({
                     "type": "message", "channel": channel, "user": self.user(conn), "text": text,
                 });
                 Self::push_all(&mut expected, self.members(&channel), &frame);
                 self.messages += 1;
             }
-            Request::Rename { username } => match self.holder(&username) {
+            ChatRequest::Rename { username } => match self.holder(&username) {
                 Some(holder) if holder != conn => {
                     expected.insert(
                         conn,
@@ -614,7 +614,7 @@ impl World {
                     Self::push_all(&mut expected, self.members(&channel), &frame);
                 }
             },
-            Request::Join { channel: to } => {
+            ChatRequest::Join { channel: to } => {
                 if to == channel {
                     return expected; // already there: nothing changes, nothing is sent
                 }
@@ -642,20 +642,20 @@ impl World {
                     Self::push_all(&mut expected, self.everyone(), &frame);
                 }
             }
-            Request::Typing { typing } => {
+            ChatRequest::Typing { typing } => {
                 let frame = json!({
                     "type": "typing", "channel": channel, "user": self.user(conn), "typing": typing,
                 });
                 Self::push_all(&mut expected, others, &frame);
             }
-            Request::State { state } => {
+            ChatRequest::State { state } => {
                 self.clients.get_mut(&conn).unwrap().state = state.clone();
                 let frame = json!({
                     "type": "state", "channel": channel, "user": self.user(conn), "state": state,
                 });
                 Self::push_all(&mut expected, others, &frame);
             }
-            Request::Channels => {
+            ChatRequest::Channels => {
                 expected.insert(conn, vec![self.channels_frame()]);
             }
             #[allow(unreachable_patterns)]
@@ -955,7 +955,7 @@ fn run_sequence(
                     world.disconnect(conn)
                 } else {
                     world.trace.push(format!("request from gone {conn}"));
-                    world.request(conn, Request::Channels)
+                    world.request(conn, ChatRequest::Channels)
                 }
             } else if let Some(conn) = {
                 let conns: Vec<ConnId> = world.clients.keys().copied().collect();
@@ -1122,7 +1122,7 @@ fn props_hub_on_a_clock_holds_presence_but_never_loses_or_reorders_it() {
 // parse_request against anything.
 
 /// What the contract says `parse_request` must make of a JSON value sent as text.
-fn oracle(value: &Value) -> Result<Request, &'static str> {
+fn oracle(value: &Value) -> Result<ChatRequest, &'static str> {
     let Value::Object(fields) = value else {
         return Err("bad_json");
     };
@@ -1139,7 +1139,7 @@ fn oracle(value: &Value) -> Result<Request, &'static str> {
             let text = text.trim();
             let n = text.chars().count();
             if (1..=2000).contains(&n) {
-                Ok(Request::Message {
+                Ok(ChatRequest::Message {
                     text: text.to_owned(),
                 })
             } else {
@@ -1147,19 +1147,19 @@ fn oracle(value: &Value) -> Result<Request, &'static str> {
             }
         }
         "username" => valid_username(&string("username")?)
-            .map(|username| Request::Rename { username })
+            .map(|username| ChatRequest::Rename { username })
             .ok_or("invalid_username"),
         "join" => valid_channel(&string("channel")?)
-            .map(|channel| Request::Join { channel })
+            .map(|channel| ChatRequest::Join { channel })
             .ok_or("invalid_channel"),
         "typing" => match fields.get("typing") {
-            Some(Value::Bool(typing)) => Ok(Request::Typing { typing: *typing }),
+            Some(Value::Bool(typing)) => Ok(ChatRequest::Typing { typing: *typing }),
             _ => Err("bad_request"),
         },
         "state" => match fields.get("state") {
             Some(Value::Object(state)) => {
                 if serde_json::to_string(state).unwrap().len() <= 1024 {
-                    Ok(Request::State {
+                    Ok(ChatRequest::State {
                         state: state.clone(),
                     })
                 } else {
@@ -1168,7 +1168,7 @@ fn oracle(value: &Value) -> Result<Request, &'static str> {
             }
             _ => Err("bad_request"),
         },
-        "channels" => Ok(Request::Channels),
+        "channels" => Ok(ChatRequest::Channels),
         _ => Err("unknown_type"),
     }
 }
@@ -1274,7 +1274,10 @@ fn mutate(rng: &mut Rng, text: &str) -> String {
 }
 
 /// Checks one input; `Err` describes a broken property.
-fn check_parse(input: &str, expect: Option<Result<Request, &'static str>>) -> Result<(), String> {
+fn check_parse(
+    input: &str,
+    expect: Option<Result<ChatRequest, &'static str>>,
+) -> Result<(), String> {
     let outcome = panic::catch_unwind(|| parse_request(input))
         .map_err(|_| format!("parse_request panicked on {input:?}"))?;
     match &outcome {
@@ -1292,12 +1295,14 @@ fn check_parse(input: &str, expect: Option<Result<Request, &'static str>>) -> Re
         Ok(request) => {
             // Whatever is accepted obeys the rules.
             let fine = match request {
-                Request::Message { text } => {
+                ChatRequest::Message { text } => {
                     text.trim() == text && (1..=2000).contains(&text.chars().count())
                 }
-                Request::Rename { username } => valid_username(username).as_ref() == Some(username),
-                Request::Join { channel } => valid_channel(channel).as_ref() == Some(channel),
-                Request::State { state } => serde_json::to_string(state).unwrap().len() <= 1024,
+                ChatRequest::Rename { username } => {
+                    valid_username(username).as_ref() == Some(username)
+                }
+                ChatRequest::Join { channel } => valid_channel(channel).as_ref() == Some(channel),
+                ChatRequest::State { state } => serde_json::to_string(state).unwrap().len() <= 1024,
                 _ => true,
             };
             if !fine {

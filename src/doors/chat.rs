@@ -7,9 +7,10 @@ use std::sync::mpsc::SyncSender;
 
 use tungstenite::Bytes;
 
-use crate::connection::{Ended, FloodGauge, Incoming, Reader, TokenBucket};
+use super::rate::{FloodGauge, TokenBucket};
+use crate::connection::{Ended, Incoming, Reader};
 use crate::hub::{ConnId, Event};
-use crate::protocol::{self, ErrorCode, Refusal};
+use crate::protocol::{self, ChatError, ErrorCode};
 
 /// With the `fault-injection` feature (tests only), this text makes the connection's thread
 /// panic, to show that one connection's panic harms nobody else.
@@ -26,7 +27,7 @@ pub fn serve(reader: &mut Reader, conn: ConnId, hub: &SyncSender<Event>, max_rat
     let mut bucket = TokenBucket::new(max_rate);
     let mut gauge = FloodGauge::new(max_rate);
     let rate_limited: Bytes =
-        Refusal::new(ErrorCode::RateLimited, "slow down: too many messages").to_frame();
+        ChatError::new(ErrorCode::RateLimited, "slow down: too many messages").to_frame();
     loop {
         let incoming = match reader.next_message() {
             Ok(incoming) => incoming,
@@ -52,7 +53,7 @@ pub fn serve(reader: &mut Reader, conn: ConnId, hub: &SyncSender<Event>, max_rat
                     }
                     Err(refusal) => refusal.to_frame(),
                 },
-                Incoming::Binary(_) => Refusal::new(
+                Incoming::Binary(_) => ChatError::new(
                     ErrorCode::BadJson,
                     "binary frames are not chat frames: send JSON text",
                 )

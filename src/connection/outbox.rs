@@ -4,7 +4,7 @@
 //! over never blocks, so the hub can never be held up by a slow client: once more than
 //! [`MAX_QUEUED_FRAMES`] frames or [`MAX_QUEUED_BYTES`] bytes wait for one client (or the
 //! server's whole [`Writers::max_queued_bytes`] is used up), [`Outbox::push`] says
-//! [`Refused::Full`] and the hub drops that client instead of waiting for it.
+//! [`Undeliverable::Full`] and the hub drops that client instead of waiting for it.
 //!
 //! **The fast path.** When nothing is queued for a client and nobody is writing to it,
 //! [`Outbox::send`] writes the frame itself with one non-blocking `send(MSG_DONTWAIT)`: it never
@@ -12,28 +12,22 @@
 //! is sent, so its socket buffer has room.
 //!
 //! **A writer thread only while needed.** Whatever the socket does not take at once is queued,
-//! and the first frame queued starts the connection's writer thread ([`write_pump`]), which
-//! blocks on the socket until the queue is empty and ends once it has stayed empty for
-//! [`WRITER_LINGER`]. A connection therefore costs one thread (its reader) most of the time
-//! and two only while its client is behind, which is what lets one process hold twice as many
-//! people under the same thread and memory-map limits.
+//! and the first frame queued starts the connection's writer thread (see [`super::writer`]),
+//! which writes until the queue is empty and ends once it has stayed empty for a while.
 //!
 //! Every write, fast or not, happens while holding the connection's *pen* (a mutex), so there
 //! is at most one writer at a time, and the rest of a frame that was only partly written is
 //! kept in the pen itself, where the writer always finishes it before anything else.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread;
-use std::time::Duration;
 
 use log::{debug, warn};
 use tungstenite::Bytes;
 
+use super::writer::{Writers, send_without_waiting};
 use crate::throttle::Throttle;
 
 /// Frames that may wait for one client before it counts as a slow reader and is dropped.
@@ -41,15 +35,6 @@ pub const MAX_QUEUED_FRAMES: usize = 1024;
 /// Bytes that may wait for one client before it counts as a slow reader: without this, 1024
 /// full welcomes (about 800 KB each) could pile up for one client that does not read.
 pub const MAX_QUEUED_BYTES: usize = 4 * 1024 * 1024;
-/// How long a writer thread waits for more once its queue is empty before it ends: long
-/// enough that a client kept busy does not start a thread per burst, short enough that an
-/// idle connection goes back to costing one thread.
-pub const WRITER_LINGER: Duration = Duration::from_secs(2);
-/// Frames written with one `writev`; bounded so one slow batch cannot hold a huge list.
-const MAX_BATCH: usize = 64;
-/// Stack of a writer thread: it only moves bytes. Not smaller, because glibc keeps the stacks
-/// of ended threads for reuse (up to 40 MiB), and each kept stack is two memory maps.
-pub const WRITER_STACK: usize = 256 * 1024;
 
 /// Warnings about the server-wide budget, at most one every few seconds.
 static BUDGET_WARNING: Throttle = Throttle::new();
@@ -69,7 +54,7 @@ pub enum Outbound {
 
 impl Outbound {
     /// Bytes this item holds for its client.
-    fn size(&self) -> usize {
+    pub(super) fn size(&self) -> usize {
         match self {
             Outbound::Frame(bytes) | Outbound::Close(bytes) => bytes.len(),
             Outbound::Finish(rest) => *rest,
@@ -79,135 +64,45 @@ impl Outbound {
 
 /// Why the queue refused a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub enum Undeliverable {
     /// Too much waits for this client (or for everyone together): it is not reading.
     Full,
     /// The connection is closing or its writer has failed: nothing more goes out.
     Closed,
 }
 
-/// What every connection's outbox shares: the server-wide limits on writer threads and on
-/// queued bytes.
-#[derive(Debug)]
-pub struct Writers {
-    /// Writer threads that may run at once (see `limits::Capacity`).
-    max_threads: usize,
-    threads: AtomicUsize,
-    /// Bytes that may wait in all outboxes together, so that a crowd of clients that do not
-    /// read cannot eat the machine's memory even though each stays under its own limit.
-    pub max_queued_bytes: usize,
-    queued_bytes: AtomicUsize,
-    /// How long a writer may wait on a socket that takes nothing before giving the client up.
-    stall: Duration,
-}
-
-impl Writers {
-    pub fn new(max_threads: usize, max_queued_bytes: usize, stall: Duration) -> Arc<Writers> {
-        Arc::new(Writers {
-            max_threads,
-            threads: AtomicUsize::new(0),
-            max_queued_bytes,
-            queued_bytes: AtomicUsize::new(0),
-            stall,
-        })
-    }
-
-    /// Writer threads running now.
-    pub fn threads(&self) -> usize {
-        self.threads.load(Ordering::Relaxed)
-    }
-
-    /// Bytes waiting in every outbox together.
-    pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes.load(Ordering::Relaxed)
-    }
-
-    fn reserve(&self, bytes: usize) -> bool {
-        let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-        if before + bytes > self.max_queued_bytes {
-            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            return false;
-        }
-        true
-    }
-
-    fn release(&self, bytes: usize) {
-        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-    }
-
-    /// Starts a writer thread for `shared`, if the budget has room for one.
-    fn start(self: &Arc<Self>, shared: Arc<Shared>, socket: Arc<TcpStream>) -> io::Result<()> {
-        if self.threads.fetch_add(1, Ordering::AcqRel) >= self.max_threads {
-            self.threads.fetch_sub(1, Ordering::AcqRel);
-            return Err(io::Error::other("every writer thread is busy"));
-        }
-        let slot = WriterSlot(Arc::clone(self));
-        let spawned = thread::Builder::new()
-            .name("writer".into())
-            .stack_size(WRITER_STACK)
-            .spawn(move || {
-                let _stopped = StopOnPanic(&shared);
-                write_pump(&shared, &socket, slot.0.stall);
-                drop(slot); // (also given back if the pump panics: unwinding drops it)
-            });
-        // A failed spawn drops the closure, and with it the slot.
-        spawned.map(drop)
-    }
-}
-
-/// A running writer's place in [`Writers`]; given back when dropped.
-struct WriterSlot(Arc<Writers>);
-
-impl Drop for WriterSlot {
-    fn drop(&mut self) {
-        self.0.threads.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// If a writer panics, its connection refuses everything from then on (and is soon dropped)
-/// instead of queueing for a writer that no longer runs.
-struct StopOnPanic<'a>(&'a Shared);
-
-impl Drop for StopOnPanic<'_> {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            self.0.stop();
-        }
-    }
-}
-
-/// The queue proper, under [`Shared::queue`].
+/// The queue proper, under [`OutboxState::queue`].
 #[derive(Debug, Default)]
-struct Queue {
-    items: VecDeque<Outbound>,
+pub(super) struct Queue {
+    pub(super) items: VecDeque<Outbound>,
     /// Frames and bytes queued, or taken by the writer and not yet written.
-    frames: usize,
-    bytes: usize,
+    pub(super) frames: usize,
+    pub(super) bytes: usize,
     /// A writer thread is running for this connection.
-    writer: bool,
-    /// It is waiting on [`Shared::wake`] for more.
-    waiting: bool,
+    pub(super) writer: bool,
+    /// It is waiting on [`OutboxState::wake`] for more.
+    pub(super) waiting: bool,
     /// Nothing more may be queued: a close frame was queued or written, or a write failed.
-    stopped: bool,
+    pub(super) stopped: bool,
 }
 
 /// What both ends of a connection's queue share.
 #[derive(Debug)]
-struct Shared {
+pub(super) struct OutboxState {
     queue: Mutex<Queue>,
-    wake: Condvar,
+    pub(super) wake: Condvar,
     /// [`Queue::frames`], readable without the lock so the fast path can look first.
     queued: AtomicUsize,
     /// Whoever holds the pen may write to the socket. It holds the rest of a frame the fast
     /// path could only partly write, which must go out before anything else.
-    pen: Mutex<Option<Bytes>>,
+    pub(super) pen: Mutex<Option<Bytes>>,
     /// Set, under the pen, once a close frame is written: nothing may follow it.
-    closed: AtomicBool,
+    pub(super) closed: AtomicBool,
     /// `None` for an outbox with no socket (the hub's tests): nothing is written, ever.
     writers: Option<Arc<Writers>>,
 }
 
-impl Drop for Shared {
+impl Drop for OutboxState {
     fn drop(&mut self) {
         let queue = self.queue.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Some(writers) = &self.writers {
@@ -219,59 +114,59 @@ impl Drop for Shared {
 /// The sending side of a connection's queue. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    shared: Arc<Shared>,
+    state: Arc<OutboxState>,
     /// The connection's socket, for the fast path and so that a slow reader can be cut off.
     socket: Option<Arc<TcpStream>>,
 }
 
 /// Reads a detached outbox's queue, as a writer would (for the hub's tests).
 #[derive(Debug)]
-pub struct Inbox {
-    shared: Arc<Shared>,
+pub struct QueuedFrames {
+    state: Arc<OutboxState>,
 }
 
 impl Outbox {
     /// The outbox of a connection on `socket`. Its writer thread starts when first needed.
     pub fn new(socket: Arc<TcpStream>, writers: &Arc<Writers>) -> Outbox {
         Outbox {
-            shared: Arc::new(Shared::new(Some(Arc::clone(writers)))),
+            state: Arc::new(OutboxState::new(Some(Arc::clone(writers)))),
             socket: Some(socket),
         }
     }
 
-    /// An outbox with no socket: everything is queued, for the [`Inbox`] to read.
-    pub fn detached() -> (Outbox, Inbox) {
-        let shared = Arc::new(Shared::new(None));
-        let inbox = Inbox {
-            shared: Arc::clone(&shared),
+    /// An outbox with no socket: everything is queued, for the [`QueuedFrames`] to read.
+    pub fn detached() -> (Outbox, QueuedFrames) {
+        let state = Arc::new(OutboxState::new(None));
+        let queued = QueuedFrames {
+            state: Arc::clone(&state),
         };
         (
             Outbox {
-                shared,
+                state,
                 socket: None,
             },
-            inbox,
+            queued,
         )
     }
 
     /// Queues an item without ever blocking, starting the writer thread if none is running.
     ///
     /// # Errors
-    /// [`Refused::Full`] when the item would take this client past [`MAX_QUEUED_FRAMES`] or
+    /// [`Undeliverable::Full`] when the item would take this client past [`MAX_QUEUED_FRAMES`] or
     /// [`MAX_QUEUED_BYTES`], the server past its queued-bytes budget, or no writer thread can
-    /// be had (the caller should drop this client); [`Refused::Closed`] when the connection is
+    /// be had (the caller should drop this client); [`Undeliverable::Closed`] when the connection is
     /// closing.
-    pub fn push(&self, item: Outbound) -> Result<(), Refused> {
+    pub fn push(&self, item: Outbound) -> Result<(), Undeliverable> {
         let size = item.size();
-        let shared = &*self.shared;
-        let mut queue = shared.lock();
+        let state = &*self.state;
+        let mut queue = state.lock();
         if queue.stopped {
-            return Err(Refused::Closed);
+            return Err(Undeliverable::Closed);
         }
         if queue.frames >= MAX_QUEUED_FRAMES || queue.bytes + size > MAX_QUEUED_BYTES {
-            return Err(Refused::Full);
+            return Err(Undeliverable::Full);
         }
-        if let Some(writers) = &shared.writers
+        if let Some(writers) = &state.writers
             && !writers.reserve(size)
         {
             if let Some(also) = BUDGET_WARNING.allow() {
@@ -281,7 +176,7 @@ impl Outbox {
                     writers.max_queued_bytes >> 20
                 );
             }
-            return Err(Refused::Full);
+            return Err(Undeliverable::Full);
         }
         if matches!(item, Outbound::Close(_)) {
             queue.stopped = true; // nothing may follow a close frame
@@ -289,23 +184,23 @@ impl Outbox {
         queue.items.push_back(item);
         queue.frames += 1;
         queue.bytes += size;
-        shared.queued.store(queue.frames, Ordering::Release);
+        state.queued.store(queue.frames, Ordering::Release);
         if queue.writer {
             if queue.waiting {
-                shared.wake.notify_one();
+                state.wake.notify_one();
             }
             return Ok(());
         }
-        let (Some(writers), Some(socket)) = (&shared.writers, &self.socket) else {
-            return Ok(()); // detached: the Inbox reads it
+        let (Some(writers), Some(socket)) = (&state.writers, &self.socket) else {
+            return Ok(()); // detached: the QueuedFrames reads it
         };
         queue.writer = true;
         drop(queue);
-        if let Err(err) = writers.start(Arc::clone(&self.shared), Arc::clone(socket)) {
+        if let Err(err) = writers.start(Arc::clone(&self.state), Arc::clone(socket)) {
             debug!("cannot start a writer thread: {err}");
-            shared.stop();
+            state.stop();
             self.cut_off();
-            return Err(Refused::Full);
+            return Err(Undeliverable::Full);
         }
         Ok(())
     }
@@ -316,7 +211,7 @@ impl Outbox {
     ///
     /// # Errors
     /// As [`Outbox::push`].
-    pub fn send(&self, frame: Bytes) -> Result<(), Refused> {
+    pub fn send(&self, frame: Bytes) -> Result<(), Undeliverable> {
         let Some((socket, mut unfinished)) = self.fast_path() else {
             return self.push(Outbound::Frame(frame));
         };
@@ -340,7 +235,7 @@ impl Outbox {
         &self,
         mut frames: impl ExactSizeIterator<Item = &'a Bytes>,
         scratch: &mut Vec<u8>,
-    ) -> Result<(), Refused> {
+    ) -> Result<(), Undeliverable> {
         if frames.len() == 1 {
             return frames
                 .next()
@@ -367,14 +262,14 @@ impl Outbox {
     ///
     /// # Errors
     /// As [`Outbox::push`].
-    pub fn close(&self, frame: Bytes) -> Result<(), Refused> {
+    pub fn close(&self, frame: Bytes) -> Result<(), Undeliverable> {
         let Some((socket, mut unfinished)) = self.fast_path() else {
             return self.push(Outbound::Close(frame));
         };
         let written = send_without_waiting(socket, &frame);
         if written == frame.len() {
-            self.shared.closed.store(true, Ordering::Release);
-            self.shared.stop();
+            self.state.closed.store(true, Ordering::Release);
+            self.state.stop();
             let _ = socket.shutdown(Shutdown::Write);
             return Ok(());
         }
@@ -387,27 +282,27 @@ impl Outbox {
     /// nothing unfinished, no close frame sent.
     fn fast_path(&self) -> Option<(&TcpStream, MutexGuard<'_, Option<Bytes>>)> {
         let socket = self.socket.as_deref().filter(|_| self.queued() == 0)?;
-        let pen = self.shared.pen.try_lock().ok()?;
+        let pen = self.state.pen.try_lock().ok()?;
         // Checked again with the pen held: now nobody else can start writing.
         let free =
-            self.queued() == 0 && pen.is_none() && !self.shared.closed.load(Ordering::Acquire);
+            self.queued() == 0 && pen.is_none() && !self.state.closed.load(Ordering::Acquire);
         free.then_some((socket, pen))
     }
 
     /// Takes the pen, waiting while someone else writes. For writing the handshake answer
     /// before anything else may be written.
     pub fn pen(&self) -> MutexGuard<'_, Option<Bytes>> {
-        self.shared.pen.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.pen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Frames waiting for this client right now.
     pub fn queued(&self) -> usize {
-        self.shared.queued.load(Ordering::Acquire)
+        self.state.queued.load(Ordering::Acquire)
     }
 
     /// Bytes waiting for this client right now.
     pub fn queued_bytes(&self) -> usize {
-        self.shared.lock().bytes
+        self.state.lock().bytes
     }
 
     /// Disconnects the client abruptly: both directions of its socket are shut down, which
@@ -419,9 +314,9 @@ impl Outbox {
     }
 }
 
-impl Shared {
-    fn new(writers: Option<Arc<Writers>>) -> Shared {
-        Shared {
+impl OutboxState {
+    fn new(writers: Option<Arc<Writers>>) -> OutboxState {
+        OutboxState {
             queue: Mutex::default(),
             wake: Condvar::new(),
             queued: AtomicUsize::new(0),
@@ -431,12 +326,12 @@ impl Shared {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Queue> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Refuses everything from now on, and forgets what is queued.
-    fn stop(&self) {
+    pub(super) fn stop(&self) {
         let mut queue = self.lock();
         queue.stopped = true;
         let dropped: Vec<usize> = queue.items.drain(..).map(|item| item.size()).collect();
@@ -455,7 +350,7 @@ impl Shared {
 
     /// Marks `frames` items of `bytes` as written, making room in the queue. Call it holding
     /// the pen, so the fast path never sees an empty queue while a batch is being written.
-    fn done(&self, frames: usize, bytes: usize) {
+    pub(super) fn done(&self, frames: usize, bytes: usize) {
         let mut queue = self.lock();
         queue.frames -= frames;
         self.forget(&mut queue, bytes);
@@ -463,128 +358,22 @@ impl Shared {
     }
 }
 
-impl Inbox {
+impl QueuedFrames {
     /// Takes the next queued item, if any, and counts it as written.
     pub fn take(&self) -> Option<Outbound> {
-        let mut queue = self.shared.lock();
+        let mut queue = self.state.lock();
         let item = queue.items.pop_front()?;
         queue.frames -= 1;
-        self.shared.forget(&mut queue, item.size());
-        self.shared.queued.store(queue.frames, Ordering::Release);
+        self.state.forget(&mut queue, item.size());
+        self.state.queued.store(queue.frames, Ordering::Release);
         Some(item)
     }
-}
-
-/// A writer thread's loop (see the module docs): writes everything queued, in batches of one
-/// `writev`, holding the pen for each; ends when the queue has stayed empty for
-/// [`WRITER_LINGER`], after a close frame, or when a write fails (the socket then is shut down,
-/// which ends the reader too).
-fn write_pump(shared: &Shared, socket: &TcpStream, stall: Duration) {
-    // The fast path never waits, but this thread may: for at most `stall` on a socket that
-    // takes nothing, then the client is given up.
-    let _ = socket.set_write_timeout(Some(stall));
-    // Grown on demand: an idle connection should not hold a batch's worth of room.
-    let mut batch: Vec<Bytes> = Vec::new();
-    loop {
-        let mut queue = shared.lock();
-        while queue.items.is_empty() {
-            queue.waiting = true;
-            let (again, waited) = shared
-                .wake
-                .wait_timeout(queue, WRITER_LINGER)
-                .unwrap_or_else(|e| e.into_inner());
-            queue = again;
-            queue.waiting = false;
-            if waited.timed_out() && queue.items.is_empty() {
-                queue.writer = false;
-                return;
-            }
-        }
-        // Take everything already queued: many frames, one system call.
-        let (mut frames, mut bytes, mut closing) = (0, 0, false);
-        while let Some(item) = queue.items.pop_front() {
-            frames += 1;
-            bytes += item.size();
-            match item {
-                Outbound::Frame(frame) => batch.push(frame),
-                Outbound::Close(frame) => {
-                    batch.push(frame);
-                    closing = true;
-                    break; // nothing may follow a close frame
-                }
-                Outbound::Finish(_) => {} // the pen holds it; see below
-            }
-            if batch.len() == MAX_BATCH {
-                break;
-            }
-        }
-        drop(queue);
-        let mut pen = shared.pen.lock().unwrap_or_else(|e| e.into_inner());
-        // The rest of a frame the fast path began goes out before anything else.
-        if let Some(rest) = pen.take() {
-            batch.insert(0, rest);
-        }
-        let written = write_all_vectored(socket, &batch);
-        batch.clear();
-        shared.done(frames, bytes);
-        let ends = written.is_err() || closing;
-        if let Err(err) = written {
-            debug!("write failed: {err}");
-            shared.stop();
-            let _ = socket.shutdown(Shutdown::Both);
-        } else if closing {
-            // The client answers our close frame and then sees the end of the stream.
-            shared.closed.store(true, Ordering::Release);
-            let _ = socket.shutdown(Shutdown::Write);
-        }
-        drop(pen);
-        if ends {
-            shared.lock().writer = false;
-            return;
-        }
-    }
-}
-
-/// Writes all frames with as few `writev` calls as the kernel allows.
-fn write_all_vectored(mut socket: &TcpStream, frames: &[Bytes]) -> io::Result<()> {
-    // Room for a full batch and the rest of a frame the fast path began.
-    let mut slices = [IoSlice::new(&[]); MAX_BATCH + 1];
-    let count = frames.len();
-    for (slot, frame) in slices.iter_mut().zip(frames) {
-        *slot = IoSlice::new(frame);
-    }
-    let mut remaining = &mut slices[..count];
-    while !remaining.is_empty() {
-        match socket.write_vectored(remaining) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut remaining, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// One `send(2)` with `MSG_DONTWAIT`: writes what the socket buffer takes right now and returns
-/// how much that was (0 if it would block or failed; the writer thread then meets the error).
-/// `MSG_NOSIGNAL`: a peer that has gone must not kill the process with `SIGPIPE`.
-pub fn send_without_waiting(socket: &TcpStream, bytes: &[u8]) -> usize {
-    // SAFETY: the pointer and length come from a live slice, and the descriptor is owned by
-    // `socket`, which outlives the call.
-    let sent = unsafe {
-        libc::send(
-            socket.as_raw_fd(),
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    usize::try_from(sent).unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn step2_a_full_queue_refuses_instead_of_blocking() {
@@ -592,7 +381,10 @@ mod tests {
         for _ in 0..MAX_QUEUED_FRAMES {
             outbox.send(Bytes::from_static(b"x")).unwrap();
         }
-        assert_eq!(outbox.send(Bytes::from_static(b"x")), Err(Refused::Full));
+        assert_eq!(
+            outbox.send(Bytes::from_static(b"x")),
+            Err(Undeliverable::Full)
+        );
         assert_eq!(outbox.queued(), MAX_QUEUED_FRAMES);
         assert!(inbox.take().is_some());
         assert!(outbox.send(Bytes::from_static(b"x")).is_ok());
@@ -606,7 +398,10 @@ mod tests {
             outbox.send(mib.clone()).unwrap();
         }
         assert_eq!(outbox.queued_bytes(), MAX_QUEUED_BYTES);
-        assert_eq!(outbox.send(Bytes::from_static(b"x")), Err(Refused::Full));
+        assert_eq!(
+            outbox.send(Bytes::from_static(b"x")),
+            Err(Undeliverable::Full)
+        );
         inbox.take();
         assert_eq!(outbox.queued_bytes(), 3 * 1024 * 1024);
         assert!(outbox.send(Bytes::from_static(b"x")).is_ok());
@@ -616,7 +411,10 @@ mod tests {
     fn step2_nothing_is_queued_after_a_close() {
         let (outbox, inbox) = Outbox::detached();
         outbox.close(Bytes::from_static(b"bye")).unwrap();
-        assert_eq!(outbox.send(Bytes::from_static(b"x")), Err(Refused::Closed));
+        assert_eq!(
+            outbox.send(Bytes::from_static(b"x")),
+            Err(Undeliverable::Closed)
+        );
         assert!(matches!(inbox.take(), Some(Outbound::Close(_))));
         assert!(inbox.take().is_none());
     }
@@ -624,10 +422,10 @@ mod tests {
     #[test]
     fn step7_the_server_wide_byte_budget_refuses_once_used_up() {
         let writers = Writers::new(0, 10, Duration::from_secs(1));
-        let shared = Arc::new(Shared::new(Some(Arc::clone(&writers))));
+        let state = Arc::new(OutboxState::new(Some(Arc::clone(&writers))));
         // No socket: the writer is never started, so the budget alone decides.
         let outbox = Outbox {
-            shared,
+            state,
             socket: None,
         };
         outbox
@@ -635,7 +433,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             outbox.push(Outbound::Frame(Bytes::from_static(b"123"))),
-            Err(Refused::Full)
+            Err(Undeliverable::Full)
         );
         assert_eq!(writers.queued_bytes(), 8);
         drop(outbox);

@@ -9,13 +9,13 @@
 //!
 //! So [`Limits::read`] reads those limits at start and *measures* what a thread costs in maps
 //! here, and [`Capacity::derive`] turns them into budgets with room to spare, which the
-//! accept thread enforces before it spawns anything (see `crate::budget`).
+//! accept thread enforces before it spawns anything (see [`super::budget`]).
 
 use std::fs;
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use crate::outbox::WRITER_STACK;
+use crate::connection::writer::WRITER_STACK;
 
 /// Stack of a connection's reader thread. serde_json accepts nesting up to 128 levels, which
 /// needs between 256 and 512 KiB in a debug build; overflowing would abort the whole process.

@@ -1,6 +1,6 @@
 //! The server's budget of connections (hardening), kept by the accept thread *before* it
 //! spawns anything, so that no number of clients can make the process run out of threads,
-//! memory maps or file descriptors (see [`crate::limits`] for where the numbers come from).
+//! memory maps or file descriptors (see [`super::limits`] for where the numbers come from).
 //!
 //! Two counts, each a place held by a guard that gives it back when dropped:
 //! - a [`Handshake`]: an accepted connection whose HTTP head is still being read or answered
@@ -8,18 +8,18 @@
 //!   that sockets that never speak, all from one address, cannot lock anyone else out;
 //! - a [`Place`]: an open WebSocket on either door (`--max-connections`).
 //!
-//! Writer threads have their own budget, in [`crate::outbox::Writers`].
+//! Writer threads have their own budget, in [`crate::connection::Writers`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::limits::Capacity;
+use super::Capacity;
 
 /// Why a connection was refused at the door.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Full {
+pub enum AtCapacity {
     /// Every handshake place is taken.
     Handshakes,
     /// This address holds its share of handshake places.
@@ -28,13 +28,13 @@ pub enum Full {
     Connections,
 }
 
-impl Full {
+impl AtCapacity {
     /// A sentence for the refused client and the log.
     pub fn reason(self) -> &'static str {
         match self {
-            Full::Handshakes => "too many connections are starting at once; try again",
-            Full::Address => "too many connections from your address are starting at once",
-            Full::Connections => "too many connections",
+            AtCapacity::Handshakes => "too many connections are starting at once; try again",
+            AtCapacity::Address => "too many connections from your address are starting at once",
+            AtCapacity::Connections => "too many connections",
         }
     }
 }
@@ -76,15 +76,15 @@ impl Budget {
     ///
     /// # Errors
     /// Which limit is reached.
-    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Handshake, Full> {
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Handshake, AtCapacity> {
         let address = source_of(peer);
         let mut counts = self.counts();
         if counts.handshakes >= self.capacity.handshakes {
-            return Err(Full::Handshakes);
+            return Err(AtCapacity::Handshakes);
         }
         let from_here = counts.by_address.entry(address).or_default();
         if *from_here >= self.capacity.handshakes_per_address {
-            return Err(Full::Address);
+            return Err(AtCapacity::Address);
         }
         *from_here += 1;
         counts.handshakes += 1;
@@ -203,11 +203,11 @@ mod tests {
         let a = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
         let b = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
         let held: Vec<_> = (0..3).map(|_| budget.admit(a).unwrap()).collect();
-        assert_eq!(budget.admit(a).unwrap_err(), Full::Address);
+        assert_eq!(budget.admit(a).unwrap_err(), AtCapacity::Address);
         let others: Vec<_> = (0..2).map(|_| budget.admit(b).unwrap()).collect();
         assert_eq!(
             budget.admit(b).unwrap_err(),
-            Full::Handshakes,
+            AtCapacity::Handshakes,
             "the total holds too"
         );
         drop(held);

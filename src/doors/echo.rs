@@ -4,8 +4,8 @@
 //! `I heard you say "msg"`, and sends binary messages back unchanged. It is not a chat user:
 //! the hub only knows it so that shutdown can close it with 1001.
 
-use crate::connection::{Ended, Incoming, Reader, binary_frame};
-use crate::protocol::encode_text_json;
+use crate::connection::frame::{binary_frame, text_frame};
+use crate::connection::{Ended, Incoming, Reader};
 
 /// The first message on the echo door.
 pub const GREETING: &str = "Hello webSocket";
@@ -17,12 +17,12 @@ pub fn reply_to(text: &str) -> String {
 
 /// Serves one echo connection until it ends; returns why.
 pub fn serve(reader: &mut Reader) -> Ended {
-    if let Err(ended) = reader.send(encode_text_json(GREETING.as_bytes())) {
+    if let Err(ended) = reader.send(text_frame(GREETING.as_bytes())) {
         return ended;
     }
     loop {
         let answer = match reader.next_message() {
-            Ok(Incoming::Text(text)) => encode_text_json(reply_to(&text).as_bytes()),
+            Ok(Incoming::Text(text)) => text_frame(reply_to(&text).as_bytes()),
             Ok(Incoming::Binary(data)) => binary_frame(&data),
             Err(ended) => return ended,
         };

@@ -1,0 +1,225 @@
+//! Step 5's history, in memory and on disk: each channel's last [`HISTORY_LEN`] messages, for
+//! the `welcome` of whoever joins it ([`Histories`], owned by the hub), and with `--data-dir`
+//! each message appended to `DIR/<channel>.jsonl` before it is sent ([`store`], reading the
+//! files back with [`mod@file`]).
+//!
+//! **Appending.** Each append is a single `write(2)` of a whole line to a file opened for
+//! appending, so once a client has seen a message it is in the kernel's page cache and survives
+//! the server being killed (`kill -9`). Surviving a power cut needs the data on the disk itself:
+//! that is `--fsync always`, which makes every message wait for the disk. Only the
+//! [`store::MAX_OPEN_APPENDERS`] most recently written files are kept open: a chat has a few busy
+//! channels and many quiet ones, so a busy channel costs one system call a message, and
+//! cycling through thousands of channels cannot run the process out of file descriptors.
+//!
+//! **Reading**, at start and when a channel that was forgotten from memory comes back. Each file
+//! is read from its end, never further back than [`TAIL_WINDOW`] bytes: room for the last
+//! [`HISTORY_LEN`] lines of the longest message there can be ([`MAX_LINE_BYTES`]) and one torn
+//! line. So start-up costs at most that much per file, whatever the files hold. Only the
+//! [`store::MAX_LOADED_AT_START`] most recently written histories are kept in memory at start; the
+//! others are read when someone joins their channel.
+//!
+//! **Nothing on disk is destroyed.** A torn last line (the server died mid-write) is cut off with
+//! a warning: it is the one damage the server itself leaves. Anything else that is not the
+//! channel's history (garbage, no newline, lines that are not this channel's message frames,
+//! ids out of order or past 2^53) is *set aside*: renamed, intact, to
+//! `<channel>.jsonl.corrupt-<unix time>` with a warning naming it, and the channel starts empty
+//! with ids above every id read. Entries that are not regular files (a directory, a dangling
+//! link, a FIFO) are skipped with a warning, and never opened in a way that could block. A file
+//! that cannot be appended to (read-only, immutable) still serves its history; its channel's
+//! messages are refused, so nobody is shown a message that was not saved.
+
+pub mod file;
+pub mod store;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+
+use log::debug;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+pub use store::{Fsync, Store};
+
+use crate::protocol::{MAX_CHANNEL_CHARS, MAX_TEXT_CHARS, MAX_USERNAME_CHARS};
+
+/// Messages each channel keeps for late joiners.
+pub const HISTORY_LEN: usize = 100;
+
+/// Histories kept for channels that have emptied (so coming back shows what was said). Past
+/// this many the oldest are forgotten, so cycling through new channel names cannot grow
+/// memory without bound. With `--data-dir` they stay on disk and are read again when their
+/// channel comes back.
+pub const MAX_DORMANT_HISTORIES: usize = 64;
+
+/// The largest message id: JavaScript clients read ids as doubles, which count exactly only up
+/// to 2^53 - 1 (`Number.MAX_SAFE_INTEGER`).
+pub const MAX_MESSAGE_ID: u64 = (1 << 53) - 1;
+
+/// The longest line a `message` frame can take on disk, newline excluded: the frame's fixed
+/// part plus the longest value of each field. A character of text or username takes at most 6
+/// bytes (a control character escaped as `\u001f`; others take 4 or fewer); a channel name is
+/// ASCII, a user id a 36-character uuid, an id at most 16 digits and a time at most 20.
+pub const MAX_LINE_BYTES: usize =
+    r#"{"type":"message","id":,"channel":"","user":{"id":"","username":""},"text":"","ts":}"#.len()
+        + 16
+        + MAX_CHANNEL_CHARS
+        + 36
+        + MAX_USERNAME_CHARS * 6
+        + MAX_TEXT_CHARS * 6
+        + 20;
+
+/// How far back from its end a file is ever read: its last [`HISTORY_LEN`] lines and a torn one,
+/// each of at most [`MAX_LINE_BYTES`] and a newline. About 1.2 MB.
+pub const TAIL_WINDOW: u64 = (HISTORY_LEN as u64 + 1) * (MAX_LINE_BYTES as u64 + 1);
+
+/// Every channel's last messages, as the JSON they were sent as, and the disk store behind
+/// them if there is one. The hub owns it, so it needs no lock.
+#[derive(Debug)]
+pub struct Histories {
+    rings: HashMap<String, VecDeque<Box<RawValue>>>,
+    store: Option<Store>,
+    next_id: u64,
+}
+
+impl Histories {
+    /// Histories kept in memory only, or with a store: the histories it read at start (handed
+    /// over, so each is held once) and ids continuing above every one it saw.
+    pub fn new(store: Option<Store>) -> Histories {
+        let mut histories = Histories {
+            rings: HashMap::new(),
+            store: None,
+            next_id: 1,
+        };
+        if let Some(mut store) = store {
+            for (channel, lines) in store.take_loaded() {
+                histories.rings.insert(channel, ring_of(lines));
+            }
+            histories.next_id = store.last_id() + 1;
+            histories.store = Some(store);
+        }
+        histories
+    }
+
+    /// The id the next message gets: ids strictly increase, across restarts too.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Keeps message `id` of `channel`: on disk first, so that a message anyone was sent
+    /// survives a crash, then in memory. The id is used up either way.
+    ///
+    /// # Errors
+    /// When the message cannot be saved: then it must not be sent either.
+    pub fn record(&mut self, channel: &str, id: u64, json: Box<RawValue>) -> io::Result<()> {
+        self.next_id = self.next_id.max(id + 1);
+        if let Some(store) = &mut self.store {
+            store.append(channel, id, json.get())?;
+        }
+        let ring = self.rings.entry(channel.to_owned()).or_default();
+        if ring.len() == HISTORY_LEN {
+            ring.pop_front();
+        }
+        ring.push_back(json);
+        Ok(())
+    }
+
+    /// A channel's last messages, oldest first.
+    pub fn of(&self, channel: &str) -> impl Iterator<Item = &RawValue> {
+        self.rings
+            .get(channel)
+            .into_iter()
+            .flatten()
+            .map(AsRef::as_ref)
+    }
+
+    /// A channel is created: if its history was forgotten from memory (or never loaded), it is
+    /// read back from disk.
+    pub fn recall(&mut self, channel: &str) {
+        if self.rings.contains_key(channel) {
+            return;
+        }
+        if let Some(store) = &mut self.store {
+            let lines = store.reload(channel);
+            self.rings.insert(channel.to_owned(), ring_of(lines));
+            // The file may hold ids not seen at start: new ones stay above them.
+            self.next_id = self.next_id.max(store.last_id() + 1);
+        }
+    }
+
+    /// Keeps at most [`MAX_DORMANT_HISTORIES`] histories of channels that are not `live`,
+    /// forgetting those whose last message is oldest.
+    pub fn forget_dormant(&mut self, live: impl Fn(&str) -> bool) {
+        let last_id = |ring: &VecDeque<Box<RawValue>>| id_of(ring.back()?);
+        let mut dormant: Vec<(u64, String)> = self
+            .rings
+            .iter()
+            .filter(|(name, _)| !live(name))
+            .map(|(name, ring)| (last_id(ring).unwrap_or(0), name.clone()))
+            .collect();
+        let Some(excess) = dormant.len().checked_sub(MAX_DORMANT_HISTORIES) else {
+            return;
+        };
+        dormant.sort_unstable();
+        for (_, name) in dormant.drain(..excess) {
+            debug!("forgetting the history of #{name}");
+            self.rings.remove(&name);
+        }
+    }
+
+    /// Whether `channel`'s history is in memory.
+    pub fn holds(&self, channel: &str) -> bool {
+        self.rings.contains_key(channel)
+    }
+
+    /// The channels whose history is in memory.
+    pub fn channels(&self) -> impl Iterator<Item = &str> {
+        self.rings.keys().map(String::as_str)
+    }
+
+    /// Histories kept, in memory.
+    pub fn len(&self) -> usize {
+        self.rings.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.rings.is_empty()
+    }
+
+    /// Checks each history is at most [`HISTORY_LEN`] long, in increasing id order, below the
+    /// next id. For tests and debugging.
+    ///
+    /// # Errors
+    /// A description of the first broken rule.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, ring) in &self.rings {
+            if ring.len() > HISTORY_LEN {
+                return Err(format!("#{name} keeps {} messages", ring.len()));
+            }
+            let ids: Vec<u64> = ring.iter().filter_map(|m| id_of(m)).collect();
+            if ids.len() != ring.len() || ids.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(format!("#{name}'s history is not in increasing id order"));
+            }
+            if ids.last().is_some_and(|last| *last >= self.next_id) {
+                return Err(format!("#{name} holds an id not yet given out"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// JSON lines read from disk, as a history.
+fn ring_of(lines: Vec<String>) -> VecDeque<Box<RawValue>> {
+    let kept = lines
+        .into_iter()
+        .filter_map(|l| RawValue::from_string(l).ok());
+    kept.collect()
+}
+
+/// A kept message's id.
+fn id_of(message: &RawValue) -> Option<u64> {
+    serde_json::from_str::<Value>(message.get()).ok()?["id"].as_u64()
+}

@@ -1,0 +1,157 @@
+//! Where people talk (tutorial step 5): channels created by joining them and removed when they
+//! empty, the `welcome` with its users and history, and the server-wide `channels` list.
+
+use std::time::{Duration, Instant};
+
+use log::info;
+use tungstenite::Bytes;
+
+use super::presence::Presence;
+use super::{ConnId, Hub};
+use crate::connection::Outbox;
+use crate::protocol::{ChannelCount, DEFAULT_CHANNEL, ServerFrame, WELCOME_TEXT, encode};
+
+/// How often the server-wide `channels` list may go out. Every client gets it whenever a
+/// channel is created or removed, so without this one client connecting and leaving in a
+/// loop with a new `?channel=` would send everyone thousands of lists a second. A change
+/// waits at most this long, and only the newest list is sent.
+pub const CHANNELS_EVERY: Duration = Duration::from_secs(1);
+
+/// A channel's members, each with their outbox so a broadcast needs no lookups.
+#[derive(Debug, Default)]
+pub(super) struct Channel {
+    pub(super) members: Vec<(ConnId, Outbox)>,
+    pub(super) presence: Presence,
+}
+
+impl Hub {
+    pub(super) fn join(&mut self, conn: ConnId, channel: String) {
+        let user = self.users.get_mut(&conn).expect("caller checked");
+        if user.channel == channel {
+            // Nothing changes, so nothing is sent: a welcome can be most of a megabyte, and
+            // resending it on request would let one client make the server queue megabytes a
+            // second.
+            return;
+        }
+        info!(
+            "{:?} moved from #{} to #{channel}",
+            user.username, user.channel
+        );
+        let old = std::mem::replace(&mut user.channel, channel.clone());
+        // What happened in the old channel while they were there reaches them before they go.
+        self.catch_up(conn, &old);
+        let removed = self.leave(conn, &old);
+        let created = self.enter(conn, &channel);
+        self.welcome(conn);
+        if removed || created {
+            self.channels_changed();
+        }
+    }
+
+    /// Adds a user to their channel's members and tells the others. Returns whether the
+    /// channel was created.
+    pub(super) fn enter(&mut self, conn: ConnId, channel: &str) -> bool {
+        let created = !self.channels.contains_key(channel);
+        if created {
+            // Forgotten from memory (or never loaded): the disk may still have it.
+            self.histories.recall(channel);
+        }
+        let user = &self.users[&conn];
+        let members = &mut self.channels.entry(channel.to_owned()).or_default().members;
+        members.push((conn, user.outbox.clone()));
+        let frame = encode(&ServerFrame::Joined {
+            channel,
+            user: user.as_ref(),
+            count: members.len(),
+            text: format!("{} has joined the chat", user.username),
+        });
+        self.presence(channel, frame, conn);
+        created
+    }
+
+    /// Takes a user out of `channel`'s members and tells those left. Returns whether the
+    /// channel, now empty, was removed. The user must still be in `users`.
+    pub(super) fn leave(&mut self, conn: ConnId, channel: &str) -> bool {
+        let Some(ch) = self.channels.get_mut(channel) else {
+            return false;
+        };
+        if let Some(pos) = ch.members.iter().position(|(c, _)| *c == conn) {
+            ch.members.swap_remove(pos);
+        }
+        if ch.members.is_empty() && channel != DEFAULT_CHANNEL {
+            self.channels.remove(channel);
+            let channels = &self.channels;
+            self.histories
+                .forget_dormant(|name| channels.contains_key(name));
+            return true;
+        }
+        let user = &self.users[&conn];
+        let frame = encode(&ServerFrame::Left {
+            channel,
+            user: user.as_ref(),
+            count: ch.members.len(),
+            text: format!("{} has left the chat", user.username),
+        });
+        self.presence(channel, frame, conn);
+        false
+    }
+
+    pub(super) fn welcome(&mut self, conn: ConnId) {
+        let user = &self.users[&conn];
+        let members = &self.channels[&user.channel].members;
+        let users = members
+            .iter()
+            .map(|(c, _)| &*self.users[c].listing)
+            .collect();
+        let history = self.histories.of(&user.channel).collect();
+        let frame = encode(&ServerFrame::Welcome {
+            text: WELCOME_TEXT,
+            user: user.as_ref(),
+            channel: &user.channel,
+            users,
+            history,
+            online: self.users.len(),
+        });
+        self.send_to(conn, frame);
+    }
+
+    pub(super) fn channels_frame(&self) -> Bytes {
+        let channels = self
+            .channels
+            .iter()
+            .map(|(name, ch)| ChannelCount {
+                name,
+                count: ch.members.len(),
+            })
+            .collect();
+        encode(&ServerFrame::Channels {
+            channels,
+            online: self.users.len(),
+        })
+    }
+
+    pub(super) fn channels_due(&self) -> Option<Instant> {
+        let sent_at = self.channels_sent_at?;
+        self.channels_owed.then(|| sent_at + CHANNELS_EVERY)
+    }
+
+    /// Tells everyone on the server the channel list changed: now, or if a list went out
+    /// less than [`CHANNELS_EVERY`] ago, when that time is up (and then only the newest).
+    pub(super) fn channels_changed(&mut self) {
+        match self.channels_sent_at {
+            Some(at) if self.now < at + CHANNELS_EVERY => self.channels_owed = true,
+            _ => self.send_channels(),
+        }
+    }
+
+    /// Sends the channel list to everyone on the server.
+    pub(super) fn send_channels(&mut self) {
+        self.channels_owed = false;
+        self.channels_sent_at = Some(self.now);
+        // Everyone gets this frame, so everyone first gets the presence they are owed.
+        self.release_all();
+        let frame = self.channels_frame();
+        let everyone = self.users.keys().map(|conn| (*conn, frame.clone()));
+        self.pending.extend(everyone);
+    }
+}

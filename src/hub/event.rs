@@ -1,0 +1,54 @@
+//! What connections tell the hub ([`Event`]), and what the hub answers `GET /stats` with.
+
+use std::sync::mpsc::Sender;
+
+use serde::Serialize;
+use tungstenite::Bytes;
+
+use crate::connection::Outbox;
+use crate::protocol::ChatRequest;
+
+/// Identifies one connection for its whole life (the user's uuid is separate: it is public).
+pub type ConnId = u64;
+
+/// Everything a hub can be told. Connections send these over one `mpsc` channel.
+#[derive(Debug)]
+pub enum Event {
+    /// A chat connection finished its handshake; the query's `username` and `channel`, if any.
+    Connect {
+        conn: ConnId,
+        outbox: Outbox,
+        username: Option<String>,
+        channel: Option<String>,
+    },
+    /// A connection on another door (`/echo`): not a user, but it is closed with 1001 on
+    /// shutdown like everyone else.
+    Attach { conn: ConnId, outbox: Outbox },
+    /// A valid request from a chat user.
+    Request { conn: ConnId, request: ChatRequest },
+    /// A frame from a chat user's own thread (an `error` refusing a request), sent through
+    /// the hub so that it can never overtake the `welcome`.
+    Reply { conn: ConnId, frame: Bytes },
+    /// The connection ended, for whatever reason.
+    Disconnect { conn: ConnId },
+    /// Asks for the figures of `GET /stats`.
+    Stats { reply: Sender<Stats> },
+    /// The server is stopping: close every connection with 1001, then stop.
+    Shutdown,
+}
+
+/// The body of `GET /stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub online: usize,
+    pub channels: Vec<ChannelStat>,
+    pub messages: u64,
+    pub uptime_s: u64,
+}
+
+/// One channel's row in [`Stats`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelStat {
+    pub name: String,
+    pub count: usize,
+}

@@ -1,0 +1,102 @@
+//! What the hub can say about itself: `/stats`, and the invariants of its table, which the
+//! tests check after every step.
+
+use serde_json::Value;
+
+use super::{ChannelStat, Hub, Stats};
+use crate::protocol::{DEFAULT_CHANNEL, name_key};
+
+impl Hub {
+    /// The figures of `GET /stats`.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            online: self.users.len(),
+            channels: self
+                .channels
+                .iter()
+                .map(|(name, ch)| ChannelStat {
+                    name: name.clone(),
+                    count: ch.members.len(),
+                })
+                .collect(),
+            messages: self.messages,
+            uptime_s: self.started.elapsed().as_secs(),
+        }
+    }
+
+    /// Checks the table's invariants: each user in exactly one channel, counts and names
+    /// consistent, names unique without regard to case, no empty channel but `general`,
+    /// histories at most [`crate::history::HISTORY_LEN`] long with increasing ids. For tests and debugging.
+    ///
+    /// # Errors
+    /// A description of the first broken invariant.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if !self.channels.contains_key(DEFAULT_CHANNEL) {
+            return Err("general is missing".into());
+        }
+        let mut seen = 0;
+        for (name, channel) in &self.channels {
+            if channel.members.is_empty() && name != DEFAULT_CHANNEL {
+                return Err(format!("empty channel #{name} was kept"));
+            }
+            let p = &channel.presence;
+            if p.held.len() as u64 != p.last - p.held_after {
+                return Err(format!(
+                    "#{name} holds {} presence frames, not {}",
+                    p.held.len(),
+                    p.last - p.held_after
+                ));
+            }
+            if let Some(due) = p.due()
+                && (!self.holding.contains(name) || self.release_at.is_none_or(|at| at > due))
+            {
+                return Err(format!("#{name} holds presence that no release is set for"));
+            }
+            for (conn, _) in &channel.members {
+                match self.users.get(conn) {
+                    Some(user) if user.presence_seen > p.last => {
+                        return Err(format!("conn {conn} has seen presence #{name} never sent"));
+                    }
+                    Some(user) if user.channel == *name => seen += 1,
+                    Some(user) => {
+                        return Err(format!(
+                            "conn {conn} listed in #{name} but is in #{}",
+                            user.channel
+                        ));
+                    }
+                    None => return Err(format!("conn {conn} in #{name} is not a user")),
+                }
+            }
+        }
+        if seen != self.users.len() {
+            return Err(format!(
+                "{} memberships for {} users",
+                seen,
+                self.users.len()
+            ));
+        }
+        if self.names.len() != self.users.len() {
+            return Err(format!(
+                "{} names for {} users",
+                self.names.len(),
+                self.users.len()
+            ));
+        }
+        for (conn, user) in &self.users {
+            let listed: Value = serde_json::from_str(user.listing.get()).unwrap_or_default();
+            let current =
+                serde_json::json!({"id": user.id, "username": user.username, "state": user.state});
+            if listed != current {
+                return Err(format!("conn {conn} is listed as {listed}, not {current}"));
+            }
+            if self.names.get(&name_key(&user.username)) != Some(conn) {
+                return Err(format!(
+                    "{:?} is not registered to conn {conn}",
+                    user.username
+                ));
+            }
+        }
+        self.histories.check()?;
+        Ok(())
+    }
+}

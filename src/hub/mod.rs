@@ -1,0 +1,246 @@
+//! The hub (tutorial steps 2 to 6): one thread that alone owns every user, channel and
+//! message history, and turns events from connections into frames for their outboxes.
+//!
+//! Because only this thread touches the table, none of it needs a lock, and every client sees
+//! events in the same order. The hub never waits on a socket: it only hands frames to
+//! [`Outbox`]es, which never block, and a client whose queue is full is dropped (its channel
+//! gets `left` as usual) rather than waited for.
+//!
+//! [`Hub::handle`] is a plain state machine, so the unit tests drive it with events and read
+//! what it queued for whom, no sockets involved. Each part of the table is a file:
+//!
+//! | file | what |
+//! |---|---|
+//! | [`event`] | what connections tell the hub |
+//! | `users.rs` | ids, names (unique under case folding), renames, leaving |
+//! | `channels.rs` | joining, channels, the `welcome`, the `channels` list |
+//! | `messages.rs` | a message's way: its id, its history, everyone in the channel |
+//! | `presence.rs` | `joined`/`left`, held back and written together when a crowd arrives |
+//! | `delivery.rs` | each client one write per batch; slow readers dropped; shutdown |
+//! | `invariants.rs` | `/stats` and the checks the tests run |
+
+pub mod event;
+
+mod channels;
+mod delivery;
+mod invariants;
+mod messages;
+mod presence;
+mod users;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Instant;
+
+use log::debug;
+use tungstenite::Bytes;
+
+pub use channels::CHANNELS_EVERY;
+pub use event::{ChannelStat, ConnId, Event, Stats};
+pub use presence::PRESENCE_WINDOW;
+
+use channels::Channel;
+use delivery::{MAX_BATCH_DELIVERIES, close_going_away};
+use users::User;
+
+use crate::connection::Outbox;
+use crate::history::{Histories, Store};
+use crate::protocol::{ChatRequest, DEFAULT_CHANNEL};
+
+/// The state machine behind the hub thread. See the module docs.
+#[derive(Debug)]
+pub struct Hub {
+    users: HashMap<ConnId, User>,
+    /// Username, case-folded ([`name_key`]), to holder: names are unique without regard to
+    /// case.
+    names: HashMap<String, ConnId>,
+    /// Channels with members, plus `general` always. Ordered, so lists come out sorted.
+    channels: BTreeMap<String, Channel>,
+    /// Each channel's last messages, kept when a channel empties, so that coming back to it (or
+    /// restarting with `--data-dir`) shows what was said.
+    histories: Histories,
+    /// Connections on other doors, known only to close them at shutdown.
+    others: HashMap<ConnId, Outbox>,
+    messages: u64,
+    started: Instant,
+    /// Frames owed to clients by the events of this batch, in order; written by [`Hub::flush`].
+    pending: Vec<(ConnId, Bytes)>,
+    /// Channels that may be holding presence back, and when the earliest is due.
+    holding: Vec<String>,
+    release_at: Option<Instant>,
+    /// When the `channels` list last went to everyone, and whether a change waits to be told
+    /// (see [`CHANNELS_EVERY`]).
+    channels_sent_at: Option<Instant>,
+    channels_owed: bool,
+    /// The time the current batch is handled at.
+    now: Instant,
+    /// Reused buffer in which one client's frames are joined for a single write.
+    scratch: Vec<u8>,
+    /// Clients whose queue overflowed while handling the current event; dropped right after.
+    /// (A client whose writer has already stopped is not here: its reader is about to send
+    /// [`Event::Disconnect`].)
+    overflowed: Vec<ConnId>,
+}
+
+impl Hub {
+    /// A hub with no users; with a [`Store`], its saved histories and next message id.
+    pub fn new(store: Option<Store>) -> Hub {
+        let mut hub = Hub {
+            users: HashMap::new(),
+            names: HashMap::new(),
+            channels: BTreeMap::new(),
+            histories: Histories::new(store),
+            others: HashMap::new(),
+            messages: 0,
+            started: Instant::now(),
+            pending: Vec::new(),
+            holding: Vec::new(),
+            release_at: None,
+            channels_sent_at: None,
+            channels_owed: false,
+            now: Instant::now(),
+            scratch: Vec::new(),
+            overflowed: Vec::new(),
+        };
+        hub.channels
+            .insert(DEFAULT_CHANNEL.to_owned(), Channel::default());
+        // The cap on histories of channels without members holds from the start.
+        let channels = &hub.channels;
+        hub.histories
+            .forget_dormant(|name| channels.contains_key(name));
+        hub
+    }
+
+    /// Runs the hub until [`Event::Shutdown`] or until every sender is gone. Returns every
+    /// connection it told to close, so that the server can cut off those that do not answer.
+    pub fn run(mut self, events: Receiver<Event>) -> Vec<Outbox> {
+        loop {
+            // Sleep until an event arrives or something held back is due, whichever is first.
+            let first = match self.next_due() {
+                None => match events.recv() {
+                    Ok(event) => Some(event),
+                    Err(_) => break,
+                },
+                Some(due) => {
+                    match events.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                        Ok(event) => Some(event),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            };
+            self.now = Instant::now();
+            let mut going = first.is_none_or(|event| self.apply(event));
+            // Whatever else is already waiting joins this batch (see the module docs).
+            while going && self.pending.len() < MAX_BATCH_DELIVERIES {
+                match events.try_recv() {
+                    Ok(event) => going = self.apply(event),
+                    Err(_) => break,
+                }
+            }
+            self.release_due();
+            self.flush();
+            if !going {
+                break;
+            }
+        }
+        let mut closing: Vec<Outbox> = self.users.into_values().map(|u| u.outbox).collect();
+        closing.extend(self.others.into_values());
+        // Connections that registered while the server was stopping still get their 1001.
+        for event in events.try_iter() {
+            if let Event::Connect { outbox, .. } | Event::Attach { outbox, .. } = event {
+                close_going_away(&outbox);
+                closing.push(outbox);
+            }
+        }
+        debug!("hub stopped");
+        closing
+    }
+
+    /// When the hub must wake up without an event: held presence or a channel list is due.
+    fn next_due(&self) -> Option<Instant> {
+        let channels = self.channels_due();
+        match (self.release_at, channels) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Applies one event and writes out everything it produced, held presence included, so
+    /// the caller sees every frame at once. Returns `false` once the hub should stop.
+    pub fn handle(&mut self, event: Event) -> bool {
+        self.now = Instant::now();
+        let going = self.apply(event);
+        self.flush_everything();
+        going
+    }
+
+    /// Applies one event as [`Hub::run`] would at time `now`: presence may be held back (see
+    /// [`PRESENCE_WINDOW`]) until [`Hub::tick`] or a later event is at or past its due time.
+    /// Returns `false` once the hub should stop.
+    pub fn handle_at(&mut self, event: Event, now: Instant) -> bool {
+        self.now = now;
+        let going = self.apply(event);
+        self.release_due();
+        self.flush();
+        going
+    }
+
+    /// Writes out the presence and channel lists that are due at `now`.
+    pub fn tick(&mut self, now: Instant) {
+        self.now = now;
+        self.release_due();
+        self.flush();
+    }
+
+    /// Applies one event, collecting the frames it produces. Returns `false` to stop.
+    fn apply(&mut self, event: Event) -> bool {
+        match event {
+            Event::Connect {
+                conn,
+                outbox,
+                username,
+                channel,
+            } => self.connect(conn, outbox, username, channel),
+            Event::Attach { conn, outbox } => {
+                self.others.insert(conn, outbox);
+            }
+            Event::Request { conn, request } => self.request(conn, request),
+            Event::Reply { conn, frame } => self.send_to(conn, frame),
+            Event::Disconnect { conn } => {
+                self.others.remove(&conn);
+                self.remove_user(conn, "disconnected");
+            }
+            Event::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+            Event::Shutdown => {
+                self.shutdown();
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A valid request from a chat user, to the part of the hub that handles it.
+    fn request(&mut self, conn: ConnId, request: ChatRequest) {
+        let Some(user) = self.users.get(&conn) else {
+            return; // already dropped; its last frames are moot
+        };
+        debug!("conn {conn} ({:?}): {request:?}", user.username);
+        match request {
+            ChatRequest::Message { text } => self.message(conn, &text),
+            ChatRequest::Rename { username } => self.rename(conn, username),
+            ChatRequest::Join { channel } => self.join(conn, channel),
+            ChatRequest::Typing { typing } => self.typing(conn, typing),
+            ChatRequest::State { state } => self.state(conn, state),
+            ChatRequest::Channels => {
+                let frame = self.channels_frame();
+                self.send_to(conn, frame);
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Who is here (tutorial step 3): each user's id and name, names unique under case folding,
+//! guests' names, renames, and users leaving.
+
+use log::info;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::{ConnId, Hub};
+use crate::connection::Outbox;
+use crate::protocol::{
+    ChatError, DEFAULT_CHANNEL, ErrorCode, ServerFrame, UserRef, UserWithState, encode, name_key,
+    validate_channel, validate_username,
+};
+
+#[derive(Debug)]
+pub(super) struct User {
+    /// The public id: a uuid v4 in canonical lowercase form.
+    pub(super) id: String,
+    pub(super) username: String,
+    pub(super) channel: String,
+    pub(super) state: Map<String, Value>,
+    pub(super) outbox: Outbox,
+    /// This user as a `welcome` lists them, serialized once and again only when their name
+    /// or state changes: a welcome lists everyone in the channel, so this is most of it.
+    pub(super) listing: Box<RawValue>,
+    /// Number of the last presence frame of its channel this user has been given, or needs
+    /// no copy of (its own arrival). See [`Presence`].
+    pub(super) presence_seen: u64,
+}
+
+impl User {
+    pub(super) fn as_ref(&self) -> UserRef<'_> {
+        UserRef {
+            id: &self.id,
+            username: &self.username,
+        }
+    }
+
+    /// Serializes [`User::listing`] again, after a change of name or state.
+    pub(super) fn relist(&mut self) {
+        let listing = UserWithState {
+            id: &self.id,
+            username: &self.username,
+            state: &self.state,
+        };
+        self.listing = serde_json::value::to_raw_value(&listing).expect("users always serialize");
+    }
+}
+
+impl Hub {
+    pub(super) fn connect(
+        &mut self,
+        conn: ConnId,
+        outbox: Outbox,
+        username: Option<String>,
+        channel: Option<String>,
+    ) {
+        let id = Uuid::new_v4().hyphenated().to_string();
+        // Refusals of the query's values go right after the welcome.
+        let mut refusals = Vec::new();
+        let requested_name = username.filter(|u| !u.is_empty());
+        let username = match requested_name.map(|u| validate_username(&u)) {
+            Some(Ok(name)) if self.holder_of(&name).is_none() => name,
+            Some(Ok(name)) => {
+                refusals.push(taken(&name));
+                self.guest_name(&id)
+            }
+            Some(Err(refusal)) => {
+                refusals.push(refusal);
+                self.guest_name(&id)
+            }
+            None => self.guest_name(&id),
+        };
+        let requested_channel = channel.filter(|c| !c.is_empty());
+        let channel = match requested_channel.map(|c| validate_channel(&c)) {
+            Some(Ok(channel)) => channel,
+            Some(Err(refusal)) => {
+                refusals.push(refusal);
+                DEFAULT_CHANNEL.to_owned()
+            }
+            None => DEFAULT_CHANNEL.to_owned(),
+        };
+        info!("{username:?} connected (conn {conn}, id {id}) into #{channel}");
+        self.names.insert(name_key(&username), conn);
+        let mut user = User {
+            id,
+            username,
+            channel: channel.clone(),
+            state: Map::new(),
+            outbox,
+            listing: Box::default(),
+            presence_seen: 0,
+        };
+        user.relist();
+        self.users.insert(conn, user);
+        let created = self.enter(conn, &channel);
+        self.welcome(conn);
+        for refusal in refusals {
+            self.send_to(conn, refusal.to_frame());
+        }
+        if created {
+            self.channels_changed();
+        }
+    }
+
+    pub(super) fn rename(&mut self, conn: ConnId, username: String) {
+        if self
+            .holder_of(&username)
+            .is_some_and(|holder| holder != conn)
+        {
+            self.send_to(conn, taken(&username).to_frame());
+            return;
+        }
+        let user = self.users.get_mut(&conn).expect("caller checked");
+        let old = std::mem::replace(&mut user.username, username);
+        user.relist();
+        info!("{old:?} renamed to {:?} (conn {conn})", user.username);
+        self.names.remove(&name_key(&old));
+        self.names.insert(name_key(&user.username), conn);
+        let frame = encode(&ServerFrame::Renamed {
+            channel: &user.channel,
+            user: user.as_ref(),
+            old: &old,
+            text: format!("{old} is now known as {}", user.username),
+        });
+        let channel = user.channel.clone();
+        self.broadcast(&channel, &frame, None);
+    }
+
+    pub(super) fn remove_user(&mut self, conn: ConnId, why: &str) {
+        if !self.users.contains_key(&conn) {
+            return;
+        }
+        let channel = self.users[&conn].channel.clone();
+        let removed = self.leave(conn, &channel);
+        let user = self.users.remove(&conn).expect("checked above");
+        self.names.remove(&name_key(&user.username));
+        info!("{:?} left (conn {conn}): {why}", user.username);
+        if removed {
+            self.channels_changed();
+        }
+    }
+
+    fn holder_of(&self, username: &str) -> Option<ConnId> {
+        self.names.get(&name_key(username)).copied()
+    }
+
+    /// `guest-` and the first four hex digits of the user's id, more if those are taken.
+    pub(super) fn guest_name(&self, id: &str) -> String {
+        let hex: String = id.chars().filter(|c| *c != '-').collect();
+        (4..=hex.len())
+            .map(|n| format!("guest-{}", &hex[..n]))
+            .find(|name| self.holder_of(name).is_none())
+            .unwrap_or_else(|| format!("guest-{hex}-{}", self.users.len()))
+    }
+}
+
+fn taken(username: &str) -> ChatError {
+    ChatError::new(
+        ErrorCode::UsernameTaken,
+        format!("the username {username:?} is taken"),
+    )
+}
