@@ -2,18 +2,35 @@
 //! second against an in-process server. They check that it runs, prints its row, and that its
 //! `--json` reports no loss and every idle client live. No timing is asserted: figures belong
 //! to the benchmark, not to the test suite.
-
-mod common;
+//!
+//! The server runs in this test's process, through the product's library (a dev-dependency),
+//! rather than as the `cyberchat` binary: from this package Cargo gives no path to another
+//! package's binary (`CARGO_BIN_EXE_*` is for the package's own), and finding one under the
+//! target directory would depend on the profile, `CARGO_TARGET_DIR` and on it having been
+//! built. In-process, Cargo builds exactly the code under test, and `--server-pid` is simply
+//! this process. None of these scenarios needs a separate server process (`suite
+//! --server-bin` does, and is left to the benchmark's own runs).
 
 use std::io::Read;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cyberchat::{Config, Server};
 use serde_json::Value;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_cyberchat-bench");
 /// A run that takes longer than this has hung.
 const WATCHDOG: Duration = Duration::from_secs(90);
+
+/// Starts a server on a free port, with the given changes to the default config.
+fn start(configure: impl FnOnce(&mut Config)) -> Server {
+    let mut config = Config {
+        port: 0,
+        ..Config::default()
+    };
+    configure(&mut config);
+    Server::bind(config).expect("server starts")
+}
 
 /// Runs the bench with `args`, killing it if it hangs.
 fn bench(args: &[&str]) -> Output {
@@ -79,7 +96,7 @@ fn assert_success(output: &Output, what: &str) {
 
 #[test]
 fn bench_fanout_prints_a_row_and_its_json_shows_no_loss() {
-    let server = common::start(|c| c.max_rate = 0);
+    let server = start(|c| c.max_rate = 0);
     let url = format!("ws://{}/", server.local_addr());
     let pid = std::process::id().to_string();
     let common_args = [
@@ -140,7 +157,7 @@ fn bench_fanout_prints_a_row_and_its_json_shows_no_loss() {
 
 #[test]
 fn bench_idle_holds_every_client_and_finds_each_live() {
-    let server = common::start(|c| c.max_rate = 0);
+    let server = start(|c| c.max_rate = 0);
     let url = format!("ws://{}/", server.local_addr());
     let pid = std::process::id().to_string();
     let output = bench(&[
@@ -181,7 +198,7 @@ fn bench_idle_holds_every_client_and_finds_each_live() {
 #[test]
 fn bench_fanout_refuses_a_throttling_server_with_advice() {
     // The default --max-rate 20 throttles a flood within its first 40 messages.
-    let server = common::start(|_| {});
+    let server = start(|_| {});
     let url = format!("ws://{}/", server.local_addr());
     let output = bench(&[
         "fanout", "--url", &url, "-c", "2", "-s", "1", "-w", "8", "--warmup", "0.2", "--secs", "2",
@@ -196,7 +213,7 @@ fn bench_fanout_refuses_a_throttling_server_with_advice() {
 
 #[test]
 fn bench_sweep_prints_rows_and_draws_the_chart() {
-    let server = common::start(|c| c.max_rate = 0);
+    let server = start(|c| c.max_rate = 0);
     let url = format!("ws://{}/", server.local_addr());
     let svg =
         std::env::temp_dir().join(format!("cyberchat-bench-smoke-{}.svg", std::process::id()));
