@@ -4,11 +4,13 @@
 //!
 //! # Reproducing the issue's scenarios
 //!
-//! Build once with `cargo build --release`. The machine has two cores: the server goes on
-//! core 0 and the bench on core 1, and every row says where each ran (`pinning`) and how busy
-//! each core was (`core busy %`, all processes), so a noisy neighbour shows. Fanout needs the
-//! server started with **`--max-rate 0`**: the default (20 a second) throttles the senders,
-//! and the bench aborts with a clear message at the first `rate_limited`.
+//! Build the server and the bench once with `cargo build --release --workspace` (the bench is
+//! a workspace member of its own, which the root's plain `cargo build` leaves out). The
+//! machine has two cores: the server goes on core 0 and the bench on core 1, and every row
+//! says where each ran (`pinning`) and how busy each core was (`core busy %`, all processes),
+//! so a noisy neighbour shows. Fanout needs the server started with **`--max-rate 0`**: the
+//! default (20 a second) throttles the senders, and the bench aborts with a clear message at
+//! the first `rate_limited`.
 //!
 //! All four, three times each, medians in markdown, against a fresh server per run that the
 //! bench starts and pins itself (and the chart, from a sweep of fixed rates):
@@ -67,7 +69,7 @@
 //! is not what a run measures; each row prints the bench's CPU to keep that checked. Idle uses
 //! a handful of threads whatever N is.
 //!
-//! `cargo test --test bench_smoke` runs each command for about a second against an
+//! `cargo test -p cyberchat-bench --test bench_smoke` runs each command for about a second against an
 //! in-process server (no timing asserted), so the tool cannot rot.
 
 mod args;
@@ -100,7 +102,7 @@ usage:
   cyberchat-bench suite  [--server-bin target/release/cyberchat] [--repeat 3] [--only flood,rate100,c1000,idle10k]
                          [--secs 10] [--warmup 2] [--server-cpu 0] [--bench-cpu 1] [--no-pin] [--svg FILE]
                          [--rates …] [--no-raise-limits] [--json]
-Fanout needs a server started with --max-rate 0. See the doc comment of src/bin/cyberchat-bench/main.rs.";
+Fanout needs a server started with --max-rate 0. See the doc comment of bench/src/main.rs.";
 
 enum Failure {
     Usage(String),
