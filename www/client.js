@@ -1,4 +1,4 @@
-// Client: starts the chat: wires what the person does (forms, buttons, pointer) to the parts, then connects.
+// Client: starts the chat: wires what the person does to the parts, asks a name first, connects.
 'use strict';
 
 (() => {
@@ -15,7 +15,45 @@
     cursorsToggle: $('cursors-toggle'),
     sendForm: $('send-form'),
     input: $('input'),
+    nameDialog: $('name-dialog'),
+    nameDialogForm: $('name-dialog-form'),
+    nameInput: $('name-input'),
   };
+
+  // ---- A name first, then the connection ----
+
+  // First visit (no ?username=, nothing remembered): ask before connecting, so the room
+  // never sees a guest who renames a second later.
+  function askName() {
+    View.setStatus('Choose a name to join', 'waiting');
+    el.nameDialog.showModal(); // focuses the name field
+  }
+
+  el.nameDialogForm.addEventListener('submit', (event) => {
+    event.preventDefault();
+    const name = el.nameInput.value.trim();
+    if (!name) {
+      el.nameInput.focus();
+      return;
+    }
+    el.nameDialog.close();
+    joinAs(name);
+  });
+
+  // Escape closes the dialog: the name field in the sidebar still asks for a name, and
+  // submitting it connects.
+  el.nameDialog.addEventListener('close', () => {
+    if (Connection.hasStarted()) return;
+    openSidebar(true);
+    el.username.focus();
+  });
+
+  function joinAs(name) {
+    Room.wantedName = name; // remembered once the server's welcome confirms it
+    View.showName(name, { chosen: true });
+    Connection.connect();
+    el.input.focus();
+  }
 
   // Enter in the input submits the form; focus stays in the input for the next line.
   el.sendForm.addEventListener('submit', (event) => {
@@ -37,7 +75,9 @@
     const name = el.username.value.trim();
     if (!name) return;
     if (Room.me && name === Room.me.username) return;
-    if (Connection.isConnected()) {
+    if (!Connection.hasStarted()) {
+      joinAs(name); // the first name, chosen here instead of in the dialog
+    } else if (Connection.isConnected()) {
       Connection.send({ type: 'username', username: name }); // confirmed by a `renamed` frame
     } else {
       // Offline: use it in the query of the next connection.
@@ -79,10 +119,13 @@
     Connection.changeServer(url);
   });
 
-  el.sidebarToggle.addEventListener('click', () => {
-    const open = !document.body.classList.contains('sidebar-open');
+  // On a phone the sidebar folds behind a button (see style.css).
+  function openSidebar(open) {
     document.body.classList.toggle('sidebar-open', open);
     el.sidebarToggle.setAttribute('aria-expanded', String(open));
+  }
+  el.sidebarToggle.addEventListener('click', () => {
+    openSidebar(!document.body.classList.contains('sidebar-open'));
   });
 
   el.cursorsToggle.addEventListener('change', () => Cursors.setOn(el.cursorsToggle.checked));
@@ -96,5 +139,6 @@
   Cursors.setOn(el.cursorsToggle.checked);
   View.renderUsers();
   View.renderChannels();
-  Connection.connect();
+  if (Room.wantedName) Connection.connect();
+  else askName();
 })();

@@ -12,8 +12,10 @@ const Connection = (() => {
   let connected = false; // true once the welcome arrived on the current socket
   let backoff = BACKOFF_START_S;
   let retryTimer = null;
+  let started = false; // connect() was called: we have a name to go in with
 
   function connect() {
+    started = true;
     clearTimeout(retryTimer);
     retryTimer = null;
     View.setStatus('Connecting…', 'connecting');
@@ -88,9 +90,11 @@ const Connection = (() => {
     View.setStatus('Connected to ' + TITLE, 'connected');
   }
 
-  // Drop the current socket (without triggering a retry) and connect to `url` right away.
+  // Drop the current socket (without triggering a retry) and connect to `url` right away;
+  // before the first connect (no name yet), only remember it.
   function changeServer(url) {
     serverUrl = url;
+    if (!started) return;
     const old = ws;
     ws = null;
     connected = false;
@@ -114,6 +118,7 @@ const Connection = (() => {
     welcomed,
     send,
     isConnected: () => connected,
+    hasStarted: () => started,
     serverUrl: () => serverUrl,
   };
 })();

@@ -1,4 +1,4 @@
-// Cursors: live cursors (the tutorial's step 6): our pointer sent as `state`, everyone else's drawn.
+// Cursors: live cursors (the tutorial's step 6): our pointer sent as `state`, the others' drawn.
 'use strict';
 
 const Cursors = (() => {

@@ -1,4 +1,4 @@
-// Settings: what the client starts from: the page's query, the remembered name, the server's address.
+// Settings: what the client starts from: the page's query, the remembered name, the server address.
 //
 // The browser client is a few classic scripts (not modules: Chrome refuses modules from file://
 // pages) that client.html loads in order: settings, room, view, typing, cursors, frames,

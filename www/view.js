@@ -25,6 +25,8 @@ const View = (() => {
     error: $('error'),
   };
 
+  const STATUS_KINDS = ['connected', 'connecting', 'disconnected', 'waiting'];
+
   const seen = new Set(); // message ids already on screen (no duplicates after a reconnect)
   let errorTimer = null;
 
@@ -32,8 +34,7 @@ const View = (() => {
   function setStatus(text, kind) {
     el.status.textContent = text;
     document.title = text;
-    document.body.classList.remove('is-connected', 'is-connecting', 'is-disconnected');
-    document.body.classList.add('is-' + kind);
+    for (const k of STATUS_KINDS) document.body.classList.toggle('is-' + k, k === kind);
   }
 
   // ---- The message list ----

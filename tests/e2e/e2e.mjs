@@ -104,17 +104,36 @@ function clientUrl(params) {
 }
 
 // Each person gets their own browser context (own localStorage), like separate browsers.
-async function openPerson(browser, name, { url, viewport, params } = {}) {
+// `named: false` opens the page without ?username=, as a first visit by double-click does.
+async function openPerson(browser, name, { url, viewport, params, named = true } = {}) {
   const context = await browser.newContext({ viewport: viewport || { width: 900, height: 640 } });
+  const query = named ? { username: name, ...params } : { ...params };
+  return openPage(context, name, url || clientUrl(query));
+}
+
+// A page in an existing context (so with that person's localStorage), opened at `url`.
+// page.sockets lists the address of every WebSocket the page opened, in order.
+async function openPage(context, name, url) {
   const page = await context.newPage();
+  page.sockets = [];
+  page.on('websocket', (ws) => page.sockets.push(ws.url()));
   page.on('dialog', async (d) => {
     dialogs += 1;
     await d.dismiss();
   });
   page.on('pageerror', (e) => pageErrors.push(`${name}: ${e.message}`));
-  await page.goto(url || clientUrl({ username: name, ...params }));
+  await page.goto(url);
   page.person = name;
   return page;
+}
+
+async function focusedId(page) {
+  return page.evaluate(() => document.activeElement && document.activeElement.id);
+}
+
+// The username each WebSocket of this page asked for, in order.
+function socketNames(page) {
+  return page.sockets.map((u) => new URL(u).searchParams.get('username'));
 }
 
 async function waitStatus(page, text, timeout = WAIT) {
@@ -179,6 +198,10 @@ async function messageTexts(page) {
 
 async function messageIds(page) {
   return page.$$eval('#messages .msg', (els) => els.map((e) => e.dataset.id));
+}
+
+async function systemTexts(page) {
+  return page.locator('#messages .system').allTextContents();
 }
 
 // ---- the checks ----------------------------------------------------------------------
@@ -504,6 +527,83 @@ try {
       await waitMessage(bob, 'Robert', 'Back again');
     });
   }
+
+  // ---- A name before connecting ----
+  // Alice is in #general; Robert is in #random, out of the way.
+
+  let dave;
+  const ASKING = 'Choose a name to join';
+  await check('first visit asks the name before connecting; the room hears "Dave has joined the chat"', async () => {
+    dave = await openPerson(browser, 'Dave', { named: false });
+    await dave.locator('#name-dialog').waitFor({ state: 'visible', timeout: WAIT });
+    await waitStatus(dave, ASKING);
+    assert(dave.sockets.length === 0, `a socket was opened before the name: ${dave.sockets}`);
+    // Keyboard only: the question has the focus, Enter answers it.
+    assert((await focusedId(dave)) === 'name-input', `focus is on #${await focusedId(dave)}`);
+    await dave.keyboard.type('Dave', { delay: 5 });
+    await dave.keyboard.press('Enter');
+    await waitStatus(dave, CONNECTED);
+    await waitSystem(alice, 'Dave has joined the chat');
+    await waitUsers(alice, ['Alice', 'Dave']);
+    const names = socketNames(dave);
+    assert(names.length === 1 && names[0] === 'Dave', `sockets asked for ${JSON.stringify(names)}`);
+    const odd = (await systemTexts(alice)).filter((t) => /guest-|now known as|Dave(?! has joined)/.test(t));
+    assert(odd.length === 0, `Alice saw: ${odd.join(' | ')}`);
+    assert(!(await dave.locator('#name-dialog').isVisible()), 'the question is still open');
+    assert((await focusedId(dave)) === 'input', 'focus is not in the message box');
+    assert((await dave.locator('#username').inputValue()) === 'Dave', 'name field does not say Dave');
+    const stored = await dave.evaluate(() => localStorage.getItem('cyberchat.username'));
+    assert(stored === 'Dave', `localStorage holds ${stored}`);
+  });
+
+  await check('a later visit uses the remembered name at once, and so does a reconnect', async () => {
+    const context = dave.context();
+    await dave.close();
+    await waitSystem(alice, 'Dave has left the chat');
+    dave = await openPage(context, 'Dave', clientUrl({}));
+    await waitStatus(dave, CONNECTED);
+    assert(!(await dave.locator('#name-dialog').isVisible()), 'asked for the name again');
+    await waitUsers(alice, ['Alice', 'Dave']);
+    await waitUsers(dave, ['Alice', 'Dave']);
+    await dave.locator('#server').fill(SERVER);
+    await dave.locator('#server').press('Enter');
+    await dave.waitForFunction(() => document.querySelectorAll('#messages .msg').length > 0, null, {
+      timeout: WAIT,
+    });
+    await waitStatus(dave, CONNECTED);
+    const names = socketNames(dave);
+    assert(JSON.stringify(names) === '["Dave","Dave"]', `sockets asked for ${JSON.stringify(names)}`);
+    await context.close();
+    dave = null;
+    await waitSystem(alice, 'Dave has left the chat');
+  });
+
+  await check('phone width, keyboard only: Escape on the name question, the sidebar field asks instead', async () => {
+    const erin = await openPerson(browser, 'Erin', { named: false, viewport: { width: 375, height: 700 } });
+    try {
+      await erin.locator('#name-dialog').waitFor({ state: 'visible', timeout: WAIT });
+      const fits = await erin.evaluate(() => {
+        const r = document.getElementById('name-dialog').getBoundingClientRect();
+        const wide = document.documentElement.scrollWidth - window.innerWidth;
+        return r.left >= 0 && r.right <= window.innerWidth && wide <= 0;
+      });
+      assert(fits, 'the name question does not fit a 375 px screen');
+      await erin.keyboard.press('Escape');
+      await erin.locator('#name-dialog').waitFor({ state: 'hidden', timeout: WAIT });
+      await waitStatus(erin, ASKING);
+      assert((await focusedId(erin)) === 'username', `focus is on #${await focusedId(erin)}`);
+      assert(await erin.locator('#name-hint').isVisible(), 'the sidebar does not ask for a name');
+      assert(erin.sockets.length === 0, 'connected without a name');
+      await erin.keyboard.type('Erin', { delay: 5 });
+      await erin.keyboard.press('Enter');
+      await waitStatus(erin, CONNECTED);
+      await waitSystem(alice, 'Erin has joined the chat');
+      assert(JSON.stringify(socketNames(erin)) === '["Erin"]', `sockets: ${erin.sockets}`);
+    } finally {
+      await erin.context().close();
+    }
+    await waitSystem(alice, 'Erin has left the chat');
+  });
 
   await check('no JavaScript errors and no dialogs in any page', async () => {
     assert(pageErrors.length === 0, pageErrors.join('; '));
