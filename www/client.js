@@ -13,6 +13,7 @@
     channelInput: $('channel-input'),
     channels: $('channels'),
     cursorsToggle: $('cursors-toggle'),
+    notifyToggle: $('notify-toggle'),
     sendForm: $('send-form'),
     input: $('input'),
     nameDialog: $('name-dialog'),
@@ -131,12 +132,17 @@
   el.cursorsToggle.addEventListener('change', () => Cursors.setOn(el.cursorsToggle.checked));
   document.addEventListener('pointermove', Cursors.onPointerMove, { passive: true });
 
+  // The browser's permission is asked for here, on the click, never on load.
+  el.notifyToggle.addEventListener('change', () => Attention.setNotify(el.notifyToggle.checked));
+  document.addEventListener('visibilitychange', Attention.onVisibilityChange);
+
   // ---- Start ----
 
   el.server.value = Connection.serverUrl();
   View.showName(Room.wantedName, { chosen: Boolean(Room.wantedName) });
   if (Settings.cursors) el.cursorsToggle.checked = true;
   Cursors.setOn(el.cursorsToggle.checked);
+  Attention.initNotifications();
   View.renderUsers();
   View.renderChannels();
   if (Room.wantedName) Connection.connect();

@@ -1,4 +1,4 @@
-// Frames: what each frame from the server does, to Room, the page, the typing line and the cursors.
+// Frames: what each frame from the server does, to Room, the page, typing, cursors and attention.
 'use strict';
 
 const Frames = (() => {
@@ -10,7 +10,10 @@ const Frames = (() => {
       case 'message':
         if (f.channel === undefined || f.channel === Room.channel) {
           Typing.set(f.user, false);
-          View.addMessage(f, Room.isMine(f.user) /* always scroll to what we just said */);
+          const mentions = mentionsOfMe(f);
+          // Always scroll to what we just said.
+          const li = View.addMessage(f, Room.isMine(f.user), mentions);
+          if (li) Attention.onLiveMessage(f, li, mentions.length > 0);
         }
         break;
       case 'joined':
@@ -78,7 +81,7 @@ const Frames = (() => {
     Cursors.drawAll();
 
     View.clearMessages();
-    for (const m of f.history || []) View.addMessage(m, false);
+    for (const m of f.history || []) View.addMessage(m, false, mentionsOfMe(m));
     View.scrollToBottom();
 
     View.showChannel(f.channel);
@@ -105,6 +108,12 @@ const Frames = (() => {
     Typing.renamed(f.user);
     Cursors.draw(f.user.id);
     View.addSystem(f.text || f.old + ' is now known as ' + f.user.username);
+  }
+
+  // Where a message from someone else says "@" and our name (our own never count).
+  function mentionsOfMe(m) {
+    if (!Room.me || Room.isMine(m.user)) return [];
+    return Attention.findMentions(m.text, Room.me.username);
   }
 
   // After a network hiccup the server may still hold our old connection, and with it our

@@ -1,7 +1,7 @@
 // Settings: what the client starts from: the page's query, the remembered name, the server address.
 //
 // The browser client is a few classic scripts (not modules: Chrome refuses modules from file://
-// pages) that client.html loads in order: settings, room, view, typing, cursors, frames,
+// pages) that client.html loads in order: settings, room, view, typing, cursors, attention, frames,
 // connection, client. Each defines one object that the later ones use; only client.js starts
 // anything. The wire format is in PROTOCOL.md: every frame is one JSON object with a `type`.
 'use strict';

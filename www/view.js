@@ -29,12 +29,23 @@ const View = (() => {
 
   const seen = new Set(); // message ids already on screen (no duplicates after a reconnect)
   let errorTimer = null;
+  let statusText = '';
+  let unread = 0;
 
-  // The heading and the tab title always say the same thing.
+  // The heading and the tab title always say the same thing; while the tab is hidden the
+  // title also counts the messages that came meanwhile: "(3) Connected to Cyber Chat".
   function setStatus(text, kind) {
+    statusText = text;
     el.status.textContent = text;
-    document.title = text;
+    renderTitle();
     for (const k of STATUS_KINDS) document.body.classList.toggle('is-' + k, k === kind);
+  }
+  function setUnread(count) {
+    unread = count;
+    renderTitle();
+  }
+  function renderTitle() {
+    document.title = (unread > 0 ? '(' + unread + ') ' : '') + statusText;
   }
 
   // ---- The message list ----
@@ -56,9 +67,11 @@ const View = (() => {
     seen.clear();
   }
 
-  function addMessage(m, forceScroll) {
+  // Shows one chat message and returns its line (null if it was already on screen).
+  // `mentions`: [start, end) ranges of the text that mention us, highlighted.
+  function addMessage(m, forceScroll, mentions = []) {
     if (typeof m.id === 'number' || typeof m.id === 'string') {
-      if (seen.has(m.id)) return; // already shown
+      if (seen.has(m.id)) return null; // already shown
       seen.add(m.id);
     }
     const follow = forceScroll || isNearBottom();
@@ -66,6 +79,7 @@ const View = (() => {
     const li = document.createElement('li');
     li.className = 'msg';
     if (Room.isMine(m.user)) li.classList.add('own');
+    if (mentions.length > 0) li.classList.add('mention');
     if (m.id !== undefined) li.dataset.id = String(m.id);
 
     const author = document.createElement('span');
@@ -82,7 +96,7 @@ const View = (() => {
 
     const text = document.createElement('span');
     text.className = 'text';
-    text.textContent = String(m.text); // textContent: shown literally, never parsed as HTML
+    text.append(...highlighted(String(m.text), mentions));
 
     const meta = document.createElement('div');
     meta.className = 'meta';
@@ -90,6 +104,31 @@ const View = (() => {
     li.append(meta, text);
     el.messages.append(li);
     if (follow) scrollToBottom();
+    return li;
+  }
+
+  // The text as text nodes, each mention in a <mark>: shown literally, never parsed as HTML.
+  function highlighted(text, ranges) {
+    const parts = [];
+    let at = 0;
+    for (const [start, end] of ranges) {
+      if (start > at) parts.push(document.createTextNode(text.slice(at, start)));
+      const mark = document.createElement('mark');
+      mark.textContent = text.slice(start, end);
+      parts.push(mark);
+      at = end;
+    }
+    if (at < text.length || parts.length === 0) parts.push(document.createTextNode(text.slice(at)));
+    return parts;
+  }
+
+  // "New messages": a line just above `li`, the first message that came while you were away.
+  function addNewMarker(li) {
+    const marker = document.createElement('li');
+    marker.className = 'new-marker';
+    marker.textContent = 'New messages';
+    li.before(marker);
+    return marker;
   }
 
   function addSystem(text) {
@@ -203,7 +242,9 @@ const View = (() => {
 
   return {
     setStatus,
+    setUnread,
     clearMessages,
+    addNewMarker,
     addMessage,
     addSystem,
     scrollToBottom,
