@@ -10,6 +10,8 @@
 // With CYBERCHAT_NO_RESTART=1 the stop/start check is skipped (handy when running by hand).
 //
 // Every check waits with a deadline (waitForFunction / locator waits): no "sleep and hope".
+// On the way it draws target/e2e-screenshot.png, two pages mid-conversation: the README's
+// picture is that file, copied to www/screenshot.png.
 // Output: one "ok - name" or "FAIL - name" line per check, then "N passed, N failed".
 // Exit status: 0 only if every check passed.
 
