@@ -2,8 +2,9 @@
 //
 // The browser client is a few classic scripts (not modules: Chrome refuses modules from file://
 // pages) that client.html loads in order: settings, room, view, typing, cursors, attention, frames,
-// connection, client. Each defines one object that the later ones use; only client.js starts
-// anything. The wire format is in PROTOCOL.md: every frame is one JSON object with a `type`.
+// connection, client. Each defines one object (Settings, Room, View, …) as a global; they call
+// one another only once client.js, the last, has started the chat, so every one is defined by
+// then. The wire format is in PROTOCOL.md: every frame is one JSON object with a `type`.
 'use strict';
 
 const Settings = (() => {
