@@ -10,6 +10,8 @@
 // With CYBERCHAT_NO_RESTART=1 the stop/start check is skipped (handy when running by hand).
 //
 // Every check waits with a deadline (waitForFunction / locator waits): no "sleep and hope".
+// On the way it draws target/e2e-screenshot.png, two pages mid-conversation: the README's
+// picture is that file, copied to www/screenshot.png.
 // Output: one "ok - name" or "FAIL - name" line per check, then "N passed, N failed".
 // Exit status: 0 only if every check passed.
 
@@ -104,17 +106,72 @@ function clientUrl(params) {
 }
 
 // Each person gets their own browser context (own localStorage), like separate browsers.
-async function openPerson(browser, name, { url, viewport, params } = {}) {
+// `named: false` opens the page without ?username=, as a first visit by double-click does.
+// `record: true` installs recordBrowserApis in every page of the context.
+async function openPerson(browser, name, { url, viewport, params, named = true, record = false } = {}) {
   const context = await browser.newContext({ viewport: viewport || { width: 900, height: 640 } });
+  if (record) await context.addInitScript(recordBrowserApis);
+  const query = named ? { username: name, ...params } : { ...params };
+  return openPage(context, name, url || clientUrl(query));
+}
+
+// A page in an existing context (so with that person's localStorage), opened at `url`.
+// page.sockets lists the address of every WebSocket the page opened, in order.
+async function openPage(context, name, url) {
   const page = await context.newPage();
+  page.sockets = [];
+  page.on('websocket', (ws) => page.sockets.push(ws.url()));
   page.on('dialog', async (d) => {
     dialogs += 1;
     await d.dismiss();
   });
   page.on('pageerror', (e) => pageErrors.push(`${name}: ${e.message}`));
-  await page.goto(url || clientUrl({ username: name, ...params }));
+  await page.goto(url);
   page.person = name;
   return page;
+}
+
+// Runs in the page before its own scripts (an init script): records each use of the
+// Notification API in window.__notifications and counts permission requests, while the real
+// API still answers.
+function recordBrowserApis() {
+  const Real = window.Notification;
+  window.__notifications = [];
+  window.__permissionRequests = 0;
+  function Recorded(title, options) {
+    window.__notifications.push({ title, body: options && options.body });
+    return new Real(title, options);
+  }
+  Object.defineProperty(Recorded, 'permission', { get: () => Real.permission });
+  Recorded.requestPermission = (...args) => {
+    window.__permissionRequests += 1;
+    return Real.requestPermission(...args);
+  };
+  window.Notification = Recorded;
+}
+
+// Switching to another tab and back, as the page sees it: document.visibilityState changes and
+// `visibilitychange` fires. (Headless pages are always "visible", so it is simulated.)
+async function setTabHidden(page, hidden) {
+  await page.evaluate((h) => {
+    const state = h ? 'hidden' : 'visible';
+    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => state });
+    Object.defineProperty(document, 'hidden', { configurable: true, get: () => h });
+    document.dispatchEvent(new Event('visibilitychange'));
+  }, hidden);
+}
+
+async function waitTitle(page, title, timeout = WAIT) {
+  await page.waitForFunction((t) => document.title === t, title, { timeout });
+}
+
+async function focusedId(page) {
+  return page.evaluate(() => document.activeElement && document.activeElement.id);
+}
+
+// The username each WebSocket of this page asked for, in order.
+function socketNames(page) {
+  return page.sockets.map((u) => new URL(u).searchParams.get('username'));
 }
 
 async function waitStatus(page, text, timeout = WAIT) {
@@ -179,6 +236,14 @@ async function messageTexts(page) {
 
 async function messageIds(page) {
   return page.$$eval('#messages .msg', (els) => els.map((e) => e.dataset.id));
+}
+
+async function systemTexts(page) {
+  return page.locator('#messages .system').allTextContents();
+}
+
+async function hasClass(locator, name) {
+  return locator.evaluate((e, n) => e.classList.contains(n), name);
 }
 
 // ---- the checks ----------------------------------------------------------------------
@@ -246,8 +311,8 @@ try {
   await check("a message typed in page A appears in page B with the author's name", async () => {
     await say(alice, 'Hi Bob! Welcome to the channel.');
     await waitMessage(bob, 'Alice', 'Hi Bob! Welcome to the channel.');
-    await say(bob, 'Thanks Alice, the cursors look fun.');
-    await waitMessage(alice, 'Bob', 'Thanks Alice, the cursors look fun.');
+    await say(bob, 'Thanks @Alice, the cursors look fun.');
+    await waitMessage(alice, 'Bob', 'Thanks @Alice, the cursors look fun.');
   });
 
   await check('user list and count: 2 people', async () => {
@@ -504,6 +569,171 @@ try {
       await waitMessage(bob, 'Robert', 'Back again');
     });
   }
+
+  // ---- A name before connecting, and getting your attention (issue 13) ----
+  // Alice is in #general; Robert is in #random, out of the way.
+
+  let dave;
+  const ASKING = 'Choose a name to join';
+  await check('first visit asks the name before connecting; the room hears "Dave has joined the chat"', async () => {
+    dave = await openPerson(browser, 'Dave', { named: false, record: true });
+    await dave.locator('#name-dialog').waitFor({ state: 'visible', timeout: WAIT });
+    await waitStatus(dave, ASKING);
+    assert(dave.sockets.length === 0, `a socket was opened before the name: ${dave.sockets}`);
+    // Keyboard only: the question has the focus, Enter answers it.
+    assert((await focusedId(dave)) === 'name-input', `focus is on #${await focusedId(dave)}`);
+    await dave.keyboard.type('Dave', { delay: 5 });
+    await dave.keyboard.press('Enter');
+    await waitStatus(dave, CONNECTED);
+    await waitSystem(alice, 'Dave has joined the chat');
+    await waitUsers(alice, ['Alice', 'Dave']);
+    const names = socketNames(dave);
+    assert(names.length === 1 && names[0] === 'Dave', `sockets asked for ${JSON.stringify(names)}`);
+    const odd = (await systemTexts(alice)).filter((t) => /guest-|now known as|Dave(?! has joined)/.test(t));
+    assert(odd.length === 0, `Alice saw: ${odd.join(' | ')}`);
+    assert(!(await dave.locator('#name-dialog').isVisible()), 'the question is still open');
+    assert((await focusedId(dave)) === 'input', 'focus is not in the message box');
+    assert((await dave.locator('#username').inputValue()) === 'Dave', 'name field does not say Dave');
+    const stored = await dave.evaluate(() => localStorage.getItem('cyberchat.username'));
+    assert(stored === 'Dave', `localStorage holds ${stored}`);
+  });
+
+  await check('a message that mentions @dave (any case) is highlighted in his page, as text only', async () => {
+    const text = 'Hey @dave, look at <b>this</b>';
+    await say(alice, text);
+    const m = await waitMessage(dave, 'Alice', text);
+    assert(await hasClass(m, 'mention'), 'not highlighted for Dave');
+    assert((await m.locator('.text mark').allTextContents()).join() === '@dave', 'mention not marked');
+    assert((await m.locator('.text').textContent()) === text, 'text not shown literally');
+    assert((await dave.locator('#messages b').count()) === 0, 'a <b> was made from a message');
+    assert(!(await hasClass(await waitMessage(alice, 'Alice', text), 'mention')), 'own line highlighted');
+    // Not mentions: a longer name, no "@", an address.
+    await say(alice, 'Not for @Davey, nor dave, nor x@dave');
+    const other = await waitMessage(dave, 'Alice', 'Not for @Davey');
+    assert(!(await hasClass(other, 'mention')), '"@Davey" or "x@dave" counted as a mention of Dave');
+    await say(dave, 'Hello @ALICE!');
+    assert(await hasClass(await waitMessage(alice, 'Dave', 'Hello @ALICE!'), 'mention'), 'Alice not highlighted');
+  });
+
+  await check('tab hidden: unread count in the title; back: count gone, "New messages" above the first', async () => {
+    await setTabHidden(dave, true);
+    await say(alice, 'Are you still there?');
+    await say(alice, 'I will wait.');
+    await waitMessage(dave, 'Alice', 'I will wait.');
+    await waitTitle(dave, `(2) ${CONNECTED}`);
+    assert((await dave.locator('#status').textContent()) === CONNECTED, 'the heading changed too');
+    await setTabHidden(dave, false);
+    await waitTitle(dave, CONNECTED);
+    const marker = dave.locator('#messages .new-marker');
+    assert((await marker.count()) === 1, `${await marker.count()} markers`);
+    assert((await marker.textContent()) === 'New messages', 'marker text');
+    const after = await marker.evaluate((e) => e.nextElementSibling.querySelector('.text').textContent);
+    assert(after === 'Are you still there?', `the marker is above "${after}"`);
+    const inView = await marker.evaluate((e) => {
+      const r = e.getBoundingClientRect();
+      const box = document.getElementById('messages').getBoundingClientRect();
+      return r.top >= box.top && r.bottom <= box.bottom;
+    });
+    assert(inView, 'the marker is not in view on coming back');
+    // While the tab is visible nothing counts; the next time away gets its own marker.
+    await say(alice, 'Good, you are back.');
+    await waitMessage(dave, 'Alice', 'Good, you are back.');
+    assert((await dave.title()) === CONNECTED, `title is "${await dave.title()}" while visible`);
+    await setTabHidden(dave, true);
+    await say(alice, 'One more while you are away');
+    await waitTitle(dave, `(1) ${CONNECTED}`);
+    await setTabHidden(dave, false);
+    await waitTitle(dave, CONNECTED);
+    const moved = await marker.evaluate((e) => e.nextElementSibling.querySelector('.text').textContent);
+    assert((await marker.count()) === 1 && moved === 'One more while you are away', `marker above "${moved}"`);
+  });
+
+  await check('notifications for mentions: asked for only on a click, then one per mention while away', async () => {
+    assert((await dave.evaluate(() => window.__permissionRequests)) === 0, 'permission asked on load');
+    const toggle = dave.locator('#notify-toggle');
+    await toggle.click();
+    await dave.waitForFunction(() => window.__permissionRequests === 1, null, { timeout: WAIT });
+    // Headless Chromium answers the prompt "denied": the box unticks and says why.
+    await dave.waitForFunction(
+      () =>
+        !document.getElementById('notify-toggle').checked &&
+        /blocked/.test(document.getElementById('notify-hint').textContent),
+      null,
+      { timeout: WAIT },
+    );
+    // Allowed in the browser's settings, then ticked from the keyboard: nothing more is asked.
+    await dave.context().grantPermissions(['notifications']);
+    await toggle.focus();
+    await dave.keyboard.press('Space');
+    await dave.waitForFunction(() => document.getElementById('notify-toggle').checked, null, { timeout: WAIT });
+    assert((await dave.evaluate(() => window.__permissionRequests)) === 1, 'asked again');
+    await setTabHidden(dave, true);
+    await say(alice, 'A line for everyone');
+    await say(alice, '@Dave your turn');
+    await waitMessage(dave, 'Alice', '@Dave your turn');
+    await dave.waitForFunction(() => window.__notifications.length > 0, null, { timeout: WAIT });
+    const shown = await dave.evaluate(() => window.__notifications);
+    assert(shown.length === 1, `${shown.length} notifications: ${JSON.stringify(shown)}`);
+    assert(shown[0].title === 'Alice mentioned you in #general', `title "${shown[0].title}"`);
+    assert(shown[0].body === '@Dave your turn', `body "${shown[0].body}"`);
+    // Looking at the chat: a mention is highlighted, not notified.
+    await setTabHidden(dave, false);
+    await say(alice, '@Dave are you reading?');
+    await waitMessage(dave, 'Alice', '@Dave are you reading?');
+    assert((await dave.evaluate(() => window.__notifications.length)) === 1, 'notified while looking');
+  });
+
+  await check('a later visit uses the remembered name at once, and so does a reconnect', async () => {
+    const context = dave.context();
+    await dave.close();
+    await waitSystem(alice, 'Dave has left the chat');
+    dave = await openPage(context, 'Dave', clientUrl({}));
+    await waitStatus(dave, CONNECTED);
+    assert(!(await dave.locator('#name-dialog').isVisible()), 'asked for the name again');
+    await waitUsers(alice, ['Alice', 'Dave']);
+    await waitUsers(dave, ['Alice', 'Dave']);
+    // The notification choice is remembered too, and still not asked for on load.
+    assert(await dave.locator('#notify-toggle').isChecked(), 'notifications forgotten');
+    assert((await dave.evaluate(() => window.__permissionRequests)) === 0, 'permission asked on load');
+    await dave.locator('#server').fill(SERVER);
+    await dave.locator('#server').press('Enter');
+    await dave.waitForFunction(() => document.querySelectorAll('#messages .msg').length > 0, null, {
+      timeout: WAIT,
+    });
+    await waitStatus(dave, CONNECTED);
+    const names = socketNames(dave);
+    assert(JSON.stringify(names) === '["Dave","Dave"]', `sockets asked for ${JSON.stringify(names)}`);
+    await context.close();
+    dave = null;
+    await waitSystem(alice, 'Dave has left the chat');
+  });
+
+  await check('phone width, keyboard only: Escape on the name question, the sidebar field asks instead', async () => {
+    const erin = await openPerson(browser, 'Erin', { named: false, viewport: { width: 375, height: 700 } });
+    try {
+      await erin.locator('#name-dialog').waitFor({ state: 'visible', timeout: WAIT });
+      const fits = await erin.evaluate(() => {
+        const r = document.getElementById('name-dialog').getBoundingClientRect();
+        const wide = document.documentElement.scrollWidth - window.innerWidth;
+        return r.left >= 0 && r.right <= window.innerWidth && wide <= 0;
+      });
+      assert(fits, 'the name question does not fit a 375 px screen');
+      await erin.keyboard.press('Escape');
+      await erin.locator('#name-dialog').waitFor({ state: 'hidden', timeout: WAIT });
+      await waitStatus(erin, ASKING);
+      assert((await focusedId(erin)) === 'username', `focus is on #${await focusedId(erin)}`);
+      assert(await erin.locator('#name-hint').isVisible(), 'the sidebar does not ask for a name');
+      assert(erin.sockets.length === 0, 'connected without a name');
+      await erin.keyboard.type('Erin', { delay: 5 });
+      await erin.keyboard.press('Enter');
+      await waitStatus(erin, CONNECTED);
+      await waitSystem(alice, 'Erin has joined the chat');
+      assert(JSON.stringify(socketNames(erin)) === '["Erin"]', `sockets: ${erin.sockets}`);
+    } finally {
+      await erin.context().close();
+    }
+    await waitSystem(alice, 'Erin has left the chat');
+  });
 
   await check('no JavaScript errors and no dialogs in any page', async () => {
     assert(pageErrors.length === 0, pageErrors.join('; '));

@@ -1,0 +1,139 @@
+// Frames: what each frame from the server does, to Room, the page, typing, cursors and attention.
+'use strict';
+
+const Frames = (() => {
+  function handle(f) {
+    switch (f.type) {
+      case 'welcome':
+        onWelcome(f);
+        break;
+      case 'message':
+        if (f.channel === undefined || f.channel === Room.channel) {
+          Typing.set(f.user, false);
+          const mentions = mentionsOfMe(f);
+          // Always scroll to what we just said.
+          const li = View.addMessage(f, Room.isMine(f.user), mentions);
+          if (li) Attention.onLiveMessage(f, li, mentions.length > 0);
+        }
+        break;
+      case 'joined':
+        if (f.user) Room.users.set(f.user.id, { ...f.user, state: {} });
+        View.renderUsers();
+        updateChannelCount(f.channel, f.count);
+        View.addSystem(f.text || Room.displayName(f.user) + ' has joined the chat');
+        break;
+      case 'left':
+        if (f.user) {
+          reclaimName(f.user);
+          Room.users.delete(f.user.id);
+          Typing.set(f.user, false);
+          Cursors.remove(f.user.id);
+        }
+        View.renderUsers();
+        updateChannelCount(f.channel, f.count);
+        View.addSystem(f.text || Room.displayName(f.user) + ' has left the chat');
+        break;
+      case 'renamed':
+        onRenamed(f);
+        break;
+      case 'typing':
+        Typing.set(f.user, f.typing === true);
+        break;
+      case 'state':
+        if (f.user && Room.users.has(f.user.id)) {
+          Room.users.get(f.user.id).state = f.state || {};
+          Cursors.draw(f.user.id);
+        }
+        break;
+      case 'channels':
+        Room.channelList = Array.isArray(f.channels) ? f.channels : [];
+        View.renderChannels();
+        break;
+      case 'error':
+        View.showError(f.message || f.code || 'Something went wrong', f.code);
+        break;
+      default:
+        // Unknown frame types are ignored: the protocol may grow new ones.
+        break;
+    }
+  }
+
+  // The first frame on every connection, and again after each join: who we are, where,
+  // with whom, and the channel's recent history.
+  function onWelcome(f) {
+    Connection.welcomed();
+
+    Room.me = f.user;
+    Room.myIds.add(f.user.id);
+    Room.channel = f.channel;
+    // Remember the name only if it is the one we asked for, not a guest name the server
+    // picked because ours was taken (the `error` frame after this welcome says why).
+    if (Room.wantedName && Room.sameName(f.user.username, Room.wantedName)) {
+      Room.wantedName = f.user.username;
+      Settings.saveName(f.user.username);
+    }
+    View.showName(f.user.username, { chosen: Boolean(Room.wantedName), keepEdits: true });
+
+    Room.users = new Map();
+    for (const u of f.users || []) Room.users.set(u.id, { ...u, state: u.state || {} });
+    Typing.reset();
+    Cursors.clear();
+    Cursors.drawAll();
+
+    View.clearMessages();
+    for (const m of f.history || []) View.addMessage(m, false, mentionsOfMe(m));
+    View.scrollToBottom();
+
+    View.showChannel(f.channel);
+    View.renderUsers();
+    View.renderChannels();
+
+    // The channel list with counts is only sent on request (or when channels come and go).
+    Connection.send({ type: 'channels' });
+  }
+
+  function onRenamed(f) {
+    if (!f.user) return;
+    const u = Room.users.get(f.user.id);
+    if (u) u.username = f.user.username;
+    else Room.users.set(f.user.id, { ...f.user, state: {} });
+    if (Room.isMe(f.user.id)) {
+      Room.me.username = f.user.username;
+      Room.wantedName = f.user.username;
+      Settings.saveName(f.user.username);
+      View.showName(f.user.username, { chosen: true });
+      View.hideError();
+    }
+    View.renderUsers();
+    Typing.renamed(f.user);
+    Cursors.draw(f.user.id);
+    View.addSystem(f.text || f.old + ' is now known as ' + f.user.username);
+  }
+
+  // Where a message from someone else says "@" and our name (our own never count).
+  function mentionsOfMe(m) {
+    if (!Room.me || Room.isMine(m.user)) return [];
+    return Attention.findMentions(m.text, Room.me.username);
+  }
+
+  // After a network hiccup the server may still hold our old connection, and with it our
+  // name, so we came back as a guest. When that old connection leaves, take the name back.
+  function reclaimName(leaver) {
+    if (!Room.me || !Room.wantedName) return;
+    if (Room.sameName(Room.me.username, Room.wantedName)) return;
+    if (Room.sameName(leaver.username, Room.wantedName)) {
+      Connection.send({ type: 'username', username: Room.wantedName });
+    }
+  }
+
+  // joined/left carry the channel's new head count: keep our channel's number fresh without
+  // asking the server for the whole list again.
+  function updateChannelCount(channel, count) {
+    if (typeof count !== 'number') return;
+    const c = Room.channelList.find((x) => x.name === (channel || Room.channel));
+    if (c) c.count = count;
+    View.renderChannels();
+  }
+
+  return { handle };
+})();

@@ -1,0 +1,36 @@
+// Room: what the server has told us: who we are, our channel, who is in it, the channel list.
+'use strict';
+
+const Room = {
+  // The name the person chose (from ?username=…, localStorage or the name field). It only
+  // changes when they pick another one, never to a guest name the server handed out.
+  wantedName: Settings.name,
+  channel: Settings.channel,
+  me: null, // { id, username } from the last welcome
+  myIds: new Set(), // every id we had in this page: own messages stay "own" after a reconnect
+  users: new Map(), // id -> { id, username, state } for the current channel
+  channelList: [], // [{ name, count }] from the last `channels` frame
+
+  // The name to connect with. Someone who never chose one keeps the guest name they had, so
+  // after a reconnect we are back as who we were.
+  nameForQuery() {
+    return Room.wantedName || (Room.me && Room.me.username) || '';
+  },
+
+  isMe(id) {
+    return Boolean(Room.me && id === Room.me.id);
+  },
+
+  // Also true for a message this page sent on an earlier connection.
+  isMine(user) {
+    return Boolean(user && Room.myIds.has(user.id));
+  },
+
+  sameName(a, b) {
+    return String(a).toLowerCase() === String(b).toLowerCase();
+  },
+
+  displayName(user) {
+    return (user && user.username) || 'someone';
+  },
+};
