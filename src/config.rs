@@ -8,10 +8,34 @@ use log::LevelFilter;
 
 use crate::history::Fsync;
 
-/// The usage line printed by `--help`.
-pub const USAGE: &str = "usage: cyberchat [--host H] [--port P] [--allow-origin O]... [--max-rate N] \
-[--ping-interval S] [--max-connections N] [--max-handshakes N] [--max-handshakes-per-ip N] \
-[--data-dir DIR] [--fsync always|never] [--www DIR] [--log-level off|error|warn|info|debug|trace]";
+/// What `--help` prints: every flag, its default, and an example.
+pub const USAGE: &str = "\
+usage: cyberchat [FLAGS]
+
+A WebSocket chat server: ws://HOST:PORT/ for the chat (/echo for the tutorial's echo step),
+http://HOST:PORT/ for the browser client, /stats for figures. Ctrl-C or SIGTERM closes every
+client with 1001 and stops.
+
+  --host H                  address to listen on (0.0.0.0: every interface)   [127.0.0.1]
+  --port P                  port; 0 picks a free one; wins over $PORT          [$PORT, else 1337]
+  --allow-origin O          only pages from this Origin may open WebSockets; repeatable;
+                            null = pages opened from disk                     [any origin]
+  --max-rate N              frames a second per chat connection (a bucket of 2N); 0 = off  [20]
+  --ping-interval S         seconds between pings (0.01 to 86400); a client silent for 2.5
+                            intervals is closed                                [30]
+  --max-connections N       open WebSockets on both doors, lowered to what the OS allows  [10000]
+  --max-handshakes N        connections still in their HTTP head (handshakes, plain GETs)  [2048]
+  --max-handshakes-per-ip N of those, from one address (IPv6: one /64)          [256]
+  --data-dir DIR            keep each channel's history in DIR/<channel>.jsonl  [none: memory]
+  --fsync always|never      with --data-dir, wait for the disk on every message [never]
+  --www DIR                 where the browser client is served from  [./www, else the crate's]
+  --log-level L             off, error, warn, info, debug or trace; also $CYBERCHAT_LOG  [info]
+  --help                    this text
+
+A bad flag or value prints one line and exits with status 2; a port in use exits with 1.
+
+Example: a class on the local network, history kept across restarts:
+  cyberchat --host 0.0.0.0 --port 8080 --data-dir ./history";
 
 /// The shortest ping interval: below it pings would flood clients (and a zero read timeout
 /// is not a timeout at all).
@@ -216,7 +240,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_follow_the_contract() {
+    fn cli_defaults_follow_the_contract() {
         let c = parse(&[], None).unwrap();
         assert_eq!(
             (c.host.as_str(), c.port, c.max_rate),
@@ -228,7 +252,7 @@ mod tests {
     }
 
     #[test]
-    fn every_flag_is_read() {
+    fn cli_every_flag_is_read() {
         let c = parse(
             &[
                 "--host",
@@ -270,7 +294,7 @@ mod tests {
     }
 
     #[test]
-    fn port_flag_wins_over_the_environment() {
+    fn cli_port_flag_wins_over_the_environment() {
         assert_eq!(parse(&[], Some("8080")).unwrap().port, 8080);
         assert_eq!(parse(&["--port", "9000"], Some("8080")).unwrap().port, 9000);
         assert_eq!(parse(&["--port", "9000"], Some("junk")).unwrap().port, 9000);
@@ -278,7 +302,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_flags_are_one_line_errors() {
+    fn cli_bad_flags_are_one_line_errors() {
         for args in [
             &["--port", "70000"][..],
             &["--port"],

@@ -231,9 +231,31 @@ fn cli_help_exits_0() {
     let status = run.exit_status(DEADLINE);
     let (out, err) = run.output();
     assert!(status.success(), "{status:?}: {out:?} {err:?}");
+    // Every flag the contract names, and the others, each with its default.
+    for flag in [
+        "--host",
+        "--port",
+        "--allow-origin",
+        "--max-rate",
+        "--ping-interval",
+        "--max-connections",
+        "--max-handshakes ",
+        "--max-handshakes-per-ip",
+        "--data-dir",
+        "--fsync",
+        "--www",
+        "--log-level",
+    ] {
+        let line = out.iter().find(|l| l.trim_start().starts_with(flag));
+        assert!(line.is_some(), "the help names {flag}: {out:?}");
+    }
     assert!(
-        out.iter().chain(&err).any(|l| l.contains("--port")),
-        "the help names the flags: {out:?} {err:?}"
+        out.iter()
+            .any(|l| l.contains("[1337]") || l.contains("1337]"))
+    );
+    assert!(
+        out.iter().any(|l| l.starts_with("Example")),
+        "an example: {out:?}"
     );
     assert!(
         !out.iter().chain(&err).any(|l| l.contains("listening on")),

@@ -66,7 +66,7 @@ fn still_chats(sender: &mut Client, receiver: &mut Client, text: &str) {
 }
 
 #[test]
-fn hostile_silent_sockets_past_the_open_file_limit_neither_crash_nor_lock_others_out() {
+fn step7_hostile_silent_sockets_past_the_open_file_limit_neither_crash_nor_lock_others_out() {
     // 1024 descriptors: the server holds at most a few hundred connections, and is sent more
     // sockets than it has descriptors.
     let mut server = ServerProcess::start(&[], &[], Some(1024));
@@ -131,7 +131,7 @@ fn hostile_silent_sockets_past_the_open_file_limit_neither_crash_nor_lock_others
 }
 
 #[test]
-fn hostile_chat_users_past_the_thread_budget_are_refused_and_maps_never_run_out() {
+fn step7_hostile_chat_users_past_the_thread_budget_are_refused_and_maps_never_run_out() {
     // The server is made to believe the kernel allows only this many memory maps (Linux's
     // real limit is usually 65530), so that its budget is small enough to reach here.
     const MAPS: u64 = 830;
@@ -214,7 +214,7 @@ fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
 }
 
 #[test]
-fn hostile_four_clients_flooding_past_the_rate_cost_bounded_memory_and_slow_nobody() {
+fn step7_hostile_four_clients_flooding_past_the_rate_cost_bounded_memory_and_slow_nobody() {
     let mut server = ServerProcess::start(&[], &[], None);
     let addr = server.addr;
     let sampler = Sampler::start(server.child.id());
@@ -314,7 +314,7 @@ fn fill_history(addr: SocketAddr, channel: &str) {
 }
 
 #[test]
-fn hostile_clients_that_never_read_cannot_make_the_server_queue_their_welcomes() {
+fn step7_hostile_clients_that_never_read_cannot_make_the_server_queue_their_welcomes() {
     let mut server = ServerProcess::start(&[], &[], None);
     let addr = server.addr;
     fill_history(addr, "big");
@@ -398,7 +398,7 @@ fn hostile_clients_that_never_read_cannot_make_the_server_queue_their_welcomes()
 }
 
 #[test]
-fn hostile_channel_churn_sends_everyone_at_most_a_list_a_second() {
+fn step7_hostile_channel_churn_sends_everyone_at_most_a_list_a_second() {
     let mut server = ServerProcess::start(&[], &[], None);
     let addr = server.addr;
     // Ten people read at a human pace: ten frames a second.
@@ -467,7 +467,7 @@ fn threads_on_the_machine() -> u64 {
 }
 
 #[test]
-fn hostile_a_thread_that_cannot_start_is_a_refused_connection_not_a_crash() {
+fn step7_hostile_a_thread_that_cannot_start_is_a_refused_connection_not_a_crash() {
     // SAFETY: geteuid has no arguments and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!(

@@ -126,7 +126,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rate_of_zero_is_unlimited() {
+    fn step7_a_rate_of_zero_is_unlimited() {
         let mut bucket = TokenBucket::new(0);
         assert!((0..10_000).all(|_| bucket.take()));
     }

@@ -37,7 +37,7 @@ fn ids(lines: &[String]) -> Vec<u64> {
 }
 
 #[test]
-fn the_longest_message_fits_the_line_bound_exactly() {
+fn step5_disk_the_longest_message_fits_the_line_bound_exactly() {
     let username = "\u{1}".repeat(MAX_USERNAME_CHARS);
     let text = "\u{1}".repeat(MAX_TEXT_CHARS);
     let frame = ServerFrame::Message {
@@ -59,7 +59,7 @@ fn the_longest_message_fits_the_line_bound_exactly() {
 }
 
 #[test]
-fn appended_lines_come_back_with_the_last_id() {
+fn step5_disk_appended_lines_come_back_with_the_last_id() {
     let dir = temp_dir("append");
     let mut store = Store::open(&dir, Fsync::Never).unwrap();
     for id in 1..=150 {
@@ -80,7 +80,7 @@ fn appended_lines_come_back_with_the_last_id() {
 }
 
 #[test]
-fn a_torn_last_line_is_cut_off_and_appends_stay_whole() {
+fn step5_disk_a_torn_last_line_is_cut_off_and_appends_stay_whole() {
     let dir = temp_dir("torn");
     fs::create_dir_all(&dir).unwrap();
     let (one, two, three) = (
@@ -103,7 +103,7 @@ fn a_torn_last_line_is_cut_off_and_appends_stay_whole() {
 }
 
 #[test]
-fn long_lines_spanning_blocks_load_whole() {
+fn step5_disk_long_lines_spanning_blocks_load_whole() {
     let dir = temp_dir("long");
     let mut store = Store::open(&dir, Fsync::Never).unwrap();
     let text = "\u{1}".repeat(MAX_TEXT_CHARS); // the longest line there is
@@ -118,7 +118,7 @@ fn long_lines_spanning_blocks_load_whole() {
 }
 
 #[test]
-fn foreign_files_are_ignored() {
+fn step5_disk_foreign_files_are_ignored() {
     let dir = temp_dir("foreign");
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("notes.txt"), "hello").unwrap();
@@ -130,7 +130,7 @@ fn foreign_files_are_ignored() {
 }
 
 #[test]
-fn a_file_that_changed_while_read_is_not_cut() {
+fn step5_disk_a_file_that_changed_while_read_is_not_cut() {
     let dir = temp_dir("grows");
     fs::create_dir_all(&dir).unwrap();
     let path = dir.join("general.jsonl");
@@ -148,7 +148,7 @@ fn a_file_that_changed_while_read_is_not_cut() {
 }
 
 #[test]
-fn ids_past_two_to_the_53_are_refused() {
+fn step5_disk_ids_past_two_to_the_53_are_refused() {
     let dir = temp_dir("ids");
     let mut store = Store::open(&dir, Fsync::Never).unwrap();
     let last = line(MAX_MESSAGE_ID, "general", "last");
@@ -163,7 +163,7 @@ fn ids_past_two_to_the_53_are_refused() {
 }
 
 #[test]
-fn at_most_a_few_files_stay_open() {
+fn step5_disk_at_most_a_few_files_stay_open() {
     let dir = temp_dir("appenders");
     let mut store = Store::open(&dir, Fsync::Never).unwrap();
     for id in 1..=200 {
@@ -186,7 +186,7 @@ fn at_most_a_few_files_stay_open() {
 }
 
 #[test]
-fn at_most_64_histories_are_loaded_at_start_general_always() {
+fn step5_disk_at_most_64_histories_are_loaded_at_start_general_always() {
     let dir = temp_dir("many");
     fs::create_dir_all(&dir).unwrap();
     let mut id = 0;

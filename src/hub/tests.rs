@@ -505,7 +505,7 @@ fn step7_shutdown_closes_everyone_with_1001() {
 }
 
 #[test]
-fn stats_reply_through_a_channel() {
+fn step0_stats_reply_through_a_channel() {
     let mut h = Harness::new();
     h.connect(Some("Alex"), None);
     let (tx, rx) = mpsc::channel();

@@ -117,7 +117,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn usernames_follow_their_rule() {
+    fn step3_usernames_follow_their_rule() {
         assert_eq!(validate_username("  Alex ").unwrap(), "Alex");
         assert_eq!(validate_username(&"x".repeat(32)).unwrap().len(), 32);
         for bad in ["", "   ", &"x".repeat(33), "a\tb", "a\nb", "bell\u{7}"] {
@@ -167,7 +167,7 @@ mod tests {
     }
 
     #[test]
-    fn channels_are_lowercased_and_checked() {
+    fn step5_channels_are_lowercased_and_checked() {
         assert_eq!(validate_channel("Rust-Lang_2").unwrap(), "rust-lang_2");
         for bad in ["", "has space", "émoji", &"c".repeat(33), "a/b"] {
             assert_eq!(

@@ -148,7 +148,7 @@ mod tests {
     }
 
     #[test]
-    fn messages_are_trimmed_and_limited() {
+    fn step2_messages_are_trimmed_and_limited() {
         assert_eq!(
             parse_request(r#"{"type":"message","text":"  hi  "}"#),
             Ok(ChatRequest::Message { text: "hi".into() })
@@ -168,7 +168,7 @@ mod tests {
     }
 
     #[test]
-    fn malformed_frames_get_the_right_code() {
+    fn step2_malformed_frames_get_the_right_code() {
         assert_eq!(refused("not json"), ErrorCode::BadJson);
         assert_eq!(refused("[1,2]"), ErrorCode::BadJson);
         assert_eq!(refused(r#"{"type":5}"#), ErrorCode::BadJson);
@@ -191,7 +191,7 @@ mod tests {
     }
 
     #[test]
-    fn state_is_limited_to_1024_compact_bytes() {
+    fn step6_state_is_limited_to_1024_compact_bytes() {
         let fits = format!(
             r#"{{"type":"state","state":{{"k":"{}"}}}}"#,
             "a".repeat(1024 - 8)
@@ -214,7 +214,7 @@ mod tests {
     }
 
     #[test]
-    fn state_nesting_is_bounded() {
+    fn step6_state_nesting_is_bounded() {
         let nested = |levels: usize| {
             format!(
                 r#"{{"type":"state","state":{}1{}}}"#,
