@@ -30,6 +30,10 @@ fn main() -> ExitCode {
     let log_config = ConfigBuilder::new()
         .set_thread_level(log::LevelFilter::Off)
         .set_target_level(log::LevelFilter::Off)
+        // tungstenite's own lines ("Replying to close", "Sending pong") describe writes the
+        // reader discards (the outbox does all writing), so they would only mislead; every
+        // connection's end is logged by the server itself, with its reason.
+        .add_filter_ignore_str("tungstenite")
         .build();
     // Logs go to stderr, coloured only on a terminal so that log files stay plain text.
     let color = if std::io::stderr().is_terminal() {
