@@ -1,0 +1,215 @@
+//! The tutorial's examples (`examples/stepN_*.rs`), each started as a process of its own on
+//! port 0 and checked for what its step promises (`cargo test step3` runs step 3's).
+//!
+//! The promises are written from the contract (PROTOCOL.md), never from the examples' code, and
+//! every step's promises but step 2's (a plain-text broadcast, not yet the contract's frames)
+//! are also checked against the real server. So if the server changes a frame, the real
+//! server's run of these checks fails first; once they are fixed to the new contract, the
+//! examples fail until they follow.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, mpsc};
+use std::thread;
+
+use common::{Client, DEADLINE, connect};
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+// ---------------------------------------------------------------------------------------------
+// Running an example
+
+/// An example running in its own process; killed when dropped, so a failing test leaves no
+/// process behind.
+struct Example {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Example {
+    /// Starts `examples/{name}.rs` with port 0 and waits for the address it prints.
+    fn start(name: &str) -> Example {
+        let mut child = Command::new(example_binary(name))
+            .arg("0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| panic!("{name} starts: {err}"));
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("listening on ws://") {
+                    let _ = tx.send(addr.trim().trim_end_matches('/').to_owned());
+                }
+                // Read on to the end: a full pipe would block the example.
+            }
+        });
+        let addr = rx
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|_| panic!("{name} printed no `listening on ws://…` line"));
+        let addr = addr
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: not an address: {addr}"));
+        Example { child, addr }
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The example's executable, built if need be. `cargo test` builds the examples next to the
+/// test binaries (this one runs from `target/<profile>/deps`, they land in
+/// `target/<profile>/examples`), but `cargo test --test examples` does not, and a binary left
+/// from an older build would test old code: so cargo is asked, which costs nothing when it is
+/// up to date.
+fn example_binary(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/…");
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !built.iter().any(|done| done == name) {
+        let mut build = Command::new(env!("CARGO"));
+        build.current_dir(env!("CARGO_MANIFEST_DIR"));
+        build.args(["build", "--quiet", "--example", name]);
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "cargo build --example {name} failed");
+        built.push(name.to_owned());
+    }
+    profile_dir.join("examples").join(name)
+}
+
+/// The real server, in this process, with no rate limit (step 5 sends more than 100 messages).
+fn real_server() -> cyberchat::Server {
+    common::start(|config| config.max_rate = 0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the frames hold
+
+/// The text of a text message.
+fn text_of(message: Message) -> String {
+    match message {
+        Message::Text(text) => text.as_str().to_owned(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step 1: echo
+
+/// `Hello webSocket` first; each text `msg` answered `I heard you say "msg"`; binary echoed;
+/// and a second client served once the first has left.
+fn step1_promises(addr: SocketAddr) {
+    for round in 0..2 {
+        let mut client = connect(addr, "/echo");
+        assert_eq!(
+            text_of(client.next_message()),
+            "Hello webSocket",
+            "round {round}"
+        );
+        client.send_text("say \"hi\"");
+        assert_eq!(
+            text_of(client.next_message()),
+            "I heard you say \"say \"hi\"\""
+        );
+        let bytes = vec![0, 1, 2, 255];
+        client.ws.send(Message::binary(bytes.clone())).unwrap();
+        assert_eq!(client.next_message(), Message::binary(bytes));
+        client.ws.close(None).unwrap();
+        client.expect_close();
+    }
+}
+
+#[test]
+fn step1_example_echo_greets_and_quotes() {
+    step1_promises(Example::start("step1_echo").addr);
+}
+
+#[test]
+fn step1_real_server_echo_door_keeps_the_same_promises() {
+    step1_promises(real_server().local_addr());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step 2: broadcast
+
+/// Connects, says `hello from {name}` and waits for it to come back: once it has, the hub
+/// knows this client (its arrival and its message travel the same channel, in order).
+fn broadcast_client(addr: SocketAddr, name: &str) -> Client {
+    let mut client = connect(addr, "/");
+    client.send_text(&format!("hello from {name}"));
+    assert_eq!(text_of(client.next_message()), format!("hello from {name}"));
+    client
+}
+
+#[test]
+fn step2_example_broadcasts_to_everyone() {
+    let example = Example::start("step2_broadcast");
+    let mut ada = broadcast_client(example.addr, "ada");
+    let mut bob = broadcast_client(example.addr, "bob");
+    assert_eq!(text_of(ada.next_message()), "hello from bob");
+
+    // Bob's reader sits in a blocking read all along, and his messages still arrive: his
+    // writer has a socket handle of its own.
+    for text in ["one", "two", "three"] {
+        ada.send_text(text);
+    }
+    for client in [&mut ada, &mut bob] {
+        for text in ["one", "two", "three"] {
+            assert_eq!(text_of(client.next_message()), text, "everyone, in order");
+        }
+    }
+
+    // A ping is answered with its payload, by the writer (the reader writes nothing).
+    bob.ws
+        .send(Message::Ping(b"are you there".to_vec().into()))
+        .unwrap();
+    match bob.ws.read().unwrap() {
+        Message::Pong(data) => assert_eq!(&data[..], b"are you there"),
+        other => panic!("expected the pong, got {other:?}"),
+    }
+
+    // A client that vanishes without a goodbye takes nobody down with it.
+    let carol = broadcast_client(example.addr, "carol");
+    for client in [&mut ada, &mut bob] {
+        assert_eq!(text_of(client.next_message()), "hello from carol");
+    }
+    carol
+        .ws
+        .get_ref()
+        .shutdown(std::net::Shutdown::Both)
+        .unwrap();
+    drop(carol);
+    ada.send_text("still here");
+    for client in [&mut ada, &mut bob] {
+        assert_eq!(text_of(client.next_message()), "still here");
+    }
+
+    // A close is answered with the client's own code.
+    let going = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    };
+    bob.ws.close(Some(going)).unwrap();
+    let answer = bob.expect_close().expect("a close frame back");
+    assert_eq!(answer.code, CloseCode::Normal);
+}
