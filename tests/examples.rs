@@ -15,8 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, mpsc};
 use std::thread;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{Client, DEADLINE, connect};
+use serde_json::{Value, json};
 use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -103,13 +105,86 @@ fn real_server() -> cyberchat::Server {
 }
 
 // ---------------------------------------------------------------------------------------------
-// What the frames hold
+// The contract's shapes
 
 /// The text of a text message.
 fn text_of(message: Message) -> String {
     match message {
         Message::Text(text) => text.as_str().to_owned(),
         other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+/// Checks a `user` (`{"id":"<uuid v4>","username":"Alex"}`, the id canonical: lowercase and
+/// hyphenated) and returns its id.
+fn user_id(user: &Value, username: &str) -> String {
+    let id = user["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a user has a string id: {user}"));
+    let parsed = uuid::Uuid::parse_str(id).unwrap_or_else(|_| panic!("not a uuid: {id}"));
+    assert_eq!(parsed.get_version_num(), 4, "a v4 uuid: {id}");
+    assert_eq!(
+        parsed.hyphenated().to_string(),
+        id,
+        "in canonical form: {id}"
+    );
+    assert_eq!(user["username"], username, "{user}");
+    id.to_owned()
+}
+
+/// The ids in a `users` list.
+fn ids_in(users: &Value) -> Vec<&str> {
+    let users = users
+        .as_array()
+        .unwrap_or_else(|| panic!("users is a list: {users}"));
+    users
+        .iter()
+        .map(|user| user["id"].as_str().expect("each has an id"))
+        .collect()
+}
+
+/// Checks a `message` frame (`id`, `channel`, `user`, `text`, `ts`) and returns its id.
+fn check_message(frame: &Value, channel: &str, from: &str, username: &str, text: &str) -> u64 {
+    assert_eq!(frame["type"], "message", "{frame}");
+    assert_eq!(frame["channel"], channel, "{frame}");
+    assert_eq!(user_id(&frame["user"], username), from, "{frame}");
+    assert_eq!(frame["text"], text, "{frame}");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let ts = frame["ts"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("ts in milliseconds: {frame}"));
+    assert!(
+        ts.abs_diff(now) < 60_000,
+        "ts is now, in milliseconds since 1970: {frame}"
+    );
+    frame["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("an integer id: {frame}"))
+}
+
+/// Connects to `path` and returns the client with its `welcome`.
+fn welcomed(addr: SocketAddr, path: &str) -> (Client, Value) {
+    let mut client = connect(addr, path);
+    let welcome = client.recv_type("welcome");
+    assert_eq!(welcome["text"], "Welcome to Cyber Chat", "{welcome}");
+    (client, welcome)
+}
+
+/// The next frame of type `kind`, which must come before any frame of a type in `not_before`.
+fn next_of(client: &mut Client, kind: &str, not_before: &[&str]) -> Value {
+    loop {
+        let frame = client.recv();
+        if frame["type"] == kind {
+            return frame;
+        }
+        let other = frame["type"].as_str().unwrap_or("");
+        assert!(
+            !not_before.contains(&other),
+            "{frame} came before the {kind}"
+        );
     }
 }
 
@@ -212,4 +287,100 @@ fn step2_example_broadcasts_to_everyone() {
     bob.ws.close(Some(going)).unwrap();
     let answer = bob.expect_close().expect("a close frame back");
     assert_eq!(answer.code, CloseCode::Normal);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step 3: identity
+
+/// A uuid per user; `?username=` (percent-decoded) or a `guest-` name; `welcome`; `message`
+/// frames that say who wrote them; `username` renames with `renamed`; and the errors.
+fn step3_promises(addr: SocketAddr) {
+    let (mut ada, welcome) = welcomed(addr, "/?username=Ad%C3%A8le%20L");
+    assert_eq!(welcome["channel"], "general");
+    let ada_id = user_id(&welcome["user"], "Adèle L");
+    assert!(
+        ids_in(&welcome["users"]).contains(&ada_id.as_str()),
+        "{welcome}"
+    );
+
+    let (mut guest, welcome) = welcomed(addr, "/");
+    let guest_id = welcome["user"]["id"].as_str().unwrap().to_owned();
+    let guest_name = format!("guest-{}", &guest_id[..4]);
+    user_id(&welcome["user"], &guest_name);
+    let users = ids_in(&welcome["users"]);
+    assert!(
+        users.contains(&ada_id.as_str()) && users.contains(&guest_id.as_str()),
+        "{welcome}"
+    );
+
+    // To everyone, the sender included, trimmed, with ids that increase.
+    ada.send(json!({"type": "message", "text": "  hello  "}));
+    guest.send(json!({"type": "message", "text": "hi Adèle"}));
+    let mut last_ids = Vec::new();
+    for client in [&mut ada, &mut guest] {
+        let first = check_message(
+            &client.recv_type("message"),
+            "general",
+            &ada_id,
+            "Adèle L",
+            "hello",
+        );
+        let second = client.recv_type("message");
+        let second = check_message(&second, "general", &guest_id, &guest_name, "hi Adèle");
+        assert!(second > first, "message ids increase");
+        last_ids.push(second);
+    }
+    assert_eq!(
+        last_ids[0], last_ids[1],
+        "one message, one id, whoever receives it"
+    );
+
+    // A rename, told to the channel, the renamer included.
+    guest.send(json!({"type": "username", "username": "Bob"}));
+    for client in [&mut ada, &mut guest] {
+        let renamed = client.recv_type("renamed");
+        assert_eq!(user_id(&renamed["user"], "Bob"), guest_id);
+        assert_eq!(renamed["channel"], "general");
+        assert_eq!(renamed["old"], guest_name.as_str());
+        assert_eq!(renamed["text"], format!("{guest_name} is now known as Bob"));
+    }
+
+    // Refusals: taken (whatever the case), invalid, an empty message.
+    let refusals = [
+        (
+            json!({"type": "username", "username": "adèle l"}),
+            "username_taken",
+        ),
+        (
+            json!({"type": "username", "username": "   "}),
+            "invalid_username",
+        ),
+        (
+            json!({"type": "username", "username": "x".repeat(33)}),
+            "invalid_username",
+        ),
+        (json!({"type": "message", "text": "   "}), "invalid_text"),
+    ];
+    for (request, code) in refusals {
+        guest.send(request.clone());
+        let error = next_of(&mut guest, "error", &["renamed", "message"]);
+        assert_eq!(error["code"], code, "{request}");
+        assert!(error["message"].is_string(), "{error}");
+    }
+
+    // A taken name in the query: a guest, told why in the frame right after the welcome.
+    let (mut late, welcome) = welcomed(addr, "/?username=BOB");
+    let late_id = welcome["user"]["id"].as_str().unwrap().to_owned();
+    user_id(&welcome["user"], &format!("guest-{}", &late_id[..4]));
+    assert_eq!(late.recv()["code"], "username_taken");
+}
+
+#[test]
+fn step3_example_names_users_and_renames() {
+    step3_promises(Example::start("step3_identity").addr);
+}
+
+#[test]
+fn step3_real_server_keeps_the_same_promises() {
+    step3_promises(real_server().local_addr());
 }
