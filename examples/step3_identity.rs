@@ -88,13 +88,11 @@ impl Hub {
         };
         self.users.insert(id, User { name, outbox });
         let users: Vec<Value> = self.users.keys().map(|&other| self.user(other)).collect();
-        self.send(
-            id,
-            json!({
-                "type": "welcome", "text": "Welcome to Cyber Chat",
-                "user": self.user(id), "channel": "general", "users": users,
-            }),
-        );
+        let welcome = json!({
+            "type": "welcome", "text": "Welcome to Cyber Chat",
+            "user": self.user(id), "channel": "general", "users": users,
+        });
+        self.send(id, welcome);
         if let Some(Err(error)) = checked {
             self.send(id, error);
         }

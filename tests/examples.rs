@@ -313,27 +313,24 @@ fn step3_promises(addr: SocketAddr) {
         "{welcome}"
     );
 
-    // To everyone, the sender included, trimmed, with ids that increase.
+    // To everyone, the sender included, trimmed; one id per message, and ids that increase.
     ada.send(json!({"type": "message", "text": "  hello  "}));
-    guest.send(json!({"type": "message", "text": "hi Adèle"}));
-    let mut last_ids = Vec::new();
-    for client in [&mut ada, &mut guest] {
-        let first = check_message(
-            &client.recv_type("message"),
-            "general",
-            &ada_id,
-            "Adèle L",
-            "hello",
-        );
-        let second = client.recv_type("message");
-        let second = check_message(&second, "general", &guest_id, &guest_name, "hi Adèle");
-        assert!(second > first, "message ids increase");
-        last_ids.push(second);
-    }
+    let frame = ada.recv_type("message");
+    let first = check_message(&frame, "general", &ada_id, "Adèle L", "hello");
     assert_eq!(
-        last_ids[0], last_ids[1],
-        "one message, one id, whoever receives it"
+        guest.recv_type("message"),
+        frame,
+        "the same frame for everyone"
     );
+    guest.send(json!({"type": "message", "text": "hi Adèle"}));
+    let frame = guest.recv_type("message");
+    let second = check_message(&frame, "general", &guest_id, &guest_name, "hi Adèle");
+    assert_eq!(
+        ada.recv_type("message"),
+        frame,
+        "the same frame for everyone"
+    );
+    assert!(second > first, "message ids increase");
 
     // A rename, told to the channel, the renamer included.
     guest.send(json!({"type": "username", "username": "Bob"}));
@@ -383,4 +380,91 @@ fn step3_example_names_users_and_renames() {
 #[test]
 fn step3_real_server_keeps_the_same_promises() {
     step3_promises(real_server().local_addr());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step 4: presence
+
+/// Checks a `joined` or `left` frame.
+fn check_presence(frame: &Value, kind: &str, id: &str, username: &str, count: u64) {
+    assert_eq!(frame["type"], kind, "{frame}");
+    assert_eq!(frame["channel"], "general", "{frame}");
+    assert_eq!(user_id(&frame["user"], username), id, "{frame}");
+    assert_eq!(frame["count"], count, "{frame}");
+    let verb = if kind == "joined" { "joined" } else { "left" };
+    assert_eq!(
+        frame["text"],
+        format!("{username} has {verb} the chat"),
+        "{frame}"
+    );
+}
+
+/// `online` in the welcome; `joined` to the others (not the joiner); `typing` to the others
+/// (not the typist); `left` when someone closes or vanishes, each with the new `count`.
+fn step4_promises(addr: SocketAddr) {
+    let (mut ada, welcome) = welcomed(addr, "/?username=Ada");
+    assert_eq!(welcome["online"], 1, "{welcome}");
+    let ada_id = user_id(&welcome["user"], "Ada");
+
+    let (mut bob, welcome) = welcomed(addr, "/?username=Bob");
+    assert_eq!(welcome["online"], 2, "{welcome}");
+    let bob_id = user_id(&welcome["user"], "Bob");
+    let joined = next_of(&mut ada, "joined", &["message"]);
+    check_presence(&joined, "joined", &bob_id, "Bob", 2);
+
+    // Typing goes to the others only: Bob hears Ada's, Ada never her own.
+    ada.send(json!({"type": "typing", "typing": true}));
+    let typing = next_of(&mut bob, "typing", &["message"]);
+    assert_eq!(typing["channel"], "general", "{typing}");
+    assert_eq!(user_id(&typing["user"], "Ada"), ada_id);
+    assert_eq!(typing["typing"], true, "{typing}");
+    ada.send(json!({"type": "typing", "typing": false}));
+    assert_eq!(next_of(&mut bob, "typing", &["message"])["typing"], false);
+    ada.send(json!({"type": "message", "text": "done typing"}));
+    next_of(&mut ada, "message", &["typing"]);
+    // …and Bob never heard of his own arrival.
+    let message = next_of(&mut bob, "message", &["joined"]);
+    check_message(&message, "general", &ada_id, "Ada", "done typing");
+
+    // Leaving with a close frame, and vanishing without one.
+    bob.ws.close(None).unwrap();
+    bob.expect_close();
+    check_presence(
+        &next_of(&mut ada, "left", &["message"]),
+        "left",
+        &bob_id,
+        "Bob",
+        1,
+    );
+    let (carol, welcome) = welcomed(addr, "/?username=Carol");
+    let carol_id = user_id(&welcome["user"], "Carol");
+    check_presence(
+        &next_of(&mut ada, "joined", &["message"]),
+        "joined",
+        &carol_id,
+        "Carol",
+        2,
+    );
+    carol
+        .ws
+        .get_ref()
+        .shutdown(std::net::Shutdown::Both)
+        .unwrap();
+    check_presence(
+        &next_of(&mut ada, "left", &["message"]),
+        "left",
+        &carol_id,
+        "Carol",
+        1,
+    );
+}
+
+#[test]
+fn step4_example_tells_who_comes_goes_and_types() {
+    step4_promises(Example::start("step4_presence").addr);
+}
+
+#[test]
+fn step4_real_server_keeps_the_same_promises() {
+    step4_promises(real_server().local_addr());
 }
