@@ -33,7 +33,7 @@ enum Request {
 /// What the client threads tell the hub. Each client's `Connected` comes first and its
 /// `Disconnected` last (one thread sends them, in order), so the hub always knows the user.
 enum Event {
-    Connected { id: Uuid, wanted: Option<String>, outbox: Sender<Message> },
+    Connected { id: Uuid, query: Option<String>, outbox: Sender<Message> },
     Asked { id: Uuid, request: Request },
     Disconnected { id: Uuid },
 }
@@ -70,7 +70,7 @@ struct Hub {
 impl Hub {
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Connected { id, wanted, outbox } => self.connect(id, wanted, outbox),
+            Event::Connected { id, query, outbox } => self.connect(id, query, outbox),
             Event::Asked { id, request } => match request {
                 Request::Message { text } => self.message(id, &text),
                 Request::Username { username } => self.rename(id, &username),
@@ -79,9 +79,11 @@ impl Hub {
         }
     }
 
-    fn connect(&mut self, id: Uuid, wanted: Option<String>, outbox: Sender<Message>) {
+    /// `query` is the handshake's, such as `username=Ada`.
+    fn connect(&mut self, id: Uuid, query: Option<String>, outbox: Sender<Message>) {
         // A missing, invalid or taken name makes a guest; the error says why, after the welcome.
-        let checked = wanted.map(|name| self.check_name(id, &name));
+        let wanted_name = query_value(query.as_deref(), "username");
+        let checked = wanted_name.map(|name| self.check_name(id, &name));
         let name = match &checked {
             Some(Ok(name)) => name.clone(),
             _ => self.guest_name(id),
@@ -207,14 +209,14 @@ fn serve(stream: TcpStream, hub: Sender<Event>) {
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
-    let mut wanted = None;
     // tungstenite shows us the upgrade request before it answers: the name is in its query.
+    let mut query = None;
     let read_half = ReadHalf { stream, muted: false };
     #[allow(clippy::result_large_err)] // the callback's type is tungstenite's, not ours
     let handshake = tungstenite::accept_hdr(
         read_half,
         |request: &server::Request, mut response: server::Response| {
-            wanted = query_value(request.uri().query(), "username");
+            query = request.uri().query().map(str::to_owned);
             // The page asks for the `chat` subprotocol, and a browser that asks for one and gets
             // none fails the handshake. `chat` is all we speak, so that is the one we choose.
             if request.headers().contains_key("Sec-WebSocket-Protocol") {
@@ -234,7 +236,7 @@ fn serve(stream: TcpStream, hub: Sender<Event>) {
     thread::spawn(move || write_frames(write_half, queue));
     let id = Uuid::new_v4();
     let tell_hub = |event| hub.send(event).expect("the hub runs as long as the server");
-    tell_hub(Event::Connected { id, wanted, outbox: outbox.clone() });
+    tell_hub(Event::Connected { id, query, outbox: outbox.clone() });
     loop {
         match ws.read() {
             // What we do not understand is skipped: the page sends frames that later steps

@@ -468,3 +468,153 @@ fn step4_example_tells_who_comes_goes_and_types() {
 fn step4_real_server_keeps_the_same_promises() {
     step4_promises(real_server().local_addr());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Step 5: history and channels
+
+/// Skips `channels` frames until one whose list passes `wanted` (the server may coalesce
+/// lists, so the first one need not be the newest); returns it.
+fn channels_until(client: &mut Client, wanted: impl Fn(&[(String, u64)]) -> bool) -> Value {
+    loop {
+        let frame = client.recv_type("channels");
+        let list = frame["channels"]
+            .as_array()
+            .unwrap_or_else(|| panic!("a list: {frame}"));
+        let list: Vec<(String, u64)> = list
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().to_owned(),
+                    c["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert!(
+            list.iter().any(|(name, _)| name == "general"),
+            "general is always listed"
+        );
+        assert!(frame["online"].is_u64(), "{frame}");
+        if wanted(&list) {
+            return frame;
+        }
+    }
+}
+
+fn lists(list: &[(String, u64)], channel: &str) -> bool {
+    list.iter().any(|(name, _)| name == channel)
+}
+
+/// The last 100 messages, oldest first, as they were sent, in a late arrival's `welcome`;
+/// `?channel=`; `join` (`left` to the old channel, `joined` to the new, a `welcome` there);
+/// messages that stay in their channel; `channels` on request and when channels come and go.
+fn step5_promises(addr: SocketAddr) {
+    let (mut ada, welcome) = welcomed(addr, "/?username=Ada");
+    assert_eq!(welcome["history"], json!([]), "a new server has no history");
+    let ada_id = user_id(&welcome["user"], "Ada");
+    let mut sent = Vec::new();
+    for n in 0..103 {
+        ada.send(json!({"type": "message", "text": format!("m{n}")}));
+    }
+    for n in 0..103 {
+        let frame = ada.recv_type("message");
+        check_message(&frame, "general", &ada_id, "Ada", &format!("m{n}"));
+        sent.push(frame);
+    }
+
+    let (mut carol, welcome) = welcomed(addr, "/?username=Carol&channel=general");
+    assert_eq!(welcome["channel"], "general");
+    assert_eq!(
+        welcome["history"],
+        json!(sent[3..]),
+        "the last 100, oldest first, as sent"
+    );
+
+    // A channel in the query (lowercased), created for Dee: everyone hears of it.
+    let (mut dee, welcome) = welcomed(addr, "/?username=Dee&channel=Random");
+    assert_eq!(welcome["channel"], "random", "{welcome}");
+    assert_eq!(welcome["history"], json!([]), "{welcome}");
+    let dee_id = user_id(&welcome["user"], "Dee");
+    assert_eq!(
+        ids_in(&welcome["users"]),
+        [dee_id.as_str()],
+        "only random's users"
+    );
+    assert_eq!(welcome["online"], 3, "online counts the whole server");
+    for client in [&mut ada, &mut carol, &mut dee] {
+        channels_until(client, |list| lists(list, "random"));
+    }
+
+    // Ada joins it: left in general, joined in random, and a welcome for random.
+    ada.send(json!({"type": "join", "channel": "random"}));
+    let welcome = ada.recv_type("welcome");
+    assert_eq!(welcome["channel"], "random", "{welcome}");
+    let mut users = ids_in(&welcome["users"]);
+    users.sort_unstable();
+    let mut both = [ada_id.as_str(), dee_id.as_str()];
+    both.sort_unstable();
+    assert_eq!(users, both, "{welcome}");
+    let left = carol.recv_type("left");
+    assert_eq!(
+        (&left["channel"], &left["count"]),
+        (&json!("general"), &json!(1)),
+        "{left}"
+    );
+    assert_eq!(user_id(&left["user"], "Ada"), ada_id);
+    let joined = dee.recv_type("joined");
+    assert_eq!(
+        (&joined["channel"], &joined["count"]),
+        (&json!("random"), &json!(2)),
+        "{joined}"
+    );
+
+    // Messages stay in their channel, and ids increase across channels.
+    dee.send(json!({"type": "message", "text": "in random"}));
+    let in_random = ada.recv_type("message");
+    let random_id = check_message(&in_random, "random", &dee_id, "Dee", "in random");
+    assert!(
+        random_id > sent[102]["id"].as_u64().unwrap(),
+        "ids increase across channels"
+    );
+    carol.send(json!({"type": "message", "text": "in general"}));
+    let own = next_of(&mut carol, "message", &[]);
+    assert_eq!(
+        own["text"], "in general",
+        "Carol never saw random's message: {own}"
+    );
+
+    // The list on request.
+    carol.send(json!({"type": "channels"}));
+    let frame = channels_until(&mut carol, |list| {
+        list == [("general".to_owned(), 1), ("random".to_owned(), 2)]
+    });
+    assert_eq!(frame["online"], 3, "{frame}");
+
+    // Refusals, and a bad channel in the query: general, and why right after the welcome.
+    ada.send(json!({"type": "join", "channel": "no spaces"}));
+    assert_eq!(
+        next_of(&mut ada, "error", &["welcome"])["code"],
+        "invalid_channel"
+    );
+    let (mut eve, welcome) = welcomed(addr, "/?username=Eve&channel=-%21-");
+    assert_eq!(welcome["channel"], "general", "{welcome}");
+    assert_eq!(eve.recv()["code"], "invalid_channel");
+
+    // Once random is empty it is removed, and everyone hears of that too.
+    ada.send(json!({"type": "join", "channel": "general"}));
+    ada.recv_type("welcome");
+    dee.ws.close(None).unwrap();
+    dee.expect_close();
+    for client in [&mut ada, &mut carol, &mut eve] {
+        channels_until(client, |list| !lists(list, "random"));
+    }
+}
+
+#[test]
+fn step5_example_keeps_history_per_channel() {
+    step5_promises(Example::start("step5_history").addr);
+}
+
+#[test]
+fn step5_real_server_keeps_the_same_promises() {
+    step5_promises(real_server().local_addr());
+}
