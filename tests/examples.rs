@@ -618,3 +618,76 @@ fn step5_example_keeps_history_per_channel() {
 fn step5_real_server_keeps_the_same_promises() {
     step5_promises(real_server().local_addr());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Step 6: state
+
+/// The state of the user `id` in a `users` list.
+fn state_in(users: &Value, id: &str) -> Value {
+    let users = users
+        .as_array()
+        .unwrap_or_else(|| panic!("users is a list: {users}"));
+    let user = users
+        .iter()
+        .find(|user| user["id"] == id)
+        .unwrap_or_else(|| panic!("{id} listed"));
+    user["state"].clone()
+}
+
+/// `state` stored on the user, passed on to the others in the channel (not the sender), shown
+/// in `users` lists (`{}` until set), kept across `join`; at most 1024 bytes of compact JSON.
+fn step6_promises(addr: SocketAddr) {
+    let (mut ada, welcome) = welcomed(addr, "/?username=Ada");
+    let ada_id = user_id(&welcome["user"], "Ada");
+    assert_eq!(
+        state_in(&welcome["users"], &ada_id),
+        json!({}),
+        "{{}} until set"
+    );
+    let (mut bob, welcome) = welcomed(addr, "/?username=Bob");
+    let bob_id = user_id(&welcome["user"], "Bob");
+
+    let cursor = json!({"x": 0.25, "y": 0.5});
+    ada.send(json!({"type": "state", "state": cursor}));
+    let frame = next_of(&mut bob, "state", &["message"]);
+    assert_eq!(frame["channel"], "general", "{frame}");
+    assert_eq!(user_id(&frame["user"], "Ada"), ada_id);
+    assert_eq!(frame["state"], cursor, "{frame}");
+    ada.send(json!({"type": "message", "text": "moved"}));
+    next_of(&mut ada, "message", &["state"]);
+
+    // A late arrival sees it in the users list.
+    let (_carol, welcome) = welcomed(addr, "/?username=Carol");
+    assert_eq!(state_in(&welcome["users"], &ada_id), cursor, "{welcome}");
+    assert_eq!(state_in(&welcome["users"], &bob_id), json!({}), "{welcome}");
+
+    // Kept across a join.
+    ada.send(json!({"type": "join", "channel": "lab"}));
+    let welcome = ada.recv_type("welcome");
+    assert_eq!(state_in(&welcome["users"], &ada_id), cursor, "{welcome}");
+    bob.send(json!({"type": "join", "channel": "lab"}));
+    let welcome = bob.recv_type("welcome");
+    assert_eq!(state_in(&welcome["users"], &ada_id), cursor, "{welcome}");
+
+    // 1024 bytes of compact JSON are allowed, 1025 are not.
+    let fits = json!({"p": "x".repeat(1024 - r#"{"p":""}"#.len())});
+    assert_eq!(fits.to_string().len(), 1024);
+    ada.send(json!({"type": "state", "state": fits}));
+    assert_eq!(next_of(&mut bob, "state", &["message"])["state"], fits);
+    let too_big = json!({"p": "x".repeat(1025 - r#"{"p":""}"#.len())});
+    ada.send(json!({"type": "state", "state": too_big}));
+    assert_eq!(
+        next_of(&mut ada, "error", &["message"])["code"],
+        "invalid_state"
+    );
+}
+
+#[test]
+fn step6_example_keeps_state_for_live_cursors() {
+    step6_promises(Example::start("step6_state").addr);
+}
+
+#[test]
+fn step6_real_server_keeps_the_same_promises() {
+    step6_promises(real_server().local_addr());
+}
