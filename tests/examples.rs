@@ -6,10 +6,15 @@
 //! are also checked against the real server. So if the server changes a frame, the real
 //! server's run of these checks fails first; once they are fixed to the new contract, the
 //! examples fail until they follow.
+//!
+//! The page tests (`stepN_…_page_works_as_the_readme_says`) run `tests/e2e/examples.mjs` in
+//! headless Chromium against each example, and against the real server for step 7, and check
+//! that the parts of `www/client.html` that work are exactly those examples/README.md's table
+//! says; another test keeps that README's line counts true.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -690,4 +695,172 @@ fn step6_example_keeps_state_for_live_cursors() {
 #[test]
 fn step6_real_server_keeps_the_same_promises() {
     step6_promises(real_server().local_addr());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The page, in headless Chromium
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// `node`, if Chromium and the e2e script's packages are here too. Without them the page tests
+/// print `SKIPPED` and pass, except under `CI=true`, where they fail (as `tests/browser.rs`).
+fn browser_prerequisites() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let node = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("node"))
+            .find(|p| p.is_file())
+    });
+    let missing = if !Path::new(CHROMIUM).is_file() {
+        format!("{CHROMIUM} not found")
+    } else if !root.join("tests/e2e/node_modules/playwright-core").is_dir() {
+        "tests/e2e/node_modules/playwright-core not installed".to_owned()
+    } else if node.is_none() {
+        "node not found in PATH".to_owned()
+    } else {
+        return node;
+    };
+    let install = "install with: apt-get install -y chromium && npm ci --prefix tests/e2e";
+    let under_ci = std::env::var("CI").is_ok_and(|ci| ci == "true");
+    assert!(
+        !under_ci,
+        "the page test cannot run under CI: {missing}\n{install}"
+    );
+    // Straight to the stderr handle: libtest captures eprintln!, and a skip must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\nSKIPPED: the page against the examples: {missing}\n{install}\n"
+    );
+    None
+}
+
+/// What examples/README.md says works at `step`, from its "Which parts of the page work" table:
+/// each part's name, and whether it works.
+fn parts_promised_at(step: usize) -> Vec<(String, bool)> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/README.md"))
+            .expect("examples/README.md");
+    let table = readme
+        .split("| part of `www/client.html` |")
+        .nth(1)
+        .expect("the README's table of parts");
+    let rows = table
+        .lines()
+        .skip(2)
+        .take_while(|line| line.starts_with('|'));
+    rows.map(|row| {
+        // "| name | 1 | 2 | … | 7 |" splits into "", the name, the seven steps, "".
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells.len(), 10, "a part and 7 steps: {row}");
+        (cells[1].to_owned(), cells[1 + step] == "✓")
+    })
+    .collect()
+}
+
+/// Runs `tests/e2e/examples.mjs` against `addr` and checks that the parts of the page that
+/// work are exactly those examples/README.md promises at `step`.
+fn page_works_as_promised(step: usize, addr: SocketAddr) {
+    let Some(node) = browser_prerequisites() else {
+        return;
+    };
+    let promised = parts_promised_at(step);
+    let not_yet: Vec<&str> = promised
+        .iter()
+        .filter(|(_, works)| !works)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let output = Command::new(node)
+        .arg("tests/e2e/examples.mjs")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CYBERCHAT_URL", format!("ws://{addr}/"))
+        .env("CYBERCHAT_NOT_YET", not_yet.join("\n"))
+        .env("CHROMIUM", CHROMIUM)
+        .stdin(Stdio::null())
+        .output()
+        .expect("node runs");
+    let report = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the script failed:\n{report}\n{stderr}"
+    );
+    let lines: Vec<&str> = report.lines().filter(|line| line.contains(" - ")).collect();
+    assert_eq!(
+        lines.len(),
+        promised.len(),
+        "one line per row of the README's table:\n{report}"
+    );
+    for (line, (name, works)) in lines.iter().zip(&promised) {
+        // `works - NAME` or `fails - NAME: why`, in the table's order.
+        let expected = if *works {
+            format!("works - {name}")
+        } else {
+            format!("fails - {name}")
+        };
+        let said = if *works { "works" } else { "does not work yet" };
+        assert!(
+            *line == expected || line.starts_with(&format!("{expected}: ")),
+            "step {step}: the README says \"{name}\" {said}, the page says:\n{report}"
+        );
+    }
+}
+
+#[test]
+fn step1_example_page_works_as_the_readme_says() {
+    page_works_as_promised(1, Example::start("step1_echo").addr);
+}
+
+#[test]
+fn step2_example_page_works_as_the_readme_says() {
+    page_works_as_promised(2, Example::start("step2_broadcast").addr);
+}
+
+#[test]
+fn step3_example_page_works_as_the_readme_says() {
+    page_works_as_promised(3, Example::start("step3_identity").addr);
+}
+
+#[test]
+fn step4_example_page_works_as_the_readme_says() {
+    page_works_as_promised(4, Example::start("step4_presence").addr);
+}
+
+#[test]
+fn step5_example_page_works_as_the_readme_says() {
+    page_works_as_promised(5, Example::start("step5_history").addr);
+}
+
+#[test]
+fn step6_example_page_works_as_the_readme_says() {
+    page_works_as_promised(6, Example::start("step6_state").addr);
+}
+
+#[test]
+fn step7_real_server_page_works_as_the_readme_says() {
+    let server = common::start(|_| {});
+    page_works_as_promised(7, server.local_addr());
+}
+
+#[test]
+fn steps_readme_gives_each_example_its_true_length() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("examples/README.md")).unwrap();
+    let mut checked = 0;
+    for row in readme
+        .lines()
+        .filter(|line| line.starts_with("| ") && line.contains("--example"))
+    {
+        // "| 3 | `cargo run --example step3_identity` | 290 | …"
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let name = cells[2].trim_matches('`').rsplit(' ').next().unwrap();
+        let source = std::fs::read_to_string(root.join(format!("examples/{name}.rs")))
+            .unwrap_or_else(|err| panic!("examples/{name}.rs: {err}"));
+        assert_eq!(
+            cells[3],
+            source.lines().count().to_string(),
+            "examples/README.md on {name}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 6, "a row per example");
 }
