@@ -8,8 +8,9 @@
 //! - per client an outbound queue (another channel) and a writer thread that empties it, so
 //!   the hub hands a message to each queue and never waits for anyone's network.
 //!
-//! What it leaves out, on purpose: the queues have no bound and writes no deadline, so a client
-//! that stops reading makes its queue grow for ever. The real server (step 7) bounds both.
+//! What it leaves out, on purpose: the queues have no bound, so a client that stops reading
+//! makes its queue grow for ever. The real server bounds each queue and disconnects a client
+//! that fills it.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
