@@ -28,6 +28,9 @@ client with 1001 and stops.
   --max-handshakes-per-ip N of those, from one address (IPv6: one /64)          [256]
   --data-dir DIR            keep each channel's history in DIR/<channel>.jsonl  [none: memory]
   --fsync always|never      with --data-dir, wait for the disk on every message [never]
+  --redis URL               one chat with every server given the same Redis, e.g.
+                            redis://127.0.0.1:6379/ (history lives there)  [none: alone]
+  --redis-prefix P          the keys' prefix in Redis: one chat per prefix  [cyberchat]
   --www DIR                 where the browser client is served from  [./www, else the crate's]
   --log-level L             off, error, warn, info, debug or trace; also $CYBERCHAT_LOG  [info]
   --help                    this text
@@ -35,7 +38,9 @@ client with 1001 and stops.
 A bad flag or value prints one line and exits with status 2; a port in use exits with 1.
 
 Example: a class on the local network, history kept across restarts:
-  cyberchat --host 0.0.0.0 --port 8080 --data-dir ./history";
+  cyberchat --host 0.0.0.0 --port 8080 --data-dir ./history
+Two servers, one chat (a Redis on this machine):
+  cyberchat --port 8080 --redis redis://127.0.0.1:6379/ & cyberchat --port 8081 --redis redis://127.0.0.1:6379/";
 
 /// The shortest ping interval: below it pings would flood clients (and a zero read timeout
 /// is not a timeout at all).
@@ -68,6 +73,10 @@ pub struct Config {
     pub fsync: Fsync,
     /// Where the browser client's files are served from.
     pub www_dir: PathBuf,
+    /// With a URL: one of several servers sharing this Redis (see [`crate::cluster`]).
+    pub redis: Option<String>,
+    /// The prefix of every key in Redis.
+    pub redis_prefix: String,
     pub log_level: LevelFilter,
 }
 
@@ -86,6 +95,8 @@ impl Default for Config {
             data_dir: None,
             fsync: Fsync::Never,
             www_dir: default_www_dir(),
+            redis: None,
+            redis_prefix: "cyberchat".into(),
             log_level: LevelFilter::Info,
         }
     }
@@ -104,6 +115,7 @@ fn default_www_dir() -> PathBuf {
 
 /// What the command line asked for.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // made once per run
 pub enum Command {
     Run(Config),
     Help,
@@ -181,6 +193,8 @@ impl Config {
                     }
                 }
                 "--www" => config.www_dir = PathBuf::from(non_empty(&flag, value()?)?),
+                "--redis" => config.redis = Some(parse_redis(&value()?)?),
+                "--redis-prefix" => config.redis_prefix = non_empty(&flag, value()?)?,
                 "--log-level" => {
                     config.log_level =
                         parse_level(&value()?).map_err(|e| format!("--log-level: {e}"))?;
@@ -188,10 +202,30 @@ impl Config {
                 _ => return Err(format!("unknown flag {arg:?} (try --help)")),
             }
         }
+        if config.redis.is_some() && config.data_dir.is_some() {
+            return Err("--data-dir and --redis do not go together: with --redis, history \
+                        lives in Redis (give Redis persistence to keep it)"
+                .into());
+        }
         if let Some(port) = port_env.filter(|_| !port_flag) {
             config.port = parse_port(port).map_err(|e| format!("PORT: {e}"))?;
         }
         Ok(Command::Run(config))
+    }
+}
+
+/// A `--redis` URL the client can use; refused in a build without Redis.
+fn parse_redis(url: &str) -> Result<String, String> {
+    #[cfg(feature = "redis")]
+    {
+        crate::cluster::redis::check_url(url).map_err(|e| format!("--redis: {url:?}: {e}"))?;
+        Ok(url.to_owned())
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        Err(format!(
+            "--redis {url:?}: this build has no Redis support (built without the `redis` feature)"
+        ))
     }
 }
 

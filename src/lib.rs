@@ -25,6 +25,7 @@
 //! ```
 
 pub mod capacity;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod doors;

@@ -31,6 +31,7 @@ use std::time::Duration;
 use log::{debug, error, info, warn};
 
 use crate::capacity::{self, Budget, Capacity, Handshake, Limits, READER_STACK, Wanted};
+use crate::cluster::{ClusterLink, Requests};
 use crate::config::Config;
 use crate::connection::writer::send_without_waiting;
 use crate::connection::{Outbox, Writers};
@@ -60,6 +61,8 @@ pub struct Server {
     context: Arc<Context>,
     accept_thread: Option<JoinHandle<()>>,
     hub_thread: Option<JoinHandle<Vec<Outbox>>>,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    cluster: Option<Cluster>,
 }
 
 impl Server {
@@ -87,10 +90,17 @@ impl Server {
         let addr = listener.local_addr()?;
         let capacity = fit_to_this_machine(&mut config);
         let (hub_tx, hub_rx) = mpsc::sync_channel(HUB_QUEUE);
-        let hub = Hub::new(store);
+        let (hub, requests) = match &config.redis {
+            Some(_) => {
+                let (link, requests) = ClusterLink::new();
+                (Hub::clustered(link), Some(requests))
+            }
+            None => (Hub::new(store), None),
+        };
         let hub_thread = thread::Builder::new()
             .name("hub".into())
             .spawn(move || hub.run(hub_rx))?;
+        let cluster = join_cluster(&config, &hub_tx, requests)?;
         // A writer that waits this long on a socket that takes nothing gives the client up,
         // as the reader gives up on a client silent this long.
         let stall = config
@@ -115,6 +125,7 @@ impl Server {
             context,
             accept_thread: Some(accept_thread),
             hub_thread: Some(hub_thread),
+            cluster,
         })
     }
 
@@ -149,6 +160,11 @@ impl Server {
             .take()
             .and_then(|hub| hub.join().ok())
             .unwrap_or_default();
+        // The hub is gone, so is its link: the publisher says this server's users are gone.
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = self.cluster.take() {
+            cluster.stop();
+        }
         let open = self.context.budget.wait_until_closed(SHUTDOWN_GRACE);
         if open > 0 {
             warn!("{open} connections did not answer their close in time: cut off");
@@ -161,6 +177,45 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The threads that talk to Redis (`--redis`).
+#[cfg(feature = "redis")]
+type Cluster = crate::cluster::redis::Running;
+#[cfg(not(feature = "redis"))]
+type Cluster = ();
+
+/// Starts the threads that make this server one of several (`--redis`), once the hub runs.
+#[cfg(feature = "redis")]
+fn join_cluster(
+    config: &Config,
+    hub: &mpsc::SyncSender<Event>,
+    requests: Option<Requests>,
+) -> io::Result<Option<Cluster>> {
+    match (&config.redis, requests) {
+        (Some(url), Some(requests)) => Ok(Some(crate::cluster::redis::start(
+            url,
+            &config.redis_prefix,
+            hub.clone(),
+            requests,
+        )?)),
+        _ => Ok(None),
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+fn join_cluster(
+    config: &Config,
+    _hub: &mpsc::SyncSender<Event>,
+    requests: Option<Requests>,
+) -> io::Result<Option<Cluster>> {
+    match (&config.redis, requests) {
+        (Some(_), Some(_)) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--redis: this build has no Redis support (built without the `redis` feature)",
+        )),
+        _ => Ok(None),
     }
 }
 

@@ -34,7 +34,7 @@ pub mod store;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 
 use log::debug;
@@ -146,6 +146,27 @@ impl Histories {
             self.rings.insert(channel.to_owned(), ring_of(lines));
             // The file may hold ids not seen at start: new ones stay above them.
             self.next_id = self.next_id.max(store.last_id() + 1);
+        }
+    }
+
+    /// With `--redis`: merges a channel's history as read from Redis with what is kept, by id,
+    /// taking from it only ids up to `upto` (the last delivered: later ones are still on their
+    /// way, and will be kept as they are delivered). The channel's history is held from then.
+    pub fn merge(&mut self, channel: &str, recalled: Vec<(u64, Box<RawValue>)>, upto: u64) {
+        let ring = self.rings.entry(channel.to_owned()).or_default();
+        let mut all: BTreeMap<u64, Box<RawValue>> = ring
+            .drain(..)
+            .filter_map(|m| Some((id_of(&m)?, m)))
+            .collect();
+        for (id, message) in recalled {
+            if id <= upto {
+                all.entry(id).or_insert(message);
+            }
+        }
+        let skip = all.len().saturating_sub(HISTORY_LEN);
+        ring.extend(all.into_values().skip(skip));
+        if let Some(last) = ring.back().and_then(|m| id_of(m)) {
+            self.next_id = self.next_id.max(last + 1);
         }
     }
 

@@ -8,6 +8,7 @@ use tungstenite::Bytes;
 
 use super::presence::Presence;
 use super::{ConnId, Hub};
+use crate::cluster::Request;
 use crate::connection::Outbox;
 use crate::protocol::{ChannelCount, DEFAULT_CHANNEL, ServerFrame, WELCOME_TEXT, encode};
 
@@ -22,6 +23,15 @@ pub const CHANNELS_EVERY: Duration = Duration::from_secs(1);
 pub(super) struct Channel {
     pub(super) members: Vec<(ConnId, Outbox)>,
     pub(super) presence: Presence,
+    /// With `--redis`: the ids of other servers' users in the channel.
+    pub(super) remote: Vec<String>,
+}
+
+impl Channel {
+    /// Everyone in the channel, on every server.
+    pub(super) fn count(&self) -> usize {
+        self.members.len() + self.remote.len()
+    }
 }
 
 impl Hub {
@@ -31,6 +41,34 @@ impl Hub {
             // Nothing changes, so nothing is sent: a welcome can be most of a megabyte, and
             // resending it on request would let one client make the server queue megabytes a
             // second.
+            if let Some(cluster) = &mut self.cluster {
+                cluster.moving.remove(&conn);
+            }
+            return;
+        }
+        if let Some(link) = self.up_link()
+            && !self.histories.holds(&channel)
+        {
+            // Several servers: the channel's history is read from Redis first, and the user
+            // joins when it comes (`Hub::moved`); the others already see them there.
+            let mut record = self.record_of(conn);
+            record.channel = channel.clone();
+            link.send(Request::Update {
+                record,
+                answer: Some(conn),
+            });
+            let cluster = self.cluster.as_mut().expect("up");
+            cluster.moving.insert(conn, channel);
+            return;
+        }
+        self.move_to(conn, channel);
+        self.announce(conn);
+    }
+
+    /// Takes a user from their channel into `channel`, with a welcome.
+    pub(super) fn move_to(&mut self, conn: ConnId, channel: String) {
+        let user = self.users.get_mut(&conn).expect("caller checked");
+        if user.channel == channel {
             return;
         }
         info!(
@@ -57,12 +95,12 @@ impl Hub {
             self.histories.recall(channel);
         }
         let user = &self.users[&conn];
-        let members = &mut self.channels.entry(channel.to_owned()).or_default().members;
-        members.push((conn, user.outbox.clone()));
+        let ch = self.channels.entry(channel.to_owned()).or_default();
+        ch.members.push((conn, user.outbox.clone()));
         let frame = encode(&ServerFrame::Joined {
             channel,
             user: user.as_ref(),
-            count: members.len(),
+            count: ch.count(),
             text: format!("{} has joined the chat", user.username),
         });
         self.presence(channel, frame, conn);
@@ -78,7 +116,7 @@ impl Hub {
         if let Some(pos) = ch.members.iter().position(|(c, _)| *c == conn) {
             ch.members.swap_remove(pos);
         }
-        if ch.members.is_empty() && channel != DEFAULT_CHANNEL {
+        if ch.count() == 0 && channel != DEFAULT_CHANNEL {
             self.channels.remove(channel);
             let channels = &self.channels;
             self.histories
@@ -89,7 +127,7 @@ impl Hub {
         let frame = encode(&ServerFrame::Left {
             channel,
             user: user.as_ref(),
-            count: ch.members.len(),
+            count: ch.count(),
             text: format!("{} has left the chat", user.username),
         });
         self.presence(channel, frame, conn);
@@ -98,11 +136,15 @@ impl Hub {
 
     pub(super) fn welcome(&mut self, conn: ConnId) {
         let user = &self.users[&conn];
-        let members = &self.channels[&user.channel].members;
-        let users = members
+        let ch = &self.channels[&user.channel];
+        let mut users: Vec<_> = ch
+            .members
             .iter()
             .map(|(c, _)| &*self.users[c].listing)
             .collect();
+        if let Some(cluster) = &self.cluster {
+            users.extend(ch.remote.iter().map(|id| &*cluster.remote[id].listing));
+        }
         let history = self.histories.of(&user.channel).collect();
         let frame = encode(&ServerFrame::Welcome {
             text: WELCOME_TEXT,
@@ -110,7 +152,7 @@ impl Hub {
             channel: &user.channel,
             users,
             history,
-            online: self.users.len(),
+            online: self.online(),
         });
         self.send_to(conn, frame);
     }
@@ -121,13 +163,18 @@ impl Hub {
             .iter()
             .map(|(name, ch)| ChannelCount {
                 name,
-                count: ch.members.len(),
+                count: ch.count(),
             })
             .collect();
         encode(&ServerFrame::Channels {
             channels,
-            online: self.users.len(),
+            online: self.online(),
         })
+    }
+
+    /// Users online, on every server.
+    pub(super) fn online(&self) -> usize {
+        self.users.len() + self.cluster.as_ref().map_or(0, |c| c.remote.len())
     }
 
     pub(super) fn channels_due(&self) -> Option<Instant> {

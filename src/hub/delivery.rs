@@ -125,8 +125,10 @@ impl Hub {
             self.others.len()
         );
         let outboxes = self.users.values().map(|u| &u.outbox);
+        let pending = self.cluster.iter().flat_map(|c| c.pending.values());
         outboxes
             .chain(self.others.values())
+            .chain(pending.map(|p| &p.outbox))
             .for_each(close_going_away);
     }
 }

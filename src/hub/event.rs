@@ -5,6 +5,7 @@ use std::sync::mpsc::Sender;
 use serde::Serialize;
 use tungstenite::Bytes;
 
+use crate::cluster::ClusterEvent;
 use crate::connection::Outbox;
 use crate::protocol::ChatRequest;
 
@@ -35,6 +36,8 @@ pub enum Event {
     Stats { reply: Sender<Stats> },
     /// The server is stopping: close every connection with 1001, then stop.
     Shutdown,
+    /// With `--redis`: an answer or a stream entry from the cluster's threads.
+    Cluster(ClusterEvent),
 }
 
 /// The body of `GET /stats`.

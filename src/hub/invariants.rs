@@ -10,13 +10,13 @@ impl Hub {
     /// The figures of `GET /stats`.
     pub fn stats(&self) -> Stats {
         Stats {
-            online: self.users.len(),
+            online: self.online(),
             channels: self
                 .channels
                 .iter()
                 .map(|(name, ch)| ChannelStat {
                     name: name.clone(),
-                    count: ch.members.len(),
+                    count: ch.count(),
                 })
                 .collect(),
             messages: self.messages,
@@ -36,7 +36,7 @@ impl Hub {
         }
         let mut seen = 0;
         for (name, channel) in &self.channels {
-            if channel.members.is_empty() && name != DEFAULT_CHANNEL {
+            if channel.count() == 0 && name != DEFAULT_CHANNEL {
                 return Err(format!("empty channel #{name} was kept"));
             }
             let p = &channel.presence;
@@ -97,6 +97,47 @@ impl Hub {
             }
         }
         self.histories.check()?;
+        self.check_cluster()
+    }
+
+    /// With `--redis`: each other server's user in exactly the channel their record names,
+    /// their names mapped to them, nobody waiting for a welcome who has one.
+    fn check_cluster(&self) -> Result<(), String> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        let mut listed = 0;
+        for (name, channel) in &self.channels {
+            for id in &channel.remote {
+                match cluster.remote.get(id) {
+                    Some(user) if user.record.channel == *name => listed += 1,
+                    Some(user) => {
+                        return Err(format!(
+                            "remote {id} listed in #{name} but is in #{}",
+                            user.record.channel
+                        ));
+                    }
+                    None => return Err(format!("remote {id} in #{name} is not known")),
+                }
+            }
+        }
+        if listed != cluster.remote.len() {
+            return Err(format!(
+                "{listed} memberships for {} remote users",
+                cluster.remote.len()
+            ));
+        }
+        for (key, id) in &cluster.remote_names {
+            if cluster.remote.get(id).is_none_or(|u| u.record.key != *key) {
+                return Err(format!("remote name {key:?} maps to {id}, who does not hold it"));
+            }
+        }
+        if let Some(conn) = cluster.pending.keys().find(|c| self.users.contains_key(c)) {
+            return Err(format!("conn {conn} waits for a welcome it has had"));
+        }
+        if let Some(conn) = cluster.moving.keys().find(|c| !self.users.contains_key(c)) {
+            return Err(format!("conn {conn} is moving but is not a user"));
+        }
         Ok(())
     }
 }

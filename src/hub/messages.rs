@@ -7,12 +7,17 @@ use serde_json::{Map, Value};
 
 use super::{ConnId, Hub};
 use crate::connection::frame::text_frame;
-use crate::protocol::{ChatError, ErrorCode, ServerFrame, encode, now_ms};
+use crate::cluster::Request;
+use crate::protocol::{ChatError, ErrorCode, ServerFrame, UserRef, encode, now_ms};
 
 impl Hub {
     /// A chat message from `conn`: numbered, kept, then sent to everyone in its channel, the
     /// sender included.
     pub(super) fn message(&mut self, conn: ConnId, text: &str) {
+        if self.cluster.is_some() {
+            self.publish(conn, text);
+            return;
+        }
         let user = &self.users[&conn];
         let id = self.histories.next_id();
         let message = ServerFrame::Message {
@@ -43,6 +48,37 @@ impl Hub {
         self.broadcast(&channel, &frame, None);
     }
 
+    /// With `--redis`: the message goes to Redis to be numbered, and is delivered when it
+    /// comes back ([`Hub::remote_message`]); refused if Redis is away or far behind.
+    fn publish(&mut self, conn: ConnId, text: &str) {
+        let user = &self.users[&conn];
+        let cluster = self.cluster.as_ref().expect("caller checked");
+        if !cluster.up || cluster.link.congested() {
+            let refusal = ChatError::new(
+                ErrorCode::Unavailable,
+                "the chat cannot order messages right now (Redis is away or slow), so yours \
+                 was not sent; try again in a moment",
+            );
+            self.send_to(conn, refusal.to_frame());
+            return;
+        }
+        // The frame after its id, in the order `ServerFrame::Message` has: the script puts
+        // `{"type":"message","id":N,` in front.
+        let tail = serde_json::to_string(&Tail {
+            channel: &user.channel,
+            user: user.as_ref(),
+            text,
+            ts: now_ms(),
+        })
+        .expect("frames always serialize");
+        cluster.link.send(Request::Publish {
+            conn,
+            channel: user.channel.clone(),
+            tail: tail[1..].to_owned(),
+            floor: cluster.last_id,
+        });
+    }
+
     /// `conn` started or stopped typing: the others in its channel are told.
     pub(super) fn typing(&mut self, conn: ConnId, typing: bool) {
         let user = &self.users[&conn];
@@ -52,6 +88,14 @@ impl Hub {
             typing,
         });
         let channel = user.channel.clone();
+        if let Some(link) = self.up_link().filter(|link| !link.congested()) {
+            let who = serde_json::to_string(&user.as_ref()).expect("users serialize");
+            link.send(Request::Typing {
+                channel: channel.clone(),
+                user: who,
+                typing,
+            });
+        }
         self.broadcast(&channel, &frame, Some(conn));
     }
 
@@ -68,5 +112,15 @@ impl Hub {
         });
         let channel = user.channel.clone();
         self.broadcast(&channel, &frame, Some(conn));
+        self.announce(conn);
     }
+}
+
+/// A `message` frame without its type and id.
+#[derive(serde::Serialize)]
+struct Tail<'a> {
+    channel: &'a str,
+    user: UserRef<'a>,
+    text: &'a str,
+    ts: u64,
 }

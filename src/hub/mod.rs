@@ -18,14 +18,17 @@
 //! | `presence.rs` | `joined`/`left`, held back and written together when a crowd arrives |
 //! | `delivery.rs` | each client one write per batch; slow readers dropped; shutdown |
 //! | `invariants.rs` | `/stats` and the checks the tests run |
+//! | `cluster.rs`, `remote.rs` | with `--redis`: asking Redis, and the other servers' users (see [`crate::cluster`]) |
 
 pub mod event;
 
 mod channels;
+mod cluster;
 mod delivery;
 mod invariants;
 mod messages;
 mod presence;
+mod remote;
 mod users;
 
 #[cfg(test)]
@@ -43,6 +46,7 @@ pub use event::{ChannelStat, ConnId, Event, Stats};
 pub use presence::PRESENCE_WINDOW;
 
 use channels::Channel;
+use cluster::Early;
 use delivery::{MAX_BATCH_DELIVERIES, close_going_away};
 use users::User;
 
@@ -83,6 +87,8 @@ pub struct Hub {
     /// (A client whose writer has already stopped is not here: its reader is about to send
     /// [`Event::Disconnect`].)
     overflowed: Vec<ConnId>,
+    /// With `--redis`: the link to Redis and the other servers' users.
+    cluster: Option<cluster::Cluster>,
 }
 
 impl Hub {
@@ -104,6 +110,7 @@ impl Hub {
             now: Instant::now(),
             scratch: Vec::new(),
             overflowed: Vec::new(),
+            cluster: None,
         };
         hub.channels
             .insert(DEFAULT_CHANNEL.to_owned(), Channel::default());
@@ -148,6 +155,9 @@ impl Hub {
             }
         }
         let mut closing: Vec<Outbox> = self.users.into_values().map(|u| u.outbox).collect();
+        if let Some(cluster) = self.cluster {
+            closing.extend(cluster.pending.into_values().map(|p| p.outbox));
+        }
         closing.extend(self.others.into_values());
         // Connections that registered while the server was stopping still get their 1001.
         for event in events.try_iter() {
@@ -208,8 +218,18 @@ impl Hub {
             Event::Attach { conn, outbox } => {
                 self.others.insert(conn, outbox);
             }
-            Event::Request { conn, request } => self.request(conn, request),
-            Event::Reply { conn, frame } => self.send_to(conn, frame),
+            Event::Request { conn, request } => {
+                if let Some(Early::Request(request)) = self.keep_early(conn, Early::Request(request))
+                {
+                    self.request(conn, request);
+                }
+            }
+            Event::Reply { conn, frame } => {
+                if let Some(Early::Reply(frame)) = self.keep_early(conn, Early::Reply(frame)) {
+                    self.send_to(conn, frame);
+                }
+            }
+            Event::Cluster(event) => self.cluster_event(event),
             Event::Disconnect { conn } => {
                 self.others.remove(&conn);
                 self.remove_user(conn, "disconnected");

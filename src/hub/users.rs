@@ -6,7 +6,9 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::cluster::Pending;
 use super::{ConnId, Hub};
+use crate::cluster::Request;
 use crate::connection::Outbox;
 use crate::protocol::{
     ChatError, DEFAULT_CHANNEL, ErrorCode, ServerFrame, UserRef, UserWithState, encode, name_key,
@@ -61,16 +63,18 @@ impl Hub {
         let mut refusals = Vec::new();
         let requested_name = username.filter(|u| !u.is_empty());
         let username = match requested_name.map(|u| validate_username(&u)) {
-            Some(Ok(name)) if self.holder_of(&name).is_none() => name,
+            Some(Ok(name)) if self.holder_of(&name).is_none() && !self.taken_remotely(&name) => {
+                Some(name)
+            }
             Some(Ok(name)) => {
                 refusals.push(taken(&name));
-                self.guest_name(&id)
+                None
             }
             Some(Err(refusal)) => {
                 refusals.push(refusal);
-                self.guest_name(&id)
+                None
             }
-            None => self.guest_name(&id),
+            None => None,
         };
         let requested_channel = channel.filter(|c| !c.is_empty());
         let channel = match requested_channel.map(|c| validate_channel(&c)) {
@@ -81,6 +85,34 @@ impl Hub {
             }
             None => DEFAULT_CHANNEL.to_owned(),
         };
+        if self.up_link().is_some() {
+            // Several servers: the name is settled by Redis before the welcome.
+            let pending = Pending {
+                outbox,
+                id,
+                channel,
+                requested: username,
+                refusals,
+                early: Vec::new(),
+            };
+            self.connect_clustered(conn, pending);
+            return;
+        }
+        let username = username.unwrap_or_else(|| self.guest_name(&id));
+        self.admit(conn, outbox, id, username, channel, refusals);
+    }
+
+    /// A user whose name is settled enters their channel and gets their welcome, then the
+    /// refusals of their query.
+    pub(super) fn admit(
+        &mut self,
+        conn: ConnId,
+        outbox: Outbox,
+        id: String,
+        username: String,
+        channel: String,
+        refusals: Vec<ChatError>,
+    ) {
         info!("{username:?} connected (conn {conn}, id {id}) into #{channel}");
         self.names.insert(name_key(&username), conn);
         let mut user = User {
@@ -108,15 +140,31 @@ impl Hub {
         if self
             .holder_of(&username)
             .is_some_and(|holder| holder != conn)
+            || self.taken_remotely(&username) && name_key(&username) != name_key(&self.users[&conn].username)
         {
             self.send_to(conn, taken(&username).to_frame());
             return;
         }
+        if let Some(link) = self.up_link() {
+            // Several servers: Redis says whether the name is free; the answer renames.
+            let mut record = self.record_of(conn);
+            record.key = name_key(&username);
+            record.username = username;
+            link.send(Request::Rename { conn, record });
+            return;
+        }
+        self.rename_now(conn, username);
+    }
+
+    /// Renames `conn`, now that the name is known to be theirs.
+    pub(super) fn rename_now(&mut self, conn: ConnId, username: String) {
         let user = self.users.get_mut(&conn).expect("caller checked");
         let old = std::mem::replace(&mut user.username, username);
         user.relist();
         info!("{old:?} renamed to {:?} (conn {conn})", user.username);
-        self.names.remove(&name_key(&old));
+        if self.names.get(&name_key(&old)) == Some(&conn) {
+            self.names.remove(&name_key(&old));
+        }
         self.names.insert(name_key(&user.username), conn);
         let frame = encode(&ServerFrame::Renamed {
             channel: &user.channel,
@@ -129,6 +177,10 @@ impl Hub {
     }
 
     pub(super) fn remove_user(&mut self, conn: ConnId, why: &str) {
+        if let Some(cluster) = &mut self.cluster {
+            cluster.pending.remove(&conn);
+            cluster.moving.remove(&conn);
+        }
         if !self.users.contains_key(&conn) {
             return;
         }
@@ -137,12 +189,15 @@ impl Hub {
         let user = self.users.remove(&conn).expect("checked above");
         self.names.remove(&name_key(&user.username));
         info!("{:?} left (conn {conn}): {why}", user.username);
+        if let Some(link) = self.up_link() {
+            link.send(Request::Leave { id: user.id });
+        }
         if removed {
             self.channels_changed();
         }
     }
 
-    fn holder_of(&self, username: &str) -> Option<ConnId> {
+    pub(super) fn holder_of(&self, username: &str) -> Option<ConnId> {
         self.names.get(&name_key(username)).copied()
     }
 
@@ -151,12 +206,12 @@ impl Hub {
         let hex: String = id.chars().filter(|c| *c != '-').collect();
         (4..=hex.len())
             .map(|n| format!("guest-{}", &hex[..n]))
-            .find(|name| self.holder_of(name).is_none())
+            .find(|name| self.holder_of(name).is_none() && !self.taken_remotely(name))
             .unwrap_or_else(|| format!("guest-{hex}-{}", self.users.len()))
     }
 }
 
-fn taken(username: &str) -> ChatError {
+pub(super) fn taken(username: &str) -> ChatError {
     ChatError::new(
         ErrorCode::UsernameTaken,
         format!("the username {username:?} is taken"),

@@ -1,0 +1,281 @@
+//! Several servers, one chat (`--redis URL`): what the servers share through Redis, and how.
+//!
+//! This is the one place the design is explained; the files below each do one part of it.
+//!
+//! **Streams, not Pub/Sub.** Everything that must reach the other servers is an entry of one
+//! Redis stream, `<p>:events` (`<p>` is `--redis-prefix`, `cyberchat` by default). A stream has
+//! ordered ids and can be read again from any of them, so a server that lost its connection
+//! reads on from the last entry it saw and misses nothing; Pub/Sub drops what is published
+//! while a subscriber reconnects.
+//!
+//! **A message is numbered by Redis, and delivered only once it comes back.** The hub hands a
+//! chat message to the *publisher* thread, which runs one Lua script, atomically: check the
+//! epoch (below), `INCR <p>:id` (but never to or below the highest id this server has seen:
+//! the floor it passes), `XADD <p>:history:<channel> MAXLEN 100` and `XADD <p>:events`. Every
+//! server's *reader* thread reads `<p>:events` with `XREAD BLOCK` on a connection of its own
+//! and hands each entry to its hub as an event; the hub delivers a message to its local
+//! members then, and never at send time. So every server delivers one channel's messages in
+//! the stream's order, which is the id order, and the ids strictly increase across the cluster.
+//! A message that cannot be run through the script is refused with `unavailable`: a server
+//! never shows a message it could not order.
+//!
+//! **Presence is a hash per server plus deltas in the stream.** Each server keeps its users in
+//! `<p>:users:<server>` (user id → `{id, username, key, channel, state}`), changed by the same
+//! scripts that append the change to the stream: `up` (a user connected, moved, renamed or set
+//! a state), `rm` (left), `sync` (all of a server's users, after it (re)joined) and `gone` (a
+//! server's users are all gone). Each hub keeps a view of the other servers' users, built from
+//! the hashes when its reader starts (one atomic script returns them with the stream position)
+//! and kept current by the entries, and answers `users`, `count`, `online` and `/stats` from
+//! its own users plus that view. A change is told to each server's *own* members by that
+//! server, so a client hears each `joined`/`left` once; replaying an entry changes nothing,
+//! as each entry says what is, not what to add.
+//!
+//! **Dead servers.** Each server refreshes `<p>:alive:<server>` (TTL [`ALIVE_TTL`]) every
+//! [`HEARTBEAT`]; the same script removes, for every server in `<p>:servers` whose key has
+//! expired, its users and names, and appends `gone`. So a server killed with `kill -9` is out
+//! of everyone's presence within [`PRESENCE_BOUND`]. A server that finds itself removed (it
+//! was cut off from Redis longer than the TTL) registers its users again: nothing stale comes
+//! back, only users who are really connected.
+//!
+//! **Names** are claimed in `<p>:names` (folded name → `<server> <user id>`, `HSETNX`), by the
+//! script that also registers the user, and released by the one that removes them (or by the
+//! dead server's clean-up). The hub never waits for Redis, so connecting and renaming have two
+//! phases: the hub asks, the answer comes back as an event, and only then is the `welcome` (or
+//! the `renamed`) sent. A connect offers the script its candidates in order (the query's name,
+//! then guest names), and the first free one wins.
+//!
+//! **Redis going away.** The publisher's failures reach the hub as [`ClusterEvent::Down`]: then
+//! messages are refused with `unavailable`, and the rest is served locally (connect, join,
+//! rename, typing and state among this server's own users, names unique among the names this
+//! server knows). When Redis is back ([`ClusterEvent::Up`]) the hub registers every user again
+//! (a name taken meanwhile on another server is lost to a guest name, with `username_taken`),
+//! asks again for the history of every channel it has members in, and messages are accepted
+//! again; the reader resumes from the last entry it saw.
+//!
+//! **Redis losing its data.** `<p>:epoch` holds a random value set by the first server to
+//! connect. Every script checks it, and the heartbeat too; a missing or changed epoch means
+//! Redis restarted empty (or was flushed). The publisher then sets the id counter to at least
+//! the highest id this server has seen (so ids go on increasing), registers the server and its
+//! users again, and the reader takes a new view and reads the new stream from its start. Each
+//! hub also drops any message whose id is not above the last it delivered, so its clients see
+//! ids strictly increase whatever Redis does.
+//!
+//! | file | what |
+//! |---|---|
+//! | this file | the requests the hub makes and the events it gets back |
+//! | `redis/mod.rs` | starting the threads; keys; connections |
+//! | `redis/scripts.rs` | the Lua scripts, each atomic |
+//! | `redis/publisher.rs` | the publisher thread: requests, heartbeats, reconnecting |
+//! | `redis/reader.rs` | the reader thread: `XREAD BLOCK`, snapshots, epoch changes |
+//! | `src/hub/remote.rs` | the hub's view of the other servers' users |
+//! | `src/hub/cluster.rs` | the hub's side of each request and answer |
+
+#[cfg(feature = "redis")]
+pub mod redis;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::hub::ConnId;
+
+/// How long a server's heartbeat key lives: a server silent this long is taken for dead.
+pub const ALIVE_TTL: Duration = Duration::from_secs(10);
+/// How often each server refreshes its heartbeat and looks for dead servers.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Within this, a dead server's users are out of every other server's presence: its key
+/// expires at most [`ALIVE_TTL`] after its last refresh, and the next heartbeat of any live
+/// server (at most [`HEARTBEAT`] later) removes them; the rest is delivery.
+pub const PRESENCE_BOUND: Duration = Duration::from_secs(12);
+/// Requests that may wait for the publisher. Past this (a slow Redis), messages and typing
+/// are refused rather than queued without bound; presence is always queued.
+pub const MAX_BACKLOG: usize = 8192;
+
+/// A user as the cluster stores and announces them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub id: String,
+    pub username: String,
+    /// The folded name ([`crate::protocol::name_key`]) the user holds in `<p>:names`.
+    pub key: String,
+    pub channel: String,
+    #[serde(default)]
+    pub state: Map<String, Value>,
+}
+
+/// A name a user may get, in the order they are tried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub username: String,
+    pub key: String,
+}
+
+/// A message as history keeps it: its id and its `message` frame.
+pub type Kept = (u64, Box<RawValue>);
+
+/// What the hub asks of the publisher thread. It never waits for an answer: answers come back
+/// as [`ClusterEvent`]s.
+#[derive(Debug)]
+pub enum Request {
+    /// Claim the first free name of `candidates` for a new user and announce them (`up`); with
+    /// `history`, also the last messages of its channel. Answered by [`ClusterEvent::Claimed`].
+    Claim {
+        conn: ConnId,
+        record: UserRecord,
+        candidates: Vec<Candidate>,
+        history: bool,
+    },
+    /// A user moved or set a state: store and announce the record. With `answer`, it moved
+    /// into a channel whose history this server does not hold: answered by
+    /// [`ClusterEvent::Moved`] with that history.
+    Update {
+        record: UserRecord,
+        answer: Option<ConnId>,
+    },
+    /// Take the record's name (if free) and announce it. Answered by [`ClusterEvent::Renamed`].
+    Rename { conn: ConnId, record: UserRecord },
+    /// A user left: release their name, remove and announce.
+    Leave { id: String },
+    /// Someone is typing: announced, not stored (at most once).
+    Typing {
+        channel: String,
+        user: String,
+        typing: bool,
+    },
+    /// A chat message: `tail` is its frame after the `"id":N,` the script puts in. A failure is
+    /// answered by [`ClusterEvent::PublishFailed`]; success by the message coming back.
+    Publish {
+        conn: ConnId,
+        channel: String,
+        tail: String,
+        floor: u64,
+    },
+    /// The last messages of a channel. Answered by [`ClusterEvent::Recalled`].
+    Recall { channel: String },
+    /// Register every user of this server again (after Redis was away), each with the names
+    /// it may get. Answered by [`ClusterEvent::Registered`].
+    Register {
+        users: Vec<(ConnId, UserRecord, Vec<Candidate>)>,
+        floor: u64,
+    },
+}
+
+/// What the cluster's threads tell the hub.
+#[derive(Debug)]
+pub enum ClusterEvent {
+    /// The publisher can talk to Redis again (or for the first time).
+    Up,
+    /// The publisher lost Redis: refuse messages until [`ClusterEvent::Up`].
+    Down,
+    /// The answer to [`Request::Claim`]: the name won, or `None` if Redis could not be asked;
+    /// the channel's history if it was asked for and could be read.
+    Claimed {
+        conn: ConnId,
+        id: String,
+        name: Option<Candidate>,
+        history: Option<Vec<Kept>>,
+    },
+    /// The answer to [`Request::Update`] with an `answer`.
+    Moved {
+        conn: ConnId,
+        channel: String,
+        history: Option<Vec<Kept>>,
+    },
+    /// The answer to [`Request::Rename`]: `Some(true)` taken, `Some(false)` held by someone
+    /// else, `None` Redis could not be asked.
+    Renamed {
+        conn: ConnId,
+        username: String,
+        won: Option<bool>,
+    },
+    PublishFailed { conn: ConnId },
+    Recalled {
+        channel: String,
+        history: Option<Vec<Kept>>,
+    },
+    /// The answer to [`Request::Register`]: users whose name was taken meanwhile, with the old
+    /// name and the one they got instead.
+    Registered {
+        renamed: Vec<(ConnId, String, Candidate)>,
+    },
+    /// A message read from the stream.
+    Message {
+        id: u64,
+        channel: String,
+        json: Box<RawValue>,
+    },
+    /// Another server's user, as they now are.
+    Upsert { server: String, record: UserRecord },
+    /// Another server's user left.
+    Remove { server: String, id: String },
+    /// All of another server's users.
+    Sync {
+        server: String,
+        records: Vec<UserRecord>,
+    },
+    /// Another server and all its users are gone.
+    Gone { server: String },
+    /// Every other server's users, read at once (at start, or after Redis lost data or the
+    /// reader missed entries): the view is replaced.
+    Snapshot { records: Vec<(String, UserRecord)> },
+    /// Someone on another server is typing. `user` is `{"id","username"}`.
+    Typing {
+        channel: String,
+        user: Box<RawValue>,
+        typing: bool,
+    },
+}
+
+/// The hub's end of the link to the publisher thread: an unbounded channel (the hub never
+/// waits on it) and the count of requests not yet taken, to refuse what a slow Redis cannot
+/// take.
+#[derive(Debug, Clone)]
+pub struct ClusterLink {
+    requests: Sender<Request>,
+    backlog: Arc<AtomicUsize>,
+}
+
+impl ClusterLink {
+    /// A link and the publisher's end of it.
+    pub fn new() -> (ClusterLink, Requests) {
+        let (requests, receiver) = std::sync::mpsc::channel();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let link = ClusterLink {
+            requests,
+            backlog: Arc::clone(&backlog),
+        };
+        (link, Requests { receiver, backlog })
+    }
+
+    /// Queues a request; never waits.
+    pub fn send(&self, request: Request) {
+        self.backlog.fetch_add(1, Ordering::Relaxed);
+        if self.requests.send(request).is_err() {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the publisher is so far behind that optional requests should be refused.
+    pub fn congested(&self) -> bool {
+        self.backlog.load(Ordering::Relaxed) >= MAX_BACKLOG
+    }
+}
+
+/// The publisher's end of a [`ClusterLink`].
+#[derive(Debug)]
+pub struct Requests {
+    pub receiver: Receiver<Request>,
+    backlog: Arc<AtomicUsize>,
+}
+
+impl Requests {
+    /// Counts a request as taken off the queue.
+    pub fn taken(&self) {
+        self.backlog.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,177 @@
+//! The two threads that talk to Redis (see [`crate::cluster`] for the design): starting them,
+//! their connections, and reading Redis's answers.
+//!
+//! Both feed the hub's event channel as connection threads do, and the hub reaches the
+//! publisher only through an unbounded channel, so the hub never waits on Redis.
+
+mod publisher;
+mod reader;
+mod scripts;
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use log::info;
+use redis::{Client, Connection, Value};
+use serde_json::value::RawValue;
+
+use super::{Kept, Requests};
+use crate::hub::Event;
+
+/// How long opening a connection to Redis may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the publisher waits for an answer before taking Redis for away (a slow Redis is
+/// a Redis that is away: messages are refused, not queued behind it).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long start-up waits to join the cluster before listening anyway (Redis away).
+const JOIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The cluster's threads, running.
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Running")
+    }
+}
+
+/// Checks that `url` is one the `redis` crate can use (for the command line).
+///
+/// # Errors
+/// Why it is not.
+pub fn check_url(url: &str) -> Result<(), String> {
+    Client::open(url).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Starts the publisher (taking `requests`) and the reader for the hub behind `hub`, and waits (at most
+/// [`JOIN_TIMEOUT`]) until both have joined the cluster or found Redis away, so that the first
+/// client is served with the other servers' users in view.
+///
+/// # Errors
+/// When the URL is not one, or a thread cannot be started.
+pub fn start(
+    url: &str,
+    prefix: &str,
+    hub: SyncSender<Event>,
+    requests: Requests,
+) -> io::Result<Running> {
+    let client = Client::open(url).map_err(|e| io::Error::other(format!("--redis: {e}")))?;
+    let server = uuid::Uuid::new_v4().simple().to_string();
+    info!("joining the cluster at {url} (prefix {prefix:?}) as server {server}");
+    let keys = Keys {
+        prefix: prefix.to_owned(),
+        server,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let publisher = publisher::Publisher::new(client.clone(), keys.clone(), hub.clone());
+    let ready = ready_tx.clone();
+    let publisher = thread::Builder::new()
+        .name("redis-publisher".into())
+        .spawn(move || publisher.run(&requests, ready))?;
+    let reader = reader::Reader::new(client, keys, hub, Arc::clone(&stop));
+    let reader = thread::Builder::new()
+        .name("redis-reader".into())
+        .spawn(move || reader.run(ready_tx))?;
+    let deadline = Instant::now() + JOIN_TIMEOUT;
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if ready_rx.recv_timeout(left).is_err() {
+            break;
+        }
+    }
+    Ok(Running {
+        stop,
+        threads: Mutex::new(vec![publisher, reader]),
+    })
+}
+
+impl Running {
+    /// Stops the threads once the hub is gone: the publisher says this server's users are
+    /// gone (its request channel closed with the hub), the reader ends within a `BLOCK`.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The names of everything in Redis, and who this server is.
+#[derive(Debug, Clone)]
+pub(super) struct Keys {
+    pub(super) prefix: String,
+    pub(super) server: String,
+}
+
+impl Keys {
+    pub(super) fn events(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
+    pub(super) fn history(&self, channel: &str) -> String {
+        format!("{}:history:{channel}", self.prefix)
+    }
+
+    pub(super) fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+}
+
+/// A connection whose every answer has a deadline.
+pub(super) fn connect(client: &Client, answer_within: Duration) -> redis::RedisResult<Connection> {
+    let con = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+    con.set_read_timeout(Some(answer_within))?;
+    con.set_write_timeout(Some(answer_within))?;
+    Ok(con)
+}
+
+/// A string or number Redis answered, as text.
+pub(super) fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        Value::Okay => Some("OK".into()),
+        _ => None,
+    }
+}
+
+/// An array Redis answered (empty for anything else, `nil` too).
+pub(super) fn items(value: &Value) -> &[Value] {
+    match value {
+        Value::Array(items) | Value::Set(items) => items,
+        _ => &[],
+    }
+}
+
+/// A stream entry's field, by name.
+pub(super) fn field<'a>(fields: &'a [Value], name: &str) -> Option<&'a Value> {
+    fields
+        .chunks(2)
+        .find(|pair| matches!(&pair[0], Value::BulkString(b) if b == name.as_bytes()))
+        .and_then(|pair| pair.get(1))
+}
+
+/// A channel's history as `XREVRANGE` answers it (newest first), oldest first.
+pub(super) fn history_of(value: &Value) -> Vec<Kept> {
+    let mut kept: Vec<Kept> = items(value)
+        .iter()
+        .filter_map(|entry| {
+            let fields = items(items(entry).get(1)?);
+            let id = text(field(fields, "id")?)?.parse().ok()?;
+            let json = RawValue::from_string(text(field(fields, "m")?)?).ok()?;
+            Some((id, json))
+        })
+        .collect();
+    kept.reverse();
+    kept
+}

@@ -1,0 +1,464 @@
+//! The publisher thread: runs the hub's requests against Redis (each a script, those waiting
+//! sent together in one pipeline), refreshes this server's heartbeat, and joins the cluster
+//! again whenever Redis was away, lost its data, or took this server for dead.
+
+use std::sync::mpsc::{RecvTimeoutError, Sender, SyncSender};
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use redis::{Client, Connection, Pipeline, Value};
+
+use super::scripts::Scripts;
+use super::{ANSWER_TIMEOUT, Keys, connect, history_of, items, text};
+use crate::cluster::{ALIVE_TTL, ClusterEvent, HEARTBEAT, Request, Requests, UserRecord};
+use crate::hub::Event;
+
+/// Requests sent to Redis in one round trip, at most.
+const MAX_BATCH: usize = 256;
+/// How long to wait between two attempts to reach a Redis that is away.
+const RETRY: Duration = Duration::from_millis(500);
+
+pub(super) struct Publisher {
+    client: Client,
+    keys: Keys,
+    hub: SyncSender<Event>,
+    scripts: Scripts,
+    con: Option<Connection>,
+    /// The epoch this server joined: a script that finds another answers `EPOCH`.
+    epoch: String,
+    /// What the hub was last told: Redis up or not.
+    up: bool,
+    /// The highest message id this server has seen: ids given out stay above it.
+    floor: u64,
+    retry_at: Instant,
+    /// Whether the failure to reach Redis was already logged.
+    warned: bool,
+}
+
+/// What an answer says besides its result.
+enum Verdict {
+    Fine,
+    /// Redis lost its data, or took this server for dead: join again.
+    Rejoin(&'static str),
+    /// The connection cannot be used any more.
+    Lost(String),
+}
+
+impl Publisher {
+    pub(super) fn new(client: Client, keys: Keys, hub: SyncSender<Event>) -> Publisher {
+        Publisher {
+            client,
+            keys,
+            hub,
+            scripts: Scripts::new(),
+            con: None,
+            epoch: String::new(),
+            up: false,
+            floor: 0,
+            retry_at: Instant::now(),
+            warned: false,
+        }
+    }
+
+    /// Runs until the hub drops its end of the requests (the server stops); then tells the
+    /// cluster this server's users are gone.
+    pub(super) fn run(mut self, requests: &Requests, ready: Sender<()>) {
+        self.join();
+        let _ = ready.send(());
+        let mut beat_at = Instant::now() + HEARTBEAT;
+        loop {
+            let wait = beat_at.saturating_duration_since(Instant::now());
+            let mut batch = Vec::new();
+            match requests.receiver.recv_timeout(wait) {
+                Ok(request) => batch.push(request),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while !batch.is_empty() && batch.len() < MAX_BATCH {
+                match requests.receiver.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            for _ in &batch {
+                requests.taken();
+            }
+            if !batch.is_empty() {
+                self.run_batch(batch);
+            }
+            if Instant::now() >= beat_at {
+                self.beat();
+                beat_at = Instant::now() + HEARTBEAT;
+            }
+        }
+        self.bye();
+    }
+
+    fn tell(&self, event: ClusterEvent) {
+        let _ = self.hub.send(Event::Cluster(event));
+    }
+
+    /// Connects and joins the cluster (a new epoch if Redis has none), then tells the hub.
+    fn join(&mut self) {
+        self.con = None;
+        let candidate = uuid::Uuid::new_v4().simple().to_string();
+        let joined = connect(&self.client, ANSWER_TIMEOUT).and_then(|mut con| {
+            let epoch: String = self
+                .scripts
+                .hello
+                .arg(&self.keys.prefix)
+                .arg(&self.keys.server)
+                .arg(&candidate)
+                .arg(ALIVE_TTL.as_millis() as u64)
+                .arg(self.floor)
+                .invoke(&mut con)?;
+            for script in self.scripts.all() {
+                script.load(&mut con)?;
+            }
+            Ok((con, epoch))
+        });
+        match joined {
+            Ok((con, epoch)) => {
+                if !self.epoch.is_empty() && self.epoch != epoch {
+                    warn!(
+                        "Redis lost its data (its epoch changed): joining again, message ids go \
+                         on above {}",
+                        self.floor
+                    );
+                }
+                self.epoch = epoch;
+                self.con = Some(con);
+                self.warned = false;
+                if !self.up {
+                    info!("Redis is reachable: joined the cluster");
+                }
+                self.up = true;
+                // Always, after every join: the hub registers its users again.
+                self.tell(ClusterEvent::Up);
+            }
+            Err(err) => self.away(&err.to_string()),
+        }
+    }
+
+    /// Redis cannot be used: the hub is told, and it is tried again after [`RETRY`].
+    fn away(&mut self, why: &str) {
+        self.con = None;
+        self.retry_at = Instant::now() + RETRY;
+        if self.up {
+            warn!("lost Redis ({why}): messages are refused until it is back");
+            self.up = false;
+            self.tell(ClusterEvent::Down);
+        } else if !self.warned {
+            warn!("cannot reach Redis ({why}); trying again every {RETRY:?}");
+            self.warned = true;
+            self.tell(ClusterEvent::Down);
+        }
+    }
+
+    fn rejoin(&mut self, why: &str) {
+        warn!("{why}: joining the cluster again");
+        if self.up {
+            self.up = false;
+            self.tell(ClusterEvent::Down);
+        }
+        self.join();
+    }
+
+    fn beat(&mut self) {
+        if self.con.is_none() {
+            if Instant::now() >= self.retry_at {
+                self.join();
+            }
+            return;
+        }
+        let mut pipe = redis::pipe();
+        let mut call = self.call(&self.scripts.heartbeat);
+        call.arg(ALIVE_TTL.as_millis() as u64);
+        pipe.add_command(call);
+        let answer = self.query(&pipe).map(|mut a| a.pop().unwrap_or(Value::Nil));
+        match answer {
+            Ok(answer) => match verdict(&answer) {
+                Verdict::Fine => {
+                    let reaped = items(&answer).get(1).and_then(text);
+                    if let Some(n) = reaped.filter(|n| n != "0") {
+                        info!("{n} servers stopped answering: their users are gone");
+                    }
+                }
+                Verdict::Rejoin(why) => self.rejoin(why),
+                Verdict::Lost(why) => self.away(&why),
+            },
+            Err(why) => self.away(&why),
+        }
+    }
+
+    fn bye(&mut self) {
+        if self.con.is_none() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(self.call(&self.scripts.bye));
+        if self.query(&pipe).is_ok() {
+            info!("left the cluster: this server's users are gone from it");
+        }
+    }
+
+    /// `EVALSHA` of `script` with the arguments every script takes first.
+    fn call(&self, script: &redis::Script) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash())
+            .arg(0)
+            .arg(&self.keys.prefix)
+            .arg(&self.keys.server)
+            .arg(&self.epoch);
+        cmd
+    }
+
+    fn query(&mut self, pipe: &Pipeline) -> Result<Vec<Value>, String> {
+        let con = self.con.as_mut().ok_or("not connected")?;
+        pipe.query(con).map_err(|e| e.to_string())
+    }
+
+    fn run_batch(&mut self, batch: Vec<Request>) {
+        if self.con.is_none() && Instant::now() >= self.retry_at {
+            self.join();
+        }
+        if self.con.is_none() {
+            batch.into_iter().for_each(|r| self.fail(r));
+            return;
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for request in &batch {
+            pipe.add_command(self.command(request));
+        }
+        let answers = match self.query(&pipe) {
+            Ok(answers) if answers.len() == batch.len() => answers,
+            Ok(_) => {
+                self.away("Redis answered a batch with the wrong number of answers");
+                Vec::new()
+            }
+            Err(why) => {
+                self.away(&why);
+                Vec::new()
+            }
+        };
+        if answers.is_empty() {
+            batch.into_iter().for_each(|r| self.fail(r));
+            return;
+        }
+        let mut after = Verdict::Fine;
+        for (request, answer) in batch.into_iter().zip(answers) {
+            match verdict(&answer) {
+                Verdict::Fine => self.answer(request, &answer),
+                other => {
+                    after = other;
+                    self.fail(request);
+                }
+            }
+        }
+        match after {
+            Verdict::Fine => {}
+            Verdict::Rejoin(why) => self.rejoin(why),
+            Verdict::Lost(why) => self.away(&why),
+        }
+    }
+
+    /// The command that carries out `request`.
+    fn command(&mut self, request: &Request) -> redis::Cmd {
+        let json = |record: &UserRecord| serde_json::to_string(record).expect("records serialize");
+        match request {
+            Request::Claim {
+                record,
+                candidates,
+                history,
+                ..
+            } => {
+                let mut cmd = self.call(&self.scripts.claim);
+                cmd.arg(&record.id)
+                    .arg(if *history { record.channel.as_str() } else { "" });
+                for candidate in candidates {
+                    let named = UserRecord {
+                        username: candidate.username.clone(),
+                        key: candidate.key.clone(),
+                        ..record.clone()
+                    };
+                    cmd.arg(&candidate.key).arg(json(&named));
+                }
+                cmd
+            }
+            Request::Update { record, answer } => {
+                let mut cmd = self.call(&self.scripts.upsert);
+                let channel = if answer.is_some() { &record.channel } else { "" };
+                cmd.arg(&record.id).arg(json(record)).arg(channel);
+                cmd
+            }
+            Request::Rename { record, .. } => {
+                let mut cmd = self.call(&self.scripts.rename);
+                cmd.arg(&record.id).arg(&record.key).arg(json(record));
+                cmd
+            }
+            Request::Leave { id } => {
+                let mut cmd = self.call(&self.scripts.leave);
+                cmd.arg(id);
+                cmd
+            }
+            Request::Typing {
+                channel,
+                user,
+                typing,
+            } => {
+                let mut cmd = self.call(&self.scripts.typing);
+                cmd.arg(channel).arg(user).arg(if *typing { "1" } else { "0" });
+                cmd
+            }
+            Request::Publish {
+                channel,
+                tail,
+                floor,
+                ..
+            } => {
+                self.floor = self.floor.max(*floor);
+                let mut cmd = self.call(&self.scripts.publish);
+                cmd.arg(self.floor).arg(channel).arg(tail);
+                cmd
+            }
+            Request::Recall { channel } => {
+                let mut cmd = redis::cmd("XREVRANGE");
+                cmd.arg(self.keys.history(channel))
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(crate::history::HISTORY_LEN);
+                cmd
+            }
+            Request::Register { users, floor } => {
+                self.floor = self.floor.max(*floor);
+                let mut cmd = self.call(&self.scripts.register);
+                cmd.arg(ALIVE_TTL.as_millis() as u64).arg(self.floor);
+                for (_, record, candidates) in users {
+                    cmd.arg(&record.id).arg(candidates.len());
+                    for candidate in candidates {
+                        let named = UserRecord {
+                            username: candidate.username.clone(),
+                            key: candidate.key.clone(),
+                            ..record.clone()
+                        };
+                        cmd.arg(&candidate.key).arg(json(&named));
+                    }
+                }
+                cmd
+            }
+        }
+    }
+
+    /// Tells the hub what Redis answered to `request`.
+    fn answer(&mut self, request: Request, answer: &Value) {
+        let parts = items(answer);
+        let taken = parts.first().and_then(text).as_deref() == Some("TAKEN");
+        match request {
+            Request::Claim {
+                conn,
+                record,
+                mut candidates,
+                history,
+            } => {
+                let index: Option<usize> = parts.get(1).and_then(text).and_then(|i| i.parse().ok());
+                let name = index.filter(|i| *i < candidates.len());
+                self.tell(ClusterEvent::Claimed {
+                    conn,
+                    id: record.id,
+                    name: name.map(|i| candidates.swap_remove(i)),
+                    history: history.then(|| parts.get(2).map(history_of).unwrap_or_default()),
+                });
+            }
+            Request::Update {
+                record,
+                answer: Some(conn),
+            } => self.tell(ClusterEvent::Moved {
+                conn,
+                channel: record.channel,
+                history: Some(parts.get(1).map(history_of).unwrap_or_default()),
+            }),
+            Request::Rename { conn, record } => self.tell(ClusterEvent::Renamed {
+                conn,
+                username: record.username,
+                won: Some(!taken),
+            }),
+            Request::Publish { .. } => {
+                let id = parts.get(1).and_then(text).and_then(|n| n.parse().ok());
+                self.floor = self.floor.max(id.unwrap_or(0));
+            }
+            Request::Recall { channel } => self.tell(ClusterEvent::Recalled {
+                channel,
+                history: Some(history_of(answer)),
+            }),
+            Request::Register { users, .. } => {
+                let chosen = parts.get(1).map(items).unwrap_or_default();
+                let renamed = users
+                    .into_iter()
+                    .zip(chosen)
+                    .filter_map(|((conn, record, mut candidates), index)| {
+                        let index: usize = text(index)?.parse().ok()?;
+                        (index > 0 && index < candidates.len())
+                            .then(|| (conn, record.username, candidates.swap_remove(index)))
+                    })
+                    .collect();
+                self.tell(ClusterEvent::Registered { renamed });
+            }
+            Request::Update { answer: None, .. } | Request::Leave { .. } | Request::Typing { .. } => {
+            }
+        }
+    }
+
+    /// Tells the hub `request` could not be carried out, where it waits for an answer.
+    fn fail(&self, request: Request) {
+        let event = match request {
+            Request::Claim { conn, record, .. } => ClusterEvent::Claimed {
+                conn,
+                id: record.id,
+                name: None,
+                history: None,
+            },
+            Request::Update {
+                record,
+                answer: Some(conn),
+            } => ClusterEvent::Moved {
+                conn,
+                channel: record.channel,
+                history: None,
+            },
+            Request::Rename { conn, record } => ClusterEvent::Renamed {
+                conn,
+                username: record.username,
+                won: None,
+            },
+            Request::Publish { conn, .. } => ClusterEvent::PublishFailed { conn },
+            Request::Recall { channel } => ClusterEvent::Recalled {
+                channel,
+                history: None,
+            },
+            // Registered again at the next join; announced by the `sync` it makes.
+            Request::Register { .. }
+            | Request::Update { answer: None, .. }
+            | Request::Leave { .. }
+            | Request::Typing { .. } => return,
+        };
+        self.tell(event);
+    }
+}
+
+/// What an answer says about the connection and the cluster.
+fn verdict(answer: &Value) -> Verdict {
+    if let Value::ServerError(err) = answer {
+        if err.code() == "NOSCRIPT" {
+            return Verdict::Lost("Redis forgot the scripts".into());
+        }
+        error!("a Redis script failed: {err:?}");
+        return Verdict::Fine;
+    }
+    match items(answer).first().and_then(text).as_deref() {
+        Some("EPOCH") => Verdict::Rejoin("Redis lost its data (its epoch is not ours)"),
+        Some("REAPED") => Verdict::Rejoin("the cluster took this server for dead"),
+        _ => Verdict::Fine,
+    }
+}

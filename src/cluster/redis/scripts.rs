@@ -1,0 +1,336 @@
+//! The Lua scripts (see [`crate::cluster`] for the design). Each runs atomically in Redis, so
+//! a change to the shared state and the stream entry that tells it can never be seen apart.
+//!
+//! Every script but `HELLO` and `SNAPSHOT` takes `prefix, server, epoch` first and does nothing
+//! but answer `{'EPOCH'}` when Redis's epoch is not the one the server joined: Redis lost its
+//! data, and the server must join again before anything is written. Scripts that write this
+//! server's users answer `{'REAPED'}` when the server is no longer in `<p>:servers`: another
+//! server took it for dead, and its users must be registered again. Numbers go out through
+//! `string.format('%d')`: Lua's own conversion writes large ones as `1e+14`.
+
+use redis::Script;
+
+/// What every script begins with: the key helper and the epoch check.
+macro_rules! prologue {
+    () => {
+        r"
+local p, me = ARGV[1], ARGV[2]
+local function key(...) return table.concat({p, ...}, ':') end
+if redis.call('GET', key('epoch')) ~= ARGV[3] then return {'EPOCH'} end
+"
+    };
+}
+
+/// Writing this server's users needs it to be registered.
+macro_rules! registered {
+    () => {
+        r"
+if redis.call('SISMEMBER', key('servers'), me) == 0 then return {'REAPED'} end
+"
+    };
+}
+
+/// Removes server `s`'s users and names and says so (`gone`); used for the dead and for
+/// oneself on shutdown.
+macro_rules! remove_server {
+    () => {
+        r"
+local function remove_server(s)
+  local users = redis.call('HGETALL', key('users', s))
+  for i = 1, #users, 2 do
+    local k = cjson.decode(users[i + 1]).key
+    if redis.call('HGET', key('names'), k) == s .. ' ' .. users[i] then
+      redis.call('HDEL', key('names'), k)
+    end
+  end
+  redis.call('DEL', key('users', s), key('alive', s))
+  redis.call('SREM', key('servers'), s)
+  redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*', 'k', 'gone', 's', s)
+end
+"
+    };
+}
+
+/// Raises the id counter to at least `floor`: ids keep increasing when Redis comes back empty.
+macro_rules! raise_floor {
+    () => {
+        r"
+local function raise_floor(floor)
+  local id = tonumber(redis.call('GET', key('id')) or '0')
+  if id < floor then redis.call('SET', key('id'), string.format('%d', floor)) end
+end
+"
+    };
+}
+
+/// Joining (or joining again): `prefix, server, new epoch, ttl ms, floor` → the epoch, which
+/// is the new one only if Redis had none.
+const HELLO: &str = concat!(
+    r"
+local p, me = ARGV[1], ARGV[2]
+local function key(...) return table.concat({p, ...}, ':') end
+local epoch = redis.call('GET', key('epoch'))
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('SET', key('epoch'), epoch)
+end
+",
+    raise_floor!(),
+    r"
+raise_floor(tonumber(ARGV[5]))
+redis.call('SADD', key('servers'), me)
+redis.call('SET', key('alive', me), '1', 'PX', ARGV[4])
+return epoch
+"
+);
+
+/// `…, floor, channel, tail` → `{'OK', id}`: numbers a message, keeps it in the channel's
+/// history and appends it to the stream.
+const PUBLISH: &str = concat!(
+    prologue!(),
+    r#"
+local id = redis.call('INCR', key('id'))
+local floor = tonumber(ARGV[4])
+if id <= floor then
+  id = floor + 1
+  redis.call('SET', key('id'), string.format('%d', id))
+end
+local n = string.format('%d', id)
+local m = '{"type":"message","id":' .. n .. ',' .. ARGV[6]
+redis.call('XADD', key('history', ARGV[5]), 'MAXLEN', '100', '*', 'id', n, 'm', m)
+redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*',
+  'k', 'msg', 's', me, 'id', n, 'c', ARGV[5], 'm', m)
+return {'OK', n}
+"#
+);
+
+/// `…, user id, record, channel or ''` → `{'OK', history?}`: stores and announces a user;
+/// with a channel, also returns its history (newest first).
+const UPSERT: &str = concat!(
+    prologue!(),
+    registered!(),
+    r"
+redis.call('HSET', key('users', me), ARGV[4], ARGV[5])
+redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*', 'k', 'up', 's', me, 'u', ARGV[5])
+if ARGV[6] ~= '' then
+  return {'OK', redis.call('XREVRANGE', key('history', ARGV[6]), '+', '-', 'COUNT', 100)}
+end
+return {'OK'}
+"
+);
+
+/// `…, user id, channel or '', then (key, record) pairs` → `{'OK', index, history}`: the
+/// first candidate name that is free is claimed, and the user stored and announced with it.
+const CLAIM: &str = concat!(
+    prologue!(),
+    registered!(),
+    r"
+local owner = me .. ' ' .. ARGV[4]
+for i = 6, #ARGV, 2 do
+  local held = redis.call('HGET', key('names'), ARGV[i])
+  if not held or held == owner then
+    redis.call('HSET', key('names'), ARGV[i], owner)
+    redis.call('HSET', key('users', me), ARGV[4], ARGV[i + 1])
+    redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*',
+      'k', 'up', 's', me, 'u', ARGV[i + 1])
+    local history = {}
+    if ARGV[5] ~= '' then
+      history = redis.call('XREVRANGE', key('history', ARGV[5]), '+', '-', 'COUNT', 100)
+    end
+    return {'OK', string.format('%d', (i - 6) / 2), history}
+  end
+end
+return {'TAKEN'}
+"
+);
+
+/// `…, user id, new key, record` → `{'OK'}` or `{'TAKEN'}`: takes the new name, frees the
+/// old one.
+const RENAME: &str = concat!(
+    prologue!(),
+    registered!(),
+    r"
+local owner = me .. ' ' .. ARGV[4]
+local held = redis.call('HGET', key('names'), ARGV[5])
+if held and held ~= owner then return {'TAKEN'} end
+local old = redis.call('HGET', key('users', me), ARGV[4])
+if old then
+  local k = cjson.decode(old).key
+  if k ~= ARGV[5] and redis.call('HGET', key('names'), k) == owner then
+    redis.call('HDEL', key('names'), k)
+  end
+end
+redis.call('HSET', key('names'), ARGV[5], owner)
+redis.call('HSET', key('users', me), ARGV[4], ARGV[6])
+redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*', 'k', 'up', 's', me, 'u', ARGV[6])
+return {'OK'}
+"
+);
+
+/// `…, user id` → `{'OK'}`: a user left; their name is free.
+const LEAVE: &str = concat!(
+    prologue!(),
+    r"
+local old = redis.call('HGET', key('users', me), ARGV[4])
+if not old then return {'OK'} end
+local k = cjson.decode(old).key
+if redis.call('HGET', key('names'), k) == me .. ' ' .. ARGV[4] then
+  redis.call('HDEL', key('names'), k)
+end
+redis.call('HDEL', key('users', me), ARGV[4])
+redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*', 'k', 'rm', 's', me, 'u', ARGV[4])
+return {'OK'}
+"
+);
+
+/// `…, channel, user, '1' or '0'` → `{'OK'}`: typing, announced and not stored.
+const TYPING: &str = concat!(
+    prologue!(),
+    r"
+redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*',
+  'k', 'typing', 's', me, 'c', ARGV[4], 'u', ARGV[5], 't', ARGV[6])
+return {'OK'}
+"
+);
+
+/// `…, ttl ms, floor, then per user: id, n, n (key, record) pairs` → `{'OK', indexes}`: this
+/// server's users, all of them, registered again (each with the first of its names that is
+/// free) and announced in one `sync`.
+const REGISTER: &str = concat!(
+    prologue!(),
+    raise_floor!(),
+    r"
+local old = redis.call('HGETALL', key('users', me))
+for i = 1, #old, 2 do
+  local k = cjson.decode(old[i + 1]).key
+  if redis.call('HGET', key('names'), k) == me .. ' ' .. old[i] then
+    redis.call('HDEL', key('names'), k)
+  end
+end
+redis.call('DEL', key('users', me))
+redis.call('SADD', key('servers'), me)
+redis.call('SET', key('alive', me), '1', 'PX', ARGV[4])
+raise_floor(tonumber(ARGV[5]))
+local chosen, records = {}, {}
+local i = 6
+while i <= #ARGV do
+  local uid, n = ARGV[i], tonumber(ARGV[i + 1])
+  local owner = me .. ' ' .. uid
+  local won = -1
+  for j = 0, n - 1 do
+    local k, record = ARGV[i + 2 + 2 * j], ARGV[i + 3 + 2 * j]
+    local held = redis.call('HGET', key('names'), k)
+    if not held or held == owner then
+      redis.call('HSET', key('names'), k, owner)
+      redis.call('HSET', key('users', me), uid, record)
+      table.insert(records, record)
+      won = j
+      break
+    end
+  end
+  table.insert(chosen, string.format('%d', won))
+  i = i + 2 + 2 * n
+end
+redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*',
+  'k', 'sync', 's', me, 'u', '[' .. table.concat(records, ',') .. ']')
+return {'OK', chosen}
+"
+);
+
+/// `…, ttl ms` → `{'OK', reaped}`: refreshes this server's heartbeat and removes every server
+/// whose heartbeat has expired.
+const HEARTBEAT: &str = concat!(
+    prologue!(),
+    registered!(),
+    remove_server!(),
+    r"
+redis.call('SET', key('alive', me), '1', 'PX', ARGV[4])
+local reaped = 0
+for _, s in ipairs(redis.call('SMEMBERS', key('servers'))) do
+  if s ~= me and redis.call('EXISTS', key('alive', s)) == 0 then
+    remove_server(s)
+    reaped = reaped + 1
+  end
+end
+return {'OK', string.format('%d', reaped)}
+"
+);
+
+/// `…` → `{'OK'}`: this server stops; its users are gone at once.
+const BYE: &str = concat!(
+    prologue!(),
+    remove_server!(),
+    r"
+remove_server(me)
+return {'OK'}
+"
+);
+
+/// `prefix` → `{epoch or '', last stream id, then (server, record) pairs}`: every live
+/// server's users and the stream position they are current at, read at once.
+const SNAPSHOT: &str = r"
+local p = ARGV[1]
+local function key(...) return table.concat({p, ...}, ':') end
+local last = '0-0'
+local top = redis.call('XREVRANGE', key('events'), '+', '-', 'COUNT', 1)
+if #top > 0 then last = top[1][1] end
+local out = {redis.call('GET', key('epoch')) or '', last}
+for _, s in ipairs(redis.call('SMEMBERS', key('servers'))) do
+  if redis.call('EXISTS', key('alive', s)) == 1 then
+    for _, record in ipairs(redis.call('HVALS', key('users', s))) do
+      table.insert(out, s)
+      table.insert(out, record)
+    end
+  end
+end
+return out
+";
+
+/// Every script, hashed once.
+pub struct Scripts {
+    pub hello: Script,
+    pub publish: Script,
+    pub upsert: Script,
+    pub claim: Script,
+    pub rename: Script,
+    pub leave: Script,
+    pub typing: Script,
+    pub register: Script,
+    pub heartbeat: Script,
+    pub bye: Script,
+    pub snapshot: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Scripts {
+        Scripts {
+            hello: Script::new(HELLO),
+            publish: Script::new(PUBLISH),
+            upsert: Script::new(UPSERT),
+            claim: Script::new(CLAIM),
+            rename: Script::new(RENAME),
+            leave: Script::new(LEAVE),
+            typing: Script::new(TYPING),
+            register: Script::new(REGISTER),
+            heartbeat: Script::new(HEARTBEAT),
+            bye: Script::new(BYE),
+            snapshot: Script::new(SNAPSHOT),
+        }
+    }
+
+    /// Every script the publisher runs (loaded on every connection, for `EVALSHA`).
+    pub fn all(&self) -> [&Script; 10] {
+        [
+            &self.hello,
+            &self.publish,
+            &self.upsert,
+            &self.claim,
+            &self.rename,
+            &self.leave,
+            &self.typing,
+            &self.register,
+            &self.heartbeat,
+            &self.bye,
+        ]
+    }
+}
