@@ -203,9 +203,11 @@ impl Config {
             }
         }
         if config.redis.is_some() && config.data_dir.is_some() {
-            return Err("--data-dir and --redis do not go together: with --redis, history \
+            return Err(
+                "--data-dir and --redis do not go together: with --redis, history \
                         lives in Redis (give Redis persistence to keep it)"
-                .into());
+                    .into(),
+            );
         }
         if let Some(port) = port_env.filter(|_| !port_flag) {
             config.port = parse_port(port).map_err(|e| format!("PORT: {e}"))?;

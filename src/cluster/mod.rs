@@ -193,7 +193,9 @@ pub enum ClusterEvent {
         username: String,
         won: Option<bool>,
     },
-    PublishFailed { conn: ConnId },
+    PublishFailed {
+        conn: ConnId,
+    },
     Recalled {
         channel: String,
         history: Option<Vec<Kept>>,
@@ -210,19 +212,29 @@ pub enum ClusterEvent {
         json: Box<RawValue>,
     },
     /// Another server's user, as they now are.
-    Upsert { server: String, record: UserRecord },
+    Upsert {
+        server: String,
+        record: UserRecord,
+    },
     /// Another server's user left.
-    Remove { server: String, id: String },
+    Remove {
+        server: String,
+        id: String,
+    },
     /// All of another server's users.
     Sync {
         server: String,
         records: Vec<UserRecord>,
     },
     /// Another server and all its users are gone.
-    Gone { server: String },
+    Gone {
+        server: String,
+    },
     /// Every other server's users, read at once (at start, or after Redis lost data or the
     /// reader missed entries): the view is replaced.
-    Snapshot { records: Vec<(String, UserRecord)> },
+    Snapshot {
+        records: Vec<(String, UserRecord)>,
+    },
     /// Someone on another server is typing. `user` is `{"id","username"}`.
     Typing {
         channel: String,

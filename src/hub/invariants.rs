@@ -129,7 +129,9 @@ impl Hub {
         }
         for (key, id) in &cluster.remote_names {
             if cluster.remote.get(id).is_none_or(|u| u.record.key != *key) {
-                return Err(format!("remote name {key:?} maps to {id}, who does not hold it"));
+                return Err(format!(
+                    "remote name {key:?} maps to {id}, who does not hold it"
+                ));
             }
         }
         if let Some(conn) = cluster.pending.keys().find(|c| self.users.contains_key(c)) {

@@ -6,8 +6,8 @@ use log::error;
 use serde_json::{Map, Value};
 
 use super::{ConnId, Hub};
-use crate::connection::frame::text_frame;
 use crate::cluster::Request;
+use crate::connection::frame::text_frame;
 use crate::protocol::{ChatError, ErrorCode, ServerFrame, UserRef, encode, now_ms};
 
 impl Hub {

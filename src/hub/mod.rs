@@ -219,7 +219,8 @@ impl Hub {
                 self.others.insert(conn, outbox);
             }
             Event::Request { conn, request } => {
-                if let Some(Early::Request(request)) = self.keep_early(conn, Early::Request(request))
+                if let Some(Early::Request(request)) =
+                    self.keep_early(conn, Early::Request(request))
                 {
                     self.request(conn, request);
                 }

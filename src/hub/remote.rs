@@ -151,7 +151,12 @@ impl Hub {
         let Some(user) = cluster.remote.remove(id) else {
             return;
         };
-        if cluster.remote_names.get(&user.record.key).map(String::as_str) == Some(id) {
+        if cluster
+            .remote_names
+            .get(&user.record.key)
+            .map(String::as_str)
+            == Some(id)
+        {
             cluster.remote_names.remove(&user.record.key);
         }
         self.remote_leave(&user, &user.record.channel);

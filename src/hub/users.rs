@@ -140,7 +140,8 @@ impl Hub {
         if self
             .holder_of(&username)
             .is_some_and(|holder| holder != conn)
-            || self.taken_remotely(&username) && name_key(&username) != name_key(&self.users[&conn].username)
+            || self.taken_remotely(&username)
+                && name_key(&username) != name_key(&self.users[&conn].username)
         {
             self.send_to(conn, taken(&username).to_frame());
             return;
@@ -206,7 +207,7 @@ impl Hub {
         let hex: String = id.chars().filter(|c| *c != '-').collect();
         (4..=hex.len())
             .map(|n| format!("guest-{}", &hex[..n]))
-            .find(|name| self.holder_of(name).is_none() && !self.taken_remotely(name))
+            .find(|name| self.holder_of(name).is_none())
             .unwrap_or_else(|| format!("guest-{hex}-{}", self.users.len()))
     }
 }

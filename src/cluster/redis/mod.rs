@@ -51,7 +51,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
 }
 
 /// Starts the publisher (taking `requests`) and the reader for the hub behind `hub`, and waits (at most
-/// [`JOIN_TIMEOUT`]) until both have joined the cluster or found Redis away, so that the first
+/// 3 s) until both have joined the cluster or found Redis away, so that the first
 /// client is served with the other servers' users in view.
 ///
 /// # Errors

@@ -274,8 +274,11 @@ impl Publisher {
                 ..
             } => {
                 let mut cmd = self.call(&self.scripts.claim);
-                cmd.arg(&record.id)
-                    .arg(if *history { record.channel.as_str() } else { "" });
+                cmd.arg(&record.id).arg(if *history {
+                    record.channel.as_str()
+                } else {
+                    ""
+                });
                 for candidate in candidates {
                     let named = UserRecord {
                         username: candidate.username.clone(),
@@ -288,7 +291,11 @@ impl Publisher {
             }
             Request::Update { record, answer } => {
                 let mut cmd = self.call(&self.scripts.upsert);
-                let channel = if answer.is_some() { &record.channel } else { "" };
+                let channel = if answer.is_some() {
+                    &record.channel
+                } else {
+                    ""
+                };
                 cmd.arg(&record.id).arg(json(record)).arg(channel);
                 cmd
             }
@@ -308,7 +315,9 @@ impl Publisher {
                 typing,
             } => {
                 let mut cmd = self.call(&self.scripts.typing);
-                cmd.arg(channel).arg(user).arg(if *typing { "1" } else { "0" });
+                cmd.arg(channel)
+                    .arg(user)
+                    .arg(if *typing { "1" } else { "0" });
                 cmd
             }
             Request::Publish {
@@ -405,8 +414,9 @@ impl Publisher {
                     .collect();
                 self.tell(ClusterEvent::Registered { renamed });
             }
-            Request::Update { answer: None, .. } | Request::Leave { .. } | Request::Typing { .. } => {
-            }
+            Request::Update { answer: None, .. }
+            | Request::Leave { .. }
+            | Request::Typing { .. } => {}
         }
     }
 

@@ -160,7 +160,10 @@ impl Reader {
             .query(con)
         {
             Ok(info) => info,
-            Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+            Err(err)
+                if err.kind()
+                    == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+            {
                 return Ok(false); // no stream yet
             }
             Err(err) => return Err(err),
@@ -193,7 +196,10 @@ impl Reader {
                 .query(con)?;
             let streams: Vec<&Value> = match &answer {
                 Value::Map(pairs) => pairs.iter().map(|(_, v)| v).collect(),
-                other => items(other).iter().filter_map(|s| items(s).get(1)).collect(),
+                other => items(other)
+                    .iter()
+                    .filter_map(|s| items(s).get(1))
+                    .collect(),
             };
             for entries in streams {
                 for entry in items(entries) {
