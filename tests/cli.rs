@@ -314,3 +314,22 @@ fn cli_a_host_or_data_dir_that_cannot_work_is_status_2() {
     std::fs::remove_file(file).unwrap();
     assert_refused(&["--ping-interval", "0.001"], &[]);
 }
+
+#[test]
+#[cfg(feature = "redis")]
+fn cli_a_redis_flag_that_cannot_work_is_status_2() {
+    assert_refused(&["--redis", "not a url"], &[]);
+    assert_refused(&["--redis", "http://127.0.0.1:6379/"], &[]);
+    // History lives in Redis then: a --data-dir beside it would be a second truth.
+    assert_refused(
+        &["--redis", "redis://127.0.0.1:6379/", "--data-dir", "/tmp"],
+        &[],
+    );
+    assert_refused(&["--redis-prefix", ""], &[]);
+}
+
+#[test]
+#[cfg(not(feature = "redis"))]
+fn cli_redis_in_a_build_without_it_is_status_2() {
+    assert_refused(&["--redis", "redis://127.0.0.1:6379/"], &[]);
+}

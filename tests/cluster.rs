@@ -76,9 +76,15 @@ fn cluster_a_message_on_one_server_reaches_the_other_with_the_same_id_and_histor
         .iter()
         .map(|u| u["username"].as_str().unwrap())
         .collect();
-    assert!(names.contains(&"Alex") && names.contains(&"Bo"), "{names:?}");
+    assert!(
+        names.contains(&"Alex") && names.contains(&"Bo"),
+        "{names:?}"
+    );
     let joined = alex.recv_type("joined");
-    assert_eq!((joined["user"]["username"].clone(), joined["count"].clone()), (json!("Bo"), json!(2)));
+    assert_eq!(
+        (joined["user"]["username"].clone(), joined["count"].clone()),
+        (json!("Bo"), json!(2))
+    );
 
     let sent = alex.say("hello from A");
     let got = bo.recv_type("message");
@@ -131,7 +137,10 @@ fn cluster_presence_counts_stats_and_names_span_the_servers() {
     let renamed = other.recv_type("renamed");
     assert_eq!(renamed["user"]["username"], "Olga");
     let seen = strasse.recv_type("renamed");
-    assert_eq!((seen["old"].clone(), seen["user"]["username"].clone()), (json!(guest), json!("Olga")));
+    assert_eq!(
+        (seen["old"].clone(), seen["user"]["username"].clone()),
+        (json!(guest), json!("Olga"))
+    );
     strasse.send(json!({"type": "username", "username": "OLGA"}));
     assert_eq!(strasse.recv_type("error")["code"], "username_taken");
 
@@ -139,12 +148,16 @@ fn cluster_presence_counts_stats_and_names_span_the_servers() {
     other.send(json!({"type": "join", "channel": "side"}));
     other.recv_type("welcome");
     let left = strasse.recv_type("left");
-    assert_eq!((left["user"]["username"].clone(), left["count"].clone()), (json!("Olga"), json!(1)));
+    assert_eq!(
+        (left["user"]["username"].clone(), left["count"].clone()),
+        (json!("Olga"), json!(1))
+    );
     for addr in both {
         eventually("stats span both servers", || {
             let s = stats(addr);
             s["online"] == 2
-                && s["channels"] == json!([{"name": "general", "count": 1}, {"name": "side", "count": 1}])
+                && s["channels"]
+                    == json!([{"name": "general", "count": 1}, {"name": "side", "count": 1}])
         });
     }
     let list = strasse.recv_type("channels");
@@ -157,10 +170,16 @@ fn cluster_presence_counts_stats_and_names_span_the_servers() {
     other.recv_type("joined");
     side_a.send(json!({"type": "typing", "typing": true}));
     let typing = other.recv_type("typing");
-    assert_eq!((typing["user"]["username"].clone(), typing["typing"].clone()), (json!("Sid"), json!(true)));
+    assert_eq!(
+        (typing["user"]["username"].clone(), typing["typing"].clone()),
+        (json!("Sid"), json!(true))
+    );
     other.send(json!({"type": "state", "state": {"x": 3}}));
     let state = side_a.recv_type("state");
-    assert_eq!((state["user"]["username"].clone(), state["state"].clone()), (json!("Olga"), json!({"x": 3})));
+    assert_eq!(
+        (state["user"]["username"].clone(), state["state"].clone()),
+        (json!("Olga"), json!({"x": 3}))
+    );
 
     // Leaving frees the name for the other server.
     drop(strasse);
@@ -187,7 +206,10 @@ fn cluster_two_servers_racing_for_one_name_give_it_to_one() {
                     barrier.wait();
                     let mut client = connect(addr, &format!("/?username={asked}"));
                     let welcome = client.recv_type("welcome");
-                    (client, welcome["user"]["username"].as_str().unwrap().to_owned())
+                    (
+                        client,
+                        welcome["user"]["username"].as_str().unwrap().to_owned(),
+                    )
                 })
             })
             .collect();
@@ -196,7 +218,12 @@ fn cluster_two_servers_racing_for_one_name_give_it_to_one() {
             .iter()
             .filter(|(_, n)| n.to_lowercase() == name.to_lowercase())
             .count();
-        assert_eq!(winners, 1, "round {round}: {:?}", got.iter().map(|g| &g.1).collect::<Vec<_>>());
+        assert_eq!(
+            winners,
+            1,
+            "round {round}: {:?}",
+            got.iter().map(|g| &g.1).collect::<Vec<_>>()
+        );
         for (mut client, username) in got {
             if username.starts_with("guest-") {
                 assert_eq!(client.recv()["code"], "username_taken");
@@ -225,7 +252,10 @@ fn cluster_a_killed_server_leaves_presence_within_the_bound() {
     let _ = doomed.child.wait();
     let deadline = killed + wait;
     loop {
-        assert!(Instant::now() < deadline, "Ghost still present after {PRESENCE_BOUND:?}");
+        assert!(
+            Instant::now() < deadline,
+            "Ghost still present after {PRESENCE_BOUND:?}"
+        );
         let frame = match watcher.ws.read() {
             Ok(tungstenite::Message::Text(text)) => serde_json::from_str::<Value>(&text).unwrap(),
             Ok(_) => continue,
@@ -264,13 +294,19 @@ fn cluster_redis_killed_and_restarted_empty_servers_refuse_then_recover() {
     // Refused, never accepted unordered; the servers stay up.
     let deadline = Instant::now() + DEADLINE;
     loop {
-        assert!(Instant::now() < deadline, "no unavailable while Redis is dead");
+        assert!(
+            Instant::now() < deadline,
+            "no unavailable while Redis is dead"
+        );
         alex.send(json!({"type": "message", "text": "while dead"}));
         let frame = alex.recv();
         if frame["type"] == "error" && frame["code"] == "unavailable" {
             break;
         }
-        assert_ne!(frame["type"], "message", "accepted a message with Redis dead: {frame}");
+        assert_ne!(
+            frame["type"], "message",
+            "accepted a message with Redis dead: {frame}"
+        );
     }
     assert_eq!(stats(a.local_addr())["online"], 2);
     // Joining still works locally while Redis is away.
@@ -282,7 +318,10 @@ fn cluster_redis_killed_and_restarted_empty_servers_refuse_then_recover() {
     redis.restart(); // empty: no persistence
     let after = say_until_accepted(&mut alex, "after the restart", Duration::from_secs(15));
     let id = after["id"].as_u64().unwrap();
-    assert!(id > last, "ids keep increasing across an empty Redis: {id} after {last}");
+    assert!(
+        id > last,
+        "ids keep increasing across an empty Redis: {id} after {last}"
+    );
     let seen = loop {
         let frame = bo.recv_type("message");
         if frame["text"] == "after the restart" {
@@ -308,7 +347,10 @@ fn cluster_a_burst_of_200_clients_over_three_servers_all_get_1000_in_one_order()
     const EACH: usize = 5;
     let mut clients: Vec<Client> = (0..CLIENTS)
         .map(|i| {
-            let mut c = connect(addrs[i % addrs.len()], &format!("/?username=b{i}&channel=burst"));
+            let mut c = connect(
+                addrs[i % addrs.len()],
+                &format!("/?username=b{i}&channel=burst"),
+            );
             c.recv_type("welcome");
             c
         })
@@ -354,10 +396,135 @@ fn cluster_a_burst_of_200_clients_over_three_servers_all_get_1000_in_one_order()
         .collect();
     let orders: Vec<Vec<(u64, String)>> = readers.into_iter().map(|r| r.join().unwrap()).collect();
     let first = &orders[0];
-    assert!(first.windows(2).all(|w| w[0].0 < w[1].0), "ids strictly increase");
+    assert!(
+        first.windows(2).all(|w| w[0].0 < w[1].0),
+        "ids strictly increase"
+    );
     let texts: HashSet<&str> = first.iter().map(|(_, t)| t.as_str()).collect();
     assert_eq!(texts.len(), CLIENTS * EACH, "every message once");
     for (i, order) in orders.iter().enumerate() {
         assert_eq!(order, first, "client {i} saw another order");
     }
+}
+
+/// Reads message frames until none comes for `quiet`; their (id, text).
+fn messages_until_quiet(client: &mut Client, quiet: Duration) -> Vec<(u64, String)> {
+    client.ws.get_mut().set_read_timeout(Some(quiet)).unwrap();
+    let mut got = Vec::new();
+    while let Ok(message) = client.ws.read() {
+        if let tungstenite::Message::Text(text) = message {
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            if frame["type"] == "message" {
+                got.push((
+                    frame["id"].as_u64().unwrap(),
+                    frame["text"].as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+    }
+    got
+}
+
+#[test]
+fn cluster_redis_dropping_every_connection_mid_burst_loses_nothing_it_accepted() {
+    let Some(redis) = Redis::start("cluster_redis_dropping_every_connection") else {
+        return;
+    };
+    let (a, b) = (member(&redis), member(&redis));
+    let addrs = [a.local_addr(), b.local_addr()];
+    const CLIENTS: usize = 20;
+    let clients: Vec<Client> = (0..CLIENTS)
+        .map(|i| {
+            let mut c = connect(addrs[i % 2], &format!("/?username=m{i}"));
+            c.recv_type("welcome");
+            c
+        })
+        .collect();
+    all_see(&addrs, CLIENTS as u64);
+    let senders: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut client)| {
+            thread::spawn(move || {
+                for k in 0..40 {
+                    client.send(json!({"type": "message", "text": format!("{i}:{k}")}));
+                    thread::sleep(Duration::from_millis(10));
+                }
+                messages_until_quiet(&mut client, Duration::from_secs(4))
+            })
+        })
+        .collect();
+    // Mid-burst, Redis drops every client connection (its data stays): both servers lose
+    // their publisher and their reader at once.
+    thread::sleep(Duration::from_millis(150));
+    assert!(redis.command("CLIENT KILL TYPE normal").starts_with(':'));
+    thread::sleep(Duration::from_millis(100));
+    redis.command("CLIENT KILL TYPE normal");
+    let seen: Vec<Vec<(u64, String)>> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+    let first = &seen[0];
+    assert!(!first.is_empty());
+    assert!(
+        first.windows(2).all(|w| w[0].0 < w[1].0),
+        "ids strictly increase"
+    );
+    for (i, order) in seen.iter().enumerate() {
+        assert_eq!(
+            order, first,
+            "client {i}: every accepted message, in one order, everywhere"
+        );
+    }
+    // Everything Redis accepted was delivered: its history ends where the clients' do.
+    let mut late = connect(a.local_addr(), "/?username=late");
+    let history = late.recv_type("welcome")["history"].clone();
+    let last = history.as_array().unwrap().last().unwrap();
+    assert_eq!(last["id"].as_u64().unwrap(), first.last().unwrap().0);
+}
+
+#[test]
+fn cluster_a_slow_redis_is_refused_not_waited_for() {
+    let Some(redis) = Redis::start("cluster_a_slow_redis") else {
+        return;
+    };
+    let url = redis.url();
+    let server = ServerProcess::start(
+        &["--redis", &url, "--max-rate", "0", "--log-level", "debug"],
+        &[],
+        None,
+    );
+    let addr = server.addr;
+    let mut alex = Client::chat(addr, "Alex");
+    alex.say("before");
+    let port = redis.port;
+    // Redis stops answering anyone for 5 s.
+    let sleeper = thread::spawn(move || {
+        let stuck = Redis::command_on(port, "DEBUG SLEEP 5");
+        assert_eq!(stuck, "+OK");
+    });
+    thread::sleep(Duration::from_millis(200));
+    let asked = Instant::now();
+    alex.send(json!({"type": "message", "text": "while slow"}));
+    loop {
+        let frame = alex.recv();
+        if frame["type"] == "error" {
+            assert_eq!(frame["code"], "unavailable");
+            break;
+        }
+    }
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "refused within the answer timeout"
+    );
+    // Meanwhile the server serves what does not need Redis, without waiting for it.
+    let started = Instant::now();
+    assert_eq!(stats(addr)["online"], 1);
+    let mut bo = Client::chat(addr, "Bo");
+    bo.send(json!({"type": "join", "channel": "elsewhere"}));
+    bo.recv_type("welcome");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "served without waiting on Redis"
+    );
+    sleeper.join().unwrap();
+    let back = say_until_accepted(&mut alex, "after", Duration::from_secs(10));
+    assert!(back["id"].as_u64() > Some(1));
 }

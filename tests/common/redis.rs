@@ -45,7 +45,8 @@ impl Redis {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let dir = std::env::temp_dir().join(format!("cyberchat-redis-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("cyberchat-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a temporary directory");
         let mut redis = Redis {
             child: None,
@@ -64,6 +65,7 @@ impl Redis {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--enable-debug-command", "local"])
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -73,7 +75,10 @@ impl Redis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.command("PING") != "+PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not answer PING");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -94,7 +99,12 @@ impl Redis {
 
     /// Sends one inline command and returns the first line of the answer (`""` if none).
     pub fn command(&self, line: &str) -> String {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+        Self::command_on(self.port, line)
+    }
+
+    /// [`Redis::command`] to the Redis on `port`, from any thread.
+    pub fn command_on(port: u16, line: &str) -> String {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
             return String::new();
         };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
