@@ -30,6 +30,9 @@ use crate::ws::{
 #[derive(Debug, Clone)]
 pub struct FanoutOpts {
     pub target: Target,
+    /// Cluster mode: the receivers (every client but the S senders) connect here, another
+    /// server of the same cluster, while the senders connect to `target`.
+    pub peer: Option<Target>,
     /// A name for the row (`fanout`, or the suite's scenario name).
     pub scenario: String,
     pub clients: usize,
@@ -245,14 +248,36 @@ pub fn run(o: &FanoutOpts) -> Result<FanoutResult, String> {
 
     let connect_started = Instant::now();
     let query = format!("channel={}", o.channel);
-    let connected = ws::connect_many(
-        &o.target,
-        o.clients,
-        &|_| query.clone(),
-        o.connect_threads,
-        32,
-        Duration::from_secs(60),
-    );
+    let connect = |target: &Target, n: usize| {
+        ws::connect_many(
+            target,
+            n,
+            &|_| query.clone(),
+            o.connect_threads,
+            32,
+            Duration::from_secs(60),
+        )
+    };
+    let connected = match &o.peer {
+        None => connect(&o.target, o.clients),
+        Some(peer) => {
+            // Senders first, on `target`; the receivers after them, on the peer.
+            let mut both = connect(&o.target, o.senders);
+            let receivers = connect(peer, o.clients - o.senders);
+            let shift = |i: usize| i + o.senders;
+            both.failures.extend(
+                receivers
+                    .failures
+                    .into_iter()
+                    .map(|(i, why)| (shift(i), why)),
+            );
+            both.conns.extend(receivers.conns.into_iter().map(|mut c| {
+                c.index = shift(c.index);
+                c
+            }));
+            both
+        }
+    };
     if let Some((index, why)) = connected.failures.first() {
         return Err(format!(
             "{} of {} clients could not connect (client {index}: {why})",

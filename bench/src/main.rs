@@ -37,6 +37,13 @@
 //! taskset -c 1 target/release/cyberchat-bench sweep --url ws://127.0.0.1:1337/ -c 100 -s 10 --rates 10,30,100,300,1000 --svg latency.svg --server-pid $S
 //! ```
 //!
+//! Several servers (`--redis`, the README's "Several servers"): `fanout --peer-url URL`
+//! connects the S senders to `--url` and every other client to `URL`, another server of the
+//! same cluster, so each delivery crosses Redis. `suite --only cluster-flood,cluster-rate100`
+//! runs flood and rate100 that way against a fresh `redis-server` and two fresh servers per
+//! run, all three pinned to the server's core (so the figures sit beside the single-server
+//! ones, measured the same way); the server CPU it reports is the senders' server's alone.
+//!
 //! `idle` with 10,000 clients needs ~20,000 server threads and ~40,000 memory maps: when run
 //! as root it raises `vm.max_map_count` (to 262144) and `kernel.pid_max` if they are too low,
 //! and says so (`--no-raise-limits` to leave them). Both processes need `ulimit -n` above N
@@ -95,11 +102,12 @@ const USAGE: &str = "\
 usage:
   cyberchat-bench fanout [--url ws://127.0.0.1:1337/] [-c 100] [-s 10] [-r 0] [-w 8] [--warmup 2] [--secs 10]
                          [--server-pid PID] [--channel bench] [--text-len N] [--drain 5] [--rx-threads N] [--json] [--pin CPU]
+                         [--peer-url ws://…]   (cluster: receivers on this other server of the same --redis)
   cyberchat-bench idle   [--url …] [-n 10000] [-k 50] [--threads 4] [--in-flight 32] [--hold 2] [--timeout 120]
                          [--server-pid PID] [--no-raise-limits] [--json] [--pin CPU]
   cyberchat-bench sweep  [--url …] [-c 100] [-s 10] [--rates 10,30,100,300,1000,3000] [--secs 5] [--warmup 1]
                          [--svg FILE] [--server-pid PID] [--json] [--pin CPU]
-  cyberchat-bench suite  [--server-bin target/release/cyberchat] [--repeat 3] [--only flood,rate100,c1000,idle10k]
+  cyberchat-bench suite  [--server-bin target/release/cyberchat] [--repeat 3] [--only flood,rate100,c1000,idle10k,cluster-flood,cluster-rate100]
                          [--secs 10] [--warmup 2] [--server-cpu 0] [--bench-cpu 1] [--no-pin] [--svg FILE]
                          [--rates …] [--no-raise-limits] [--json]
 Fanout needs a server started with --max-rate 0. See the doc comment of bench/src/main.rs.";
@@ -156,8 +164,10 @@ fn pin(a: &mut Args) -> Result<(), Failure> {
 
 fn fanout_opts(a: &mut Args, secs: f64, warmup: f64) -> Result<FanoutOpts, Failure> {
     let url: String = a.get(&["--url"], "ws://127.0.0.1:1337/".to_owned())?;
+    let peer: Option<String> = a.opt(&["--peer-url"])?;
     Ok(FanoutOpts {
         target: Target::parse(&url)?,
+        peer: peer.as_deref().map(Target::parse).transpose()?,
         scenario: "fanout".into(),
         clients: a.get(&["-c", "--clients"], 100)?,
         senders: a.get(&["-s", "--senders"], 10)?,

@@ -101,6 +101,69 @@ pub struct SuiteOpts {
 }
 
 pub const SCENARIOS: [&str; 4] = ["flood", "rate100", "c1000", "idle10k"];
+/// Flood and rate100 on a cluster of two servers and a Redis (all three pinned where the
+/// server goes): the senders on one server, every receiver on the other. Run with `--only`.
+pub const CLUSTER_SCENARIOS: [&str; 2] = ["cluster-flood", "cluster-rate100"];
+
+/// A `redis-server` for the cluster scenarios, without persistence; killed when dropped.
+struct RedisProc {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RedisProc {
+    fn start(cpu: Option<&str>) -> Result<RedisProc, String> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("cyberchat-bench-redis-{port}"));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut cmd = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpu, "redis-server"]);
+                c
+            }
+            None => Command::new("redis-server"),
+        };
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().map_err(|e| {
+            format!("cannot start redis-server (apt-get install redis-server): {e}")
+        })?;
+        let redis = RedisProc { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() >= deadline {
+                return Err("redis-server did not listen within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    Ok(TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))?
+        .port())
+}
 
 /// A server started for one run, killed when dropped.
 struct ServerProc {
@@ -110,13 +173,12 @@ struct ServerProc {
 }
 
 impl ServerProc {
-    fn start(bin: &Path, cpu: Option<&str>) -> Result<ServerProc, String> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
-            .port();
-        let log =
-            std::env::temp_dir().join(format!("cyberchat-bench-server-{}.log", std::process::id()));
+    fn start(bin: &Path, cpu: Option<&str>, extra: &[&str]) -> Result<ServerProc, String> {
+        let port = free_port()?;
+        let log = std::env::temp_dir().join(format!(
+            "cyberchat-bench-server-{}-{port}.log",
+            std::process::id()
+        ));
         let log_file = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let mut cmd = match cpu {
             Some(cpu) => {
@@ -134,6 +196,7 @@ impl ServerProc {
             "--log-level",
             "warn",
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
@@ -193,6 +256,7 @@ fn scenario_opts(
 ) -> Result<Result<FanoutOpts, IdleOpts>, String> {
     let fan = |clients, senders, rate| FanoutOpts {
         target: target.clone(),
+        peer: None,
         scenario: name.to_owned(),
         clients,
         senders,
@@ -209,8 +273,8 @@ fn scenario_opts(
         buf_kib: 256,
     };
     Ok(match name {
-        "flood" => Ok(fan(100, 10, 0.0)),
-        "rate100" => Ok(fan(100, 10, 100.0)),
+        "flood" | "cluster-flood" => Ok(fan(100, 10, 0.0)),
+        "rate100" | "cluster-rate100" => Ok(fan(100, 10, 100.0)),
         "c1000" => Ok(fan(1000, 10, 10.0)),
         "idle10k" => Err(IdleOpts {
             target,
@@ -247,7 +311,7 @@ pub struct Median {
 
 pub fn suite(o: &SuiteOpts) -> Result<Vec<Median>, String> {
     for name in &o.only {
-        if !SCENARIOS.contains(&name.as_str()) {
+        if !SCENARIOS.contains(&name.as_str()) && !CLUSTER_SCENARIOS.contains(&name.as_str()) {
             return Err(format!(
                 "unknown scenario {name:?} (one of {})",
                 SCENARIOS.join(", ")
@@ -291,18 +355,41 @@ pub fn suite(o: &SuiteOpts) -> Result<Vec<Median>, String> {
     let mut outcomes: Vec<(String, Outcome)> = Vec::new();
     for name in &o.only {
         for _ in 0..o.repeat.max(1) {
-            let server = ServerProc::start(&o.server_bin, pinned.then_some(o.server_cpu.as_str()))?;
+            let cpu = pinned.then_some(o.server_cpu.as_str());
+            // Cluster scenarios: a Redis and a second server (the receivers'), on the same core.
+            let (redis, peer) = if CLUSTER_SCENARIOS.contains(&name.as_str()) {
+                let redis = RedisProc::start(cpu)?;
+                let url = redis.url();
+                let peer = ServerProc::start(&o.server_bin, cpu, &["--redis", &url])?;
+                (Some(redis), Some(peer))
+            } else {
+                (None, None)
+            };
+            let extra: Vec<String> = redis
+                .as_ref()
+                .map(|r| vec!["--redis".to_owned(), r.url()])
+                .unwrap_or_default();
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            let server = ServerProc::start(&o.server_bin, cpu, &extra)?;
             let outcome = match scenario_opts(name, server.target.clone(), server.pid(), o)? {
-                Ok(f) => fanout::run(&f).map(|r| {
-                    report::print_fanout(&r, o.json);
-                    Outcome::Fanout(r)
-                }),
+                Ok(f) => {
+                    let f = FanoutOpts {
+                        peer: peer.as_ref().map(|p| p.target.clone()),
+                        ..f
+                    };
+                    fanout::run(&f).map(|r| {
+                        report::print_fanout(&r, o.json);
+                        Outcome::Fanout(r)
+                    })
+                }
                 Err(i) => idle::run(&i).map(|r| {
                     report::print_idle(&r, o.json);
                     Outcome::Idle(r)
                 }),
             };
             drop(server);
+            drop(peer);
+            drop(redis);
             match outcome {
                 Ok(outcome) => outcomes.push((name.clone(), outcome)),
                 Err(e) => eprintln!("{name}: {e}"),
@@ -341,7 +428,8 @@ pub fn suite(o: &SuiteOpts) -> Result<Vec<Median>, String> {
         }
     }
     if let Some(svg) = &o.svg {
-        let server = ServerProc::start(&o.server_bin, pinned.then_some(o.server_cpu.as_str()))?;
+        let server =
+            ServerProc::start(&o.server_bin, pinned.then_some(o.server_cpu.as_str()), &[])?;
         let base = match scenario_opts("rate100", server.target.clone(), server.pid(), o)? {
             Ok(f) => FanoutOpts {
                 secs: o.secs.min(5.0),
