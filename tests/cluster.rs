@@ -103,6 +103,10 @@ fn cluster_a_message_on_one_server_reaches_the_other_with_the_same_id_and_histor
         .map(|m| m["text"].as_str().unwrap())
         .collect();
     assert_eq!(texts, ["hello from A", "and from B"]);
+    // A server that starts later shows it too.
+    let late = member(&redis);
+    let mut eve = connect(late.local_addr(), "/?username=Eve");
+    assert_eq!(eve.recv_type("welcome")["history"], history);
     // And of a channel nobody here was in: read from Redis when someone joins it.
     alex.send(json!({"type": "join", "channel": "ops"}));
     alex.recv_type("welcome");

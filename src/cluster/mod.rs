@@ -65,6 +65,7 @@
 //! | this file | the requests the hub makes and the events it gets back |
 //! | `redis/mod.rs` | starting the threads; keys; connections |
 //! | `redis/scripts.rs` | the Lua scripts, each atomic |
+//! | `redis/commands.rs` | which script each request runs, with which arguments |
 //! | `redis/publisher.rs` | the publisher thread: requests, heartbeats, reconnecting |
 //! | `redis/reader.rs` | the reader thread: `XREAD BLOCK`, snapshots, epoch changes |
 //! | `src/hub/remote.rs` | the hub's view of the other servers' users |
@@ -231,9 +232,11 @@ pub enum ClusterEvent {
         server: String,
     },
     /// Every other server's users, read at once (at start, or after Redis lost data or the
-    /// reader missed entries): the view is replaced.
+    /// reader missed entries): the view is replaced. With `before`, reading goes on after
+    /// every message up to that id: those are never read, and history may show them.
     Snapshot {
         records: Vec<(String, UserRecord)>,
+        before: Option<u64>,
     },
     /// Someone on another server is typing. `user` is `{"id","username"}`.
     Typing {

@@ -189,7 +189,13 @@ impl Hub {
             ClusterEvent::Remove { id, .. } => self.remote_remove(&id),
             ClusterEvent::Sync { server, records } => self.remote_sync(server, records),
             ClusterEvent::Gone { server } => self.remote_gone(&server),
-            ClusterEvent::Snapshot { records } => self.remote_snapshot(records),
+            ClusterEvent::Snapshot { records, before } => {
+                if let Some(before) = before {
+                    let cluster = self.cluster.as_mut().expect("checked");
+                    cluster.last_id = cluster.last_id.max(before);
+                }
+                self.remote_snapshot(records);
+            }
             ClusterEvent::Typing {
                 channel,
                 user,

@@ -828,3 +828,146 @@ fn step3_names_are_unique_under_case_folding() {
     h.send(&kelvin, r#"{"type":"username","username":"KIM"}"#);
     assert_eq!(kelvin.frames().last().unwrap()["type"], "renamed");
 }
+
+#[test]
+fn cluster_the_hub_delivers_only_what_comes_back_and_counts_other_servers() {
+    use crate::cluster::{ClusterEvent, ClusterLink, Request, UserRecord};
+    use serde_json::value::RawValue;
+    let (link, requests) = ClusterLink::new();
+    let mut h = Harness {
+        hub: Hub::clustered(link),
+        next: 1,
+    };
+    let cluster = |h: &mut Harness, event| {
+        h.hub.handle(Event::Cluster(event));
+        h.hub.check_invariants().unwrap();
+    };
+    cluster(&mut h, ClusterEvent::Up);
+    // The reader starts after message 5: those before are history, never read.
+    cluster(
+        &mut h,
+        ClusterEvent::Snapshot {
+            records: Vec::new(),
+            before: Some(5),
+        },
+    );
+    let alex = h.connect(Some("Alex"), None);
+    assert!(
+        alex.frames().is_empty(),
+        "no welcome before Redis settles the name"
+    );
+    let (conn, id, won) = requests
+        .receiver
+        .try_iter()
+        .find_map(|r| match r {
+            Request::Claim {
+                conn,
+                record,
+                candidates,
+                history: true,
+            } => Some((conn, record.id, candidates[0].clone())),
+            _ => None,
+        })
+        .expect("a claim, asking for general's history");
+    assert_eq!(won.username, "Alex");
+    let old = RawValue::from_string(
+        r#"{"type":"message","id":3,"channel":"general","user":{"id":"x","username":"Old"},"text":"before","ts":1}"#.into(),
+    )
+    .unwrap();
+    cluster(
+        &mut h,
+        ClusterEvent::Claimed {
+            conn,
+            id,
+            name: Some(won),
+            history: Some(vec![(3, old)]),
+        },
+    );
+    let welcome = alex.last_welcome();
+    assert_eq!(welcome["user"]["username"], "Alex");
+    assert_eq!(
+        welcome["history"][0]["text"], "before",
+        "history from Redis"
+    );
+
+    // Another server's user: counted, listed, told once.
+    let bo = UserRecord {
+        id: "b0b".into(),
+        username: "Bo".into(),
+        key: "bo".into(),
+        channel: "general".into(),
+        state: serde_json::Map::new(),
+    };
+    cluster(
+        &mut h,
+        ClusterEvent::Upsert {
+            server: "s2".into(),
+            record: bo.clone(),
+        },
+    );
+    let joined = alex.frames();
+    assert_eq!(
+        (joined[0]["type"].clone(), joined[0]["count"].clone()),
+        ("joined".into(), 2.into())
+    );
+    assert_eq!(h.hub.stats().online, 2);
+    cluster(
+        &mut h,
+        ClusterEvent::Upsert {
+            server: "s2".into(),
+            record: bo,
+        },
+    );
+    assert!(
+        alex.frames().is_empty(),
+        "an entry read twice changes nothing"
+    );
+
+    // A message goes to Redis and is shown only when it comes back; an old id never.
+    h.send(&alex, r#"{"type":"message","text":"hi"}"#);
+    assert!(alex.frames().is_empty(), "not delivered at send time");
+    let tail = requests
+        .receiver
+        .try_iter()
+        .find_map(|r| match r {
+            Request::Publish { tail, .. } => Some(tail),
+            _ => None,
+        })
+        .expect("published");
+    let back = format!(r#"{{"type":"message","id":7,{tail}"#);
+    for _ in 0..2 {
+        let json = RawValue::from_string(back.clone()).unwrap();
+        cluster(
+            &mut h,
+            ClusterEvent::Message {
+                id: 7,
+                channel: "general".into(),
+                json,
+            },
+        );
+    }
+    let got = alex.frames();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (got[0]["id"].clone(), got[0]["text"].clone()),
+        (7.into(), "hi".into())
+    );
+
+    // Redis away: refused, not queued.
+    cluster(&mut h, ClusterEvent::Down);
+    h.send(&alex, r#"{"type":"message","text":"lost?"}"#);
+    assert_eq!(alex.frames()[0]["code"], "unavailable");
+    // The other server dies: its users leave, told here once.
+    cluster(
+        &mut h,
+        ClusterEvent::Gone {
+            server: "s2".into(),
+        },
+    );
+    let left = alex.frames();
+    assert_eq!(
+        (left[0]["type"].clone(), left[0]["count"].clone()),
+        ("left".into(), 1.into())
+    );
+    assert_eq!(h.hub.stats().online, 1);
+}

@@ -117,7 +117,7 @@ impl Reader {
         };
         if epoch != self.epoch {
             let first = self.epoch.is_empty();
-            let from = self.snapshot(con)?;
+            let from = self.snapshot(con, first)?;
             if !first {
                 warn!("Redis lost its data: reading its new stream from the start");
             }
@@ -127,18 +127,21 @@ impl Reader {
             self.epoch = epoch;
         } else if self.trimmed_past(con)? {
             warn!("entries of the stream were trimmed before this server read them: a new view");
-            self.last = self.snapshot(con)?;
+            self.last = self.snapshot(con, true)?;
         }
         Ok(true)
     }
 
     /// Sends the hub every other server's users; returns the stream position they are at.
-    fn snapshot(&mut self, con: &mut Connection) -> redis::RedisResult<String> {
+    /// `read_on`: reading goes on from that position, so the messages before it will not be
+    /// read (the hub takes them as delivered, for merging history).
+    fn snapshot(&mut self, con: &mut Connection, read_on: bool) -> redis::RedisResult<String> {
         let answer: Value = self.scripts.snapshot.arg(&self.keys.prefix).invoke(con)?;
         let parts = items(&answer);
         let last = parts.get(1).and_then(text).unwrap_or_else(|| "0-0".into());
+        let before = parts.get(2).and_then(text).and_then(|n| n.parse().ok());
         let records = parts
-            .get(2..)
+            .get(3..)
             .unwrap_or_default()
             .chunks(2)
             .filter_map(|pair| {
@@ -147,7 +150,10 @@ impl Reader {
                 (server != self.keys.server).then_some((server, record))
             })
             .collect();
-        self.send(ClusterEvent::Snapshot { records });
+        self.send(ClusterEvent::Snapshot {
+            records,
+            before: before.filter(|_| read_on),
+        });
         Ok(last)
     }
 

@@ -266,15 +266,16 @@ return {'OK'}
 "
 );
 
-/// `prefix` → `{epoch or '', last stream id, then (server, record) pairs}`: every live
-/// server's users and the stream position they are current at, read at once.
+/// `prefix` → `{epoch or '', last stream id, id counter, then (server, record) pairs}`: every
+/// live server's users and the stream position they are current at, read at once; every
+/// message up to the id counter is before that position.
 const SNAPSHOT: &str = r"
 local p = ARGV[1]
 local function key(...) return table.concat({p, ...}, ':') end
 local last = '0-0'
 local top = redis.call('XREVRANGE', key('events'), '+', '-', 'COUNT', 1)
 if #top > 0 then last = top[1][1] end
-local out = {redis.call('GET', key('epoch')) or '', last}
+local out = {redis.call('GET', key('epoch')) or '', last, redis.call('GET', key('id')) or '0'}
 for _, s in ipairs(redis.call('SMEMBERS', key('servers'))) do
   if redis.call('EXISTS', key('alive', s)) == 1 then
     for _, record in ipairs(redis.call('HVALS', key('users', s))) do
