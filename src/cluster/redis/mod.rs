@@ -4,6 +4,7 @@
 //! Both feed the hub's event channel as connection threads do, and the hub reaches the
 //! publisher only through an unbounded channel, so the hub never waits on Redis.
 
+mod commands;
 mod publisher;
 mod reader;
 mod scripts;

@@ -10,7 +10,7 @@ use redis::{Client, Connection, Pipeline, Value};
 
 use super::scripts::Scripts;
 use super::{ANSWER_TIMEOUT, Keys, connect, history_of, items, text};
-use crate::cluster::{ALIVE_TTL, ClusterEvent, HEARTBEAT, Request, Requests, UserRecord};
+use crate::cluster::{ALIVE_TTL, ClusterEvent, HEARTBEAT, Request, Requests};
 use crate::hub::Event;
 
 /// Requests sent to Redis in one round trip, at most.
@@ -19,20 +19,20 @@ const MAX_BATCH: usize = 256;
 const RETRY: Duration = Duration::from_millis(500);
 
 pub(super) struct Publisher {
-    client: Client,
-    keys: Keys,
-    hub: SyncSender<Event>,
-    scripts: Scripts,
-    con: Option<Connection>,
+    pub(super) client: Client,
+    pub(super) keys: Keys,
+    pub(super) hub: SyncSender<Event>,
+    pub(super) scripts: Scripts,
+    pub(super) con: Option<Connection>,
     /// The epoch this server joined: a script that finds another answers `EPOCH`.
-    epoch: String,
+    pub(super) epoch: String,
     /// What the hub was last told: Redis up or not.
-    up: bool,
+    pub(super) up: bool,
     /// The highest message id this server has seen: ids given out stay above it.
-    floor: u64,
-    retry_at: Instant,
+    pub(super) floor: u64,
+    pub(super) retry_at: Instant,
     /// Whether the failure to reach Redis was already logged.
-    warned: bool,
+    pub(super) warned: bool,
 }
 
 /// What an answer says besides its result.
@@ -202,17 +202,6 @@ impl Publisher {
         }
     }
 
-    /// `EVALSHA` of `script` with the arguments every script takes first.
-    fn call(&self, script: &redis::Script) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash())
-            .arg(0)
-            .arg(&self.keys.prefix)
-            .arg(&self.keys.server)
-            .arg(&self.epoch);
-        cmd
-    }
-
     fn query(&mut self, pipe: &Pipeline) -> Result<Vec<Value>, String> {
         let con = self.con.as_mut().ok_or("not connected")?;
         pipe.query(con).map_err(|e| e.to_string())
@@ -260,103 +249,6 @@ impl Publisher {
             Verdict::Fine => {}
             Verdict::Rejoin(why) => self.rejoin(why),
             Verdict::Lost(why) => self.away(&why),
-        }
-    }
-
-    /// The command that carries out `request`.
-    fn command(&mut self, request: &Request) -> redis::Cmd {
-        let json = |record: &UserRecord| serde_json::to_string(record).expect("records serialize");
-        match request {
-            Request::Claim {
-                record,
-                candidates,
-                history,
-                ..
-            } => {
-                let mut cmd = self.call(&self.scripts.claim);
-                cmd.arg(&record.id).arg(if *history {
-                    record.channel.as_str()
-                } else {
-                    ""
-                });
-                for candidate in candidates {
-                    let named = UserRecord {
-                        username: candidate.username.clone(),
-                        key: candidate.key.clone(),
-                        ..record.clone()
-                    };
-                    cmd.arg(&candidate.key).arg(json(&named));
-                }
-                cmd
-            }
-            Request::Update { record, answer } => {
-                let mut cmd = self.call(&self.scripts.upsert);
-                let channel = if answer.is_some() {
-                    &record.channel
-                } else {
-                    ""
-                };
-                cmd.arg(&record.id).arg(json(record)).arg(channel);
-                cmd
-            }
-            Request::Rename { record, .. } => {
-                let mut cmd = self.call(&self.scripts.rename);
-                cmd.arg(&record.id).arg(&record.key).arg(json(record));
-                cmd
-            }
-            Request::Leave { id } => {
-                let mut cmd = self.call(&self.scripts.leave);
-                cmd.arg(id);
-                cmd
-            }
-            Request::Typing {
-                channel,
-                user,
-                typing,
-            } => {
-                let mut cmd = self.call(&self.scripts.typing);
-                cmd.arg(channel)
-                    .arg(user)
-                    .arg(if *typing { "1" } else { "0" });
-                cmd
-            }
-            Request::Publish {
-                channel,
-                tail,
-                floor,
-                ..
-            } => {
-                self.floor = self.floor.max(*floor);
-                let mut cmd = self.call(&self.scripts.publish);
-                cmd.arg(self.floor).arg(channel).arg(tail);
-                cmd
-            }
-            Request::Recall { channel } => {
-                let mut cmd = redis::cmd("XREVRANGE");
-                cmd.arg(self.keys.history(channel))
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(crate::history::HISTORY_LEN);
-                cmd
-            }
-            Request::Register { users, floor } => {
-                self.floor = self.floor.max(*floor);
-                let mut cmd = self.call(&self.scripts.register);
-                cmd.arg(ALIVE_TTL.as_millis() as u64).arg(self.floor);
-                for (_, record, candidates) in users {
-                    cmd.arg(&record.id).arg(candidates.len());
-                    for candidate in candidates {
-                        let named = UserRecord {
-                            username: candidate.username.clone(),
-                            key: candidate.key.clone(),
-                            ..record.clone()
-                        };
-                        cmd.arg(&candidate.key).arg(json(&named));
-                    }
-                }
-                cmd
-            }
         }
     }
 

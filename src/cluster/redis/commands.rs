@@ -1,0 +1,115 @@
+//! How each of the hub's requests becomes a command for Redis: which script, and its
+//! arguments (the scripts themselves are in `scripts.rs`).
+
+use super::publisher::Publisher;
+use crate::cluster::{ALIVE_TTL, Request, UserRecord};
+
+impl Publisher {
+    /// `EVALSHA` of `script` with the arguments every script takes first.
+    pub(super) fn call(&self, script: &redis::Script) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash())
+            .arg(0)
+            .arg(&self.keys.prefix)
+            .arg(&self.keys.server)
+            .arg(&self.epoch);
+        cmd
+    }
+
+    /// The command that carries out `request`.
+    pub(super) fn command(&mut self, request: &Request) -> redis::Cmd {
+        let json = |record: &UserRecord| serde_json::to_string(record).expect("records serialize");
+        match request {
+            Request::Claim {
+                record,
+                candidates,
+                history,
+                ..
+            } => {
+                let mut cmd = self.call(&self.scripts.claim);
+                cmd.arg(&record.id).arg(if *history {
+                    record.channel.as_str()
+                } else {
+                    ""
+                });
+                for candidate in candidates {
+                    let named = UserRecord {
+                        username: candidate.username.clone(),
+                        key: candidate.key.clone(),
+                        ..record.clone()
+                    };
+                    cmd.arg(&candidate.key).arg(json(&named));
+                }
+                cmd
+            }
+            Request::Update { record, answer } => {
+                let mut cmd = self.call(&self.scripts.upsert);
+                let channel = if answer.is_some() {
+                    &record.channel
+                } else {
+                    ""
+                };
+                cmd.arg(&record.id).arg(json(record)).arg(channel);
+                cmd
+            }
+            Request::Rename { record, .. } => {
+                let mut cmd = self.call(&self.scripts.rename);
+                cmd.arg(&record.id).arg(&record.key).arg(json(record));
+                cmd
+            }
+            Request::Leave { id } => {
+                let mut cmd = self.call(&self.scripts.leave);
+                cmd.arg(id);
+                cmd
+            }
+            Request::Typing {
+                channel,
+                user,
+                typing,
+            } => {
+                let mut cmd = self.call(&self.scripts.typing);
+                cmd.arg(channel)
+                    .arg(user)
+                    .arg(if *typing { "1" } else { "0" });
+                cmd
+            }
+            Request::Publish {
+                channel,
+                tail,
+                floor,
+                ..
+            } => {
+                self.floor = self.floor.max(*floor);
+                let mut cmd = self.call(&self.scripts.publish);
+                cmd.arg(self.floor).arg(channel).arg(tail);
+                cmd
+            }
+            Request::Recall { channel } => {
+                let mut cmd = redis::cmd("XREVRANGE");
+                cmd.arg(self.keys.history(channel))
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(crate::history::HISTORY_LEN);
+                cmd
+            }
+            Request::Register { users, floor } => {
+                self.floor = self.floor.max(*floor);
+                let mut cmd = self.call(&self.scripts.register);
+                cmd.arg(ALIVE_TTL.as_millis() as u64).arg(self.floor);
+                for (_, record, candidates) in users {
+                    cmd.arg(&record.id).arg(candidates.len());
+                    for candidate in candidates {
+                        let named = UserRecord {
+                            username: candidate.username.clone(),
+                            key: candidate.key.clone(),
+                            ..record.clone()
+                        };
+                        cmd.arg(&candidate.key).arg(json(&named));
+                    }
+                }
+                cmd
+            }
+        }
+    }
+}
