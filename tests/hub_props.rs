@@ -616,7 +616,9 @@ impl World {
             },
             ChatRequest::Join { channel: to } => {
                 if to == channel {
-                    return expected; // already there: nothing changes, nothing is sent
+                    // Already there: nobody else hears anything, the joiner gets a welcome.
+                    expected.insert(conn, vec![self.welcome(conn)]);
+                    return expected;
                 }
                 let created = !self.channel_exists(&to);
                 let removed = others.is_empty() && channel != "general";

@@ -38,12 +38,13 @@ impl Hub {
     pub(super) fn join(&mut self, conn: ConnId, channel: String) {
         let user = self.users.get_mut(&conn).expect("caller checked");
         if user.channel == channel {
-            // Nothing changes, so nothing is sent: a welcome can be most of a megabyte, and
-            // resending it on request would let one client make the server queue megabytes a
-            // second.
+            // Nobody moves, so nobody else is told; the joiner still gets its welcome, as after
+            // every join. (A client asking for welcomes it does not read is stopped by its
+            // outbox's 4 MiB.)
             if let Some(cluster) = &mut self.cluster {
                 cluster.moving.remove(&conn);
             }
+            self.welcome(conn);
             return;
         }
         if let Some(link) = self.up_link()

@@ -793,17 +793,17 @@ fn step5_channel_lists_go_out_at_most_once_a_second_and_only_the_newest() {
 }
 
 #[test]
-fn step5_a_join_to_the_channel_you_are_in_sends_nothing() {
+fn step5_a_join_to_the_channel_you_are_in_is_a_welcome_and_nothing_else() {
     let mut h = Harness::new();
     let alex = h.connect(Some("Alex"), Some("rust"));
     let bob = h.connect(Some("Bob"), Some("rust"));
     alex.frames();
     bob.frames();
     h.send(&alex, r#"{"type":"join","channel":"RUST"}"#);
-    assert!(
-        alex.frames().is_empty(),
-        "no second welcome (it may be most of a megabyte)"
-    );
+    let frames = alex.frames();
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0]["type"], "welcome");
+    assert_eq!(frames[0]["channel"], "rust");
     assert!(bob.frames().is_empty(), "no left or joined");
     h.hub.check_invariants().unwrap();
 }
