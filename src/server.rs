@@ -299,10 +299,11 @@ fn accept_loop(listener: &TcpListener, context: &Arc<Context>) {
             break;
         }
         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
-        match context.budget.admit(peer.ip()) {
-            Ok(handshake) => spawn_connection(stream, handshake, context, conn),
+        let socket = Arc::new(stream);
+        match context.budget.admit(peer.ip(), &socket) {
+            Ok(handshake) => spawn_connection(socket, handshake, context, conn),
             Err(full) => {
-                refuse_now(&stream, full.reason());
+                refuse_now(&socket, full.reason());
                 if let Some(also) = REFUSED.allow() {
                     let (open, handshakes) = context.budget.in_use();
                     warn!(
@@ -341,10 +342,14 @@ fn refuse_now(stream: &TcpStream, reason: &str) {
     let _ = stream.shutdown(Shutdown::Write);
 }
 
-fn spawn_connection(stream: TcpStream, handshake: Handshake, context: &Arc<Context>, conn: u64) {
+fn spawn_connection(
+    socket: Arc<TcpStream>,
+    handshake: Handshake,
+    context: &Arc<Context>,
+    conn: u64,
+) {
     // Chat frames are small and latency matters: never let Nagle hold one back.
-    let _ = stream.set_nodelay(true);
-    let socket = Arc::new(stream);
+    let _ = socket.set_nodelay(true);
     let thread_socket = Arc::clone(&socket);
     let thread_context = Arc::clone(context);
     let spawned = thread::Builder::new()

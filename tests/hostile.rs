@@ -17,7 +17,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::process::{Sampler, ServerProcess};
-use common::{Client, DEADLINE, connect_from, flood_once, handshake, refusal_status, tcp_from};
+use common::{
+    Client, DEADLINE, Flood, client_frame, connect_from, flood_once, flood_with, handshake,
+    tcp_from,
+};
+use cyberchat::capacity::budget::{ARRIVALS_BURST, ARRIVALS_PER_SECOND, STALLED};
 use serde_json::{Value, json};
 use tungstenite::Message;
 
@@ -98,8 +102,10 @@ fn step7_hostile_silent_sockets_past_the_open_file_limit_neither_crash_nor_lock_
         "the welcome did not wait for the silent ones' deadline"
     );
 
-    // Silent sockets from enough addresses fill every handshake place: then newcomers are
-    // refused (503), and whoever is already chatting does not notice.
+    // Silent sockets from enough addresses then fill every handshake place. Once they have
+    // stalled, a newcomer from yet another address still gets in: the oldest silent socket
+    // gives up its place (it is closed, with nothing to answer), and whoever is already
+    // chatting does not notice.
     let mut crowd = Vec::new();
     for host in 3..=255u8 {
         if per_address + crowd.len() >= handshakes {
@@ -109,21 +115,28 @@ fn step7_hostile_silent_sockets_past_the_open_file_limit_neither_crash_nor_lock_
             crowd.push(tcp_from(Ipv4Addr::new(127, 0, 0, host), addr).unwrap());
         }
     }
-    let late = tcp_from(Ipv4Addr::new(127, 0, 1, 1), addr).unwrap();
-    assert!(answer_of(&late).starts_with("HTTP/1.1 503"));
-    let stream = tcp_from(Ipv4Addr::new(127, 0, 1, 2), addr).unwrap();
-    assert_eq!(
-        refusal_status(handshake(stream, addr, "/?username=Late", &[])),
-        503
+    assert!(
+        crowd.len() + per_address >= handshakes,
+        "the crowd takes every place"
     );
+    thread::sleep(STALLED + Duration::from_millis(500));
+    let mut late = connect_from(Ipv4Addr::new(127, 0, 1, 2), addr, "/?username=Late");
+    assert_eq!(late.recv_type("welcome")["user"]["username"], "Late");
+    assert_eq!(
+        answer_of(&silent[0]),
+        "",
+        "the oldest silent socket was cut off for the newcomer"
+    );
+    assert!(still_held(&silent[1]), "only one was cut off");
     alex.say("still here"); // and hears it back
+    still_chats(&mut late, &mut alex, "in despite the crowd");
     let usage = server.usage();
     assert!(server.alive());
     assert!(usage.fds <= 1024, "{usage:?}");
 
     // When their 10 s are up, the silent ones are told 408 and their places come back.
-    assert!(answer_of(&silent[0]).starts_with("HTTP/1.1 408"));
-    drop((silent, crowd));
+    assert!(answer_of(&silent[1]).starts_with("HTTP/1.1 408"));
+    drop((silent, crowd, late));
     let mut dave = connect_from(HOME, addr, "/?username=Dave");
     assert_eq!(dave.recv_type("welcome")["user"]["username"], "Dave");
     still_chats(&mut dave, &mut alex, "places came back");
@@ -220,7 +233,8 @@ fn step7_hostile_four_clients_flooding_past_the_rate_cost_bounded_memory_and_slo
     let sampler = Sampler::start(server.child.id());
     let mut sender = Client::chat(addr, "Sender");
     let mut reader = Client::chat(addr, "Reader");
-    let until = Instant::now() + Duration::from_secs(6);
+    let started = Instant::now();
+    let until = started + Duration::from_secs(6);
     let flooders: Vec<_> = (0..4)
         .map(|f| {
             thread::spawn(move || {
@@ -261,30 +275,52 @@ fn step7_hostile_four_clients_flooding_past_the_rate_cost_bounded_memory_and_slo
             .map(|i| format!("healthy {i}"))
             .collect::<Vec<_>>()
     );
-    let codes: Vec<Vec<Option<u16>>> = flooders.into_iter().map(|t| t.join().unwrap()).collect();
+    let ends: Vec<Vec<Flood>> = flooders.into_iter().map(|t| t.join().unwrap()).collect();
     let most = sampler.most();
     let (p50, p99) = percentiles(round_trips);
     eprintln!("healthy round trip during the flood: p50 {p50:?}, p99 {p99:?}; server {most:?}");
+    let upgraded = |ends: &[Flood]| {
+        ends.iter()
+            .filter(|e| !matches!(e, Flood::Refused(_)))
+            .count()
+    };
     eprintln!(
-        "flooders' connections: {:?}",
-        codes.iter().map(Vec::len).collect::<Vec<_>>()
+        "flooders' connections: {:?}, upgraded {:?}",
+        ends.iter().map(Vec::len).collect::<Vec<_>>(),
+        ends.iter().map(|e| upgraded(e)).collect::<Vec<_>>()
     );
     assert!(server.alive());
-    for (f, codes) in codes.iter().enumerate() {
+    for (f, ends) in ends.iter().enumerate() {
         // A flooder's connection ends with 1008. The close frame may be lost to a reset (the
         // server stops reading a client that does not stop sending), but nothing else comes.
-        let policy = codes.iter().filter(|c| **c == Some(1008)).count();
-        let other: Vec<_> = codes
+        let policy = ends.iter().filter(|e| **e == Flood::Closed(1008)).count();
+        let other: Vec<_> = ends
             .iter()
-            .filter(|c| c.is_some_and(|c| c != 1008))
+            .filter(|e| matches!(e, Flood::Closed(c) if *c != 1008))
             .collect();
         assert!(other.is_empty(), "flooder {f} was closed with {other:?}");
         assert!(
-            policy * 2 >= codes.len(),
+            policy * 2 >= upgraded(ends),
             "flooder {f}: {policy} of {} connections saw their 1008",
-            codes.len()
+            upgraded(ends)
+        );
+        let refused: Vec<_> = ends
+            .iter()
+            .filter(|e| matches!(e, Flood::Refused(s) if *s != 503))
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "flooder {f} was refused with {refused:?}"
         );
     }
+    // Coming straight back after each 1008 is an arrival rate of its own: the address gets a
+    // burst, then only so many WebSockets a second (each would be `joined`/`left` for all).
+    let allowed = ARRIVALS_BURST + ARRIVALS_PER_SECOND * (started.elapsed().as_secs_f64() + 1.0);
+    let total: usize = ends.iter().map(|e| upgraded(e)).sum();
+    assert!(
+        total as f64 <= allowed,
+        "{total} flooding WebSockets were opened from one address, over {allowed}"
+    );
     assert!(
         most.peak_rss_kib < 150 * 1024,
         "the server grew to {} MiB",
@@ -519,6 +555,51 @@ fn step7_hostile_a_thread_that_cannot_start_is_a_refused_connection_not_a_crash(
     let mut bob = connect_from(ELSEWHERE, addr, "/?username=Bob");
     assert_eq!(bob.recv_type("welcome")["user"]["username"], "Bob");
     still_chats(&mut bob, &mut alex, "threads came back");
+}
+
+#[test]
+fn step7_hostile_endless_empty_fragments_are_closed_as_a_flood() {
+    // A text message that never ends: its first fragment, then empty continuations for ever.
+    // They take no token from the rate limit and add nothing to the 16 KiB a message may
+    // reach, so only a count of bytes without a whole message stops them.
+    let mut server = ServerProcess::start(&[], &[], None);
+    let addr = server.addr;
+    let mut sender = Client::chat(addr, "Sender");
+    let mut reader = Client::chat(addr, "Reader");
+    let until = Instant::now() + DEADLINE;
+    let fragmenters: Vec<_> = (0..2)
+        .map(|f| {
+            thread::spawn(move || {
+                let first = client_frame(0x01, 0, b"", true);
+                let more = client_frame(0x00, 0, b"", true);
+                let end = flood_with(addr, &format!("frag{f}"), &first, &more, until);
+                (end, Instant::now())
+            })
+        })
+        .collect();
+    for i in 0..20 {
+        still_chats(&mut sender, &mut reader, &format!("meanwhile {i}"));
+        thread::sleep(Duration::from_millis(50));
+    }
+    for (f, fragmenter) in fragmenters.into_iter().enumerate() {
+        let (end, ended) = fragmenter.join().unwrap();
+        // The close frame may be lost to a reset, as for any flooder; the connection must
+        // still end, long before the flooder would have given up.
+        assert!(
+            matches!(end, Flood::Closed(1008) | Flood::Ended),
+            "fragmenter {f} ended with {end:?}"
+        );
+        assert!(ended < until, "fragmenter {f} was never cut off");
+    }
+    assert!(server.alive());
+    let closed = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("\"frag") && l.contains("left"))
+        .count();
+    assert_eq!(closed, 2, "both fragmenters left");
 }
 
 /// Not a test of its own: the spawn-failure test runs this in a process as `nobody`, to take

@@ -25,13 +25,13 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{ErrorKind, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Client, DEADLINE, eventually, flood_once, start, stats};
+use common::{Client, DEADLINE, Flood, eventually, flood_once, start, stats};
 use serde_json::{Value, json};
 use tungstenite::Message;
 
@@ -237,7 +237,10 @@ impl Soak {
         let path = format!("/?username={name}&channel={channel}");
         let deadline = Instant::now() + DEADLINE;
         let mut client = loop {
-            match common::try_connect(self.addr, &path, &[]) {
+            let attempt = common::tcp_from(machine(name), self.addr)
+                .map_err(tungstenite::Error::Io)
+                .and_then(|stream| common::handshake(stream, self.addr, &path, &[]));
+            match attempt {
                 Ok(client) => break client,
                 Err(err) if Instant::now() > deadline => {
                     self.violation(format!("{name}: cannot connect: {err}"));
@@ -261,6 +264,22 @@ impl Soak {
             .expect("set a read timeout");
         Some((client, welcome))
     }
+}
+
+/// The address a client connects from: a crowd sits at many machines, and the server limits
+/// how fast one address may arrive. Reconnects of one client (`abrupt-3-1`, `abrupt-3-2`) come
+/// from the same machine; spammers and churners use 127.0.0.1 and are limited as one.
+fn machine(name: &str) -> Ipv4Addr {
+    let who: Vec<&str> = name.split('-').take(2).collect();
+    let hash = who.join("-").bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    Ipv4Addr::new(
+        127,
+        1 + (hash >> 16) as u8 % 200,
+        (hash >> 8) as u8,
+        1 + hash as u8 % 250,
+    )
 }
 
 /// One read with the client's short timeout: `Ok(None)` when nothing came in time.
@@ -915,9 +934,15 @@ fn spammer(soak: &Soak, me: usize) {
         k += 1;
         let until = soak.end.min(Instant::now() + Duration::from_secs(3));
         match flood_once(soak.addr, &format!("spam-{me}-{k}"), until) {
-            Some(1008) => soak.tally.add("drop: 1008 flooding", 1),
-            Some(other) => soak.violation(format!("spam-{me}-{k} was closed with {other}")),
-            None => soak.tally.add("spam: ended without a close frame", 1),
+            Flood::Closed(1008) => soak.tally.add("drop: 1008 flooding", 1),
+            Flood::Closed(other) => {
+                soak.violation(format!("spam-{me}-{k} was closed with {other}"))
+            }
+            Flood::Refused(503) => soak.tally.add("spam: refused 503 (arriving too fast)", 1),
+            Flood::Refused(other) => {
+                soak.violation(format!("spam-{me}-{k} was refused with {other}"))
+            }
+            Flood::Ended => soak.tally.add("spam: ended without a close frame", 1),
         }
     }
     park_fresh(soak, arrival, &format!("spam-{me}-last"));

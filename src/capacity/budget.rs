@@ -5,27 +5,44 @@
 //! Two counts, each a place held by a guard that gives it back when dropped:
 //! - a [`Handshake`]: an accepted connection whose HTTP head is still being read or answered
 //!   (handshakes in progress and plain HTTP), limited in total and per source address, so
-//!   that sockets that never speak, all from one address, cannot lock anyone else out;
-//! - a [`Place`]: an open WebSocket on either door (`--max-connections`).
+//!   that sockets that never speak, all from one address, cannot lock anyone else out. When
+//!   every place is taken, the oldest handshake that has stalled for [`STALLED`] gives its
+//!   place to the newcomer: so silent sockets from many addresses cannot lock anyone out either.
+//! - a [`Place`]: an open WebSocket on either door (`--max-connections`), which an address may
+//!   also take only so fast ([`ARRIVALS_PER_SECOND`]): each arrival and departure is told to a
+//!   whole channel, so a client connecting and leaving in a loop would flood everyone in it.
 //!
 //! Writer threads have their own budget, in [`crate::connection::Writers`].
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Capacity;
+
+/// A handshake still unfinished after this long, when every place is taken, is given up for a
+/// newcomer. A real client's head arrives in one round trip, milliseconds.
+pub const STALLED: Duration = Duration::from_secs(2);
+/// WebSockets one address may open a second, once its burst is used up.
+pub const ARRIVALS_PER_SECOND: f64 = 20.0;
+/// WebSockets one address may open at once: a whole class behind one NAT address arriving.
+pub const ARRIVALS_BURST: f64 = 200.0;
+/// Addresses whose arrival rate is remembered; past this, those back to a full burst are
+/// forgotten, so that arrivals from many addresses cannot grow memory without bound.
+const REMEMBERED_ADDRESSES: usize = 4096;
 
 /// Why a connection was refused at the door.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AtCapacity {
-    /// Every handshake place is taken.
+    /// Every handshake place is taken, by handshakes that are not stalled.
     Handshakes,
     /// This address holds its share of handshake places.
     Address,
     /// Every WebSocket place is taken.
     Connections,
+    /// This address opens WebSockets faster than [`ARRIVALS_PER_SECOND`].
+    Arrivals,
 }
 
 impl AtCapacity {
@@ -35,15 +52,33 @@ impl AtCapacity {
             AtCapacity::Handshakes => "too many connections are starting at once; try again",
             AtCapacity::Address => "too many connections from your address are starting at once",
             AtCapacity::Connections => "too many connections",
+            AtCapacity::Arrivals => "too many connections from your address in a short time",
         }
     }
 }
 
+/// A handshake in progress, so that it can be given up if it stalls.
+#[derive(Debug)]
+struct Pending {
+    address: IpAddr,
+    since: Instant,
+    socket: Arc<TcpStream>,
+}
+
+/// An address's arrivals: a token bucket, as for messages.
+#[derive(Debug, Clone, Copy)]
+struct Arrivals {
+    tokens: f64,
+    last: Instant,
+}
+
 #[derive(Debug, Default)]
 struct Counts {
-    handshakes: usize,
+    pending: HashMap<u64, Pending>,
+    next_pending: u64,
     by_address: HashMap<IpAddr, usize>,
     open: usize,
+    arrivals: HashMap<IpAddr, Arrivals>,
 }
 
 /// The live counts against a [`Capacity`].
@@ -72,36 +107,87 @@ impl Budget {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a handshake place for a connection from `peer`.
+    /// Takes a handshake place for a connection from `peer` on `socket`. When every place is
+    /// taken, the oldest handshake stalled for [`STALLED`] is cut off to make room (its
+    /// thread gives the place back a moment later).
     ///
     /// # Errors
     /// Which limit is reached.
-    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Handshake, AtCapacity> {
+    pub fn admit(
+        self: &Arc<Self>,
+        peer: IpAddr,
+        socket: &Arc<TcpStream>,
+    ) -> Result<Handshake, AtCapacity> {
+        self.admit_at(peer, socket, Instant::now())
+    }
+
+    fn admit_at(
+        self: &Arc<Self>,
+        peer: IpAddr,
+        socket: &Arc<TcpStream>,
+        now: Instant,
+    ) -> Result<Handshake, AtCapacity> {
         let address = source_of(peer);
         let mut counts = self.counts();
-        if counts.handshakes >= self.capacity.handshakes {
-            return Err(AtCapacity::Handshakes);
-        }
-        let from_here = counts.by_address.entry(address).or_default();
-        if *from_here >= self.capacity.handshakes_per_address {
+        if counts.by_address.get(&address).copied().unwrap_or(0)
+            >= self.capacity.handshakes_per_address
+        {
             return Err(AtCapacity::Address);
         }
-        *from_here += 1;
-        counts.handshakes += 1;
+        if counts.pending.len() >= self.capacity.handshakes {
+            let oldest = counts
+                .pending
+                .iter()
+                .filter(|(_, p)| now.duration_since(p.since) >= STALLED)
+                .min_by_key(|(_, p)| p.since)
+                .map(|(id, _)| *id);
+            let Some(oldest) = oldest else {
+                return Err(AtCapacity::Handshakes);
+            };
+            let stalled = counts.pending.remove(&oldest).expect("just found");
+            forget_one(&mut counts.by_address, stalled.address);
+            let _ = stalled.socket.shutdown(Shutdown::Both);
+        }
+        *counts.by_address.entry(address).or_default() += 1;
+        let id = counts.next_pending;
+        counts.next_pending += 1;
+        let pending = Pending {
+            address,
+            since: now,
+            socket: Arc::clone(socket),
+        };
+        counts.pending.insert(id, pending);
         Ok(Handshake {
             budget: Arc::clone(self),
-            address,
+            id,
         })
     }
 
-    /// Takes a WebSocket place, if one is free.
-    pub fn place(self: &Arc<Self>) -> Option<Place> {
+    /// Takes a WebSocket place for the connection whose handshake this is.
+    ///
+    /// # Errors
+    /// When every place is taken, or its address arrives too fast.
+    pub fn place(self: &Arc<Self>, handshake: &Handshake) -> Result<Place, AtCapacity> {
+        self.place_at(handshake, Instant::now())
+    }
+
+    fn place_at(
+        self: &Arc<Self>,
+        handshake: &Handshake,
+        now: Instant,
+    ) -> Result<Place, AtCapacity> {
         let mut counts = self.counts();
         if counts.open >= self.capacity.connections {
-            return None;
+            return Err(AtCapacity::Connections);
+        }
+        let address = counts.pending.get(&handshake.id).map(|p| p.address);
+        if let Some(address) = address
+            && !counts.arrive(address, now)
+        {
+            return Err(AtCapacity::Arrivals);
         }
         counts.open += 1;
-        Some(Place {
+        Ok(Place {
             budget: Arc::clone(self),
         })
     }
@@ -109,7 +195,7 @@ impl Budget {
     /// Open WebSockets and handshakes in progress.
     pub fn in_use(&self) -> (usize, usize) {
         let counts = self.counts();
-        (counts.open, counts.handshakes)
+        (counts.open, counts.pending.len())
     }
 
     /// Waits up to `timeout` for every WebSocket to close; returns how many are still open.
@@ -123,22 +209,51 @@ impl Budget {
     }
 }
 
+impl Counts {
+    /// Takes one arrival token of `address`, if it has one.
+    fn arrive(&mut self, address: IpAddr, now: Instant) -> bool {
+        if self.arrivals.len() >= REMEMBERED_ADDRESSES {
+            let full = Duration::from_secs_f64(ARRIVALS_BURST / ARRIVALS_PER_SECOND);
+            self.arrivals
+                .retain(|_, a| now.duration_since(a.last) < full);
+        }
+        let bucket = self.arrivals.entry(address).or_insert(Arrivals {
+            tokens: ARRIVALS_BURST,
+            last: now,
+        });
+        let refill = now.duration_since(bucket.last).as_secs_f64() * ARRIVALS_PER_SECOND;
+        bucket.tokens = (bucket.tokens + refill).min(ARRIVALS_BURST);
+        bucket.last = now;
+        if bucket.tokens < 1.0 {
+            return false;
+        }
+        bucket.tokens -= 1.0;
+        true
+    }
+}
+
+fn forget_one(by_address: &mut HashMap<IpAddr, usize>, address: IpAddr) {
+    if let Some(n) = by_address.get_mut(&address) {
+        *n -= 1;
+        if *n == 0 {
+            by_address.remove(&address);
+        }
+    }
+}
+
 /// A connection's handshake place; given back when dropped.
 #[derive(Debug)]
 pub struct Handshake {
     budget: Arc<Budget>,
-    address: IpAddr,
+    id: u64,
 }
 
 impl Drop for Handshake {
     fn drop(&mut self) {
         let mut counts = self.budget.counts();
-        counts.handshakes -= 1;
-        if let Some(n) = counts.by_address.get_mut(&self.address) {
-            *n -= 1;
-            if *n == 0 {
-                counts.by_address.remove(&self.address);
-            }
+        // Not there if it stalled and was given up for a newcomer: counted out already.
+        if let Some(pending) = counts.pending.remove(&self.id) {
+            forget_one(&mut counts.by_address, pending.address);
         }
     }
 }
@@ -186,33 +301,76 @@ fn source_of(peer: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::io::Read;
+    use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
 
     fn budget() -> Arc<Budget> {
         Budget::new(Capacity {
-            connections: 2,
+            connections: 300,
             handshakes: 5,
             handshakes_per_address: 3,
             writers: 1,
         })
     }
 
+    /// A connected pair: the server's end (for the budget) and the client's.
+    fn socket_pair(listener: &TcpListener) -> (Arc<TcpStream>, TcpStream) {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (Arc::new(server), client)
+    }
+
     #[test]
     fn step7_one_address_cannot_take_every_handshake_place() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (socket, _client) = socket_pair(&listener);
         let budget = budget();
         let a = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
         let b = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-        let held: Vec<_> = (0..3).map(|_| budget.admit(a).unwrap()).collect();
-        assert_eq!(budget.admit(a).unwrap_err(), AtCapacity::Address);
-        let others: Vec<_> = (0..2).map(|_| budget.admit(b).unwrap()).collect();
+        let held: Vec<_> = (0..3).map(|_| budget.admit(a, &socket).unwrap()).collect();
+        assert_eq!(budget.admit(a, &socket).unwrap_err(), AtCapacity::Address);
+        let others: Vec<_> = (0..2).map(|_| budget.admit(b, &socket).unwrap()).collect();
+        let c = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
         assert_eq!(
-            budget.admit(b).unwrap_err(),
+            budget.admit(c, &socket).unwrap_err(),
             AtCapacity::Handshakes,
-            "the total holds too"
+            "the total holds too, while nobody has stalled"
         );
         drop(held);
-        assert!(budget.admit(a).is_ok(), "places come back");
+        assert!(budget.admit(a, &socket).is_ok(), "places come back");
         drop(others);
+        assert_eq!(budget.in_use(), (0, 0));
+    }
+
+    #[test]
+    fn step7_a_stalled_handshake_gives_its_place_to_a_newcomer() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let budget = budget();
+        let start = Instant::now();
+        let mut silent = Vec::new();
+        for (n, host) in [1, 1, 1, 2, 2].into_iter().enumerate() {
+            let (socket, client) = socket_pair(&listener);
+            let at = start + Duration::from_millis(n as u64);
+            let peer = IpAddr::V4(Ipv4Addr::new(127, 0, 0, host));
+            silent.push((budget.admit_at(peer, &socket, at).unwrap(), client));
+        }
+        let newcomer = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9));
+        let (socket, _client) = socket_pair(&listener);
+        let soon = start + Duration::from_secs(1);
+        assert_eq!(
+            budget.admit_at(newcomer, &socket, soon).unwrap_err(),
+            AtCapacity::Handshakes,
+            "nobody has stalled for long yet"
+        );
+        let later = start + STALLED + Duration::from_millis(10);
+        let admitted = budget.admit_at(newcomer, &socket, later);
+        assert!(admitted.is_ok(), "the oldest stalled handshake made room");
+        // The oldest was cut off: its client sees the end of the stream.
+        let mut byte = [0u8];
+        assert_eq!(silent[0].1.read(&mut byte).unwrap(), 0);
+        assert_eq!(budget.in_use().1, 5);
+        drop(silent);
+        drop(admitted);
         assert_eq!(budget.in_use(), (0, 0));
     }
 
@@ -231,11 +389,38 @@ mod tests {
     }
 
     #[test]
-    fn step7_websocket_places_are_counted_and_given_back() {
+    fn step7_websocket_places_are_counted_and_an_address_may_arrive_only_so_fast() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (socket, _client) = socket_pair(&listener);
         let budget = budget();
-        let places: Vec<_> = (0..2).map(|_| budget.place().unwrap()).collect();
-        assert!(budget.place().is_none());
-        drop(places);
+        let a = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+        let start = Instant::now();
+        let mut places = Vec::new();
+        let mut refused = None;
+        for _ in 0..ARRIVALS_BURST as usize + 1 {
+            let handshake = budget.admit(a, &socket).unwrap();
+            match budget.place_at(&handshake, start) {
+                Ok(place) => places.push(place),
+                Err(why) => refused = Some(why),
+            }
+        }
+        assert_eq!(
+            places.len(),
+            ARRIVALS_BURST as usize,
+            "a whole class at once"
+        );
+        assert_eq!(refused, Some(AtCapacity::Arrivals));
+        // A second later, another second's worth.
+        let later = start + Duration::from_secs(1);
+        let handshake = budget.admit(a, &socket).unwrap();
+        let more: Vec<_> = (0..ARRIVALS_PER_SECOND as usize)
+            .map(|_| budget.place_at(&handshake, later).unwrap())
+            .collect();
+        assert_eq!(
+            budget.place_at(&handshake, later).unwrap_err(),
+            AtCapacity::Arrivals
+        );
+        drop((places, more));
         assert_eq!(budget.wait_until_closed(Duration::ZERO), 0);
     }
 }

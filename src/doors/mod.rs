@@ -129,17 +129,23 @@ fn upgrade(
             return;
         }
     };
-    let place = match context.budget.place() {
-        Some(place) if !context.stopping.load(Ordering::SeqCst) => place,
-        _ => {
+    let place = match context.budget.place(&handshake) {
+        Ok(place) if !context.stopping.load(Ordering::SeqCst) => place,
+        refused => {
+            let why = refused.err().unwrap_or(AtCapacity::Connections);
             if let Some(also) = REFUSED.allow() {
+                let limit = match why {
+                    AtCapacity::Connections => {
+                        format!("{} connections at most; ", context.config.max_connections)
+                    }
+                    _ => String::new(),
+                };
                 warn!(
-                    "conn {conn}: refused, {} connections open ({also} more refused since)",
-                    context.config.max_connections
+                    "conn {conn}: refused: {} ({limit}{also} more refused since)",
+                    why.reason()
                 );
             }
-            let reason = AtCapacity::Connections.reason();
-            let _ = http::respond_error(socket, 503, reason, &[("Retry-After", "5")]);
+            let _ = http::respond_error(socket, 503, why.reason(), &[("Retry-After", "5")]);
             return;
         }
     };

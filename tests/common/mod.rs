@@ -321,32 +321,71 @@ pub fn client_frame(first: u8, len: u64, payload: &[u8], masked: bool) -> Vec<u8
     out
 }
 
+/// How one flooding connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flood {
+    /// The upgrade was answered with this status instead of `101` (a 503 once an address
+    /// arrives faster than the door lets it).
+    Refused(u16),
+    /// Upgraded, flooded, and was sent a close frame with this code.
+    Closed(u16),
+    /// Upgraded, and the stream ended with no close frame read (lost to a reset, or the
+    /// deadline came first), or the connection failed before any answer.
+    Ended,
+}
+
 /// A raw client that pipelines two-byte text frames (`{}`) as fast as the socket takes them,
-/// reading everything the server says on another thread. Returns the code of the close
-/// frame it was sent, if any.
-pub fn flood_once(addr: SocketAddr, name: &str, until: Instant) -> Option<u16> {
-    let mut stream = TcpStream::connect(addr).ok()?;
+/// reading everything the server says on another thread, until it is closed or `until`.
+pub fn flood_once(addr: SocketAddr, name: &str, until: Instant) -> Flood {
+    flood_with(addr, name, &[], &client_frame(0x81, 2, b"{}", true), until)
+}
+
+/// Like [`flood_once`], sending `first` once and then `frame` over and over.
+pub fn flood_with(
+    addr: SocketAddr,
+    name: &str,
+    first: &[u8],
+    frame: &[u8],
+    until: Instant,
+) -> Flood {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return Flood::Ended;
+    };
     let request = upgrade_request(&format!("/?username={name}"), "");
-    stream.write_all(request.as_bytes()).ok()?;
+    if stream.write_all(request.as_bytes()).is_err() {
+        return Flood::Ended;
+    }
     let mut head = Vec::new();
     let mut byte = [0u8];
     while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).ok()?;
+        if stream.read_exact(&mut byte).is_err() {
+            return Flood::Ended;
+        }
         head.push(byte[0]);
     }
     if !head.starts_with(b"HTTP/1.1 101") {
-        return None;
+        let status = String::from_utf8_lossy(&head)
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        return Flood::Refused(status);
     }
     let closed = Arc::new(AtomicBool::new(false));
+    let Ok(mut reading) = stream.try_clone() else {
+        return Flood::Ended;
+    };
     let listen = {
-        let (mut stream, closed) = (stream.try_clone().ok()?, Arc::clone(&closed));
+        let closed = Arc::clone(&closed);
         thread::spawn(move || {
-            let code = close_code_in(&mut stream);
+            let code = close_code_in(&mut reading);
             closed.store(true, Ordering::SeqCst);
             code
         })
     };
-    let frame = client_frame(0x81, 2, b"{}", true);
+    if stream.write_all(first).is_err() {
+        return Flood::Ended;
+    }
     let burst: Vec<u8> = frame
         .iter()
         .copied()
@@ -359,7 +398,10 @@ pub fn flood_once(addr: SocketAddr, name: &str, until: Instant) -> Option<u16> {
         }
     }
     let _ = stream.shutdown(std::net::Shutdown::Both);
-    listen.join().ok()?
+    match listen.join() {
+        Ok(Some(code)) => Flood::Closed(code),
+        _ => Flood::Ended,
+    }
 }
 
 /// Reads server frames until the stream ends; the code of the close frame among them.
