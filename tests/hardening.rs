@@ -359,6 +359,94 @@ fn step7_a_slow_reader_is_dropped_and_nobody_waits_for_it() {
 }
 
 #[test]
+fn step7_clients_that_never_read_fill_the_servers_queue_budget_and_only_they_are_dropped() {
+    // The server's budget for queued frames, shared by every client, is made smaller than
+    // one client may fall behind, and clients that never read fill it. Someone who then joins
+    // must get a welcome with 200 KB of history and every message after it, and the ones who
+    // never read must be the ones dropped. (Which pusher a full budget refuses is a race
+    // here, as loopback buffers absorb a lot: the rule itself is pinned down by
+    // `step7_the_server_wide_budget_refuses_only_clients_far_behind` in `outbox.rs`.)
+    const HISTORY: usize = 25;
+    const TOTAL: usize = 300;
+    const WINDOW: usize = 16;
+    const NEVER_READ: usize = 4;
+    // About 8 KB a frame.
+    let text_of = |i: usize| format!("{i:05}:{}", "😀".repeat(1994));
+    let server = start(|c| {
+        c.max_rate = 0;
+        c.max_queued_bytes = 32 << 10;
+    });
+    let addr = server.local_addr();
+    let tiny = |name: &str| {
+        let stream = common::tcp_with(std::net::Ipv4Addr::LOCALHOST, addr, Some(1)).unwrap();
+        let path = format!("/?username={name}&channel=flood");
+        common::handshake(stream, addr, &path, &[]).unwrap()
+    };
+    let idle: Vec<Client> = (0..NEVER_READ).map(|i| tiny(&format!("Idle{i}"))).collect();
+    let mut watcher = connect(addr, "/?username=Watcher&channel=flood");
+    let mut flooder = raw_upgrade(addr, "/?username=Flooder&channel=flood");
+    let mut drain = flooder.try_clone().unwrap();
+    let draining = thread::spawn(move || {
+        let mut chunk = vec![0u8; 64 * 1024];
+        while matches!(drain.read(&mut chunk), Ok(n) if n > 0) {}
+    });
+    let mut say = |i: usize| {
+        let frame = json!({"type": "message", "text": text_of(i)}).to_string();
+        flooder.write_all(&masked_text(frame.as_bytes())).unwrap();
+    };
+    for i in 0..HISTORY {
+        say(i);
+    }
+    // Once the watcher has them all, so has every outbox of the idle ones.
+    for i in 0..HISTORY {
+        assert_eq!(watcher.recv_type("message")["text"], text_of(i));
+    }
+    drop(watcher);
+
+    let mut reader = tiny("Reader");
+    let welcome = reader.recv_type("welcome");
+    let history = welcome["history"].as_array().unwrap();
+    assert_eq!(history.len(), HISTORY, "the whole history came");
+    let (progress_tx, progress) = mpsc::channel();
+    let reading = thread::spawn(move || {
+        let (mut next, mut left) = (HISTORY, Vec::new());
+        while next < TOTAL || left.len() < NEVER_READ {
+            let frame: Value = reader.recv();
+            match frame["type"].as_str() {
+                Some("message") => {
+                    assert_eq!(frame["text"], text_of(next), "in order");
+                    next += 1;
+                    let _ = progress_tx.send(next);
+                }
+                Some("left") => left.push(frame["user"]["username"].to_string()),
+                _ => {}
+            }
+        }
+        (reader, left)
+    });
+    let mut acked = HISTORY;
+    for i in HISTORY..TOTAL {
+        while i >= acked + WINDOW {
+            acked = progress
+                .recv_timeout(DEADLINE)
+                .expect("the reader keeps getting messages");
+        }
+        say(i);
+    }
+    let (mut reader, left) = reading
+        .join()
+        .expect("the reader got every message, and every idle one left");
+    assert!(left.iter().all(|name| name.contains("Idle")), "{left:?}");
+    eventually("only the reader and the flooder remain", || {
+        stats(addr)["online"] == 2
+    });
+    reader.say("after the flood");
+    let _ = flooder.shutdown(Shutdown::Both);
+    draining.join().unwrap();
+    drop(idle);
+}
+
+#[test]
 fn step7_shutdown_closes_chat_and_echo_clients_with_1001() {
     let server = start(|_| {});
     let addr = server.local_addr();

@@ -33,8 +33,14 @@ use crate::throttle::Throttle;
 /// Frames that may wait for one client before it counts as a slow reader and is dropped.
 pub const MAX_QUEUED_FRAMES: usize = 1024;
 /// Bytes that may wait for one client before it counts as a slow reader: without this, 1024
-/// full welcomes (about 800 KB each) could pile up for one client that does not read.
+/// full welcomes (about 800 KB each) could pile up for one client that does not read. (A
+/// single frame larger than this, a `welcome` listing thousands of users, still goes to a
+/// client with nothing queued.)
 pub const MAX_QUEUED_BYTES: usize = 4 * 1024 * 1024;
+/// A client this far behind queues more only if the server-wide budget has room
+/// ([`Writers::max_queued_bytes`]); one less far behind is never refused by it, so that a crowd
+/// that does not read can only ever cost itself its places, not the readers theirs.
+pub const BEHIND: usize = 256 * 1024;
 
 /// Warnings about the server-wide budget, at most one every few seconds.
 static BUDGET_WARNING: Throttle = Throttle::new();
@@ -153,9 +159,9 @@ impl Outbox {
     ///
     /// # Errors
     /// [`Undeliverable::Full`] when the item would take this client past [`MAX_QUEUED_FRAMES`] or
-    /// [`MAX_QUEUED_BYTES`], the server past its queued-bytes budget, or no writer thread can
-    /// be had (the caller should drop this client); [`Undeliverable::Closed`] when the connection is
-    /// closing.
+    /// [`MAX_QUEUED_BYTES`], or a client already [`BEHIND`] past the server's queued-bytes
+    /// budget, or no writer thread can be had (the caller should drop this client);
+    /// [`Undeliverable::Closed`] when the connection is closing.
     pub fn push(&self, item: Outbound) -> Result<(), Undeliverable> {
         let size = item.size();
         let state = &*self.state;
@@ -163,11 +169,12 @@ impl Outbox {
         if queue.stopped {
             return Err(Undeliverable::Closed);
         }
-        if queue.frames >= MAX_QUEUED_FRAMES || queue.bytes + size > MAX_QUEUED_BYTES {
+        let over_bytes = queue.bytes > 0 && queue.bytes + size > MAX_QUEUED_BYTES;
+        if queue.frames >= MAX_QUEUED_FRAMES || over_bytes {
             return Err(Undeliverable::Full);
         }
         if let Some(writers) = &state.writers
-            && !writers.reserve(size)
+            && !writers.reserve(size, queue.bytes >= BEHIND)
         {
             if let Some(also) = BUDGET_WARNING.allow() {
                 warn!(
@@ -420,27 +427,48 @@ mod tests {
     }
 
     #[test]
-    fn step7_the_server_wide_byte_budget_refuses_once_used_up() {
-        let writers = Writers::new(0, 10, Duration::from_secs(1));
-        let state = Arc::new(OutboxState::new(Some(Arc::clone(&writers))));
+    fn step7_the_server_wide_budget_refuses_only_clients_far_behind() {
+        let budget = 2 * BEHIND;
+        let writers = Writers::new(0, budget, Duration::from_secs(1));
         // No socket: the writer is never started, so the budget alone decides.
-        let outbox = Outbox {
-            state,
+        let detached = || Outbox {
+            state: Arc::new(OutboxState::new(Some(Arc::clone(&writers)))),
             socket: None,
         };
-        outbox
-            .push(Outbound::Frame(Bytes::from_static(b"12345678")))
-            .unwrap();
-        assert_eq!(
-            outbox.push(Outbound::Frame(Bytes::from_static(b"123"))),
-            Err(Undeliverable::Full)
-        );
-        assert_eq!(writers.queued_bytes(), 8);
-        drop(outbox);
+        let (slow, reader) = (detached(), detached());
+        let chunk = Bytes::from(vec![0u8; BEHIND / 4]);
+        // The slow one fills the whole budget, and is refused once it is far behind.
+        while slow.push(Outbound::Frame(chunk.clone())).is_ok() {}
+        assert!(slow.queued_bytes() >= BEHIND);
+        assert!(writers.queued_bytes() >= budget - chunk.len());
+        // A reader a few frames behind still gets its frames: the budget is not its to pay.
+        for _ in 0..3 {
+            reader.push(Outbound::Frame(chunk.clone())).unwrap();
+        }
+        drop(slow);
+        drop(reader);
         assert_eq!(
             writers.queued_bytes(),
             0,
-            "a gone connection gives its bytes back"
+            "gone connections give their bytes back"
+        );
+    }
+
+    #[test]
+    fn step2_one_frame_larger_than_the_limit_still_reaches_a_client_with_nothing_queued() {
+        let (outbox, queued) = Outbox::detached();
+        let huge = Bytes::from(vec![0u8; MAX_QUEUED_BYTES + 1]);
+        outbox.send(huge.clone()).unwrap();
+        assert_eq!(
+            outbox.send(Bytes::from_static(b"x")),
+            Err(Undeliverable::Full)
+        );
+        assert!(queued.take().is_some());
+        assert!(outbox.send(Bytes::from_static(b"x")).is_ok());
+        assert_eq!(
+            outbox.send(huge),
+            Err(Undeliverable::Full),
+            "not behind anything else"
         );
     }
 }

@@ -63,9 +63,11 @@ impl Writers {
         self.queued_bytes.load(Ordering::Relaxed)
     }
 
-    pub(super) fn reserve(&self, bytes: usize) -> bool {
+    /// Counts `bytes` more queued, unless the budget is used up and `strict` (the client is
+    /// already far behind: see `outbox::BEHIND`).
+    pub(super) fn reserve(&self, bytes: usize, strict: bool) -> bool {
         let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-        if before + bytes > self.max_queued_bytes {
+        if strict && before + bytes > self.max_queued_bytes {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             return false;
         }
