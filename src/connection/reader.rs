@@ -25,6 +25,13 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const READ_BUFFER_BYTES: usize = 1024;
 /// Most a closing connection reads while waiting for the peer's close reply.
 const DRAIN_LIMIT: usize = 64 * 1024;
+/// Most a client may send without finishing a message (or a ping): a 16 KiB message cut into
+/// one-byte fragments is about 112 KiB, so past this it is a client sending endless empty
+/// fragments, which take no token from the rate limit and would keep this thread busy for ever.
+const MAX_BYTES_WITHOUT_A_MESSAGE: usize = 256 * 1024;
+/// Pongs are sent at most this often: a ping flood is answered once per interval, with the
+/// latest ping's payload (RFC 6455, 5.5.3, allows answering only the most recent).
+const PONG_EVERY: Duration = Duration::from_millis(100);
 
 /// tungstenite's settings for every connection: the 16 KiB limit, small buffers.
 pub fn websocket_config() -> WebSocketConfig {
@@ -93,6 +100,11 @@ struct Keepalive {
     last_heard: Instant,
     /// The read timeout the socket has now (zero: none set yet).
     armed: Duration,
+    /// Bytes read since the last text, binary or close message.
+    read_since_message: usize,
+    /// When the last pong went out, and the payload of a ping not answered yet.
+    last_pong: Option<Instant>,
+    owed_pong: Option<Bytes>,
 }
 
 impl Keepalive {
@@ -103,6 +115,9 @@ impl Keepalive {
             next_ping: now + interval,
             last_heard: now,
             armed: Duration::ZERO,
+            read_since_message: 0,
+            last_pong: None,
+            owed_pong: None,
         }
     }
 
@@ -113,7 +128,20 @@ impl Keepalive {
 
     /// The next moment the reader must stop reading to do something.
     fn due(&self) -> Instant {
-        self.next_ping.min(self.last_heard + self.idle_limit())
+        let due = self.next_ping.min(self.last_heard + self.idle_limit());
+        match (&self.owed_pong, self.last_pong) {
+            (Some(_), Some(last)) => due.min(last + PONG_EVERY),
+            _ => due,
+        }
+    }
+
+    /// Whether a pong may go out now (and if so, counts it as sent).
+    fn may_pong(&mut self, now: Instant) -> bool {
+        let may = self.last_pong.is_none_or(|last| now >= last + PONG_EVERY);
+        if may {
+            self.last_pong = Some(now);
+        }
+        may
     }
 }
 
@@ -142,7 +170,12 @@ impl Read for ReadOnly<'_> {
             self.socket.set_read_timeout(Some(left))?;
             self.keepalive.armed = left;
         }
-        self.socket.read(buf)
+        let read = self.socket.read(buf)?;
+        self.keepalive.read_since_message += read;
+        if self.keepalive.read_since_message > MAX_BYTES_WITHOUT_A_MESSAGE {
+            return Err(io::Error::other("too many bytes without a whole message"));
+        }
+        Ok(read)
     }
 }
 
@@ -209,6 +242,10 @@ impl Reader {
                 self.send(Bytes::from_static(PING))?;
                 self.keepalive.next_ping = now + self.keepalive.interval;
             }
+            if self.keepalive.owed_pong.is_some() && self.keepalive.may_pong(now) {
+                let payload = self.keepalive.owed_pong.take().expect("checked");
+                self.send(pong_frame(&payload))?;
+            }
             let mut stream = ReadOnly {
                 socket: &self.socket,
                 keepalive: &mut self.keepalive,
@@ -217,13 +254,24 @@ impl Reader {
                 Ok(message) => message,
                 Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(Error::Io(e)) if e.kind() == io::ErrorKind::TimedOut => continue,
+                Err(_) if self.keepalive.read_since_message > MAX_BYTES_WITHOUT_A_MESSAGE => {
+                    return Err(Ended::Flooding);
+                }
                 Err(err) => return Err(classify(err)),
             };
-            self.keepalive.last_heard = Instant::now();
+            let now = Instant::now();
+            self.keepalive.last_heard = now;
+            // Any whole frame tungstenite hands back counts: fragments never do until the
+            // last. (A ping flood costs no more than reading it: see PONG_EVERY.)
+            self.keepalive.read_since_message = 0;
             match message {
                 Message::Text(text) => return Ok(Incoming::Text(text)),
                 Message::Binary(data) => return Ok(Incoming::Binary(data)),
-                Message::Ping(data) => self.send(pong_frame(&data))?,
+                Message::Ping(data) if self.keepalive.may_pong(now) => {
+                    self.keepalive.owed_pong = None;
+                    self.send(pong_frame(&data))?
+                }
+                Message::Ping(data) => self.keepalive.owed_pong = Some(data),
                 Message::Pong(_) | Message::Frame(_) => {}
                 Message::Close(close) => {
                     // Echo the client's code, as RFC 6455 asks.
