@@ -75,11 +75,40 @@ pub const MAX_LINE_BYTES: usize =
 /// each of at most [`MAX_LINE_BYTES`] and a newline. About 1.2 MB.
 pub const TAIL_WINDOW: u64 = (HISTORY_LEN as u64 + 1) * (MAX_LINE_BYTES as u64 + 1);
 
+/// Bytes all histories in memory may hold together. Each channel keeps its last
+/// [`HISTORY_LEN`] messages, but a crowd each in a channel of its own, each filling it with the
+/// longest messages (about 8 KB each), could otherwise hold most of a megabyte per person;
+/// past this budget the largest histories lose their oldest messages first.
+pub const MAX_HISTORY_BYTES: usize = 256 << 20;
+
+/// One channel's last messages, and how many bytes they hold.
+#[derive(Debug, Default)]
+struct Ring {
+    messages: VecDeque<Box<RawValue>>,
+    bytes: usize,
+}
+
+impl Ring {
+    fn of(messages: VecDeque<Box<RawValue>>) -> Ring {
+        let bytes = messages.iter().map(|m| m.get().len()).sum();
+        Ring { messages, bytes }
+    }
+
+    fn pop_oldest(&mut self) -> usize {
+        let freed = self.messages.pop_front().map_or(0, |m| m.get().len());
+        self.bytes -= freed;
+        freed
+    }
+}
+
 /// Every channel's last messages, as the JSON they were sent as, and the disk store behind
 /// them if there is one. The hub owns it, so it needs no lock.
 #[derive(Debug)]
 pub struct Histories {
-    rings: HashMap<String, VecDeque<Box<RawValue>>>,
+    rings: HashMap<String, Ring>,
+    /// Bytes in all rings, and the most they may hold ([`MAX_HISTORY_BYTES`]).
+    bytes: usize,
+    max_bytes: usize,
     store: Option<Store>,
     next_id: u64,
 }
@@ -90,17 +119,59 @@ impl Histories {
     pub fn new(store: Option<Store>) -> Histories {
         let mut histories = Histories {
             rings: HashMap::new(),
+            bytes: 0,
+            max_bytes: MAX_HISTORY_BYTES,
             store: None,
             next_id: 1,
         };
         if let Some(mut store) = store {
             for (channel, lines) in store.take_loaded() {
-                histories.rings.insert(channel, ring_of(lines));
+                histories.insert(channel, ring_of(lines));
             }
             histories.next_id = store.last_id() + 1;
             histories.store = Some(store);
         }
+        histories.keep_within_budget();
         histories
+    }
+
+    /// Sets the most all histories may hold together (tests use a small one).
+    pub fn set_budget(&mut self, max_bytes: usize) {
+        self.max_bytes = max_bytes;
+        self.keep_within_budget();
+    }
+
+    /// Bytes all histories in memory hold.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn insert(&mut self, channel: String, messages: VecDeque<Box<RawValue>>) {
+        let ring = Ring::of(messages);
+        self.bytes += ring.bytes;
+        if let Some(old) = self.rings.insert(channel, ring) {
+            self.bytes -= old.bytes;
+        }
+    }
+
+    fn remove(&mut self, channel: &str) {
+        if let Some(old) = self.rings.remove(channel) {
+            self.bytes -= old.bytes;
+        }
+    }
+
+    /// Takes the oldest messages of the largest histories until all fit in the budget.
+    fn keep_within_budget(&mut self) {
+        while self.bytes > self.max_bytes {
+            let Some(largest) = self.rings.values_mut().max_by_key(|r| r.bytes) else {
+                return;
+            };
+            let freed = largest.pop_oldest();
+            if freed == 0 {
+                return;
+            }
+            self.bytes -= freed;
+        }
     }
 
     /// The id the next message gets: ids strictly increase, across restarts too.
@@ -119,10 +190,13 @@ impl Histories {
             store.append(channel, id, json.get())?;
         }
         let ring = self.rings.entry(channel.to_owned()).or_default();
-        if ring.len() == HISTORY_LEN {
-            ring.pop_front();
+        if ring.messages.len() == HISTORY_LEN {
+            self.bytes -= ring.pop_oldest();
         }
-        ring.push_back(json);
+        ring.bytes += json.get().len();
+        self.bytes += json.get().len();
+        ring.messages.push_back(json);
+        self.keep_within_budget();
         Ok(())
     }
 
@@ -131,7 +205,7 @@ impl Histories {
         self.rings
             .get(channel)
             .into_iter()
-            .flatten()
+            .flat_map(|r| &r.messages)
             .map(AsRef::as_ref)
     }
 
@@ -143,9 +217,10 @@ impl Histories {
         }
         if let Some(store) = &mut self.store {
             let lines = store.reload(channel);
-            self.rings.insert(channel.to_owned(), ring_of(lines));
             // The file may hold ids not seen at start: new ones stay above them.
             self.next_id = self.next_id.max(store.last_id() + 1);
+            self.insert(channel.to_owned(), ring_of(lines));
+            self.keep_within_budget();
         }
     }
 
@@ -153,9 +228,11 @@ impl Histories {
     /// taking from it only ids up to `upto` (the last delivered: later ones are still on their
     /// way, and will be kept as they are delivered). The channel's history is held from then.
     pub fn merge(&mut self, channel: &str, recalled: Vec<(u64, Box<RawValue>)>, upto: u64) {
-        let ring = self.rings.entry(channel.to_owned()).or_default();
-        let mut all: BTreeMap<u64, Box<RawValue>> = ring
-            .drain(..)
+        let kept = self.rings.remove(channel).unwrap_or_default();
+        self.bytes -= kept.bytes;
+        let mut all: BTreeMap<u64, Box<RawValue>> = kept
+            .messages
+            .into_iter()
             .filter_map(|m| Some((id_of(&m)?, m)))
             .collect();
         for (id, message) in recalled {
@@ -164,16 +241,18 @@ impl Histories {
             }
         }
         let skip = all.len().saturating_sub(HISTORY_LEN);
-        ring.extend(all.into_values().skip(skip));
-        if let Some(last) = ring.back().and_then(|m| id_of(m)) {
+        let messages: VecDeque<_> = all.into_values().skip(skip).collect();
+        if let Some(last) = messages.back().and_then(|m| id_of(m)) {
             self.next_id = self.next_id.max(last + 1);
         }
+        self.insert(channel.to_owned(), messages);
+        self.keep_within_budget();
     }
 
     /// Keeps at most [`MAX_DORMANT_HISTORIES`] histories of channels that are not `live`,
     /// forgetting those whose last message is oldest.
     pub fn forget_dormant(&mut self, live: impl Fn(&str) -> bool) {
-        let last_id = |ring: &VecDeque<Box<RawValue>>| id_of(ring.back()?);
+        let last_id = |ring: &Ring| id_of(ring.messages.back()?);
         let mut dormant: Vec<(u64, String)> = self
             .rings
             .iter()
@@ -186,7 +265,7 @@ impl Histories {
         dormant.sort_unstable();
         for (_, name) in dormant.drain(..excess) {
             debug!("forgetting the history of #{name}");
-            self.rings.remove(&name);
+            self.remove(&name);
         }
     }
 
@@ -216,17 +295,29 @@ impl Histories {
     /// # Errors
     /// A description of the first broken rule.
     pub fn check(&self) -> Result<(), String> {
+        let mut bytes = 0;
         for (name, ring) in &self.rings {
-            if ring.len() > HISTORY_LEN {
-                return Err(format!("#{name} keeps {} messages", ring.len()));
+            let messages = &ring.messages;
+            if messages.len() > HISTORY_LEN {
+                return Err(format!("#{name} keeps {} messages", messages.len()));
             }
-            let ids: Vec<u64> = ring.iter().filter_map(|m| id_of(m)).collect();
-            if ids.len() != ring.len() || ids.windows(2).any(|w| w[0] >= w[1]) {
+            if ring.bytes != messages.iter().map(|m| m.get().len()).sum::<usize>() {
+                return Err(format!("#{name}'s bytes are miscounted"));
+            }
+            bytes += ring.bytes;
+            let ids: Vec<u64> = messages.iter().filter_map(|m| id_of(m)).collect();
+            if ids.len() != messages.len() || ids.windows(2).any(|w| w[0] >= w[1]) {
                 return Err(format!("#{name}'s history is not in increasing id order"));
             }
             if ids.last().is_some_and(|last| *last >= self.next_id) {
                 return Err(format!("#{name} holds an id not yet given out"));
             }
+        }
+        if bytes != self.bytes || bytes > self.max_bytes {
+            return Err(format!(
+                "histories hold {bytes} bytes, counted {} (at most {})",
+                self.bytes, self.max_bytes
+            ));
         }
         Ok(())
     }

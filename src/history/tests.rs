@@ -224,3 +224,46 @@ fn step5_disk_at_most_64_histories_are_loaded_at_start_general_always() {
     assert_eq!(ids(&store.reload("c002")), [2]);
     fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn step5_histories_together_stay_within_their_budget_the_largest_trimmed_first() {
+    let mut histories = Histories::new(None);
+    let raw = |id: u64, text: &str| RawValue::from_string(line(id, "c", text)).unwrap();
+    let big = "x".repeat(1000);
+    // A busy channel of long messages, and a quiet one of short ones.
+    let mut id = 0;
+    for _ in 0..50 {
+        id += 1;
+        histories.record("busy", id, raw(id, &big)).unwrap();
+        id += 1;
+        histories.record("quiet", id, raw(id, "hi")).unwrap();
+    }
+    let before = histories.bytes();
+    histories.set_budget(before / 2);
+    assert!(histories.bytes() <= before / 2);
+    histories.check().unwrap();
+    assert_eq!(
+        histories.of("quiet").count(),
+        50,
+        "the small history is untouched"
+    );
+    let busy: Vec<u64> = histories
+        .of("busy")
+        .filter_map(|m| serde_json::from_str::<serde_json::Value>(m.get()).ok()?["id"].as_u64())
+        .collect();
+    assert!(
+        busy.len() < 50 && busy.last() == Some(&99),
+        "the oldest went first: {busy:?}"
+    );
+    // New messages go on being kept, within the budget.
+    id += 1;
+    histories.record("busy", id, raw(id, &big)).unwrap();
+    assert!(histories.bytes() <= before / 2);
+    assert_eq!(
+        histories
+            .of("busy")
+            .last()
+            .map(|m| m.get().contains(&format!("\"id\":{id}"))),
+        Some(true)
+    );
+}
