@@ -66,7 +66,14 @@ fn main() -> ExitCode {
         }
     };
     let addr = server.local_addr();
-    info!("open www/client.html in a browser, or http://{addr}/ (Ctrl-C stops)");
+    // The page from disk connects to port 1337 unless told otherwise: say how, when it must be.
+    if addr.port() == 1337 {
+        info!("open www/client.html in a browser, or http://{addr}/ (Ctrl-C stops)");
+    } else {
+        info!(
+            "open www/client.html?server=ws://{addr}/ in a browser, or http://{addr}/ (Ctrl-C stops)"
+        );
+    }
     let _ = stop_rx.recv();
     server.shutdown();
     ExitCode::SUCCESS
