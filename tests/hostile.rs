@@ -183,14 +183,7 @@ fn step7_hostile_chat_users_past_the_thread_budget_are_refused_and_maps_never_ru
     // them), and the one who reads loses nothing.
     const SENT: usize = 600;
     let heard = thread::spawn(move || {
-        let texts: Vec<String> = (0..SENT)
-            .map(|_| {
-                reader.recv_type("message")["text"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
+        let texts = reader.recv_texts(SENT);
         (reader, texts)
     });
     let text = "€".repeat(1990); // with the number, under the 2000-character limit
@@ -250,17 +243,7 @@ fn step7_hostile_four_clients_flooding_past_the_rate_cost_bounded_memory_and_slo
         .collect();
     // A healthy pair chats at a human pace meanwhile: every message arrives, in order.
     const SENT: usize = 40;
-    let heard = thread::spawn(move || {
-        let texts: Vec<String> = (0..SENT)
-            .map(|_| {
-                reader.recv_type("message")["text"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
-        texts
-    });
+    let heard = thread::spawn(move || reader.recv_texts(SENT));
     let mut round_trips = Vec::new();
     for i in 0..SENT {
         let start = Instant::now();
@@ -389,16 +372,7 @@ fn step7_hostile_clients_that_never_read_cannot_make_the_server_queue_their_welc
         })
         .collect();
     // Meanwhile the others chat, and lose nothing.
-    let heard = thread::spawn(move || {
-        (0..40)
-            .map(|_| {
-                reader.recv_type("message")["text"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect::<Vec<_>>()
-    });
+    let heard = thread::spawn(move || reader.recv_texts(40));
     for i in 0..40 {
         sender.say(&format!("meanwhile {i}"));
         thread::sleep(Duration::from_millis(100));

@@ -187,6 +187,19 @@ impl Client {
         }
     }
 
+    /// The texts of the next `n` chat messages, skipping other frames.
+    pub fn recv_texts(&mut self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let message = self.recv_type("message");
+                message["text"]
+                    .as_str()
+                    .expect("a message has text")
+                    .to_owned()
+            })
+            .collect()
+    }
+
     /// Skips frames until one of type `kind` arrives.
     pub fn recv_type(&mut self, kind: &str) -> Value {
         let deadline = Instant::now() + DEADLINE;
