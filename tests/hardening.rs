@@ -492,3 +492,102 @@ fn step7_binary_frames_on_the_chat_door_are_bad_json_and_the_connection_stays_op
     );
     assert_eq!(stats(addr)["online"], 2);
 }
+
+/// A client flooding far past the rate is closed with 1008, but its close comes after
+/// everything it was owed: each of its own messages the channel heard, and the refusals.
+#[test]
+fn step7_a_flooder_closed_with_1008_first_gets_its_own_messages_and_refusals() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    let mut observer = Client::chat(addr, "Watcher");
+    let mut flooder = Client::chat(addr, "Flooder");
+    observer.recv_type("joined");
+    // A thousand messages in one write: the burst (twice the rate) is accepted, the rest
+    // refused, and the door closes the connection long before the last.
+    let burst: Vec<u8> = (0..1000)
+        .flat_map(|i| {
+            let text = json!({"type": "message", "text": format!("m{i}")}).to_string();
+            client_frame(0x81, text.len() as u64, text.as_bytes(), true)
+        })
+        .collect();
+    flooder.ws.get_mut().write_all(&burst).unwrap();
+
+    let (own, refused, code) = read_until_close(&mut flooder);
+    let heard = heard_until_left(&mut observer);
+    assert_eq!(code, Some(1008));
+    assert!(heard.len() >= 40, "the burst was accepted: {}", heard.len());
+    assert_eq!(
+        own, heard,
+        "the flooder saw each of its messages before its close"
+    );
+    assert!(refused > 0, "and the refusals read before it");
+}
+
+/// The same for a client closed for breaking the protocol: 30 messages, then a frame over
+/// 16 KiB in the same write. The close (1009) follows the 30 it sent first.
+#[test]
+fn step7_a_client_closed_for_a_frame_too_big_first_gets_what_it_sent_before() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    let mut observer = Client::chat(addr, "Watcher");
+    let mut sender = Client::chat(addr, "Sender");
+    observer.recv_type("joined");
+    let mut bytes: Vec<u8> = (0..30)
+        .flat_map(|i| {
+            let text = json!({"type": "message", "text": format!("m{i}")}).to_string();
+            client_frame(0x81, text.len() as u64, text.as_bytes(), true)
+        })
+        .collect();
+    bytes.extend(client_frame(
+        0x81,
+        16 * 1024 + 1,
+        &[b' '; 16 * 1024 + 1],
+        true,
+    ));
+    sender.ws.get_mut().write_all(&bytes).unwrap();
+
+    let (own, _, code) = read_until_close(&mut sender);
+    let heard = heard_until_left(&mut observer);
+    assert_eq!(code, Some(1009));
+    assert_eq!(heard.len(), 30);
+    assert_eq!(
+        own, heard,
+        "each of its messages came back before its close"
+    );
+}
+
+/// Reads a client's frames until the server's close: the texts of the messages, how many
+/// `rate_limited` refusals, and the close code.
+fn read_until_close(client: &mut Client) -> (Vec<String>, usize, Option<u16>) {
+    let (mut texts, mut refused) = (Vec::new(), 0);
+    loop {
+        match client.ws.read() {
+            Ok(Message::Text(text)) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                match frame["type"].as_str() {
+                    Some("message") => texts.push(frame["text"].as_str().unwrap().to_owned()),
+                    Some("error") if frame["code"] == "rate_limited" => refused += 1,
+                    _ => {}
+                }
+            }
+            Ok(Message::Close(close)) => {
+                return (texts, refused, close.map(|c| u16::from(c.code)));
+            }
+            Ok(_) => {}
+            Err(err) => panic!("the connection ended without a close frame: {err}"),
+        }
+    }
+}
+
+/// The texts of the messages a client hears until someone's `left`.
+fn heard_until_left(client: &mut Client) -> Vec<String> {
+    let mut heard = Vec::new();
+    loop {
+        let frame = client.recv();
+        match frame["type"].as_str() {
+            Some("message") => heard.push(frame["text"].as_str().unwrap().to_owned()),
+            Some("left") => return heard,
+            _ => {}
+        }
+    }
+}

@@ -525,7 +525,7 @@ impl World {
     }
 
     fn disconnect(&mut self, conn: ConnId) -> Expected {
-        self.handle(Event::Disconnect { conn });
+        self.handle(Event::Disconnect { conn, close: None });
         let mut expected = Expected::new();
         let Some(gone) = self.clients.remove(&conn) else {
             return expected;

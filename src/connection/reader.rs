@@ -195,6 +195,9 @@ pub struct Reader {
     context: WebSocketContext,
     outbox: Outbox,
     keepalive: Keepalive,
+    /// The echo of the client's close frame, kept for [`Reader::closing_frame`]: on the chat
+    /// door it must go out after the hub's answers to what the client sent before it.
+    peer_close: Option<Bytes>,
 }
 
 impl Reader {
@@ -216,6 +219,7 @@ impl Reader {
             context,
             outbox,
             keepalive: Keepalive::new(ping_interval),
+            peer_close: None,
         }
     }
 
@@ -274,20 +278,31 @@ impl Reader {
                 Message::Ping(data) => self.keepalive.owed_pong = Some(data),
                 Message::Pong(_) | Message::Frame(_) => {}
                 Message::Close(close) => {
-                    // Echo the client's code, as RFC 6455 asks.
-                    let _ = self.outbox.close(close_frame(close));
+                    // Echo the client's code, as RFC 6455 asks (sent by `finish` or the hub).
+                    self.peer_close = Some(close_frame(close));
                     return Err(Ended::PeerClosed);
                 }
             }
         }
     }
 
-    /// Ends the connection: sends the close frame `why` calls for, waits (at most
+    /// The close frame the connection ends with: the echo of the client's own, or the one
+    /// `why` calls for; `None` when the client can no longer be told anything.
+    pub fn closing_frame(&mut self, why: &Ended) -> Option<Bytes> {
+        let ours = || why.close_frame().map(|c| close_frame(Some(c)));
+        self.peer_close.take().or_else(ours)
+    }
+
+    /// Ends the connection: queues `close` if `send_close` (the hub may have been given it
+    /// instead, to send after what it still owes the client), waits (at most
     /// [`CLOSE_GRACE`]) for the peer to finish, then shuts the socket down, which also stops
     /// a writer if one is running.
-    pub fn finish(self, why: &Ended) {
-        let close = why.close_frame();
-        let sent_close = close.is_some_and(|c| self.outbox.close(close_frame(Some(c))).is_ok());
+    pub fn finish(self, why: &Ended, close: Option<Bytes>, send_close: bool) {
+        let sent_close = match close {
+            Some(frame) if send_close => self.outbox.close(frame).is_ok(),
+            Some(_) => true,
+            None => false,
+        };
         if sent_close || matches!(why, Ended::PeerClosed) {
             // Read until the peer closes, so unread bytes cannot turn our close into a reset.
             drain(&self.socket, Instant::now() + CLOSE_GRACE);

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
+use tungstenite::Bytes;
+
 use log::{debug, info, warn};
 
 use crate::capacity::{AtCapacity, Budget, Handshake};
@@ -91,11 +93,25 @@ pub fn serve(socket: &Arc<TcpStream>, context: &Context, conn: ConnId, handshake
 struct Registration<'a> {
     hub: &'a SyncSender<Event>,
     conn: ConnId,
+    left: bool,
+}
+
+impl Registration<'_> {
+    /// Tells the hub the connection ended, giving it the close frame to queue after whatever
+    /// it still owes the client. False if the hub is gone: then nobody sends it.
+    fn leave(mut self, close: Option<Bytes>) -> bool {
+        self.left = true;
+        let conn = self.conn;
+        self.hub.send(Event::Disconnect { conn, close }).is_ok()
+    }
 }
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        let _ = self.hub.send(Event::Disconnect { conn: self.conn });
+        if !self.left {
+            let conn = self.conn;
+            let _ = self.hub.send(Event::Disconnect { conn, close: None });
+        }
     }
 }
 
@@ -172,6 +188,7 @@ fn upgrade(
     let registration = Registration {
         hub: &context.hub,
         conn,
+        left: false,
     };
     let ended = match door {
         Door::Chat => {
@@ -196,8 +213,19 @@ fn upgrade(
         }
     };
     info!("conn {conn} ({door:?}) ended: {ended:?}");
-    // Presence first: the channel hears `left` now, not after the closing handshake.
-    drop(registration);
-    reader.finish(&ended);
+    let close = reader.closing_frame(&ended);
+    // A chat client's frames all come from the hub, so its close must too, or it would
+    // overtake the answers to what the client sent before it (its own messages, refusals).
+    // The echo door's answers are this thread's own: its close follows them from here.
+    // Either way the hub hears of it first, so the channel hears `left` now, not after the
+    // closing handshake.
+    let hub_closes = match door {
+        Door::Chat => registration.leave(close.clone()),
+        Door::Echo => {
+            registration.leave(None);
+            false
+        }
+    };
+    reader.finish(&ended, close, !hub_closes);
     drop(place);
 }

@@ -101,6 +101,33 @@ impl Hub {
         }
     }
 
+    /// Queues a connection's close frame behind everything it is owed, the frames of this batch
+    /// not written yet included: a close must not overtake the answers to what the client sent
+    /// before it ended (its own messages, `rate_limited` refusals).
+    pub(super) fn close_after_owed(&mut self, conn: ConnId, close: Bytes) {
+        let Hub {
+            users,
+            others,
+            cluster,
+            pending,
+            scratch,
+            ..
+        } = self;
+        let owed: Vec<Bytes> = pending
+            .extract_if(.., |(to, _)| *to == conn)
+            .map(|(_, frame)| frame)
+            .collect();
+        let joining = cluster.as_ref().and_then(|c| c.pending.get(&conn));
+        let outbox = (users.get(&conn).map(|user| &user.outbox))
+            .or_else(|| others.get(&conn))
+            .or_else(|| joining.map(|p| &p.outbox));
+        if let Some(outbox) = outbox {
+            // A client too far behind for these is cut off by its outbox; nothing else to do.
+            let _ = outbox.send_all(owed.iter(), scratch);
+            let _ = outbox.close(close);
+        }
+    }
+
     /// Drops every client whose queue overflowed. Telling their channels may overflow others,
     /// hence the loop.
     fn drop_overflowed(&mut self) {

@@ -30,8 +30,9 @@ pub enum Event {
     /// A frame from a chat user's own thread (an `error` refusing a request), sent through
     /// the hub so that it can never overtake the `welcome`.
     Reply { conn: ConnId, frame: Bytes },
-    /// The connection ended, for whatever reason.
-    Disconnect { conn: ConnId },
+    /// The connection ended, for whatever reason; `close` is the close frame to send after
+    /// everything the hub still owes the client, if it can still be told.
+    Disconnect { conn: ConnId, close: Option<Bytes> },
     /// Asks for the figures of `GET /stats`.
     Stats { reply: Sender<Stats> },
     /// The server is stopping: close every connection with 1001, then stop.

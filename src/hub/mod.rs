@@ -231,7 +231,10 @@ impl Hub {
                 }
             }
             Event::Cluster(event) => self.cluster_event(event),
-            Event::Disconnect { conn } => {
+            Event::Disconnect { conn, close } => {
+                if let Some(frame) = close {
+                    self.close_after_owed(conn, frame);
+                }
                 self.others.remove(&conn);
                 self.remove_user(conn, "disconnected");
             }

@@ -7,12 +7,15 @@ use serde_json::Value;
 use tungstenite::Bytes;
 
 use super::*;
-use crate::connection::frame::close_code;
+use crate::connection::frame::{close_code, close_frame};
 use crate::connection::outbox::MAX_QUEUED_FRAMES;
 use crate::connection::{Outbound, QueuedFrames};
 use crate::history::{MAX_DORMANT_HISTORIES, Store};
 use crate::protocol;
+use crate::protocol::{ChatError, ErrorCode};
 use std::sync::mpsc;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
 use uuid::Uuid;
 
 /// A fake client: what the hub queued for it, decoded back to JSON.
@@ -113,7 +116,10 @@ impl Harness {
     }
 
     fn leave(&mut self, client: &Client) {
-        self.hub.handle(Event::Disconnect { conn: client.conn });
+        self.hub.handle(Event::Disconnect {
+            conn: client.conn,
+            close: None,
+        });
     }
 }
 
@@ -639,7 +645,13 @@ fn step4_held_presence_is_never_overtaken() {
     assert_eq!(presence_of(&sam_frames), ["joined Max 5", "joined Ann 6"]);
     assert_eq!(sam_frames[2]["type"], "welcome");
     // Arriving and leaving inside one window: both are told, in order.
-    c.event(10, Event::Disconnect { conn: max.conn });
+    c.event(
+        10,
+        Event::Disconnect {
+            conn: max.conn,
+            close: None,
+        },
+    );
     c.tick(10 + WINDOW_MS);
     assert_eq!(
         presence_of(&kim.frames()),
@@ -775,6 +787,7 @@ fn step5_channel_lists_go_out_at_most_once_a_second_and_only_the_newest() {
         400,
         Event::Disconnect {
             conn: churn[0].conn,
+            close: None,
         },
     );
     c.tick(999);
@@ -970,4 +983,39 @@ fn cluster_the_hub_delivers_only_what_comes_back_and_counts_other_servers() {
         ("left".into(), 1.into())
     );
     assert_eq!(h.hub.stats().online, 1);
+}
+
+#[test]
+fn step7_a_closed_client_still_gets_what_it_was_owed_before_the_close() {
+    let mut h = Harness::new();
+    let ada = h.connect(Some("Ada"), None);
+    let bob = h.connect(Some("Bob"), None);
+    ada.frames();
+    bob.frames();
+    // One batch, as when a client floods and its thread closes it with 1008: the message it
+    // sent, a refusal, then the end, all waiting in the hub's queue together.
+    let request = protocol::parse_request(r#"{"type":"message","text":"last words"}"#).unwrap();
+    let refusal = ChatError::new(ErrorCode::RateLimited, "slow down").to_frame();
+    let policy = CloseFrame {
+        code: CloseCode::Policy,
+        reason: "flooding".into(),
+    };
+    let conn = ada.conn;
+    h.hub.apply(Event::Request { conn, request });
+    h.hub.apply(Event::Reply {
+        conn,
+        frame: refusal,
+    });
+    let close = Some(close_frame(Some(policy)));
+    h.hub.apply(Event::Disconnect { conn, close });
+    h.hub.flush_everything();
+
+    let got = ada.frames();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0]["text"], "last words", "its own message first");
+    assert_eq!(got[1]["code"], "rate_limited");
+    assert_eq!(got[2]["close"], 1008, "and the close last");
+    let heard = bob.frames();
+    assert_eq!(heard[0]["text"], "last words");
+    assert_eq!(heard[1]["type"], "left");
 }
