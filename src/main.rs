@@ -5,9 +5,12 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 
 use cyberchat::config::USAGE;
+use cyberchat::server::LISTENING_LOG_TARGET;
 use cyberchat::{Command, Config, Server};
 use log::{error, info};
-use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
+use simplelog::{
+    ColorChoice, CombinedLogger, ConfigBuilder, SharedLogger, TermLogger, TerminalMode,
+};
 
 fn main() -> ExitCode {
     let port_env = std::env::var("PORT").ok();
@@ -27,22 +30,39 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let log_config = ConfigBuilder::new()
-        .set_thread_level(log::LevelFilter::Off)
-        .set_target_level(log::LevelFilter::Off)
+    let plain = || {
+        let mut builder = ConfigBuilder::new();
+        builder
+            .set_thread_level(log::LevelFilter::Off)
+            .set_target_level(log::LevelFilter::Off);
+        builder
+    };
+    let log_config = plain()
         // tungstenite's own lines ("Replying to close", "Sending pong") describe writes the
         // reader discards (the outbox does all writing), so they would only mislead; every
         // connection's end is logged by the server itself, with its reason.
         .add_filter_ignore_str("tungstenite")
+        .add_filter_ignore_str(LISTENING_LOG_TARGET)
         .build();
+    // The address line is logged whatever the level (see LISTENING_LOG_TARGET).
+    let address_config = plain().add_filter_allow_str(LISTENING_LOG_TARGET).build();
     // Logs go to stderr, coloured only on a terminal so that log files stay plain text.
     let color = if std::io::stderr().is_terminal() {
         ColorChoice::Auto
     } else {
         ColorChoice::Never
     };
+    let loggers: Vec<Box<dyn SharedLogger>> = vec![
+        TermLogger::new(config.log_level, log_config, TerminalMode::Stderr, color),
+        TermLogger::new(
+            log::LevelFilter::Info,
+            address_config,
+            TerminalMode::Stderr,
+            color,
+        ),
+    ];
     // A failure here only means a logger was already set.
-    let _ = TermLogger::init(config.log_level, log_config, TerminalMode::Stderr, color);
+    let _ = CombinedLogger::init(loggers);
 
     let (stop_tx, stop_rx) = mpsc::channel();
     if let Err(err) = ctrlc::set_handler(move || {

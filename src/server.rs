@@ -40,6 +40,11 @@ use crate::history::Store;
 use crate::hub::{Event, Hub};
 use crate::throttle::Throttle;
 
+/// The log target of the `listening on ws://HOST:PORT` line, which the contract says is always
+/// logged: whoever started the server with `--port 0` (a script, a test) reads the port there,
+/// even at `--log-level warn`. The binary's logger lets this target through at every level.
+pub const LISTENING_LOG_TARGET: &str = "cyberchat::listening";
+
 /// Events that may wait for the hub. When it falls this far behind, connection threads wait
 /// to hand it more (each its own client's reader, so TCP slows exactly those clients) and
 /// the hub itself never waits. Small enough that a user's message is never stuck behind more
@@ -119,7 +124,7 @@ impl Server {
         let accept_thread = thread::Builder::new()
             .name("accept".into())
             .spawn(move || accept_loop(&listener, &accept_context))?;
-        info!("listening on ws://{addr}");
+        info!(target: LISTENING_LOG_TARGET, "listening on ws://{addr}");
         Ok(Server {
             addr,
             context,

@@ -210,6 +210,15 @@ fn cli_port_0_logs_the_address_and_serves_the_chat() {
 }
 
 #[test]
+fn cli_the_address_line_is_logged_at_every_log_level() {
+    // A script that asks for `--port 0` and a quiet log still needs the port.
+    for level in ["warn", "error", "off"] {
+        let mut run = cyberchat(&["--port", "0", "--log-level", level], &[]);
+        Client::chat(run.listening_addr(), "Alex").say(&format!("at {level}"));
+    }
+}
+
+#[test]
 fn cli_the_port_variable_is_used_and_the_flag_wins_over_it() {
     let port = free_port();
     let mut run = cyberchat(&[], &[("PORT", &port.to_string())]);
