@@ -570,3 +570,19 @@ fn step0_handshakes_not_finished_within_10_s_are_dropped() {
         assert_dropped_at_the_deadline(what, elapsed, &answer);
     }
 }
+
+/// Lines that end in a bare LF are read as lines (as httparse reads them): the request is
+/// answered at once, not left waiting for a CRLF blank line until the 10 s deadline.
+#[test]
+fn step0_a_request_with_bare_lf_line_ends_is_answered_at_once() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    for request in [
+        &b"GET /stats HTTP/1.1\nHost: x\nConnection: close\n\n"[..],
+        b"GET /stats HTTP/1.1\r\nHost: x\n\r\n",
+    ] {
+        // Left waiting, it would get the deadline's 408 instead.
+        let answer = raw_http(addr, request);
+        assert_eq!(status_and_body(&answer).0, 200, "{answer:?}");
+    }
+}

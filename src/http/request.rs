@@ -130,10 +130,14 @@ pub fn read_head(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(HeadError::Io(e)),
         };
-        // Only the new bytes and the three before them can complete the blank line, so the
-        // head is parsed once, however slowly it trickles in.
-        let from = (buf.len() - n).saturating_sub(3);
-        if buf[from..].windows(4).any(|w| w == b"\r\n\r\n") {
+        // Only the new bytes and the two before them can complete the blank line, so the
+        // head is parsed once, however slowly it trickles in. Lines may end in a bare LF (as
+        // httparse allows), so the blank line is `\n\n` or `\n\r\n`.
+        let from = (buf.len() - n).saturating_sub(2);
+        let tail = &buf[from..];
+        let blank_line =
+            tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n");
+        if blank_line {
             let (request, end) = parse_head(&buf)?;
             return Ok((request, buf.split_off(end)));
         }
