@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 
@@ -52,6 +52,8 @@ pub const LISTENING_LOG_TARGET: &str = "cyberchat::listening";
 pub const HUB_QUEUE: usize = 4096;
 /// How long shutdown waits for clients to answer their 1001 before cutting them off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The contract gives a stopping server 10 s; this leaves room to cut off and exit.
+const STOP_WITHIN: Duration = Duration::from_secs(8);
 /// Pause after a failed `accept` (other than running out of descriptors) so the loop does not
 /// spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -66,6 +68,8 @@ pub struct Server {
     context: Arc<Context>,
     accept_thread: Option<JoinHandle<()>>,
     hub_thread: Option<JoinHandle<Vec<Outbox>>>,
+    /// Tells the hub to stop before its next event (see [`Hub::stop_flag`]).
+    hub_stop: Arc<AtomicBool>,
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     cluster: Option<Cluster>,
 }
@@ -102,6 +106,7 @@ impl Server {
             }
             None => (Hub::new(store), None),
         };
+        let hub_stop = hub.stop_flag();
         let hub_thread = thread::Builder::new()
             .name("hub".into())
             .spawn(move || hub.run(hub_rx))?;
@@ -130,6 +135,7 @@ impl Server {
             context,
             accept_thread: Some(accept_thread),
             hub_thread: Some(hub_thread),
+            hub_stop,
             cluster,
         })
     }
@@ -155,10 +161,14 @@ impl Server {
             return;
         };
         info!("shutting down");
+        let started = Instant::now();
         self.context.stopping.store(true, Ordering::SeqCst);
         // `accept` has no timeout: wake it with a connection of our own.
         let _ = TcpStream::connect_timeout(&reachable(self.addr), Duration::from_secs(1));
         let _ = accept_thread.join();
+        // The flag stops a hub that is far behind; the event wakes one that sleeps. (The send
+        // may wait for room in a full queue, which the stopping hub soon empties.)
+        self.hub_stop.store(true, Ordering::SeqCst);
         let _ = self.context.hub.send(Event::Shutdown);
         let closing = self
             .hub_thread
@@ -170,7 +180,8 @@ impl Server {
         if let Some(cluster) = self.cluster.take() {
             cluster.stop();
         }
-        let open = self.context.budget.wait_until_closed(SHUTDOWN_GRACE);
+        let grace = SHUTDOWN_GRACE.min(STOP_WITHIN.saturating_sub(started.elapsed()));
+        let open = self.context.budget.wait_until_closed(grace);
         if open > 0 {
             warn!("{open} connections did not answer their close in time: cut off");
             closing.iter().for_each(Outbox::cut_off);

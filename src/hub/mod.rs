@@ -35,6 +35,8 @@ mod users;
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
@@ -89,6 +91,9 @@ pub struct Hub {
     overflowed: Vec<ConnId>,
     /// With `--redis`: the link to Redis and the other servers' users.
     cluster: Option<cluster::Cluster>,
+    /// Set by the server when it stops: [`Event::Shutdown`] may wait behind a long queue, and
+    /// the process must be gone within 10 s, so the hub looks here before every event.
+    stop: Arc<AtomicBool>,
 }
 
 impl Hub {
@@ -111,6 +116,7 @@ impl Hub {
             scratch: Vec::new(),
             overflowed: Vec::new(),
             cluster: None,
+            stop: Arc::new(AtomicBool::new(false)),
         };
         hub.channels
             .insert(DEFAULT_CHANNEL.to_owned(), Channel::default());
@@ -124,6 +130,7 @@ impl Hub {
     /// Runs the hub until [`Event::Shutdown`] or until every sender is gone. Returns every
     /// connection it told to close, so that the server can cut off those that do not answer.
     pub fn run(mut self, events: Receiver<Event>) -> Vec<Outbox> {
+        let mut closing = Vec::new();
         loop {
             // Sleep until an event arrives or something held back is due, whichever is first.
             let first = match self.next_due() {
@@ -140,11 +147,24 @@ impl Hub {
                 }
             };
             self.now = Instant::now();
-            let mut going = first.is_none_or(|event| self.apply(event));
+            let (mut next, mut going) = (first, true);
             // Whatever else is already waiting joins this batch (see the module docs).
-            while going && self.pending.len() < MAX_BATCH_DELIVERIES {
+            loop {
+                if self.stop.load(Ordering::Relaxed) {
+                    // What is still queued is not worth the wait: nobody was promised it yet.
+                    closing.extend(next.take().and_then(turn_away));
+                    self.shutdown();
+                    going = false;
+                    break;
+                }
+                if let Some(event) = next.take() {
+                    going = self.apply(event);
+                }
+                if !going || self.pending.len() >= MAX_BATCH_DELIVERIES {
+                    break;
+                }
                 match events.try_recv() {
-                    Ok(event) => going = self.apply(event),
+                    Ok(event) => next = Some(event),
                     Err(_) => break,
                 }
             }
@@ -154,20 +174,20 @@ impl Hub {
                 break;
             }
         }
-        let mut closing: Vec<Outbox> = self.users.into_values().map(|u| u.outbox).collect();
+        closing.extend(self.users.into_values().map(|u| u.outbox));
         if let Some(cluster) = self.cluster {
             closing.extend(cluster.pending.into_values().map(|p| p.outbox));
         }
         closing.extend(self.others.into_values());
         // Connections that registered while the server was stopping still get their 1001.
-        for event in events.try_iter() {
-            if let Event::Connect { outbox, .. } | Event::Attach { outbox, .. } = event {
-                close_going_away(&outbox);
-                closing.push(outbox);
-            }
-        }
+        closing.extend(events.try_iter().filter_map(turn_away));
         debug!("hub stopped");
         closing
+    }
+
+    /// The flag that makes [`Hub::run`] stop before its next event (see `stop`).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stop)
     }
 
     /// When the hub must wake up without an event: held presence or a channel list is due.
@@ -266,5 +286,16 @@ impl Hub {
                 self.send_to(conn, frame);
             }
         }
+    }
+}
+
+/// A connection that registered while the hub was stopping still gets its 1001.
+fn turn_away(event: Event) -> Option<Outbox> {
+    match event {
+        Event::Connect { outbox, .. } | Event::Attach { outbox, .. } => {
+            close_going_away(&outbox);
+            Some(outbox)
+        }
+        _ => None,
     }
 }

@@ -1019,3 +1019,51 @@ fn step7_a_closed_client_still_gets_what_it_was_owed_before_the_close() {
     assert_eq!(heard[0]["text"], "last words");
     assert_eq!(heard[1]["type"], "left");
 }
+
+#[test]
+fn step7_a_stopping_hub_closes_everyone_without_working_through_its_backlog() {
+    let mut h = Harness::new();
+    let ada = h.connect(Some("Ada"), None);
+    ada.frames();
+    // A long queue, as under a crowd's load; then the server stops.
+    let (events, queue) = mpsc::sync_channel(2000);
+    for i in 0..1000 {
+        let text = format!(r#"{{"type":"message","text":"m{i}"}}"#);
+        let request = protocol::parse_request(&text).unwrap();
+        events
+            .send(Event::Request {
+                conn: ada.conn,
+                request,
+            })
+            .unwrap();
+    }
+    let (late, late_inbox) = Outbox::detached();
+    let conn = 99;
+    let (username, channel) = (None, None);
+    events
+        .send(Event::Connect {
+            conn,
+            outbox: late,
+            username,
+            channel,
+        })
+        .unwrap();
+    events.send(Event::Shutdown).unwrap();
+    h.hub
+        .stop_flag()
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let closing = h.hub.run(queue);
+    assert_eq!(closing.len(), 2, "both told to close");
+    let got = ada.frames();
+    assert_eq!(
+        got,
+        [serde_json::json!({ "close": 1001 })],
+        "nothing of the backlog first"
+    );
+    let late = Client {
+        conn,
+        inbox: late_inbox,
+    };
+    assert_eq!(late.frames(), [serde_json::json!({ "close": 1001 })]);
+}
