@@ -302,6 +302,11 @@ impl Outbox {
         self.state.pen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the close frame has gone out whole (by the fast path or the writer).
+    pub fn close_sent(&self) -> bool {
+        self.state.closed.load(Ordering::Acquire)
+    }
+
     /// Frames waiting for this client right now.
     pub fn queued(&self) -> usize {
         self.state.queued.load(Ordering::Acquire)

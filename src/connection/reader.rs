@@ -305,7 +305,8 @@ impl Reader {
         };
         if sent_close || matches!(why, Ended::PeerClosed) {
             // Read until the peer closes, so unread bytes cannot turn our close into a reset.
-            drain(&self.socket, Instant::now() + CLOSE_GRACE);
+            let close_sent = || self.outbox.close_sent();
+            drain(&self.socket, Instant::now() + CLOSE_GRACE, close_sent);
         }
         let _ = self.socket.shutdown(Shutdown::Both);
     }
@@ -324,12 +325,14 @@ fn classify(err: Error) -> Ended {
     }
 }
 
-/// Reads and discards until end of stream, an error, `deadline`, or [`DRAIN_LIMIT`] bytes: a
-/// client that keeps sending after our close frame is not read for ever.
-fn drain(mut socket: &TcpStream, deadline: Instant) {
+/// Reads and discards until end of stream, an error, `deadline`, or [`DRAIN_LIMIT`] bytes once
+/// our close frame is out: a client that keeps sending after it is not read for ever, and one
+/// is not reset (which would lose what is still on its way to it, the close included) while
+/// the hub has yet to queue the close behind the client's last answers.
+fn drain(mut socket: &TcpStream, deadline: Instant, close_sent: impl Fn() -> bool) {
     let mut scratch = [0u8; 1024];
     let mut drained = 0;
-    while drained < DRAIN_LIMIT {
+    while drained < DRAIN_LIMIT || !close_sent() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || socket.set_read_timeout(Some(left)).is_err() {
             return;
