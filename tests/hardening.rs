@@ -504,12 +504,7 @@ fn step7_a_flooder_closed_with_1008_first_gets_its_own_messages_and_refusals() {
     observer.recv_type("joined");
     // A thousand messages in one write: the burst (twice the rate) is accepted, the rest
     // refused, and the door closes the connection long before the last.
-    let burst: Vec<u8> = (0..1000)
-        .flat_map(|i| {
-            let text = json!({"type": "message", "text": format!("m{i}")}).to_string();
-            client_frame(0x81, text.len() as u64, text.as_bytes(), true)
-        })
-        .collect();
+    let burst = message_frames(1000);
     flooder.ws.get_mut().write_all(&burst).unwrap();
 
     let (own, refused, code) = read_until_close(&mut flooder);
@@ -532,12 +527,7 @@ fn step7_a_client_closed_for_a_frame_too_big_first_gets_what_it_sent_before() {
     let mut observer = Client::chat(addr, "Watcher");
     let mut sender = Client::chat(addr, "Sender");
     observer.recv_type("joined");
-    let mut bytes: Vec<u8> = (0..30)
-        .flat_map(|i| {
-            let text = json!({"type": "message", "text": format!("m{i}")}).to_string();
-            client_frame(0x81, text.len() as u64, text.as_bytes(), true)
-        })
-        .collect();
+    let mut bytes = message_frames(30);
     bytes.extend(client_frame(
         0x81,
         16 * 1024 + 1,
@@ -554,6 +544,16 @@ fn step7_a_client_closed_for_a_frame_too_big_first_gets_what_it_sent_before() {
         own, heard,
         "each of its messages came back before its close"
     );
+}
+
+/// `n` chat messages (`m0`, `m1`, …) as masked client frames, to be written in one go.
+fn message_frames(n: usize) -> Vec<u8> {
+    (0..n)
+        .flat_map(|i| {
+            let text = json!({"type": "message", "text": format!("m{i}")}).to_string();
+            client_frame(0x81, text.len() as u64, text.as_bytes(), true)
+        })
+        .collect()
 }
 
 /// Reads a client's frames until the server's close: the texts of the messages, how many
