@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -544,6 +544,41 @@ fn step7_a_client_closed_for_a_frame_too_big_first_gets_what_it_sent_before() {
         own, heard,
         "each of its messages came back before its close"
     );
+}
+
+/// On a slow link (here an 8 KiB receive window) the answers and the close are still on their
+/// way when the client's next bytes arrive; the server must read those rather than reset the
+/// connection, which would lose everything not yet delivered.
+#[test]
+fn step7_a_client_on_a_slow_link_still_gets_its_answers_and_the_close() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    let stream = common::tcp_with(Ipv4Addr::new(127, 0, 0, 1), addr, Some(8192)).unwrap();
+    let mut client = common::handshake(stream, addr, "/?username=Slow", &[]).unwrap();
+    client.recv_type("welcome");
+    let text = "s".repeat(1900);
+    let long = |i: usize| {
+        let json = json!({"type": "message", "text": format!("{i} {text}")}).to_string();
+        client_frame(0x81, json.len() as u64, json.as_bytes(), true)
+    };
+    let mut bytes: Vec<u8> = (0..30).flat_map(long).collect();
+    bytes.extend(client_frame(
+        0x81,
+        16 * 1024 + 1,
+        &[b' '; 16 * 1024 + 1],
+        true,
+    ));
+    bytes.extend((30..130).flat_map(long));
+    client.ws.get_mut().write_all(&bytes).unwrap();
+    thread::sleep(Duration::from_millis(500)); // a client busy elsewhere before it reads
+
+    let (own, _, code) = read_until_close(&mut client);
+    assert_eq!(
+        own.len(),
+        30,
+        "every message before the bad frame came back"
+    );
+    assert_eq!(code, Some(1009));
 }
 
 /// `n` chat messages (`m0`, `m1`, …) as masked client frames, to be written in one go.

@@ -23,8 +23,13 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// keeps an idle connection cheap (tungstenite zero-fills it), and a larger message still
 /// arrives, in several reads.
 const READ_BUFFER_BYTES: usize = 1024;
-/// Most a closing connection reads while waiting for the peer's close reply.
+/// Most a closing connection reads while waiting for the peer's close reply, once everything
+/// it was sent has been received.
 const DRAIN_LIMIT: usize = 64 * 1024;
+/// Most it reads while frames it is owed are still on their way: closing a socket with unread
+/// bytes resets it, and a reset loses whatever the peer has not yet acknowledged. Past this a
+/// client that keeps sending, and does not read, is given up.
+const DRAIN_LIMIT_UNDELIVERED: usize = 4 * 1024 * 1024;
 /// Most a client may send without finishing a message (or a ping): a 16 KiB message cut into
 /// one-byte fragments is about 112 KiB, so past this it is a client sending endless empty
 /// fragments, which take no token from the rate limit and would keep this thread busy for ever.
@@ -325,14 +330,17 @@ fn classify(err: Error) -> Ended {
     }
 }
 
-/// Reads and discards until end of stream, an error, `deadline`, or [`DRAIN_LIMIT`] bytes once
-/// our close frame is out: a client that keeps sending after it is not read for ever, and one
-/// is not reset (which would lose what is still on its way to it, the close included) while
-/// the hub has yet to queue the close behind the client's last answers.
+/// Reads and discards until end of stream, an error, or `deadline`, so that unread bytes do
+/// not turn our close into a reset; or until [`DRAIN_LIMIT`] bytes once the close is out and
+/// the peer has acknowledged all we sent (a reset then loses nothing), or
+/// [`DRAIN_LIMIT_UNDELIVERED`] bytes whatever it has received.
 fn drain(mut socket: &TcpStream, deadline: Instant, close_sent: impl Fn() -> bool) {
     let mut scratch = [0u8; 1024];
     let mut drained = 0;
-    while drained < DRAIN_LIMIT || !close_sent() {
+    while drained < DRAIN_LIMIT_UNDELIVERED {
+        if drained >= DRAIN_LIMIT && close_sent() && unacknowledged_bytes(socket) == Some(0) {
+            return;
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || socket.set_read_timeout(Some(left)).is_err() {
             return;
@@ -342,4 +350,13 @@ fn drain(mut socket: &TcpStream, deadline: Instant, close_sent: impl Fn() -> boo
             Ok(n) => drained += n,
         }
     }
+}
+
+/// Bytes written to `socket` that its peer has not acknowledged yet (Linux's `SIOCOUTQ`).
+fn unacknowledged_bytes(socket: &TcpStream) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ for a socket) writes one int through the pointer given.
+    let done = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &raw mut queued) };
+    (done == 0).then(|| usize::try_from(queued).unwrap_or(0))
 }
