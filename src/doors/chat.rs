@@ -35,6 +35,12 @@ pub fn serve(reader: &mut Reader, conn: ConnId, hub: &SyncSender<Event>, max_rat
         };
         let refusal = if !bucket.take() {
             if gauge.refused() {
+                // This frame is refused too, and told so, before the 1008 that follows it.
+                let reply = Event::Reply {
+                    conn,
+                    frame: rate_limited,
+                };
+                let _ = hub.send(reply);
                 return Ended::Flooding;
             }
             rate_limited.clone()
