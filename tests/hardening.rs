@@ -402,6 +402,10 @@ fn step7_clients_that_never_read_fill_the_servers_queue_budget_and_only_they_are
         assert_eq!(watcher.recv_type("message")["text"], text_of(i));
     }
     drop(watcher);
+    // Its `left` must not reach the reader below, who counts the idle ones' departures.
+    eventually("the watcher is gone", || {
+        stats(addr)["online"] == NEVER_READ + 1
+    });
 
     let mut reader = tiny("Reader");
     let welcome = reader.recv_type("welcome");
