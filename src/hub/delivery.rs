@@ -56,7 +56,9 @@ impl Hub {
         if self.scratch.capacity() > KEEP_BYTES {
             self.scratch = Vec::new();
         }
-        if self.pending.capacity() * size_of::<(ConnId, Bytes)>() > KEEP_BYTES {
+        // A full batch is the common case under load: keep room for two (3 MB at most), or the hub
+        // would free and grow the vector again on every batch.
+        if self.pending.capacity() > 2 * MAX_BATCH_DELIVERIES {
             self.pending = Vec::new();
         }
     }
