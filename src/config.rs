@@ -1,4 +1,4 @@
-//! The command line (see the README's reference): every flag has a default, and a bad flag or
+//! The command line (see docs/reference.md): every flag has a default, and a bad flag or
 //! value is one line on stderr and exit status 2, before anything listens.
 
 use std::path::PathBuf;

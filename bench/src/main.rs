@@ -37,7 +37,7 @@
 //! taskset -c 1 target/release/cyberchat-bench sweep --url ws://127.0.0.1:1337/ -c 100 -s 10 --rates 10,30,100,300,1000 --svg latency.svg --server-pid $S
 //! ```
 //!
-//! Several servers (`--redis`, the README's "Several servers"): `fanout --peer-url URL`
+//! Several servers (`--redis`, docs/several-servers.md): `fanout --peer-url URL`
 //! connects the S senders to `--url` and every other client to `URL`, another server of the
 //! same cluster, so each delivery crosses Redis. `suite --only cluster-flood,cluster-rate100`
 //! runs flood and rate100 that way against a fresh `redis-server` and two fresh servers per

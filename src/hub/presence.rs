@@ -19,7 +19,7 @@ use super::{ConnId, Hub};
 /// How long a channel may hold presence back to write it together (see the module docs).
 /// Short enough that an arrival still looks immediate to people; long enough that a crowd
 /// arriving costs each member a few writes a second rather than one per arrival. Measured
-/// with `cyberchat-bench idle` (10,000 joins into 50 channels): see the README.
+/// with `cyberchat-bench idle` (10,000 joins into 50 channels): see BENCHMARKS.md.
 pub const PRESENCE_WINDOW: Duration = Duration::from_millis(250);
 
 /// A channel's presence frames, numbered from 1, and those it is holding back.
