@@ -30,22 +30,25 @@ const DRAIN_LIMIT: usize = 64 * 1024;
 /// bytes resets it, and a reset loses whatever the peer has not yet acknowledged. Past this a
 /// client that keeps sending, and does not read, is given up.
 const DRAIN_LIMIT_UNDELIVERED: usize = 4 * 1024 * 1024;
-/// Most a client may send without finishing a message (or a ping): a 16 KiB message cut into
-/// one-byte fragments is about 112 KiB, so past this it is a client sending endless empty
-/// fragments, which take no token from the rate limit and would keep this thread busy for ever.
-const MAX_BYTES_WITHOUT_A_MESSAGE: usize = 256 * 1024;
+/// Most a client may send without finishing a message (or a ping), in multiples of the
+/// message limit: a message cut into one-byte fragments costs 7 bytes a byte (a 2-byte header,
+/// a 4-byte mask), so past 16 times the limit (256 KiB for 16 KiB) it is a client sending
+/// endless empty fragments, which take no token from the rate limit and would keep this
+/// thread busy for ever.
+const MAX_BYTES_WITHOUT_A_MESSAGE_PER_LIMIT: usize = 16;
 /// Pongs are sent at most this often: a ping flood is answered once per interval, with the
 /// latest ping's payload (RFC 6455, 5.5.3, allows answering only the most recent).
 const PONG_EVERY: Duration = Duration::from_millis(100);
 
-/// tungstenite's settings for every connection: the 16 KiB limit, small buffers.
-pub fn websocket_config() -> WebSocketConfig {
+/// tungstenite's settings for a connection that accepts messages of up to `max_message_bytes`
+/// ([`MAX_MESSAGE_BYTES`] on both doors), with small buffers.
+pub fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
         .max_write_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
 }
 
 /// A message from the client.
@@ -64,7 +67,8 @@ pub enum Ended {
     Vanished(String),
     /// Nothing arrived for the idle limit (two and a half ping intervals).
     Idle,
-    /// A message over [`MAX_MESSAGE_BYTES`].
+    /// A message over the connection's limit ([`MAX_MESSAGE_BYTES`] unless
+    /// [`Reader::with_max_message_bytes`] chose another).
     TooBig,
     /// Broken framing (unmasked frames, reserved bits, bad opcodes…).
     Protocol(String),
@@ -105,8 +109,10 @@ struct Keepalive {
     last_heard: Instant,
     /// The read timeout the socket has now (zero: none set yet).
     armed: Duration,
-    /// Bytes read since the last text, binary or close message.
+    /// Bytes read since the last text, binary or close message; past
+    /// `max_read_since_message` the client counts as flooding.
     read_since_message: usize,
+    max_read_since_message: usize,
     /// When the last pong went out, and the payload of a ping not answered yet.
     last_pong: Option<Instant>,
     owed_pong: Option<Bytes>,
@@ -121,6 +127,7 @@ impl Keepalive {
             last_heard: now,
             armed: Duration::ZERO,
             read_since_message: 0,
+            max_read_since_message: MAX_MESSAGE_BYTES * MAX_BYTES_WITHOUT_A_MESSAGE_PER_LIMIT,
             last_pong: None,
             owed_pong: None,
         }
@@ -177,7 +184,7 @@ impl Read for ReadOnly<'_> {
         }
         let read = self.socket.read(buf)?;
         self.keepalive.read_since_message += read;
-        if self.keepalive.read_since_message > MAX_BYTES_WITHOUT_A_MESSAGE {
+        if self.keepalive.read_since_message > self.keepalive.max_read_since_message {
             return Err(io::Error::other("too many bytes without a whole message"));
         }
         Ok(read)
@@ -217,7 +224,7 @@ impl Reader {
         let context = WebSocketContext::from_partially_read(
             already_read,
             Role::Server,
-            Some(websocket_config()),
+            Some(websocket_config(MAX_MESSAGE_BYTES)),
         );
         Reader {
             socket,
@@ -226,6 +233,18 @@ impl Reader {
             keepalive: Keepalive::new(ping_interval),
             peer_close: None,
         }
+    }
+
+    /// The same reader, accepting messages of up to `max_message_bytes` instead of
+    /// [`MAX_MESSAGE_BYTES`] (the conformance program's echo takes the test suite's larger
+    /// ones); a message over it ends the connection with [`Ended::TooBig`] all the same, and
+    /// the bound on bytes without a whole message grows with it.
+    pub fn with_max_message_bytes(mut self, max_message_bytes: usize) -> Reader {
+        self.context
+            .set_config(|config| *config = websocket_config(max_message_bytes));
+        self.keepalive.max_read_since_message =
+            max_message_bytes.saturating_mul(MAX_BYTES_WITHOUT_A_MESSAGE_PER_LIMIT);
+        self
     }
 
     /// Sends an encoded frame to this client.
@@ -263,7 +282,10 @@ impl Reader {
                 Ok(message) => message,
                 Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(Error::Io(e)) if e.kind() == io::ErrorKind::TimedOut => continue,
-                Err(_) if self.keepalive.read_since_message > MAX_BYTES_WITHOUT_A_MESSAGE => {
+                Err(_)
+                    if self.keepalive.read_since_message
+                        > self.keepalive.max_read_since_message =>
+                {
                     return Err(Ended::Flooding);
                 }
                 Err(err) => return Err(classify(err)),
