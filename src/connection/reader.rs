@@ -36,8 +36,12 @@ const DRAIN_LIMIT_UNDELIVERED: usize = 4 * 1024 * 1024;
 /// endless empty fragments, which take no token from the rate limit and would keep this
 /// thread busy for ever.
 const MAX_BYTES_WITHOUT_A_MESSAGE_PER_LIMIT: usize = 16;
-/// Pongs are sent at most this often: a ping flood is answered once per interval, with the
-/// latest ping's payload (RFC 6455, 5.5.3, allows answering only the most recent).
+/// Pings are answered one for one up to this many at once: a client may check the line with
+/// a few pings in a row and expect each answered (the Autobahn suite's case 2.10 sends ten).
+const PONG_BURST: u32 = 16;
+/// Past the burst, pongs go out at most this often: a ping flood is answered once per
+/// interval, with the latest ping's payload (RFC 6455, 5.5.3, allows answering only the most
+/// recent), so it costs little more than reading it.
 const PONG_EVERY: Duration = Duration::from_millis(100);
 
 /// tungstenite's settings for a connection that accepts messages of up to `max_message_bytes`
@@ -113,8 +117,10 @@ struct Keepalive {
     /// `max_read_since_message` the client counts as flooding.
     read_since_message: usize,
     max_read_since_message: usize,
-    /// When the last pong went out, and the payload of a ping not answered yet.
-    last_pong: Option<Instant>,
+    /// Pongs are paid for with time, [`PONG_EVERY`] each, up to [`PONG_BURST`] ahead of now
+    /// (a token bucket kept as one instant): how far they are paid for.
+    pongs_paid_until: Instant,
+    /// The payload of a ping not answered yet.
     owed_pong: Option<Bytes>,
 }
 
@@ -128,7 +134,7 @@ impl Keepalive {
             armed: Duration::ZERO,
             read_since_message: 0,
             max_read_since_message: MAX_MESSAGE_BYTES * MAX_BYTES_WITHOUT_A_MESSAGE_PER_LIMIT,
-            last_pong: None,
+            pongs_paid_until: now,
             owed_pong: None,
         }
     }
@@ -141,17 +147,24 @@ impl Keepalive {
     /// The next moment the reader must stop reading to do something.
     fn due(&self) -> Instant {
         let due = self.next_ping.min(self.last_heard + self.idle_limit());
-        match (&self.owed_pong, self.last_pong) {
-            (Some(_), Some(last)) => due.min(last + PONG_EVERY),
-            _ => due,
+        match self.owed_pong {
+            Some(_) => due.min(self.next_pong()),
+            None => due,
         }
     }
 
-    /// Whether a pong may go out now (and if so, counts it as sent).
+    /// The first moment a pong may go out: once no more than a burst is paid for past it.
+    fn next_pong(&self) -> Instant {
+        let credit = PONG_EVERY * (PONG_BURST - 1);
+        let paid = self.pongs_paid_until;
+        paid.checked_sub(credit).unwrap_or(paid)
+    }
+
+    /// Whether a pong may go out now (and if so, pays for it).
     fn may_pong(&mut self, now: Instant) -> bool {
-        let may = self.last_pong.is_none_or(|last| now >= last + PONG_EVERY);
+        let may = now >= self.next_pong();
         if may {
-            self.last_pong = Some(now);
+            self.pongs_paid_until = self.pongs_paid_until.max(now) + PONG_EVERY;
         }
         may
     }
@@ -293,7 +306,7 @@ impl Reader {
             let now = Instant::now();
             self.keepalive.last_heard = now;
             // Any whole frame tungstenite hands back counts: fragments never do until the
-            // last. (A ping flood costs no more than reading it: see PONG_EVERY.)
+            // last. (A ping flood costs little more than reading it: see PONG_EVERY.)
             self.keepalive.read_since_message = 0;
             match message {
                 Message::Text(text) => return Ok(Incoming::Text(text)),
@@ -381,4 +394,30 @@ fn unacknowledged_bytes(socket: &TcpStream) -> Option<usize> {
     // SAFETY: TIOCOUTQ (SIOCOUTQ for a socket) writes one int through the pointer given.
     let done = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &raw mut queued) };
     (done == 0).then(|| usize::try_from(queued).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step7_pongs_answer_a_burst_one_for_one_then_one_per_interval() {
+        let mut keepalive = Keepalive::new(Duration::from_secs(30));
+        let start = Instant::now();
+        let burst = (0..100).filter(|_| keepalive.may_pong(start)).count();
+        assert_eq!(burst, PONG_BURST as usize);
+        keepalive.owed_pong = Some(Bytes::from_static(b"latest"));
+        assert_eq!(
+            keepalive.due(),
+            start + PONG_EVERY,
+            "the owed pong wakes the reader"
+        );
+        assert!(!keepalive.may_pong(start + PONG_EVERY / 2));
+        assert!(keepalive.may_pong(start + PONG_EVERY));
+        assert!(!keepalive.may_pong(start + PONG_EVERY));
+        // A quiet while earns the whole burst back, and no more.
+        let later = start + PONG_EVERY * 100;
+        let burst = (0..100).filter(|_| keepalive.may_pong(later)).count();
+        assert_eq!(burst, PONG_BURST as usize);
+    }
 }
