@@ -3,7 +3,8 @@
 //! (Autobahn)" says how to run it yourself).
 //!
 //! `cargo run --release --example conformance -- PORT` serves `ws://127.0.0.1:PORT/` (any
-//! path): every text and binary message comes back unchanged, and nothing else is said.
+//! path; port 9001, the suite's usual one, if none is given; 0 picks a free one): every text
+//! and binary message comes back unchanged, and nothing else is said.
 //!
 //! Everything between the socket and the messages is the server's own, so that the suite tests
 //! what the chat runs on: the request head is read by `http::read_head` and checked by
