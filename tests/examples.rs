@@ -14,15 +14,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, mpsc};
-use std::thread;
+use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{Client, DEADLINE, connect};
+use common::example::Example;
+use common::{Client, connect};
 use serde_json::{Value, json};
 use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
@@ -30,79 +29,6 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 // ---------------------------------------------------------------------------------------------
 // Running an example
-
-/// An example running in its own process; killed when dropped, so a failing test leaves no
-/// process behind.
-struct Example {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Example {
-    /// Starts `examples/{name}.rs` with port 0 and waits for the address it prints.
-    fn start(name: &str) -> Example {
-        let mut child = Command::new(example_binary(name))
-            .arg("0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|err| panic!("{name} starts: {err}"));
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in stdout.lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("listening on ws://") {
-                    let _ = tx.send(addr.trim().trim_end_matches('/').to_owned());
-                }
-                // Read on to the end: a full pipe would block the example.
-            }
-        });
-        let addr = rx
-            .recv_timeout(DEADLINE)
-            .unwrap_or_else(|_| panic!("{name} printed no `listening on ws://…` line"));
-        let addr = addr
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}: not an address: {addr}"));
-        Example { child, addr }
-    }
-}
-
-impl Drop for Example {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The example's executable, built if need be. `cargo test` builds the examples next to the
-/// test binaries (this one runs from `target/<profile>/deps`, they land in
-/// `target/<profile>/examples`), but `cargo test --test examples` does not, and a binary left
-/// from an older build would test old code: so cargo is asked, which costs nothing when it is
-/// up to date.
-fn example_binary(name: &str) -> PathBuf {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/…");
-    let mut built = BUILT
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if !built.iter().any(|done| done == name) {
-        let mut build = Command::new(env!("CARGO"));
-        build.current_dir(env!("CARGO_MANIFEST_DIR"));
-        build.args(["build", "--quiet", "--example", name]);
-        if profile_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("cargo runs");
-        assert!(status.success(), "cargo build --example {name} failed");
-        built.push(name.to_owned());
-    }
-    profile_dir.join("examples").join(name)
-}
 
 /// The real server, in this process, with no rate limit (step 5 sends more than 100 messages).
 fn real_server() -> cyberchat::Server {

@@ -612,8 +612,9 @@ fn step7_fault_a_ping_flood_is_answered_and_not_rate_limited() {
         let text = format!(r#"{{"type":"message","text":"after pings {i}"}}"#);
         pinger.send_frame(0x81, text.as_bytes(), true);
     }
-    // A flood of pings is answered at most every 100 ms, each time for the latest ping (RFC
-    // 6455 allows answering only the most recent), so the last pong is for the last ping.
+    // Past a burst of 16, a flood of pings is answered at most every 100 ms, each time for the
+    // latest ping (RFC 6455 allows answering only the most recent), so the last pong is for
+    // the last ping.
     let (mut pongs, mut last_pong, mut messages) = (0, None, 0);
     while messages < 30 || last_pong != Some(299u16) {
         let frame = pinger.read_frame().expect("the pinger stays connected");
@@ -645,6 +646,43 @@ fn step7_fault_a_ping_flood_is_answered_and_not_rate_limited() {
     let pong = pinger.read_frame().expect("a pong");
     assert_eq!((pong.opcode(), &pong.payload[..]), (0xa, &b"alone"[..]));
     still_chats(addr, &mut by, "a ping flood");
+}
+
+#[test]
+fn step7_fault_a_few_pings_at_once_are_each_answered_on_both_doors() {
+    // Autobahn's case 2.10: ten pings in one burst, each owed its own pong. Coalescing is for
+    // floods, not for a client that checks the line a few times at once.
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    for (path, first) in [("/?username=Checker", "welcome"), ("/echo", "greeting")] {
+        let mut checker = Raw::connect(addr, path);
+        let greeted = checker.read_frame().expect("the door speaks first");
+        assert_eq!(greeted.opcode(), 0x1, "{first} on {path}");
+        let burst: Vec<u8> = (0..10)
+            .flat_map(|i| {
+                let payload = format!("payload-{i}");
+                client_frame(0x89, payload.len() as u64, payload.as_bytes(), true)
+            })
+            .collect();
+        checker.send_raw(&burst);
+        let mut pongs = Vec::new();
+        while pongs.len() < 10 {
+            let frame = checker
+                .read_frame()
+                .unwrap_or_else(|| panic!("{path}: the connection ended after {pongs:?}"));
+            match frame.opcode() {
+                0xa => pongs.push(String::from_utf8(frame.payload).unwrap()),
+                0x1 => {} // presence, on the chat door
+                other => panic!("{path}: opcode {other:#x} after {pongs:?}"),
+            }
+            // Coalesced, the next pong would be the last ping's: it must not come first.
+            if pongs.last().is_some_and(|p| p == "payload-9") {
+                break;
+            }
+        }
+        let expected: Vec<String> = (0..10).map(|i| format!("payload-{i}")).collect();
+        assert_eq!(pongs, expected, "{path}: a pong for each ping, in order");
+    }
 }
 
 #[test]

@@ -30,22 +30,29 @@ const DRAIN_LIMIT: usize = 64 * 1024;
 /// bytes resets it, and a reset loses whatever the peer has not yet acknowledged. Past this a
 /// client that keeps sending, and does not read, is given up.
 const DRAIN_LIMIT_UNDELIVERED: usize = 4 * 1024 * 1024;
-/// Most a client may send without finishing a message (or a ping): a 16 KiB message cut into
-/// one-byte fragments is about 112 KiB, so past this it is a client sending endless empty
-/// fragments, which take no token from the rate limit and would keep this thread busy for ever.
-const MAX_BYTES_WITHOUT_A_MESSAGE: usize = 256 * 1024;
-/// Pongs are sent at most this often: a ping flood is answered once per interval, with the
-/// latest ping's payload (RFC 6455, 5.5.3, allows answering only the most recent).
+/// Most a client may send without finishing a message (or a ping), in multiples of the
+/// message limit: a message cut into one-byte fragments costs 7 bytes a byte (a 2-byte header,
+/// a 4-byte mask), so past 16 times the limit (256 KiB for 16 KiB) it is a client sending
+/// endless empty fragments, which take no token from the rate limit and would keep this
+/// thread busy for ever.
+const MAX_BYTES_WITHOUT_A_MESSAGE_PER_LIMIT: usize = 16;
+/// Pings are answered one for one up to this many at once: a client may check the line with
+/// a few pings in a row and expect each answered (the Autobahn suite's case 2.10 sends ten).
+const PONG_BURST: u32 = 16;
+/// Past the burst, pongs go out at most this often: a ping flood is answered once per
+/// interval, with the latest ping's payload (RFC 6455, 5.5.3, allows answering only the most
+/// recent), so it costs little more than reading it.
 const PONG_EVERY: Duration = Duration::from_millis(100);
 
-/// tungstenite's settings for every connection: the 16 KiB limit, small buffers.
-pub fn websocket_config() -> WebSocketConfig {
+/// tungstenite's settings for a connection that accepts messages of up to `max_message_bytes`
+/// ([`MAX_MESSAGE_BYTES`] on both doors), with small buffers.
+pub fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
         .max_write_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
 }
 
 /// A message from the client.
@@ -64,7 +71,8 @@ pub enum Ended {
     Vanished(String),
     /// Nothing arrived for the idle limit (two and a half ping intervals).
     Idle,
-    /// A message over [`MAX_MESSAGE_BYTES`].
+    /// A message over the connection's limit ([`MAX_MESSAGE_BYTES`] unless
+    /// [`Reader::with_max_message_bytes`] chose another).
     TooBig,
     /// Broken framing (unmasked frames, reserved bits, bad opcodes…).
     Protocol(String),
@@ -105,10 +113,14 @@ struct Keepalive {
     last_heard: Instant,
     /// The read timeout the socket has now (zero: none set yet).
     armed: Duration,
-    /// Bytes read since the last text, binary or close message.
+    /// Bytes read since the last text, binary or close message; past
+    /// `max_read_since_message` the client counts as flooding.
     read_since_message: usize,
-    /// When the last pong went out, and the payload of a ping not answered yet.
-    last_pong: Option<Instant>,
+    max_read_since_message: usize,
+    /// Pongs are paid for with time, [`PONG_EVERY`] each, up to [`PONG_BURST`] ahead of now
+    /// (a token bucket kept as one instant): how far they are paid for.
+    pongs_paid_until: Instant,
+    /// The payload of a ping not answered yet.
     owed_pong: Option<Bytes>,
 }
 
@@ -121,7 +133,8 @@ impl Keepalive {
             last_heard: now,
             armed: Duration::ZERO,
             read_since_message: 0,
-            last_pong: None,
+            max_read_since_message: MAX_MESSAGE_BYTES * MAX_BYTES_WITHOUT_A_MESSAGE_PER_LIMIT,
+            pongs_paid_until: now,
             owed_pong: None,
         }
     }
@@ -134,17 +147,24 @@ impl Keepalive {
     /// The next moment the reader must stop reading to do something.
     fn due(&self) -> Instant {
         let due = self.next_ping.min(self.last_heard + self.idle_limit());
-        match (&self.owed_pong, self.last_pong) {
-            (Some(_), Some(last)) => due.min(last + PONG_EVERY),
-            _ => due,
+        match self.owed_pong {
+            Some(_) => due.min(self.next_pong()),
+            None => due,
         }
     }
 
-    /// Whether a pong may go out now (and if so, counts it as sent).
+    /// The first moment a pong may go out: once no more than a burst is paid for past it.
+    fn next_pong(&self) -> Instant {
+        let credit = PONG_EVERY * (PONG_BURST - 1);
+        let paid = self.pongs_paid_until;
+        paid.checked_sub(credit).unwrap_or(paid)
+    }
+
+    /// Whether a pong may go out now (and if so, pays for it).
     fn may_pong(&mut self, now: Instant) -> bool {
-        let may = self.last_pong.is_none_or(|last| now >= last + PONG_EVERY);
+        let may = now >= self.next_pong();
         if may {
-            self.last_pong = Some(now);
+            self.pongs_paid_until = self.pongs_paid_until.max(now) + PONG_EVERY;
         }
         may
     }
@@ -177,7 +197,7 @@ impl Read for ReadOnly<'_> {
         }
         let read = self.socket.read(buf)?;
         self.keepalive.read_since_message += read;
-        if self.keepalive.read_since_message > MAX_BYTES_WITHOUT_A_MESSAGE {
+        if self.keepalive.read_since_message > self.keepalive.max_read_since_message {
             return Err(io::Error::other("too many bytes without a whole message"));
         }
         Ok(read)
@@ -217,7 +237,7 @@ impl Reader {
         let context = WebSocketContext::from_partially_read(
             already_read,
             Role::Server,
-            Some(websocket_config()),
+            Some(websocket_config(MAX_MESSAGE_BYTES)),
         );
         Reader {
             socket,
@@ -226,6 +246,18 @@ impl Reader {
             keepalive: Keepalive::new(ping_interval),
             peer_close: None,
         }
+    }
+
+    /// The same reader, accepting messages of up to `max_message_bytes` instead of
+    /// [`MAX_MESSAGE_BYTES`] (the conformance program's echo takes the test suite's larger
+    /// ones); a message over it ends the connection with [`Ended::TooBig`] all the same, and
+    /// the bound on bytes without a whole message grows with it.
+    pub fn with_max_message_bytes(mut self, max_message_bytes: usize) -> Reader {
+        self.context
+            .set_config(|config| *config = websocket_config(max_message_bytes));
+        self.keepalive.max_read_since_message =
+            max_message_bytes.saturating_mul(MAX_BYTES_WITHOUT_A_MESSAGE_PER_LIMIT);
+        self
     }
 
     /// Sends an encoded frame to this client.
@@ -263,7 +295,10 @@ impl Reader {
                 Ok(message) => message,
                 Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(Error::Io(e)) if e.kind() == io::ErrorKind::TimedOut => continue,
-                Err(_) if self.keepalive.read_since_message > MAX_BYTES_WITHOUT_A_MESSAGE => {
+                Err(_)
+                    if self.keepalive.read_since_message
+                        > self.keepalive.max_read_since_message =>
+                {
                     return Err(Ended::Flooding);
                 }
                 Err(err) => return Err(classify(err)),
@@ -271,7 +306,7 @@ impl Reader {
             let now = Instant::now();
             self.keepalive.last_heard = now;
             // Any whole frame tungstenite hands back counts: fragments never do until the
-            // last. (A ping flood costs no more than reading it: see PONG_EVERY.)
+            // last. (A ping flood costs little more than reading it: see PONG_EVERY.)
             self.keepalive.read_since_message = 0;
             match message {
                 Message::Text(text) => return Ok(Incoming::Text(text)),
@@ -359,4 +394,30 @@ fn unacknowledged_bytes(socket: &TcpStream) -> Option<usize> {
     // SAFETY: TIOCOUTQ (SIOCOUTQ for a socket) writes one int through the pointer given.
     let done = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &raw mut queued) };
     (done == 0).then(|| usize::try_from(queued).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step7_pongs_answer_a_burst_one_for_one_then_one_per_interval() {
+        let mut keepalive = Keepalive::new(Duration::from_secs(30));
+        let start = Instant::now();
+        let burst = (0..100).filter(|_| keepalive.may_pong(start)).count();
+        assert_eq!(burst, PONG_BURST as usize);
+        keepalive.owed_pong = Some(Bytes::from_static(b"latest"));
+        assert_eq!(
+            keepalive.due(),
+            start + PONG_EVERY,
+            "the owed pong wakes the reader"
+        );
+        assert!(!keepalive.may_pong(start + PONG_EVERY / 2));
+        assert!(keepalive.may_pong(start + PONG_EVERY));
+        assert!(!keepalive.may_pong(start + PONG_EVERY));
+        // A quiet while earns the whole burst back, and no more.
+        let later = start + PONG_EVERY * 100;
+        let burst = (0..100).filter(|_| keepalive.may_pong(later)).count();
+        assert_eq!(burst, PONG_BURST as usize);
+    }
 }

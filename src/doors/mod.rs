@@ -136,12 +136,8 @@ fn upgrade(
                 "conn {conn}: refused upgrade ({} {})",
                 refused.status, refused.reason
             );
-            // RFC 6455 4.4: a version refusal names the version we do speak.
-            let version: &[(&str, &str)] = match refused.status {
-                426 => &[("Sec-WebSocket-Version", "13")],
-                _ => &[],
-            };
-            let _ = http::respond_error(socket, refused.status, refused.reason, version);
+            let headers = refused.headers();
+            let _ = http::respond_error(socket, refused.status, refused.reason, headers);
             return;
         }
     };

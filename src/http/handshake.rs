@@ -15,6 +15,17 @@ pub struct HandshakeRefused {
     pub reason: &'static str,
 }
 
+impl HandshakeRefused {
+    /// Headers the refusal must carry: a version refusal names the version we do speak
+    /// (RFC 6455, 4.4).
+    pub fn headers(&self) -> &'static [(&'static str, &'static str)] {
+        match self.status {
+            426 => &[("Sec-WebSocket-Version", "13")],
+            _ => &[],
+        }
+    }
+}
+
 fn refuse(status: u16, reason: &'static str) -> HandshakeRefused {
     HandshakeRefused { status, reason }
 }

@@ -2,6 +2,7 @@
 //! blocking tungstenite client whose every wait has a deadline.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod example;
 pub mod process;
 pub mod redis;
 
