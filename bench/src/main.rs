@@ -80,6 +80,7 @@
 //! in-process server (no timing asserted), so the tool cannot rot.
 
 mod args;
+mod attack;
 mod fanout;
 mod hist;
 mod idle;
@@ -92,7 +93,10 @@ mod ws;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use args::Args;
+use attack::Common;
 use fanout::FanoutOpts;
 use idle::IdleOpts;
 use suite::{SuiteOpts, SweepOpts};
@@ -107,10 +111,19 @@ usage:
                          [--server-pid PID] [--no-raise-limits] [--json] [--pin CPU]
   cyberchat-bench sweep  [--url …] [-c 100] [-s 10] [--rates 10,30,100,300,1000,3000] [--secs 5] [--warmup 1]
                          [--svg FILE] [--server-pid PID] [--json] [--pin CPU]
+  cyberchat-bench crowd  [--url …] [-n 1000] [-r 19] [--kind state|typing] [--channel crowd]   (a server at its default --max-rate)
+  cyberchat-bench attack --kind join-hop     [-n 300] [-r 19] [--history-kib 800]
+                         --kind channels     [-k 3000] [-n 100] [-r 19]
+                         --kind ping-flood   [-n 200] [--from 127.2.0.1] [--per-channel 50] [--payload 125]
+                         --kind slow-readers [-n 1200] [--talkers 10] [-r 19] [--text-len 1000] [--rcvbuf 4096] [--bytes-per-s 1]
+                         --kind phone        [--arrivals 200] [--dwell-ms 1000] [--kib-per-s 80] [--rcvbuf 65536] [--tick-ms 250]
+                         --kind crowd        [-n 1000] [-r 19] [--frames state|typing]
+                 all of them: [--url …] [--server-pid PID] [--warmup 2] [--secs 10 (crowd), 40 (phone), 20]
+                              [--drain 30] [--settle 3] [--pair-every-ms 50] [--rx-threads N] [--json] [--pin CPU]
   cyberchat-bench suite  [--server-bin target/release/cyberchat] [--repeat 3] [--only flood,rate100,c1000,idle10k,cluster-flood,cluster-rate100]
                          [--secs 10] [--warmup 2] [--server-cpu 0] [--bench-cpu 1] [--no-pin] [--svg FILE]
                          [--rates …] [--no-raise-limits] [--json]
-Fanout needs a server started with --max-rate 0. See the doc comment of bench/src/main.rs.";
+Fanout needs a server started with --max-rate 0; the attacks one at its defaults. See the doc comment of bench/src/main.rs.";
 
 enum Failure {
     Usage(String),
@@ -139,6 +152,8 @@ fn main() -> ExitCode {
         "idle" => idle_cmd(Args::new(argv)),
         "sweep" => sweep_cmd(Args::new(argv)),
         "suite" => suite_cmd(Args::new(argv)),
+        "crowd" => attack_cmd(Some("crowd"), Args::new(argv)),
+        "attack" => attack_cmd(None, Args::new(argv)),
         other => Err(Failure::Usage(format!("unknown command {other:?}"))),
     };
     match outcome {
@@ -228,6 +243,51 @@ fn idle_cmd(mut a: Args) -> Result<(), Failure> {
             result.live, result.clients
         )));
     }
+    Ok(())
+}
+
+/// The flags every attack takes; `kind` sets the default window.
+fn attack_common(a: &mut Args, kind: &str) -> Result<Common, Failure> {
+    let url: String = a.get(&["--url"], "ws://127.0.0.1:1337/".to_owned())?;
+    let pair_every_ms: f64 = a.get(&["--pair-every-ms"], 50.0)?;
+    let c = Common {
+        target: ws::Target::parse(&url)?,
+        scenario: kind.to_owned(),
+        server_pid: a.opt(&["--server-pid"])?,
+        warmup: a.get(&["--warmup"], 2.0)?,
+        secs: a.get(&["--secs"], attack::default_secs(kind))?,
+        drain: a.get(&["--drain"], 30.0)?,
+        settle: a.get(&["--settle"], 3.0)?,
+        pair_every: Duration::from_secs_f64(pair_every_ms.max(1.0) / 1e3),
+        rx_threads: a.get(&["--rx-threads"], default_rx_threads())?,
+        connect_threads: a.get(&["--connect-threads"], 4)?,
+    };
+    if !(c.secs > 0.0 && c.warmup >= 0.0 && c.drain >= 0.0 && c.settle >= 0.0) {
+        return Err(Failure::Usage(
+            "--secs must be positive; --warmup, --drain and --settle not negative".into(),
+        ));
+    }
+    Ok(c)
+}
+
+/// `crowd …` (the kind given) or `attack --kind K …`.
+fn attack_cmd(kind: Option<&str>, mut a: Args) -> Result<(), Failure> {
+    let json = a.flag(&["--json"]);
+    let kind = match kind {
+        Some(k) => k.to_owned(),
+        None => a.value(&["--kind"])?.ok_or_else(|| {
+            Failure::Usage(format!(
+                "attack needs --kind (one of {})",
+                attack::KINDS.join(", ")
+            ))
+        })?,
+    };
+    pin(&mut a)?;
+    let common = attack_common(&mut a, &kind)?;
+    let attack = attack::parse(&kind, &mut a)?;
+    a.finish()?;
+    let result = attack::run(&attack, &common).map_err(Failure::Run)?;
+    report::print_attack(&result, json);
     Ok(())
 }
 
