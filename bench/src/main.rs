@@ -113,13 +113,13 @@ usage:
                          [--svg FILE] [--server-pid PID] [--json] [--pin CPU]
   cyberchat-bench crowd  [--url …] [-n 1000] [-r 19] [--kind state|typing] [--channel crowd]   (a server at its default --max-rate)
   cyberchat-bench attack --kind join-hop     [-n 300] [-r 19] [--history-kib 800]
-                         --kind channels     [-k 3000] [-n 100] [-r 19]
+                         --kind channels     [-k 3000] [-n 100] [-r 19] [--name-len 32]
                          --kind ping-flood   [-n 200] [--from 127.2.0.1] [--per-channel 50] [--payload 125]
                          --kind slow-readers [-n 1200] [--talkers 10] [-r 19] [--text-len 1000] [--rcvbuf 4096] [--bytes-per-s 1]
                          --kind phone        [--arrivals 200] [--dwell-ms 1000] [--kib-per-s 80] [--rcvbuf 65536] [--tick-ms 250]
                          --kind crowd        [-n 1000] [-r 19] [--frames state|typing]
                  all of them: [--url …] [--server-pid PID] [--warmup 2] [--secs 10 (crowd), 40 (phone), 20]
-                              [--drain 30] [--settle 3] [--pair-every-ms 50] [--rx-threads N] [--json] [--pin CPU]
+                              [--drain 60] [--settle 3] [--pair-every-ms 50] [--rx-threads N] [--json] [--pin CPU]
   cyberchat-bench suite  [--server-bin target/release/cyberchat] [--repeat 3] [--only flood,rate100,c1000,idle10k,cluster-flood,cluster-rate100]
                          [--secs 10] [--warmup 2] [--server-cpu 0] [--bench-cpu 1] [--no-pin] [--svg FILE]
                          [--rates …] [--no-raise-limits] [--json]
@@ -256,7 +256,7 @@ fn attack_common(a: &mut Args, kind: &str) -> Result<Common, Failure> {
         server_pid: a.opt(&["--server-pid"])?,
         warmup: a.get(&["--warmup"], 2.0)?,
         secs: a.get(&["--secs"], attack::default_secs(kind))?,
-        drain: a.get(&["--drain"], 30.0)?,
+        drain: a.get(&["--drain"], 60.0)?,
         settle: a.get(&["--settle"], 3.0)?,
         pair_every: Duration::from_secs_f64(pair_every_ms.max(1.0) / 1e3),
         rx_threads: a.get(&["--rx-threads"], default_rx_threads())?,

@@ -225,7 +225,7 @@ pub fn attack_row(r: &AttackResult) -> String {
         .collect();
     let _ = write!(
         out,
-        "| {} | {} | {:.1} | {} | {} | {} | {} of {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
+        "| {} | {} | {:.1} | {} | {} | {} | {} of {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
         r.scenario,
         r.attackers,
         r.secs,
@@ -234,6 +234,11 @@ pub fn attack_row(r: &AttackResult) -> String {
         ms(r.pair_max_ms),
         r.pair_lost,
         r.pair_expected,
+        if r.pair_refused > 0 {
+            format!(" ({} refused)", r.pair_refused)
+        } else {
+            String::new()
+        },
         four([
             r.server_rss_start_mib,
             r.server_rss_peak_mib,

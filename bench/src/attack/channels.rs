@@ -19,15 +19,19 @@ pub struct ChannelsOpts {
     /// Clients asking for the list.
     pub askers: usize,
     pub rate: f64,
+    /// Characters in each held channel's name (32, the longest allowed, makes the list
+    /// largest: ~50 bytes a channel).
+    pub name_len: usize,
 }
 
 impl ChannelsOpts {
-    /// `--channels K`, `-n N` (askers), `--rate R`.
+    /// `--channels K`, `-n N` (askers), `--rate R`, `--name-len L`.
     pub fn parse(a: &mut Args) -> Result<ChannelsOpts, String> {
         let o = ChannelsOpts {
             channels: a.get(&["-k", "--channels"], 3000)?,
             askers: a.get(&["-n", "--clients"], 100)?,
             rate: a.get(&["-r", "--rate"], 19.0)?,
+            name_len: a.get(&["--name-len"], 32)?,
         };
         if o.askers == 0 || !(o.rate > 0.0 && o.rate.is_finite()) {
             return Err("channels needs -n of at least 1 and a positive --rate".into());
@@ -78,7 +82,12 @@ pub fn run(o: &ChannelsOpts, c: &Common) -> Result<AttackResult, String> {
     let shared = Arc::new(Shared {
         refused: swarm::counter(),
     });
-    let hold = |i: usize| format!("channel={HOLD}{i}");
+    // `hold-7-xxxx…`, padded to the name length asked for.
+    let hold = |i: usize| {
+        let name = format!("{HOLD}{i}-");
+        let pad = o.name_len.saturating_sub(name.len());
+        format!("channel={name}{}", "x".repeat(pad))
+    };
     let mut conns = swarm::connect(c, o.channels, &hold, Source::default())?;
     let ask = |_| format!("channel={ASK}");
     let source = Source {

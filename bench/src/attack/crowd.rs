@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use super::skim::{error_code, frame_type, number_after, user_index};
+use super::skim::{digits, error_code, frame_type, number_after, user_index};
 use super::swarm::{self, Counter, Role};
 use super::{AttackResult, Common, Particular, Run, Window, check_files, details};
 use crate::args::Args;
@@ -70,6 +70,7 @@ struct Shared {
     run: u32,
     clients: usize,
     frames: Frames,
+    layout: Layout,
     /// Members that have seen every member arrive.
     ready: AtomicUsize,
     refused: Counter,
@@ -99,38 +100,96 @@ impl Role for Member {
     type Tally = Tally;
 
     fn text(&mut self, tally: &mut Tally, head: &[u8], _len: u64, now: u64, w: &Window) {
-        let kind = frame_type(head);
-        let ours = match self.shared.frames {
-            Frames::State => b"state".as_slice(),
-            Frames::Typing => b"typing".as_slice(),
+        let shared = &*self.shared;
+        let crowd = match shared.layout.read(head) {
+            Some(read) => Some(read),
+            None if frame_type(head) == shared.layout.kind => {
+                // Not the layout the server writes today: search instead.
+                let sender = user_index(head, NAME);
+                let stamp = number_after(head, b"\"k\":").zip(number_after(head, b"\"t\":"));
+                Some((sender, stamp))
+            }
+            None => None,
         };
-        if kind == ours {
+        if let Some((sender, stamp)) = crowd {
             if !w.in_window(now) {
                 return;
             }
             tally.frames += 1;
-            if let Some(sender) = user_index(head, NAME).filter(|s| *s < self.shared.clients) {
+            if let Some(sender) = sender.filter(|s| *s < shared.clients) {
                 self.seen[sender / 64] |= 1 << (sender % 64);
             }
-            if self.shared.frames == Frames::State
-                && number_after(head, b"\"k\":") == Some(u64::from(self.shared.run))
-                && let Some(sent) = number_after(head, b"\"t\":")
+            if let Some((run, sent)) = stamp
+                && run == u64::from(shared.run)
             {
                 tally.ages.record(now.saturating_sub(sent));
             }
         } else if let Some(code) = error_code(head) {
             swarm::bump(if code == b"rate_limited" {
-                &self.shared.refused
+                &shared.refused
             } else {
-                &self.shared.errors
+                &shared.errors
             });
         } else if let Kind::Joined(count) = classify(head) {
             self.members = self.members.max(count);
-            if !self.ready && self.members >= self.shared.clients {
+            if !self.ready && self.members >= shared.clients {
                 self.ready = true;
-                self.shared.ready.fetch_add(1, Relaxed);
+                shared.ready.fetch_add(1, Relaxed);
             }
         }
+    }
+}
+
+/// How the server writes a crowd frame: `{"type":"state","channel":"crowd","user":{"id":"`,
+/// a 36-character id, `","username":"m`, the member's number, `"}`, then the state
+/// (`,"state":{"k":…,"s":…,"t":…` with its keys in order) or `,"typing":…`. A frame is
+/// checked against it byte for byte in one pass: the bench must read millions a second, and
+/// searching each for its keys took most of its core.
+struct Layout {
+    kind: &'static [u8],
+    start: Vec<u8>,
+}
+
+/// A crowd frame: its sender (when one of the crowd), and a state's run and send time.
+type CrowdFrame = (Option<usize>, Option<(u64, u64)>);
+
+/// A uuid's length in canonical form.
+const ID_LEN: usize = 36;
+
+impl Layout {
+    fn new(frames: Frames, channel: &str) -> Layout {
+        let kind: &'static [u8] = match frames {
+            Frames::State => b"state",
+            Frames::Typing => b"typing",
+        };
+        let start = format!(
+            r#"{{"type":"{}","channel":"{channel}","user":{{"id":""#,
+            String::from_utf8_lossy(kind)
+        );
+        Layout {
+            kind,
+            start: start.into_bytes(),
+        }
+    }
+
+    /// The sender, and for a state the run and send time it carries; `None` when `head` is
+    /// not a crowd frame in this layout.
+    fn read(&self, head: &[u8]) -> Option<CrowdFrame> {
+        let rest = head.strip_prefix(self.start.as_slice())?;
+        let rest = rest.get(ID_LEN..)?.strip_prefix(br#"","username":""#)?;
+        let rest = rest.strip_prefix(NAME)?;
+        let (sender, rest) = digits(rest)?;
+        let rest = rest.strip_prefix(br#""}"#)?;
+        if self.kind == b"typing" {
+            return Some((usize::try_from(sender).ok(), None));
+        }
+        let stamp = (|| {
+            let (run, rest) = digits(rest.strip_prefix(br#","state":{"k":"#)?)?;
+            let (_, rest) = digits(rest.strip_prefix(br#","s":"#)?)?;
+            let (sent, _) = digits(rest.strip_prefix(br#","t":"#)?)?;
+            Some((run, sent))
+        })();
+        Some((usize::try_from(sender).ok(), stamp))
     }
 }
 
@@ -162,6 +221,7 @@ pub fn run(o: &CrowdOpts, c: &Common) -> Result<AttackResult, String> {
         run: run.run,
         clients: o.clients,
         frames: o.frames,
+        layout: Layout::new(o.frames, &o.channel),
         ready: AtomicUsize::new(0),
         refused: swarm::counter(),
         errors: swarm::counter(),
@@ -251,4 +311,32 @@ pub fn run(o: &CrowdOpts, c: &Common) -> Result<AttackResult, String> {
         details,
     };
     Ok(run.finish(c, pair, p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crowd_frames_are_read_in_the_servers_layout_and_others_refused() {
+        let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let layout = Layout::new(Frames::State, "crowd");
+        let state = format!(
+            r#"{{"type":"state","channel":"crowd","user":{{"id":"{id}","username":"m42"}},"state":{{"k":7,"s":42,"t":123456,"x":1,"y":2}}}}"#
+        );
+        assert_eq!(
+            layout.read(state.as_bytes()),
+            Some((Some(42), Some((7, 123_456))))
+        );
+        let other_room = state.replace("\"crowd\"", "\"quiet\"");
+        assert_eq!(layout.read(other_room.as_bytes()), None);
+        let stranger = state.replace("\"m42\"", "\"alex\"");
+        assert_eq!(layout.read(stranger.as_bytes()), None);
+        let typing = Layout::new(Frames::Typing, "crowd");
+        let frame = format!(
+            r#"{{"type":"typing","channel":"crowd","user":{{"id":"{id}","username":"m3"}},"typing":true}}"#
+        );
+        assert_eq!(typing.read(frame.as_bytes()), Some((Some(3), None)));
+        assert_eq!(typing.read(state.as_bytes()), None);
+    }
 }

@@ -240,6 +240,8 @@ pub struct AttackResult {
     pub pair_p50_ms: f64,
     pub pair_p99_ms: f64,
     pub pair_max_ms: f64,
+    /// The pair's messages refused with `rate_limited` (their copies count as lost).
+    pub pair_refused: u64,
     pub pair_dropped: Option<String>,
     /// Server RSS before the attackers connected, its peak while they were there, at the
     /// window's end, and `settle` seconds after they left.
@@ -493,6 +495,13 @@ impl Run {
         if let Some(why) = &pair.dropped {
             notes.push(format!("the healthy pair lost its connection: {why}"));
         }
+        if pair.refused > 0 {
+            notes.push(format!(
+                "the server refused {} of the healthy pair's messages as rate_limited: it sends \
+                 under the limit, but the server read its frames late and all at once",
+                pair.refused
+            ));
+        }
         let first_drop = p.ended.iter().min().map(|t| self.w.secs_since_t0(*t));
         AttackResult {
             kind: "attack",
@@ -508,6 +517,7 @@ impl Run {
             pair_p50_ms: pair.p50_ms,
             pair_p99_ms: pair.p99_ms,
             pair_max_ms: pair.max_ms,
+            pair_refused: pair.refused,
             pair_dropped: pair.dropped,
             server_rss_start_mib: rss(&self.start),
             server_rss_peak_mib: samples.peak_rss_kib(from, to).map(mib),

@@ -32,6 +32,9 @@ pub struct PairFigures {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Messages the server refused with `rate_limited`: the pair stays under the limit, but
+    /// a server that reads its frames late reads them in a burst.
+    pub refused: u64,
     /// Why a member of the pair lost its connection, if one did.
     pub dropped: Option<String>,
 }
@@ -42,6 +45,7 @@ struct Shared {
     /// Copies of window messages received, both members together.
     received: AtomicU64,
     sent: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// A running pair.
@@ -79,6 +83,7 @@ impl Pair {
             stop: AtomicBool::new(false),
             received: AtomicU64::new(0),
             sent: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         });
         let outs = [
             Out::new(&conns[0].0, u64::from(run) + 1).map_err(|e| e.to_string())?,
@@ -170,6 +175,7 @@ impl Pair {
             p50_ms: hist.quantile(0.5) as f64 / 1e6,
             p99_ms: hist.quantile(0.99) as f64 / 1e6,
             max_ms: hist.max() as f64 / 1e6,
+            refused: self.shared.refused.load(Relaxed),
             dropped,
         }
     }
@@ -190,16 +196,21 @@ fn read(
         let now = w.now();
         let mut ended = None;
         let fed = skim.feed(data, &mut |s: Seen| match s.opcode {
-            OP_TEXT => {
-                if let Kind::Message(text) = classify(s.head)
-                    && let Some(m) = parse_marker(text)
-                    && m.run == shared.run
-                    && w.in_window(m.sent_ns)
-                {
-                    hist.record(now.saturating_sub(m.sent_ns));
-                    shared.received.fetch_add(1, Relaxed);
+            OP_TEXT => match classify(s.head) {
+                Kind::Message(text) => {
+                    if let Some(m) = parse_marker(text)
+                        && m.run == shared.run
+                        && w.in_window(m.sent_ns)
+                    {
+                        hist.record(now.saturating_sub(m.sent_ns));
+                        shared.received.fetch_add(1, Relaxed);
+                    }
                 }
-            }
+                Kind::Error(b"rate_limited") => {
+                    shared.refused.fetch_add(1, Relaxed);
+                }
+                _ => {}
+            },
             OP_PING => out.send(OP_PONG, s.head),
             OP_CLOSE => ended = Some("the server sent a close frame".to_owned()),
             _ => {}

@@ -176,19 +176,19 @@ pub fn user_index(head: &[u8], prefix: &[u8]) -> Option<usize> {
 /// The number after `key` (such as `"t":`) in a frame, if one follows it.
 pub fn number_after(head: &[u8], key: &[u8]) -> Option<u64> {
     let at = head.windows(key.len()).position(|w| w == key)? + key.len();
-    let digits: Vec<u8> = head[at..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .copied()
-        .collect();
-    if digits.is_empty() || digits.len() > 19 {
+    digits(&head[at..]).map(|(n, _)| n)
+}
+
+/// The number at the start of `b`, and what follows it.
+pub fn digits(b: &[u8]) -> Option<(u64, &[u8])> {
+    let n = b.iter().take_while(|d| d.is_ascii_digit()).count();
+    if n == 0 || n > 19 {
         return None;
     }
-    Some(
-        digits
-            .iter()
-            .fold(0u64, |n, d| n.saturating_mul(10) + u64::from(d - b'0')),
-    )
+    let value = b[..n]
+        .iter()
+        .fold(0u64, |v, d| v.wrapping_mul(10) + u64::from(d - b'0'));
+    Some((value, &b[n..]))
 }
 
 #[cfg(test)]
