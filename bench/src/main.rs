@@ -49,6 +49,24 @@
 //! and says so (`--no-raise-limits` to leave them). Both processes need `ulimit -n` above N
 //! (20000 here is enough).
 //!
+//! # The legal attacks
+//!
+//! `crowd` and `attack --kind join-hop|channels|ping-flood|slow-readers|phone` load a server
+//! at its **default** flags (they stay inside the rate limit) the way a hostile client that
+//! knows only the protocol could, beside a healthy pair in a quiet channel of their own, and
+//! print one row each: the pair's round trips and losses, the server's RSS (start, peak, end,
+//! after the attackers left) and CPU, the kernel's TCP memory, and the attack's own figures.
+//! `BENCHMARKS.md` says what each runs and tells; `src/attack/mod.rs` how a run goes.
+//!
+//! ```text
+//! taskset -c 0 target/release/cyberchat --log-level warn &
+//! S=$!
+//! taskset -c 1 target/release/cyberchat-bench crowd -n 1000 --server-pid $S
+//! taskset -c 1 target/release/cyberchat-bench attack --kind join-hop --server-pid $S
+//! # suite rows crowd300, crowd1000, crowd3000 (default); the others with --only:
+//! target/release/cyberchat-bench suite --only join-hop,channels,ping-flood,slow-readers,phone
+//! ```
+//!
 //! # How it measures
 //!
 //! - **fanout**: C clients join `?channel=bench`; S of them send messages whose text is
@@ -75,6 +93,11 @@
 //! bench's one core to about 6 M deliveries/s, four times the flood target, so the bench
 //! is not what a run measures; each row prints the bench's CPU to keep that checked. Idle uses
 //! a handful of threads whatever N is.
+//!
+//! The attacks read their clients through a skimmer that keeps each frame's first kilobyte
+//! and skips the rest (a `welcome` can be a megabyte), and send from one open-loop pacer that
+//! never waits on a socket: a client whose socket is still full skips its turn, and the skips
+//! are counted (`skipped`).
 //!
 //! `cargo test -p cyberchat-bench --test bench_smoke` runs each command for about a second against an
 //! in-process server (no timing asserted), so the tool cannot rot.
@@ -120,7 +143,9 @@ usage:
                          --kind crowd        [-n 1000] [-r 19] [--frames state|typing]
                  all of them: [--url …] [--server-pid PID] [--warmup 2] [--secs 10 (crowd), 40 (phone), 20]
                               [--drain 60] [--settle 3] [--pair-every-ms 50] [--rx-threads N] [--json] [--pin CPU]
-  cyberchat-bench suite  [--server-bin target/release/cyberchat] [--repeat 3] [--only flood,rate100,c1000,idle10k,cluster-flood,cluster-rate100]
+  cyberchat-bench suite  [--server-bin target/release/cyberchat] [--repeat 3]
+                         [--only flood,rate100,c1000,idle10k,crowd300,crowd1000,crowd3000,cluster-flood,cluster-rate100,
+                                 join-hop,channels,ping-flood,ping-flood1000,slow-readers,phone,crowd-typing1000]
                          [--secs 10] [--warmup 2] [--server-cpu 0] [--bench-cpu 1] [--no-pin] [--svg FILE]
                          [--rates …] [--no-raise-limits] [--json]
 Fanout needs a server started with --max-rate 0; the attacks one at its defaults. See the doc comment of bench/src/main.rs.";

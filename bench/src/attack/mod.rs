@@ -275,6 +275,13 @@ pub struct AttackResult {
     pub notes: Vec<String>,
 }
 
+impl AttackResult {
+    /// A particular figure, as a number.
+    pub fn detail(&self, key: &str) -> Option<f64> {
+        self.details.get(key).and_then(Value::as_f64)
+    }
+}
+
 /// A random id for the run's markers, so one run never counts another's frames.
 fn run_id() -> u32 {
     let seed = SystemTime::now()
