@@ -153,7 +153,12 @@ impl Pair {
         }
         let deadline = Instant::now() + drain;
         let expected = self.shared.sent.load(Relaxed) * 2;
-        while self.shared.received.load(Relaxed) < expected && Instant::now() < deadline {
+        // A refused message has no copies to wait for.
+        let waiting = || {
+            let refused = self.shared.refused.load(Relaxed) * 2;
+            self.shared.received.load(Relaxed) + refused < expected
+        };
+        while waiting() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(5));
         }
         self.shared.stop.store(true, Relaxed);

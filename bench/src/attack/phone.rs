@@ -56,6 +56,8 @@ const LOBBY: &str = "lobby";
 const TICKER: usize = 3_000_000;
 const PHONE: usize = 3_000_100;
 const CHURN: usize = 4_000_000;
+/// How a frame about the phone names it.
+const PHONE_NAME: &[u8] = br#""username":"phone"}"#;
 /// Threads that make the arrivals (a slow handshake delays only its own thread's share).
 const CHURNERS: usize = 4;
 
@@ -75,7 +77,7 @@ impl Role for Ticker {
 
     fn text(&mut self, _: &mut (), head: &[u8], _len: u64, now: u64, _w: &Window) {
         match frame_type(head) {
-            b"left" if head.windows(20).any(|k| k == br#""username":"phone"}"#) => {
+            b"left" if head.windows(PHONE_NAME.len()).any(|k| k == PHONE_NAME) => {
                 let _ = self.shared.cut.compare_exchange(0, now, Relaxed, Relaxed);
             }
             b"error" if error_code(head) == Some(b"rate_limited") => {
@@ -376,4 +378,32 @@ pub fn run(o: &PhoneOpts, c: &Common) -> Result<AttackResult, String> {
         details,
     };
     Ok(run.finish(c, pair, p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ticker_sees_the_phone_leave_and_nobody_else() {
+        let w = Window::new();
+        let shared = Arc::new(Shared {
+            refused: swarm::counter(),
+            cut: AtomicU64::new(0),
+        });
+        let mut ticker = Ticker {
+            shared: Arc::clone(&shared),
+        };
+        let left = |name: &str| {
+            format!(
+                r#"{{"type":"left","channel":"lobby","user":{{"id":"x","username":"{name}"}},"count":3,"text":"{name} has left the chat"}}"#
+            )
+        };
+        ticker.text(&mut (), left("phones").as_bytes(), 0, 5, &w);
+        ticker.text(&mut (), left("guest-1a2b").as_bytes(), 0, 6, &w);
+        assert_eq!(shared.cut.load(Relaxed), 0);
+        ticker.text(&mut (), left("phone").as_bytes(), 0, 7, &w);
+        ticker.text(&mut (), left("phone").as_bytes(), 0, 9, &w);
+        assert_eq!(shared.cut.load(Relaxed), 7, "the first time counts");
+    }
 }
