@@ -146,8 +146,8 @@ usage:
   cyberchat-bench suite  [--server-bin target/release/cyberchat] [--repeat 3]
                          [--only flood,rate100,c1000,idle10k,crowd300,crowd1000,crowd3000,cluster-flood,cluster-rate100,
                                  join-hop,channels,ping-flood,ping-flood1000,slow-readers,phone,crowd-typing1000]
-                         [--secs 10] [--warmup 2] [--server-cpu 0] [--bench-cpu 1] [--no-pin] [--svg FILE]
-                         [--rates …] [--no-raise-limits] [--json]
+                         [--secs 10] [--warmup 2] [--drain 60 (attacks)] [--server-cpu 0] [--bench-cpu 1] [--no-pin]
+                         [--svg FILE] [--rates …] [--no-raise-limits] [--json]
 Fanout needs a server started with --max-rate 0; the attacks one at its defaults. See the doc comment of bench/src/main.rs.";
 
 enum Failure {
@@ -347,6 +347,7 @@ fn suite_cmd(mut a: Args) -> Result<(), Failure> {
         only: a.list(&["--only"], &suite::SCENARIOS.join(","))?,
         secs: a.get(&["--secs"], 10.0)?,
         warmup: a.get(&["--warmup"], 2.0)?,
+        drain: a.get(&["--drain"], 60.0)?,
         server_cpu: a.get(&["--server-cpu"], "0".to_owned())?,
         bench_cpu: a.get(&["--bench-cpu"], "1".to_owned())?,
         pin: !no_pin,

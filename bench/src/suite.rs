@@ -92,6 +92,8 @@ pub struct SuiteOpts {
     pub only: Vec<String>,
     pub secs: f64,
     pub warmup: f64,
+    /// How long an attack waits for the healthy pair's last copies.
+    pub drain: f64,
     pub server_cpu: String,
     pub bench_cpu: String,
     pub pin: bool,
@@ -287,7 +289,7 @@ fn scenario_opts(name: &str, target: Target, pid: u32, o: &SuiteOpts) -> Result<
         server_pid: Some(pid),
         warmup: o.warmup,
         secs,
-        drain: 60.0,
+        drain: o.drain,
         settle: 3.0,
         pair_every: Duration::from_millis(50),
         rx_threads: crate::default_rx_threads(),
