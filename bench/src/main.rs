@@ -139,7 +139,7 @@ usage:
                          --kind channels     [-k 3000] [-n 100] [-r 19] [--name-len 32]
                          --kind ping-flood   [-n 200] [--from 127.2.0.1] [--per-channel 50] [--payload 125]
                          --kind slow-readers [-n 1200] [--talkers 10] [-r 19] [--text-len 1000] [--rcvbuf 4096] [--bytes-per-s 1]
-                         --kind phone        [--arrivals 200] [--dwell-ms 1000] [--kib-per-s 80] [--rcvbuf 65536] [--tick-ms 250]
+                         --kind phone        [--arrivals 200] [--dwell-ms 1000] [--kib-per-s 80] [--rcvbuf 65536] [--tick-ms 250] [--name-len 0]
                          --kind crowd        [-n 1000] [-r 19] [--frames state|typing]
                  all of them: [--url …] [--server-pid PID] [--warmup 2] [--secs 10 (crowd), 40 (phone), 20]
                               [--drain 60] [--settle 3] [--pair-every-ms 50] [--rx-threads N] [--json] [--pin CPU]

@@ -32,10 +32,14 @@ pub struct PhoneOpts {
     pub rcvbuf: usize,
     /// How often the ticker (a member who reads everything) sends a message.
     pub tick: Duration,
+    /// Characters in each arrival's username (0: the server's `guest-…` names); a `joined`
+    /// or `left` frame names the user twice, so names make presence heavier.
+    pub name_len: usize,
 }
 
 impl PhoneOpts {
-    /// `--arrivals A`, `--dwell-ms D`, `--kib-per-s K`, `--rcvbuf B`, `--tick-ms T`.
+    /// `--arrivals A`, `--dwell-ms D`, `--kib-per-s K`, `--rcvbuf B`, `--tick-ms T`,
+    /// `--name-len L`.
     pub fn parse(a: &mut Args) -> Result<PhoneOpts, String> {
         let o = PhoneOpts {
             arrivals: a.get(&["--arrivals"], 200.0)?,
@@ -43,7 +47,11 @@ impl PhoneOpts {
             kib_per_s: a.get(&["--kib-per-s"], 80.0)?,
             rcvbuf: a.get(&["--rcvbuf"], 64 * 1024)?,
             tick: Duration::from_secs_f64(a.get::<f64>(&["--tick-ms"], 250.0)? / 1e3),
+            name_len: a.get(&["--name-len"], 0)?,
         };
+        if o.name_len > 32 {
+            return Err("--name-len: at most 32 (the longest username)".into());
+        }
         if !(o.arrivals > 0.0 && o.kib_per_s > 0.0 && !o.tick.is_zero()) {
             return Err("phone needs positive --arrivals, --kib-per-s and --tick-ms".into());
         }
@@ -178,9 +186,17 @@ fn churn(w: &Window, c: &Common, o: &PhoneOpts, t: usize) -> Churn {
     let mut done = Churn::default();
     let mut present: Vec<(Conn, Instant)> = Vec::new();
     let mut fb = FrameBuf::new(256 * 1024);
-    let query = format!("channel={LOBBY}");
     let every = 1e9 / o.arrivals;
     for k in (t..).step_by(CHURNERS) {
+        let query = match o.name_len {
+            0 => format!("channel={LOBBY}"),
+            // `a17-xxxx…`: unique, and as long as asked.
+            len => {
+                let name = format!("a{k}-");
+                let pad = len.saturating_sub(name.len());
+                format!("channel={LOBBY}&username={name}{}", "x".repeat(pad))
+            }
+        };
         let at = w.go() + (k as f64 * every) as u64;
         if at >= w.t1() || w.stopped() {
             break;
@@ -344,6 +360,7 @@ pub fn run(o: &PhoneOpts, c: &Common) -> Result<AttackResult, String> {
         ),
         ("arrival_failures", Some(failed as f64)),
         ("dwell_ms", Some(o.dwell.as_secs_f64() * 1e3)),
+        ("name_len", Some(o.name_len as f64)),
         ("kib_per_s", Some(o.kib_per_s)),
         ("rcvbuf", Some(o.rcvbuf as f64)),
         (
