@@ -306,16 +306,23 @@ pub struct Paced {
     /// Frames written during the window, and in all.
     pub window: u64,
     pub total: u64,
-    /// Turns skipped because the client's socket still held its previous frame.
+    /// Turns skipped because the client's socket still held its previous frame, or because
+    /// the pacer was too far behind.
     pub skipped: u64,
     /// Clients whose socket broke.
     pub broken: u64,
 }
 
+/// How late a paced frame may still go out. A pacer that fell further behind (its core busy)
+/// skips what is older rather than sending it in a burst: a client's burst then stays within
+/// what a rate limit of 20 a second lets through at once (40), so the attack stays legal.
+const MAX_LATE_NS: u64 = 1_000_000_000;
+
 /// Sends from every client in `outs`, `rate` frames a second each, from the window's `go`
 /// until its end, open loop: frame `m` (of client `m % n`) is due at `go + m / (n × rate)`,
 /// so the clients take turns evenly and each keeps its own rate exactly; if the pacer falls
-/// behind it catches up at once. `frame(client, seq, now, payload)` writes each payload.
+/// behind it catches up at once, up to [`MAX_LATE_NS`]. `frame(client, seq, now, payload)`
+/// writes each payload.
 pub fn pace(
     w: &Window,
     outs: &[Arc<Out>],
@@ -342,8 +349,12 @@ pub fn pace(
         if broken[client] {
             continue;
         }
-        payload.clear();
         let now = w.now();
+        if now > at + MAX_LATE_NS {
+            paced.skipped += 1;
+            continue;
+        }
+        payload.clear();
         frame(client, m / n as u64, now, &mut payload);
         match outs[client].offer(OP_TEXT, &payload) {
             Sent::Written => {
