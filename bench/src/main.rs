@@ -49,6 +49,24 @@
 //! and says so (`--no-raise-limits` to leave them). Both processes need `ulimit -n` above N
 //! (20000 here is enough).
 //!
+//! # The legal attacks
+//!
+//! `crowd` and `attack --kind join-hop|channels|ping-flood|slow-readers|phone` load a server
+//! at its **default** flags (they stay inside the rate limit) the way a hostile client that
+//! knows only the protocol could, beside a healthy pair in a quiet channel of their own, and
+//! print one row each: the pair's round trips and losses, the server's RSS (start, peak, end,
+//! after the attackers left) and CPU, the kernel's TCP memory, and the attack's own figures.
+//! `BENCHMARKS.md` says what each runs and tells; `src/attack/mod.rs` how a run goes.
+//!
+//! ```text
+//! taskset -c 0 target/release/cyberchat --log-level warn &
+//! S=$!
+//! taskset -c 1 target/release/cyberchat-bench crowd -n 1000 --server-pid $S
+//! taskset -c 1 target/release/cyberchat-bench attack --kind join-hop --server-pid $S
+//! # suite rows crowd300, crowd1000, crowd3000 (default); the others with --only:
+//! target/release/cyberchat-bench suite --only join-hop,channels,ping-flood,slow-readers,phone
+//! ```
+//!
 //! # How it measures
 //!
 //! - **fanout**: C clients join `?channel=bench`; S of them send messages whose text is
@@ -76,10 +94,16 @@
 //! is not what a run measures; each row prints the bench's CPU to keep that checked. Idle uses
 //! a handful of threads whatever N is.
 //!
+//! The attacks read their clients through a skimmer that keeps each frame's first kilobyte
+//! and skips the rest (a `welcome` can be a megabyte), and send from one open-loop pacer that
+//! never waits on a socket: a client whose socket is still full skips its turn, and the skips
+//! are counted (`skipped`).
+//!
 //! `cargo test -p cyberchat-bench --test bench_smoke` runs each command for about a second against an
 //! in-process server (no timing asserted), so the tool cannot rot.
 
 mod args;
+mod attack;
 mod fanout;
 mod hist;
 mod idle;
@@ -92,7 +116,10 @@ mod ws;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use args::Args;
+use attack::Common;
 use fanout::FanoutOpts;
 use idle::IdleOpts;
 use suite::{SuiteOpts, SweepOpts};
@@ -107,10 +134,21 @@ usage:
                          [--server-pid PID] [--no-raise-limits] [--json] [--pin CPU]
   cyberchat-bench sweep  [--url …] [-c 100] [-s 10] [--rates 10,30,100,300,1000,3000] [--secs 5] [--warmup 1]
                          [--svg FILE] [--server-pid PID] [--json] [--pin CPU]
-  cyberchat-bench suite  [--server-bin target/release/cyberchat] [--repeat 3] [--only flood,rate100,c1000,idle10k,cluster-flood,cluster-rate100]
-                         [--secs 10] [--warmup 2] [--server-cpu 0] [--bench-cpu 1] [--no-pin] [--svg FILE]
-                         [--rates …] [--no-raise-limits] [--json]
-Fanout needs a server started with --max-rate 0. See the doc comment of bench/src/main.rs.";
+  cyberchat-bench crowd  [--url …] [-n 1000] [-r 19] [--kind state|typing] [--channel crowd]   (a server at its default --max-rate)
+  cyberchat-bench attack --kind join-hop     [-n 300] [-r 19] [--history-kib 800]
+                         --kind channels     [-k 3000] [-n 100] [-r 19] [--name-len 32]
+                         --kind ping-flood   [-n 200] [--from 127.2.0.1] [--per-channel 50] [--payload 125]
+                         --kind slow-readers [-n 1200] [--talkers 10] [-r 19] [--text-len 1000] [--rcvbuf 4096] [--bytes-per-s 1]
+                         --kind phone        [--arrivals 200] [--dwell-ms 1000] [--kib-per-s 80] [--rcvbuf 65536] [--tick-ms 250] [--name-len 0]
+                         --kind crowd        [-n 1000] [-r 19] [--frames state|typing]
+                 all of them: [--url …] [--server-pid PID] [--warmup 2] [--secs 10 (crowd), 40 (phone), 20]
+                              [--drain 60] [--settle 3] [--pair-every-ms 50] [--rx-threads N] [--json] [--pin CPU]
+  cyberchat-bench suite  [--server-bin target/release/cyberchat] [--repeat 3]
+                         [--only flood,rate100,c1000,idle10k,crowd300,crowd1000,crowd3000,cluster-flood,cluster-rate100,
+                                 join-hop,channels,ping-flood,ping-flood1000,slow-readers,phone,crowd-typing1000]
+                         [--secs 10] [--warmup 2] [--drain 60 (attacks)] [--server-cpu 0] [--bench-cpu 1] [--no-pin]
+                         [--svg FILE] [--rates …] [--no-raise-limits] [--json]
+Fanout needs a server started with --max-rate 0; the attacks one at its defaults. See the doc comment of bench/src/main.rs.";
 
 enum Failure {
     Usage(String),
@@ -139,6 +177,8 @@ fn main() -> ExitCode {
         "idle" => idle_cmd(Args::new(argv)),
         "sweep" => sweep_cmd(Args::new(argv)),
         "suite" => suite_cmd(Args::new(argv)),
+        "crowd" => attack_cmd(Some("crowd"), Args::new(argv)),
+        "attack" => attack_cmd(None, Args::new(argv)),
         other => Err(Failure::Usage(format!("unknown command {other:?}"))),
     };
     match outcome {
@@ -231,6 +271,51 @@ fn idle_cmd(mut a: Args) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The flags every attack takes; `kind` sets the default window.
+fn attack_common(a: &mut Args, kind: &str) -> Result<Common, Failure> {
+    let url: String = a.get(&["--url"], "ws://127.0.0.1:1337/".to_owned())?;
+    let pair_every_ms: f64 = a.get(&["--pair-every-ms"], 50.0)?;
+    let c = Common {
+        target: ws::Target::parse(&url)?,
+        scenario: kind.to_owned(),
+        server_pid: a.opt(&["--server-pid"])?,
+        warmup: a.get(&["--warmup"], 2.0)?,
+        secs: a.get(&["--secs"], attack::default_secs(kind))?,
+        drain: a.get(&["--drain"], 60.0)?,
+        settle: a.get(&["--settle"], 3.0)?,
+        pair_every: Duration::from_secs_f64(pair_every_ms.max(1.0) / 1e3),
+        rx_threads: a.get(&["--rx-threads"], default_rx_threads())?,
+        connect_threads: a.get(&["--connect-threads"], 4)?,
+    };
+    if !(c.secs > 0.0 && c.warmup >= 0.0 && c.drain >= 0.0 && c.settle >= 0.0) {
+        return Err(Failure::Usage(
+            "--secs must be positive; --warmup, --drain and --settle not negative".into(),
+        ));
+    }
+    Ok(c)
+}
+
+/// `crowd …` (the kind given) or `attack --kind K …`.
+fn attack_cmd(kind: Option<&str>, mut a: Args) -> Result<(), Failure> {
+    let json = a.flag(&["--json"]);
+    let kind = match kind {
+        Some(k) => k.to_owned(),
+        None => a.value(&["--kind"])?.ok_or_else(|| {
+            Failure::Usage(format!(
+                "attack needs --kind (one of {})",
+                attack::KINDS.join(", ")
+            ))
+        })?,
+    };
+    pin(&mut a)?;
+    let common = attack_common(&mut a, &kind)?;
+    let attack = attack::parse(&kind, &mut a)?;
+    a.finish()?;
+    let result = attack::run(&attack, &common).map_err(Failure::Run)?;
+    report::print_attack(&result, json);
+    Ok(())
+}
+
 fn sweep_cmd(mut a: Args) -> Result<(), Failure> {
     let json = a.flag(&["--json"]);
     pin(&mut a)?;
@@ -262,6 +347,7 @@ fn suite_cmd(mut a: Args) -> Result<(), Failure> {
         only: a.list(&["--only"], &suite::SCENARIOS.join(","))?,
         secs: a.get(&["--secs"], 10.0)?,
         warmup: a.get(&["--warmup"], 2.0)?,
+        drain: a.get(&["--drain"], 60.0)?,
         server_cpu: a.get(&["--server-cpu"], "0".to_owned())?,
         bench_cpu: a.get(&["--bench-cpu"], "1".to_owned())?,
         pin: !no_pin,

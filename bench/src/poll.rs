@@ -32,16 +32,31 @@ impl Poller {
 
     /// Watches `socket` for reading (level-triggered), reporting it as `token`.
     pub fn add(&self, socket: &impl AsRawFd, token: usize) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, socket.as_raw_fd(), token)
+        self.ctl(
+            libc::EPOLL_CTL_ADD,
+            socket.as_raw_fd(),
+            token,
+            libc::EPOLLIN,
+        )
+    }
+
+    /// Watches `socket` for room to write (level-triggered), reporting it as `token`.
+    pub fn add_writable(&self, socket: &impl AsRawFd, token: usize) -> io::Result<()> {
+        self.ctl(
+            libc::EPOLL_CTL_ADD,
+            socket.as_raw_fd(),
+            token,
+            libc::EPOLLOUT,
+        )
     }
 
     pub fn remove(&self, socket: &impl AsRawFd) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_DEL, socket.as_raw_fd(), 0)
+        self.ctl(libc::EPOLL_CTL_DEL, socket.as_raw_fd(), 0, 0)
     }
 
-    fn ctl(&self, op: i32, fd: RawFd, token: usize) -> io::Result<()> {
+    fn ctl(&self, op: i32, fd: RawFd, token: usize, events: i32) -> io::Result<()> {
         let mut event = epoll_event {
-            events: libc::EPOLLIN as u32,
+            events: events as u32,
             u64: token as u64,
         };
         // SAFETY: both descriptors are open and `event` lives across the call.

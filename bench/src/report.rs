@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::attack::AttackResult;
 use crate::fanout::FanoutResult;
 use crate::idle::IdleResult;
 
@@ -26,29 +27,47 @@ fn pinning(server: Option<&str>, bench: &str) -> String {
 
 /// Adds notes about CPU: a saturated bench core, shared cores, other processes on a core.
 pub fn with_cpu_notes(mut r: FanoutResult) -> FanoutResult {
-    let bench = cpu_list(&r.bench_cpus);
-    let server = r.server_cpus.as_deref().map(cpu_list).unwrap_or_default();
-    if !bench.is_empty() && r.bench_cpu_pct >= 90.0 * bench.len() as f64 {
-        r.notes.push(format!(
-            "the bench used {:.0}% CPU on {} core(s): it may be the bottleneck, read the figures as a lower bound",
-            r.bench_cpu_pct,
-            bench.len()
-        ));
-    }
     if r.bench_loop_p99_ms > 0.2 * r.p50_ms.max(0.05) {
         r.notes.push(format!(
             "the bench's receiving loop took up to {:.3} ms (p99): that much of the latency may be the bench's",
             r.bench_loop_p99_ms
         ));
     }
+    let notes = cpu_notes(
+        r.server_cpus.as_deref(),
+        &r.bench_cpus,
+        r.server_cpu_pct,
+        r.bench_cpu_pct,
+        &r.core_busy_pct,
+    );
+    r.notes.extend(notes);
+    r
+}
+
+/// Notes about where the server and the bench ran: a saturated bench, shared cores, other
+/// processes busy on a core, a core whose `/proc/stat` missed the load.
+pub fn cpu_notes(
+    server_cpus: Option<&str>,
+    bench_cpus: &str,
+    server_cpu_pct: Option<f64>,
+    bench_cpu_pct: f64,
+    core_busy_pct: &[f64],
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    let bench = cpu_list(bench_cpus);
+    let server = server_cpus.map(cpu_list).unwrap_or_default();
+    if !bench.is_empty() && bench_cpu_pct >= 90.0 * bench.len() as f64 {
+        notes.push(format!(
+            "the bench used {bench_cpu_pct:.0}% CPU on {} core(s): it may be the bottleneck, read the figures as a lower bound",
+            bench.len()
+        ));
+    }
     if server.is_empty() {
-        r.notes
-            .push("no --server-pid: no server CPU, RSS or pinning figures".into());
+        notes.push("no --server-pid: no server CPU, RSS or pinning figures".into());
     } else if server.iter().any(|c| bench.contains(c)) {
-        r.notes.push(format!(
-            "server (cpus {}) and bench (cpus {}) share cores: pin them apart (taskset -c 0 / -c 1)",
-            r.server_cpus.as_deref().unwrap_or("?"),
-            r.bench_cpus
+        notes.push(format!(
+            "server (cpus {}) and bench (cpus {bench_cpus}) share cores: pin them apart (taskset -c 0 / -c 1)",
+            server_cpus.unwrap_or("?"),
         ));
     }
     // `/proc/stat` samples each core at the timer tick, while a process's CPU time is exact:
@@ -57,28 +76,29 @@ pub fn with_cpu_notes(mut r: FanoutResult) -> FanoutResult {
         let ([cpu], Some(own)) = (cpus, own_pct) else {
             return;
         };
-        let Some(busy) = r.core_busy_pct.get(*cpu).copied() else {
+        let Some(busy) = core_busy_pct.get(*cpu).copied() else {
             return;
         };
         if busy - own > 15.0 {
-            r.notes.push(format!(
+            notes.push(format!(
                 "core {cpu} ({who}'s) was {busy:.0}% busy, {:.0} points of it not the {who}: a noisy machine",
                 busy - own
             ));
         } else if own - busy > 15.0 {
-            r.notes.push(format!(
+            notes.push(format!(
                 "core {cpu} looks {busy:.0}% busy in /proc/stat but the {who} alone used {own:.0}%: \
                  tick sampling missed the load, ignore core busy % for this run"
             ));
         }
     };
-    others(&server, r.server_cpu_pct, "server");
-    others(&bench, Some(r.bench_cpu_pct), "bench");
-    r
+    others(&server, server_cpu_pct, "server");
+    others(&bench, Some(bench_cpu_pct), "bench");
+    notes
 }
 
 static FANOUT_HEADER: AtomicBool = AtomicBool::new(false);
 static IDLE_HEADER: AtomicBool = AtomicBool::new(false);
+static ATTACK_HEADER: AtomicBool = AtomicBool::new(false);
 
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
@@ -105,7 +125,7 @@ pub fn fanout_row(r: &FanoutResult) -> String {
     if !FANOUT_HEADER.swap(true, Ordering::Relaxed) {
         out.push_str(
             "| scenario | C | S | R/s | W | secs | deliveries/s | msgs/s | expected | received | loss | p50 ms | p90 ms | p99 ms | max ms | srv CPU-s/10s | srv CPU % | srv RSS MiB | srv threads | bench CPU % | bench loop p99 ms | core busy % | pinning |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
     }
     let rate = if r.rate == 0.0 {
@@ -153,7 +173,7 @@ pub fn idle_row(r: &IdleResult) -> String {
     if !IDLE_HEADER.swap(true, Ordering::Relaxed) {
         out.push_str(
             "| scenario | N | K | connected | failed | handshake s | handshakes/s | handshake p99 ms | srv RSS before MiB | srv RSS after MiB | KiB/conn | srv threads before | srv threads after | held | live | liveness s | bench CPU-s | pinning |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
     }
     let _ = write!(
@@ -181,6 +201,78 @@ pub fn idle_row(r: &IdleResult) -> String {
         pinning(r.server_cpus.as_deref(), &r.bench_cpus),
     );
     out
+}
+
+/// An attack's row: the healthy pair, the server, the kernel, then what is particular to the
+/// attack as `name=value` pairs.
+pub fn attack_row(r: &AttackResult) -> String {
+    let mut out = String::new();
+    if !ATTACK_HEADER.swap(true, Ordering::Relaxed) {
+        out.push_str(
+            "| scenario | N | secs | pair p50 ms | pair p99 ms | pair max ms | pair lost | srv RSS MiB start/peak/end/after | srv CPU % | TCP mem MiB start/peak/end/after | orphans | dropped | first drop s | refused | details | bench CPU % | pinning |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+    }
+    let four = |v: [Option<f64>; 4]| v.iter().map(|v| opt(*v, 0)).collect::<Vec<_>>().join(" / ");
+    let details: Vec<String> = r
+        .details
+        .iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => format!("{k}={s}"),
+            serde_json::Value::Null => format!("{k}=-"),
+            v => format!("{k}={v}"),
+        })
+        .collect();
+    let _ = write!(
+        out,
+        "| {} | {} | {:.1} | {} | {} | {} | {} of {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
+        r.scenario,
+        r.attackers,
+        r.secs,
+        ms(r.pair_p50_ms),
+        ms(r.pair_p99_ms),
+        ms(r.pair_max_ms),
+        r.pair_lost,
+        r.pair_expected,
+        if r.pair_refused > 0 {
+            format!(" ({} refused)", r.pair_refused)
+        } else {
+            String::new()
+        },
+        four([
+            r.server_rss_start_mib,
+            r.server_rss_peak_mib,
+            r.server_rss_end_mib,
+            r.server_rss_after_mib
+        ]),
+        opt(r.server_cpu_pct, 0),
+        four([
+            r.tcp_mem_start_mib,
+            r.tcp_mem_peak_mib,
+            r.tcp_mem_end_mib,
+            r.tcp_mem_after_mib
+        ]),
+        r.tcp_orphans_peak
+            .map_or_else(|| "-".into(), |o| o.to_string()),
+        r.dropped,
+        opt(r.first_drop_s, 1),
+        r.refused,
+        details.join(", "),
+        r.bench_cpu_pct,
+        pinning(r.server_cpus.as_deref(), &r.bench_cpus),
+    );
+    out
+}
+
+pub fn print_attack(r: &AttackResult, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(r).expect("results serialize"));
+    } else {
+        println!("{}", attack_row(r));
+        for note in &r.notes {
+            eprintln!("note: {note}");
+        }
+    }
 }
 
 /// Prints a run: its row (or JSON line) on stdout, its notes on stderr.

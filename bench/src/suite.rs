@@ -1,5 +1,5 @@
-//! `sweep` (p99 against offered load, with an SVG chart) and `suite` (the four
-//! scenarios, repeated against a fresh, pinned server each time, medians in markdown).
+//! `sweep` (p99 against offered load, with an SVG chart) and `suite` (the scenarios,
+//! repeated against a fresh, pinned server each time, medians in markdown).
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::attack::{self, Attack, AttackResult, Common, crowd::CrowdOpts};
 use crate::fanout::{self, FanoutOpts, FanoutResult};
 use crate::idle::{self, IdleOpts, IdleResult};
 use crate::report::{self, Point, median};
@@ -91,6 +92,8 @@ pub struct SuiteOpts {
     pub only: Vec<String>,
     pub secs: f64,
     pub warmup: f64,
+    /// How long an attack waits for the healthy pair's last copies.
+    pub drain: f64,
     pub server_cpu: String,
     pub bench_cpu: String,
     pub pin: bool,
@@ -100,7 +103,29 @@ pub struct SuiteOpts {
     pub json: bool,
 }
 
-pub const SCENARIOS: [&str; 4] = ["flood", "rate100", "c1000", "idle10k"];
+/// The default rows. Fanout and idle run against a server with `--max-rate 0`; the crowds
+/// against one at its defaults (they stay inside the rate limit).
+pub const SCENARIOS: [&str; 7] = [
+    "flood",
+    "rate100",
+    "c1000",
+    "idle10k",
+    "crowd300",
+    "crowd1000",
+    "crowd3000",
+];
+/// The other legal attacks, at their own defaults (see `attack --kind`): each against a fresh
+/// server at its defaults, with its own window. Run with `--only`; `slow-readers` puts the
+/// whole machine's TCP memory under pressure for a while.
+pub const ATTACK_SCENARIOS: [&str; 7] = [
+    "crowd-typing1000",
+    "join-hop",
+    "channels",
+    "ping-flood",
+    "ping-flood1000",
+    "slow-readers",
+    "phone",
+];
 /// Flood and rate100 on a cluster of two servers and a Redis (all three pinned where the
 /// server goes): the senders on one server, every receiver on the other. Run with `--only`.
 pub const CLUSTER_SCENARIOS: [&str; 2] = ["cluster-flood", "cluster-rate100"];
@@ -173,7 +198,8 @@ struct ServerProc {
 }
 
 impl ServerProc {
-    fn start(bin: &Path, cpu: Option<&str>, extra: &[&str]) -> Result<ServerProc, String> {
+    /// Starts `bin` with `args` (and `--log-level warn`) on a free port.
+    fn start(bin: &Path, cpu: Option<&str>, args: &[&str]) -> Result<ServerProc, String> {
         let port = free_port()?;
         let log = std::env::temp_dir().join(format!(
             "cyberchat-bench-server-{}-{port}.log",
@@ -188,18 +214,11 @@ impl ServerProc {
             }
             None => Command::new(bin),
         };
-        cmd.args([
-            "--port",
-            &port.to_string(),
-            "--max-rate",
-            "0",
-            "--log-level",
-            "warn",
-        ])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file);
+        cmd.args(["--port", &port.to_string(), "--log-level", "warn"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
@@ -243,17 +262,52 @@ impl Drop for ServerProc {
     }
 }
 
+/// The fanout rows need senders the rate limit does not throttle.
+const UNTHROTTLED: [&str; 2] = ["--max-rate", "0"];
+
 enum Outcome {
     Fanout(FanoutResult),
     Idle(IdleResult),
+    Attack(AttackResult),
 }
 
-fn scenario_opts(
-    name: &str,
-    target: Target,
-    pid: u32,
-    o: &SuiteOpts,
-) -> Result<Result<FanoutOpts, IdleOpts>, String> {
+/// What a row runs.
+enum Plan {
+    Fanout(FanoutOpts),
+    Idle(IdleOpts),
+    Attack(Attack, Common),
+}
+
+fn is_attack(name: &str) -> bool {
+    name.starts_with("crowd") || ATTACK_SCENARIOS.contains(&name)
+}
+
+fn scenario_opts(name: &str, target: Target, pid: u32, o: &SuiteOpts) -> Result<Plan, String> {
+    let common = |secs: f64| Common {
+        target: target.clone(),
+        scenario: name.to_owned(),
+        server_pid: Some(pid),
+        warmup: o.warmup,
+        secs,
+        drain: o.drain,
+        settle: 3.0,
+        pair_every: Duration::from_millis(50),
+        rx_threads: crate::default_rx_threads(),
+        connect_threads: 4,
+    };
+    let attack = |kind: &str, extra: &[&str]| -> Result<Plan, String> {
+        let mut args = crate::args::Args::new(extra.iter().map(|s| (*s).to_owned()).collect());
+        let a = attack::parse(kind, &mut args)?;
+        args.finish()?;
+        Ok(Plan::Attack(a, common(attack::default_secs(kind))))
+    };
+    let crowd = |n: usize, typing: bool| {
+        let mut c = CrowdOpts::new(n);
+        if typing {
+            c.frames = attack::crowd::Frames::Typing;
+        }
+        Ok(Plan::Attack(Attack::Crowd(c), common(o.secs)))
+    };
     let fan = |clients, senders, rate| FanoutOpts {
         target: target.clone(),
         peer: None,
@@ -273,10 +327,17 @@ fn scenario_opts(
         buf_kib: 256,
     };
     Ok(match name {
-        "flood" | "cluster-flood" => Ok(fan(100, 10, 0.0)),
-        "rate100" | "cluster-rate100" => Ok(fan(100, 10, 100.0)),
-        "c1000" => Ok(fan(1000, 10, 10.0)),
-        "idle10k" => Err(IdleOpts {
+        "flood" | "cluster-flood" => Plan::Fanout(fan(100, 10, 0.0)),
+        "rate100" | "cluster-rate100" => Plan::Fanout(fan(100, 10, 100.0)),
+        "c1000" => Plan::Fanout(fan(1000, 10, 10.0)),
+        "crowd300" => return crowd(300, false),
+        "crowd1000" => return crowd(1000, false),
+        "crowd3000" => return crowd(3000, false),
+        "crowd-typing1000" => return crowd(1000, true),
+        "join-hop" | "channels" | "slow-readers" | "phone" => return attack(name, &[]),
+        "ping-flood" => return attack("ping-flood", &["-n", "200"]),
+        "ping-flood1000" => return attack("ping-flood", &["-n", "1000"]),
+        "idle10k" => Plan::Idle(IdleOpts {
             target,
             scenario: name.to_owned(),
             clients: 10_000,
@@ -311,10 +372,15 @@ pub struct Median {
 
 pub fn suite(o: &SuiteOpts) -> Result<Vec<Median>, String> {
     for name in &o.only {
-        if !SCENARIOS.contains(&name.as_str()) && !CLUSTER_SCENARIOS.contains(&name.as_str()) {
+        if ![&SCENARIOS[..], &CLUSTER_SCENARIOS, &ATTACK_SCENARIOS]
+            .iter()
+            .any(|list| list.contains(&name.as_str()))
+        {
             return Err(format!(
-                "unknown scenario {name:?} (one of {})",
-                SCENARIOS.join(", ")
+                "unknown scenario {name:?} (one of {}, {}, {})",
+                SCENARIOS.join(", "),
+                CLUSTER_SCENARIOS.join(", "),
+                ATTACK_SCENARIOS.join(", ")
             ));
         }
     }
@@ -346,7 +412,7 @@ pub fn suite(o: &SuiteOpts) -> Result<Vec<Median>, String> {
         say("pinning: none (no taskset, or --no-pin): server and bench share the cores".into());
     }
     say(format!(
-        "server: {} --max-rate 0 --log-level warn, a fresh one per run; {} run(s) per scenario, {} s window after {} s warm-up; medians below",
+        "server: {} --log-level warn (and --max-rate 0 for fanout and idle rows; the attacks, crowds included, at its defaults), a fresh one per run; {} run(s) per scenario, {} s window after {} s warm-up (the attacks other than crowds: their own windows); medians below",
         o.server_bin.display(),
         o.repeat,
         o.secs,
@@ -360,19 +426,26 @@ pub fn suite(o: &SuiteOpts) -> Result<Vec<Median>, String> {
             let (redis, peer) = if CLUSTER_SCENARIOS.contains(&name.as_str()) {
                 let redis = RedisProc::start(cpu)?;
                 let url = redis.url();
-                let peer = ServerProc::start(&o.server_bin, cpu, &["--redis", &url])?;
+                let peer = ServerProc::start(
+                    &o.server_bin,
+                    cpu,
+                    &[UNTHROTTLED[0], UNTHROTTLED[1], "--redis", &url],
+                )?;
                 (Some(redis), Some(peer))
             } else {
                 (None, None)
             };
-            let extra: Vec<String> = redis
-                .as_ref()
-                .map(|r| vec!["--redis".to_owned(), r.url()])
-                .unwrap_or_default();
-            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-            let server = ServerProc::start(&o.server_bin, cpu, &extra)?;
+            let mut args: Vec<String> = Vec::new();
+            if !is_attack(name) {
+                args.extend(UNTHROTTLED.map(str::to_owned));
+            }
+            if let Some(r) = &redis {
+                args.extend(["--redis".to_owned(), r.url()]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let server = ServerProc::start(&o.server_bin, cpu, &args)?;
             let outcome = match scenario_opts(name, server.target.clone(), server.pid(), o)? {
-                Ok(f) => {
+                Plan::Fanout(f) => {
                     let f = FanoutOpts {
                         peer: peer.as_ref().map(|p| p.target.clone()),
                         ..f
@@ -382,9 +455,13 @@ pub fn suite(o: &SuiteOpts) -> Result<Vec<Median>, String> {
                         Outcome::Fanout(r)
                     })
                 }
-                Err(i) => idle::run(&i).map(|r| {
+                Plan::Idle(i) => idle::run(&i).map(|r| {
                     report::print_idle(&r, o.json);
                     Outcome::Idle(r)
+                }),
+                Plan::Attack(a, c) => attack::run(&a, &c).map(|r| {
+                    report::print_attack(&r, o.json);
+                    Outcome::Attack(r)
                 }),
             };
             drop(server);
@@ -428,15 +505,15 @@ pub fn suite(o: &SuiteOpts) -> Result<Vec<Median>, String> {
         }
     }
     if let Some(svg) = &o.svg {
-        let server =
-            ServerProc::start(&o.server_bin, pinned.then_some(o.server_cpu.as_str()), &[])?;
+        let cpu = pinned.then_some(o.server_cpu.as_str());
+        let server = ServerProc::start(&o.server_bin, cpu, &UNTHROTTLED)?;
         let base = match scenario_opts("rate100", server.target.clone(), server.pid(), o)? {
-            Ok(f) => FanoutOpts {
+            Plan::Fanout(f) => FanoutOpts {
                 secs: o.secs.min(5.0),
                 warmup: o.warmup.min(1.0),
                 ..f
             },
-            Err(_) => unreachable!("rate100 is a fanout scenario"),
+            _ => unreachable!("rate100 is a fanout scenario"),
         };
         if !o.json {
             println!();
@@ -516,7 +593,7 @@ fn medians(order: &[String], outcomes: &[(String, Outcome)]) -> Vec<Median> {
             .filter(|(n, _)| n == name)
             .filter_map(|(_, o)| match o {
                 Outcome::Fanout(r) => Some(r),
-                Outcome::Idle(_) => None,
+                _ => None,
             })
             .collect();
         let idles: Vec<&IdleResult> = outcomes
@@ -524,9 +601,35 @@ fn medians(order: &[String], outcomes: &[(String, Outcome)]) -> Vec<Median> {
             .filter(|(n, _)| n == name)
             .filter_map(|(_, o)| match o {
                 Outcome::Idle(r) => Some(r),
-                Outcome::Fanout(_) => None,
+                _ => None,
             })
             .collect();
+        let attacks: Vec<&AttackResult> = outcomes
+            .iter()
+            .filter(|(n, _)| n == name)
+            .filter_map(|(_, o)| match o {
+                Outcome::Attack(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        if let Some(first) = attacks.first() {
+            for m in attack_metrics(first.attack) {
+                let v = median(attacks.iter().filter_map(|r| m.pick.get(r)).collect());
+                let (target, check) = if m.metric == "pair p99 ms" && first.attack == "crowd" {
+                    ("< 50", Some((|v| v < 50.0) as Check))
+                } else {
+                    (m.target, m.check)
+                };
+                out.push(Median {
+                    scenario: name.clone(),
+                    metric: m.metric,
+                    target,
+                    median: v,
+                    runs: attacks.len(),
+                    ok: check.zip(v).map(|(c, v)| c(v)),
+                });
+            }
+        }
         for (metric, target, get, check) in &fanout_metrics {
             if fans.is_empty() {
                 break;
@@ -562,6 +665,153 @@ fn medians(order: &[String], outcomes: &[(String, Outcome)]) -> Vec<Median> {
             });
         }
     }
+    out
+}
+
+/// Where an attack row's figure comes from.
+enum Pick {
+    Field(fn(&AttackResult) -> Option<f64>),
+    Detail(&'static str),
+}
+
+impl Pick {
+    fn get(&self, r: &AttackResult) -> Option<f64> {
+        match self {
+            Pick::Field(f) => f(r),
+            Pick::Detail(key) => r.detail(key),
+        }
+    }
+}
+
+struct AttackMetric {
+    metric: &'static str,
+    target: &'static str,
+    pick: Pick,
+    check: Option<Check>,
+}
+
+/// 300 MB, the most an attack may make the server hold, in MiB.
+const RSS_LIMIT_MIB: f64 = 300e6 / 1_048_576.0;
+
+/// An attack row's medians: what the healthy pair saw and what the server held for every
+/// attack (with the targets every attack must meet: a healthy p99 under 250 ms, crowds under
+/// 50 ms, nothing lost, RSS under 300 MB), then the figures particular to the attack.
+fn attack_metrics(attack: &str) -> Vec<AttackMetric> {
+    let m = |metric, target, pick, check| AttackMetric {
+        metric,
+        target,
+        pick,
+        check,
+    };
+    let mut out = vec![
+        m(
+            "pair p50 ms",
+            "",
+            Pick::Field(|r| Some(r.pair_p50_ms)),
+            None,
+        ),
+        m(
+            "pair p99 ms",
+            "< 250",
+            Pick::Field(|r| Some(r.pair_p99_ms)),
+            Some(|v| v < 250.0),
+        ),
+        m(
+            "pair max ms",
+            "",
+            Pick::Field(|r| Some(r.pair_max_ms)),
+            None,
+        ),
+        m(
+            "pair copies lost",
+            "0",
+            Pick::Field(|r| Some(r.pair_lost as f64)),
+            Some(|v| v == 0.0),
+        ),
+        m(
+            "server RSS peak MiB",
+            "< 286 (300 MB)",
+            Pick::Field(|r| r.server_rss_peak_mib),
+            Some(|v| v < RSS_LIMIT_MIB),
+        ),
+        m(
+            "server RSS after MiB",
+            "",
+            Pick::Field(|r| r.server_rss_after_mib),
+            None,
+        ),
+        m(
+            "pair messages refused",
+            "0",
+            Pick::Field(|r| Some(r.pair_refused as f64)),
+            Some(|v| v == 0.0),
+        ),
+        m("server CPU %", "", Pick::Field(|r| r.server_cpu_pct), None),
+        m(
+            "TCP mem peak MiB",
+            "",
+            Pick::Field(|r| r.tcp_mem_peak_mib),
+            None,
+        ),
+        m(
+            "attackers dropped",
+            "",
+            Pick::Field(|r| Some(r.dropped as f64)),
+            None,
+        ),
+    ];
+    out.extend(match attack {
+        "crowd" => vec![
+            m(
+                "crowd frames per sender per member /s",
+                "≥ 1",
+                Pick::Detail("rx_per_sender_per_member_s"),
+                Some(|v| v >= 1.0),
+            ),
+            m("senders seen %", "", Pick::Detail("senders_seen_pct"), None),
+            m(
+                "cursor age p99 ms",
+                "",
+                Pick::Detail("cursor_age_p99_ms"),
+                None,
+            ),
+        ],
+        "join-hop" => vec![m(
+            "full welcomes/s",
+            "",
+            Pick::Detail("full_welcomes_per_s"),
+            None,
+        )],
+        "channels" => vec![
+            m("answers/s", "", Pick::Detail("answers_per_s"), None),
+            m(
+                "clients read MiB",
+                "",
+                Pick::Detail("clients_read_mib"),
+                None,
+            ),
+        ],
+        "ping-flood" => vec![m("pings/s", "", Pick::Detail("pings_per_s"), None)],
+        "slow-readers" => vec![
+            m(
+                "TCP mem after MiB",
+                "",
+                Pick::Field(|r| r.tcp_mem_after_mib),
+                None,
+            ),
+            m("readers cut", "", Pick::Detail("cut"), None),
+        ],
+        "phone" => vec![
+            m(
+                "phone cut after s",
+                "",
+                Pick::Detail("phone_cut_after_s"),
+                None,
+            ),
+            m("phone lag max s", "", Pick::Detail("phone_lag_max_s"), None),
+        ],
+        _ => Vec::new(),
+    });
     out
 }
 

@@ -195,3 +195,33 @@ pub fn raise_sys(path: &str, need: u64, to: u64) -> Result<Option<u64>, String> 
         .map(|()| Some(old))
         .map_err(|e| format!("{path} is {old}, below the {need} needed, and cannot be raised: {e}"))
 }
+
+/// The kernel's TCP sockets, machine-wide, from `/proc/net/sockstat`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TcpMem {
+    /// Memory the kernel holds for TCP buffers (`mem`, counted in pages), in bytes.
+    pub bytes: u64,
+    /// Sockets closed by their process but still holding unsent data (`orphan`).
+    pub orphans: u64,
+}
+
+/// `TCP: inuse N orphan N tw N alloc N mem N` from `/proc/net/sockstat`.
+pub fn tcp_mem() -> Option<TcpMem> {
+    let sockstat = fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let field = |name: &str| -> Option<u64> {
+        let at = words.iter().position(|w| *w == name)?;
+        words.get(at + 1)?.parse().ok()
+    };
+    Some(TcpMem {
+        bytes: field("mem")? * page_size(),
+        orphans: field("orphan").unwrap_or(0),
+    })
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|s| *s > 0).unwrap_or(4096)
+}

@@ -81,14 +81,22 @@ impl Target {
     }
 }
 
-/// Opens a TCP connection and sends the upgrade request; [`await_welcome`] finishes it.
+/// Opens a TCP connection from `from` and sends the upgrade request; [`await_welcome`]
+/// finishes it. With `rcvbuf`, `SO_RCVBUF` is set before connecting (the window a client
+/// advertises is scaled at the handshake, so a small receive buffer must be asked for first:
+/// that is how a slow link or a slow reader looks).
 ///
-/// On loopback, client `index` connects from an address of its own (`127.1.x.y`): thousands of
-/// clients are thousands of machines, and the server limits how fast one address may arrive
-/// (burst 200, then 20 a second), which is not what the bench measures.
-pub fn open(target: &Target, query: &str, index: usize) -> io::Result<TcpStream> {
+/// On loopback, each bench client connects from an address of its own (see [`machine`]):
+/// thousands of clients are thousands of machines, and the server limits how fast one address
+/// may arrive (burst 200, then 20 a second), which is not what the bench measures.
+pub fn open_from(
+    target: &Target,
+    query: &str,
+    from: Ipv4Addr,
+    rcvbuf: Option<usize>,
+) -> io::Result<TcpStream> {
     let stream = match target.addr {
-        SocketAddr::V4(to) if to.ip().is_loopback() => connect_from(machine(index), to)?,
+        SocketAddr::V4(to) if to.ip().is_loopback() => connect_from(from, to, rcvbuf)?,
         _ => TcpStream::connect_timeout(&target.addr, Duration::from_secs(10))?,
     };
     stream.set_nodelay(true)?;
@@ -97,13 +105,13 @@ pub fn open(target: &Target, query: &str, index: usize) -> io::Result<TcpStream>
 }
 
 /// Client `index`'s loopback address: 100 clients an address, well under the arrival burst.
-fn machine(index: usize) -> Ipv4Addr {
+pub fn machine(index: usize) -> Ipv4Addr {
     let n = index / 100;
     Ipv4Addr::new(127, 1, (n / 250) as u8, 1 + (n % 250) as u8)
 }
 
 /// A TCP connection to `to` from `from`; std cannot bind a socket before connecting.
-fn connect_from(from: Ipv4Addr, to: SocketAddrV4) -> io::Result<TcpStream> {
+fn connect_from(from: Ipv4Addr, to: SocketAddrV4, rcvbuf: Option<usize>) -> io::Result<TcpStream> {
     let sockaddr = |a: SocketAddrV4| libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: a.port().to_be(),
@@ -120,6 +128,20 @@ fn connect_from(from: Ipv4Addr, to: SocketAddrV4) -> io::Result<TcpStream> {
             return Err(io::Error::last_os_error());
         }
         let stream = TcpStream::from_raw_fd(fd);
+        if let Some(bytes) = rcvbuf {
+            let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+            let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            let set = libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&raw const bytes).cast(),
+                size,
+            );
+            if set != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         let local = sockaddr(SocketAddrV4::new(from, 0));
         if libc::bind(fd, (&raw const local).cast(), len) != 0 {
             return Err(io::Error::last_os_error());
@@ -495,6 +517,37 @@ pub fn connect_many(
     in_flight: usize,
     timeout: Duration,
 ) -> Connected {
+    connect_many_from(
+        target,
+        n,
+        query,
+        Source::default(),
+        threads,
+        in_flight,
+        timeout,
+    )
+}
+
+/// Where the clients of [`connect_many_from`] come from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Source {
+    /// Client `i` connects from [`machine`]`(offset + i)`, so that two crowds of one run do
+    /// not share addresses, nor the server's arrival budget of each.
+    pub offset: usize,
+    /// `SO_RCVBUF` for every client (see [`open_from`]).
+    pub rcvbuf: Option<usize>,
+}
+
+/// [`connect_many`] from the addresses and with the receive buffers that `source` says.
+pub fn connect_many_from(
+    target: &Target,
+    n: usize,
+    query: &(dyn Fn(usize) -> String + Sync),
+    source: Source,
+    threads: usize,
+    in_flight: usize,
+    timeout: Duration,
+) -> Connected {
     let threads = threads.clamp(1, n.max(1));
     let started = Instant::now();
     let deadline = started + timeout;
@@ -516,7 +569,8 @@ pub fn connect_many(
                     loop {
                         while waiting.len() < in_flight.max(1) && next < n {
                             let began = Instant::now();
-                            match open(target, &query(next), next) {
+                            let from = machine(source.offset + next);
+                            match open_from(target, &query(next), from, source.rcvbuf) {
                                 Ok(stream) => waiting.push_back((next, stream, began)),
                                 Err(e) => failed.push((next, format!("connect: {e}"))),
                             }

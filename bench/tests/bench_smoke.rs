@@ -236,3 +236,171 @@ fn bench_sweep_prints_rows_and_draws_the_chart() {
         "{chart}"
     );
 }
+
+/// Runs an attack for about a second against a fresh server at its defaults (the attacks stay
+/// inside the rate limit) and returns its JSON row, after checking what every attack reports:
+/// the healthy pair's figures and the server's. Whether the pair got every copy in time is
+/// the server's business under attack (and a debug build's on a busy machine), not the
+/// tool's: only that the pair measured something is checked.
+fn attack(args: &[&str]) -> Value {
+    let server = start(|_| {});
+    let url = format!("ws://{}/", server.local_addr());
+    let pid = std::process::id().to_string();
+    let mut all = args.to_vec();
+    all.extend([
+        "--url",
+        &url,
+        "--server-pid",
+        &pid,
+        "--warmup",
+        "0.2",
+        "--secs",
+        "1",
+        "--drain",
+        "30",
+        "--settle",
+        "0.2",
+        "--json",
+    ]);
+    let output = bench(&all);
+    assert_success(&output, &format!("{args:?}"));
+    let row = json_row(&output);
+    assert_eq!(row["kind"], "attack", "{row}");
+    let (sent, expected) = (number(&row, "pair_sent"), number(&row, "pair_expected"));
+    assert!(
+        sent > 0.0 && expected == 2.0 * sent,
+        "two copies of each: {row}"
+    );
+    let received = number(&row, "pair_received");
+    assert!(received > 0.0 && received <= expected, "{row}");
+    assert_eq!(number(&row, "pair_lost"), expected - received, "{row}");
+    assert!(row["pair_refused"].is_number(), "{row}");
+    assert!(number(&row, "pair_p99_ms") > 0.0, "{row}");
+    assert!(row["server_rss_peak_mib"].as_f64().unwrap() > 0.0, "{row}");
+    assert!(row["server_rss_after_mib"].is_number(), "{row}");
+    assert!(row["server_cpu_s"].is_number(), "reads /proc/<pid>: {row}");
+    assert!(
+        row["tcp_mem_peak_mib"].is_number(),
+        "reads /proc/net/sockstat: {row}"
+    );
+    assert!(row["refused"].is_number(), "{row}");
+    row
+}
+
+fn number(row: &Value, key: &str) -> f64 {
+    row[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number: {row}"))
+}
+
+#[test]
+fn bench_crowd_measures_the_quiet_pair_and_what_the_crowd_sees() {
+    let row = attack(&["crowd", "-n", "6"]);
+    assert_eq!(row["attack"], "crowd");
+    assert_eq!(row["attackers"], 6, "{row}");
+    assert_eq!(row["frames"], "state", "{row}");
+    assert!(number(&row, "dropped") <= 6.0, "{row}");
+    assert!(number(&row, "sent_per_s") > 0.0, "{row}");
+    assert!(number(&row, "rx_per_member_s") > 0.0, "{row}");
+    assert!(number(&row, "rx_per_sender_per_member_s") > 0.0, "{row}");
+    assert!(number(&row, "senders_seen_pct") > 0.0, "{row}");
+    assert!(number(&row, "cursor_age_p99_ms") > 0.0, "{row}");
+
+    let row = attack(&["crowd", "-n", "4", "--kind", "typing"]);
+    assert_eq!(row["frames"], "typing", "{row}");
+    assert!(number(&row, "rx_per_member_s") > 0.0, "{row}");
+    assert!(
+        row["cursor_age_p99_ms"].is_null(),
+        "typing carries no time: {row}"
+    );
+}
+
+#[test]
+fn bench_crowd_prints_a_row() {
+    let server = start(|_| {});
+    let url = format!("ws://{}/", server.local_addr());
+    let output = bench(&[
+        "crowd", "--url", &url, "-n", "3", "--warmup", "0", "--secs", "0.5", "--settle", "0",
+    ]);
+    assert_success(&output, "crowd");
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("| scenario | N |"), "a header: {stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("| crowd | 3 |")),
+        "a row: {stdout}"
+    );
+}
+
+#[test]
+fn bench_join_hop_seeds_a_full_history_and_hops_into_it() {
+    let row = attack(&[
+        "attack",
+        "--kind",
+        "join-hop",
+        "-n",
+        "3",
+        "--history-kib",
+        "50",
+    ]);
+    assert_eq!(row["attack"], "join-hop");
+    assert!(number(&row, "full_welcomes_per_s") > 0.0, "{row}");
+    // The welcome carries the whole seeded history.
+    assert!(number(&row, "full_welcome_kib") >= 50.0, "{row}");
+    assert!(number(&row, "hoppers_read_mib_per_s") > 0.0, "{row}");
+}
+
+#[test]
+fn bench_channels_holds_channels_open_and_asks_for_the_list() {
+    let row = attack(&["attack", "--kind", "channels", "-k", "20", "-n", "3"]);
+    assert_eq!(row["attack"], "channels");
+    assert_eq!(row["attackers"], 23, "{row}");
+    assert!(number(&row, "answers_per_s") > 0.0, "{row}");
+    // Twenty channels of at least `{"name":"hold-N","count":1}` each.
+    assert!(number(&row, "answer_kib") > 0.5, "{row}");
+    assert!(number(&row, "clients_read_mib") > 0.0, "{row}");
+}
+
+#[test]
+fn bench_ping_flood_writes_pings_from_one_address() {
+    let row = attack(&["attack", "--kind", "ping-flood", "-n", "5"]);
+    assert_eq!(row["attack"], "ping-flood");
+    assert_eq!(row["from"], "127.2.0.1", "{row}");
+    assert!(number(&row, "pings_per_s") > 0.0, "{row}");
+}
+
+#[test]
+fn bench_slow_readers_read_a_trickle_in_a_busy_channel() {
+    let row = attack(&[
+        "attack",
+        "--kind",
+        "slow-readers",
+        "-n",
+        "10",
+        "--talkers",
+        "2",
+    ]);
+    assert_eq!(row["attack"], "slow-readers");
+    assert_eq!(row["attackers"], 10, "{row}");
+    assert!(number(&row, "msgs_sent_per_s") > 0.0, "{row}");
+    assert!(row["cut"].is_number(), "{row}");
+    assert!(row["tcp_mem_after_mib"].is_number(), "{row}");
+}
+
+#[test]
+fn bench_phone_reads_slowly_while_arrivals_churn() {
+    let row = attack(&["attack", "--kind", "phone", "--arrivals", "20"]);
+    assert_eq!(row["attack"], "phone");
+    assert!(number(&row, "arrivals_per_s") > 0.0, "{row}");
+    assert!(number(&row, "phone_presence_frames") > 0.0, "{row}");
+    assert!(number(&row, "phone_message_frames") > 0.0, "{row}");
+    assert!(number(&row, "phone_lag_max_s") >= 0.0, "{row}");
+}
+
+#[test]
+fn bench_attack_without_a_known_kind_is_a_usage_error() {
+    for args in [&["attack"][..], &["attack", "--kind", "nonsense"]] {
+        let output = bench(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(text(&output.stderr).contains("join-hop"), "{args:?}");
+    }
+}
