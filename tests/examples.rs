@@ -1,16 +1,18 @@
 //! The tutorial's examples (`examples/stepN_*.rs`), each started as a process of its own on
-//! port 0 and checked for what its step promises (`cargo test step3` runs step 3's).
+//! port 0 and checked for what its step promises. Every test of an example is named
+//! `stepN_example_…`, so `cargo test step5_example` runs exactly step 5's; `cargo test step5`
+//! adds the real server's.
 //!
-//! The promises are written from the contract (PROTOCOL.md), never from the examples' code, and
-//! every step's promises but step 2's (a plain-text broadcast, not yet the contract's frames)
-//! are also checked against the real server. So if the server changes a frame, the real
-//! server's run of these checks fails first; once they are fixed to the new contract, the
-//! examples fail until they follow.
+//! The promises are written from the reference (docs/reference.md), never from the examples'
+//! code. Each step's promises are checked against its own example, every later example, and
+//! the real server (step 3's against steps 3 to 8 and the server, and so on; step 2's
+//! plain-text broadcast only against step 2), so a later step that breaks an earlier promise,
+//! or an example that drifts from the server, fails a test.
 //!
 //! The page tests (`stepN_…_page_works_as_the_readme_says`) run `tests/e2e/examples.mjs` in
-//! headless Chromium against each example, and against the real server for step 7, and check
-//! that the parts of `www/client.html` that work are exactly those examples/README.md's table
-//! says; another test keeps that README's line counts true.
+//! headless Chromium against each example and the real server, and check that the parts of
+//! `www/client.html` that work are exactly those examples/README.md's table says; another test
+//! keeps that README's line counts true.
 
 mod common;
 
@@ -41,8 +43,14 @@ struct Example {
 impl Example {
     /// Starts `examples/{name}.rs` with port 0 and waits for the address it prints.
     fn start(name: &str) -> Example {
+        Example::start_with(name, &[])
+    }
+
+    /// Like [`Example::start`], with more arguments after the port.
+    fn start_with(name: &str, args: &[&str]) -> Example {
         let mut child = Command::new(example_binary(name))
             .arg("0")
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -109,6 +117,36 @@ fn real_server() -> cyberchat::Server {
     common::start(|config| config.max_rate = 0)
 }
 
+/// Runs `promises` against the example `name` as a later step runs it: from step 7 on without
+/// the rate limit (step 5's promises send more than 100 messages at once), and step 8 with a
+/// `redis-server` of its own (skipped, loudly, where there is none).
+fn keeps_promises(name: &str, promises: fn(SocketAddr)) {
+    match name {
+        "step8_several_servers" => {
+            let Some(redis) = common::redis::Redis::start(name) else {
+                return;
+            };
+            let url = redis.url();
+            let example = Example::start_with(name, &["--max-rate", "0", "--redis", &url]);
+            promises(example.addr);
+        }
+        "step7_hardening" => promises(Example::start_with(name, &["--max-rate", "0"]).addr),
+        _ => promises(Example::start(name).addr),
+    }
+}
+
+/// Declares one test per example, each running `promises` against it.
+macro_rules! promises_hold {
+    ($promises:ident: $($test:ident => $example:literal),+ $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                keeps_promises($example, $promises);
+            }
+        )+
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 // The contract's shapes
 
@@ -168,6 +206,39 @@ fn check_message(frame: &Value, channel: &str, from: &str, username: &str, text:
     frame["id"]
         .as_u64()
         .unwrap_or_else(|| panic!("an integer id: {frame}"))
+}
+
+/// Asks for an upgrade to the chat door offering `offered` subprotocols (or none), and returns
+/// the answer's status and the subprotocol it selected.
+fn upgrade_answer(addr: SocketAddr, offered: Option<&str>) -> (u16, Option<String>) {
+    let extra = offered.map_or(String::new(), |o| {
+        format!("Sec-WebSocket-Protocol: {o}\r\n")
+    });
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream
+        .write_all(common::upgrade_request("/", &extra).as_bytes())
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        match std::io::Read::read(&mut stream, &mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let selected = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("Sec-WebSocket-Protocol")
+            .then(|| value.trim().to_owned())
+    });
+    (status, selected)
 }
 
 /// Connects to `path` and returns the client with its `welcome`.
@@ -298,8 +369,27 @@ fn step2_example_broadcasts_to_everyone() {
 // Step 3: identity
 
 /// A uuid per user; `?username=` (percent-decoded) or a `guest-` name; `welcome`; `message`
-/// frames that say who wrote them; `username` renames with `renamed`; and the errors.
+/// frames that say who wrote them; `username` renames with `renamed`; the errors; and the
+/// `chat` subprotocol, selected only when the client offers it (RFC 6455, section 4.2.2).
 fn step3_promises(addr: SocketAddr) {
+    assert_eq!(
+        upgrade_answer(addr, None),
+        (101, None),
+        "none offered, none selected"
+    );
+    for offered in ["chat", "superchat, chat"] {
+        assert_eq!(
+            upgrade_answer(addr, Some(offered)),
+            (101, Some("chat".to_owned())),
+            "{offered} offered"
+        );
+    }
+    assert_eq!(
+        upgrade_answer(addr, Some("echo-protocol")).0,
+        400,
+        "only another subprotocol offered: refused, as the server does"
+    );
+
     let (mut ada, welcome) = welcomed(addr, "/?username=Ad%C3%A8le%20L");
     assert_eq!(welcome["channel"], "general");
     let ada_id = user_id(&welcome["user"], "Adèle L");
@@ -381,6 +471,12 @@ fn step3_promises(addr: SocketAddr) {
 fn step3_example_names_users_and_renames() {
     step3_promises(Example::start("step3_identity").addr);
 }
+
+promises_hold!(step3_promises:
+    step4_example_keeps_step3_promises => "step4_presence",
+    step5_example_keeps_step3_promises => "step5_history",
+    step6_example_keeps_step3_promises => "step6_state",
+);
 
 #[test]
 fn step3_real_server_keeps_the_same_promises() {
@@ -468,6 +564,11 @@ fn step4_promises(addr: SocketAddr) {
 fn step4_example_tells_who_comes_goes_and_types() {
     step4_promises(Example::start("step4_presence").addr);
 }
+
+promises_hold!(step4_promises:
+    step5_example_keeps_step4_promises => "step5_history",
+    step6_example_keeps_step4_promises => "step6_state",
+);
 
 #[test]
 fn step4_real_server_keeps_the_same_promises() {
@@ -612,12 +713,50 @@ fn step5_promises(addr: SocketAddr) {
     for client in [&mut ada, &mut carol, &mut eve] {
         channels_until(client, |list| !lists(list, "random"));
     }
+
+    // A join to the channel you are in: a fresh welcome for you, and nobody else is told.
+    carol.send(json!({"type": "join", "channel": "general"}));
+    let welcome = next_of(&mut carol, "welcome", &["left", "joined", "message"]);
+    assert_eq!(welcome["channel"], "general", "{welcome}");
+    assert_eq!(ids_in(&welcome["users"]).len(), 3, "{welcome}");
+    carol.send(json!({"type": "message", "text": "still here"}));
+    for client in [&mut ada, &mut carol, &mut eve] {
+        let message = next_of(client, "message", &["left", "joined", "welcome"]);
+        assert_eq!(message["text"], "still here", "{message}");
+    }
 }
 
 #[test]
 fn step5_example_keeps_history_per_channel() {
     step5_promises(Example::start("step5_history").addr);
 }
+
+/// The examples' own promise, where they differ from the real server: a channel that empties
+/// takes its history with it (the real server keeps the 64 most recently emptied ones).
+fn step5_example_promises(addr: SocketAddr) {
+    let (mut ada, _) = welcomed(addr, "/?username=Ada&channel=lab");
+    ada.send(json!({"type": "message", "text": "in the lab"}));
+    ada.recv_type("message");
+    ada.send(json!({"type": "join", "channel": "general"}));
+    assert_eq!(ada.recv_type("welcome")["channel"], "general");
+    ada.send(json!({"type": "join", "channel": "lab"}));
+    let welcome = ada.recv_type("welcome");
+    assert_eq!(welcome["channel"], "lab", "{welcome}");
+    assert_eq!(
+        welcome["history"],
+        json!([]),
+        "the emptied lab's history is gone: {welcome}"
+    );
+}
+
+promises_hold!(step5_example_promises:
+    step5_example_forgets_the_history_of_an_emptied_channel => "step5_history",
+    step6_example_forgets_the_history_of_an_emptied_channel => "step6_state",
+);
+
+promises_hold!(step5_promises:
+    step6_example_keeps_step5_promises => "step6_state",
+);
 
 #[test]
 fn step5_real_server_keeps_the_same_promises() {
