@@ -480,8 +480,9 @@ fn threads_on_the_machine() -> u64 {
 fn step7_hostile_a_thread_that_cannot_start_is_a_refused_connection_not_a_crash() {
     // SAFETY: geteuid has no arguments and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "SKIPPED: running the server as another user with its own thread limit needs root"
+        common::skipped(
+            "step7_hostile_a_thread_that_cannot_start_is_a_refused_connection_not_a_crash",
+            "running the server as another user with its own thread limit needs root",
         );
         return;
     }
@@ -493,7 +494,9 @@ fn step7_hostile_a_thread_that_cannot_start_is_a_refused_connection_not_a_crash(
     let mut alex = Client::chat(addr, "Alex");
     // Then another program of the same user takes every thread left: the budget did not
     // foresee it, so the server's next spawns fail.
-    let mut eater = std::process::Command::new(std::env::current_exe().unwrap());
+    // This test program, run again as `nobody`: from where that user can reach it.
+    let this_program = common::process::reachable_by_anyone(&std::env::current_exe().unwrap());
+    let mut eater = std::process::Command::new(this_program);
     eater
         .args([
             "--ignored",
