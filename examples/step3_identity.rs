@@ -5,7 +5,7 @@
 //! from this step on the page connects, names you, and sends and shows messages.
 //!
 //! Since step 2: the handshake reads `?username=` from the request; frames are JSON (the
-//! contract's `welcome`, `message`, `renamed` and `error`); the hub keeps a user per connection.
+//! chat frames `welcome`, `message`, `renamed` and `error`); the hub keeps a user per connection.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};

@@ -1,4 +1,4 @@
-//! History on disk as a hostile user and a careless operator try it (issue 11): files are
+//! History on disk as a hostile user and a careless operator try it: files are
 //! never destroyed, open files and start-up stay bounded, odd entries never stop the server.
 //!
 //! Most tests run the real binary, to read its open files and memory from `/proc`, lower its

@@ -156,7 +156,7 @@ macro_rules! promises_hold {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The contract's shapes
+// The reference's shapes
 
 /// The text of a text message.
 fn text_of(message: Message) -> String {

@@ -2,7 +2,7 @@
 //! the whole server down or ate its memory, reproduced at a scale CI can afford (a low
 //! `RLIMIT_NOFILE`, a map limit the server is made to believe is lower, a few hundred sockets).
 //! Each asserts what an operator needs: the process lives, healthy clients keep receiving every
-//! message, memory stays under a stated bound, and the refused get the contract's answer.
+//! message, memory stays under a stated bound, and the refused get the answer the reference names.
 //!
 //! The server runs as a process of its own (`common::process`), so its memory, threads and
 //! maps are its own. `CYBERCHAT_BIN=path cargo test --test hostile` runs these against another

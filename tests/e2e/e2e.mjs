@@ -570,7 +570,7 @@ try {
     });
   }
 
-  // ---- A name before connecting, and getting your attention (issue 13) ----
+  // ---- A name before connecting, and getting your attention ----
   // Alice is in #general; Robert is in #random, out of the way.
 
   let dave;
