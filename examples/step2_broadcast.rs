@@ -4,8 +4,9 @@
 //!
 //! The design the real server keeps, at its simplest:
 //! - a thread per client, which reads its messages and tells the hub;
-//! - one hub thread, fed by an `mpsc` channel, which alone knows who is connected;
-//! - per client an outbound queue (another channel) and a writer thread that empties it, so
+//! - one hub thread, fed by an mpsc queue (`std::sync::mpsc`), which alone knows who is
+//!   connected;
+//! - per client an outbound queue (another mpsc queue) and a writer thread that empties it, so
 //!   the hub hands a message to each queue and never waits for anyone's network.
 //!
 //! What it leaves out, on purpose: the queues have no bound, so a client that stops reading
@@ -21,7 +22,7 @@ use std::thread;
 use tungstenite::protocol::{Role, WebSocketContext};
 use tungstenite::{Message, Utf8Bytes};
 
-/// What the client threads tell the hub. One channel carries them all, so the hub sees each
+/// What the client threads tell the hub. One mpsc queue carries them all, so the hub sees each
 /// client's events in the order that client sent them.
 enum Event {
     Connected { client: u64, outbox: Sender<Message> },

@@ -5,7 +5,7 @@
 //! from this step on the page connects, names you, and sends and shows messages.
 //!
 //! Since step 2: the handshake reads `?username=` from the request; frames are JSON (the
-//! contract's `welcome`, `message`, `renamed` and `error`); the hub keeps a user per connection.
+//! chat frames `welcome`, `message`, `renamed` and `error`); the hub keeps a user per connection.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tungstenite::handshake::server;
-use tungstenite::http::HeaderValue;
+use tungstenite::http::{HeaderValue, StatusCode};
 use tungstenite::protocol::{Role, WebSocketContext};
 use tungstenite::{Message, Utf8Bytes};
 use uuid::Uuid;
@@ -217,12 +217,21 @@ fn serve(stream: TcpStream, hub: Sender<Event>) {
         read_half,
         |request: &server::Request, mut response: server::Response| {
             query = request.uri().query().map(str::to_owned);
-            // The page asks for the `chat` subprotocol, and a browser that asks for one and gets
-            // none fails the handshake. `chat` is all we speak, so that is the one we choose.
-            if request.headers().contains_key("Sec-WebSocket-Protocol") {
-                response
-                    .headers_mut()
-                    .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("chat"));
+            // The page offers the `chat` subprotocol, and a browser that offers one and gets
+            // none fails the handshake. The server may only pick one the client offered
+            // (RFC 6455): `chat` when it is offered, none when none is, and a client that
+            // offers only others is refused, since it means to speak something else.
+            let offered: Vec<&str> = (request.headers().get_all("Sec-WebSocket-Protocol").iter())
+                .flat_map(|value| value.to_str().unwrap_or("").split(','))
+                .map(str::trim)
+                .collect();
+            if offered.contains(&"chat") {
+                let chat = HeaderValue::from_static("chat");
+                response.headers_mut().insert("Sec-WebSocket-Protocol", chat);
+            } else if !offered.is_empty() {
+                let mut refusal = server::ErrorResponse::new(Some("we speak `chat`".to_owned()));
+                *refusal.status_mut() = StatusCode::BAD_REQUEST;
+                return Err(refusal);
             }
             Ok(response)
         },

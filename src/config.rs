@@ -276,7 +276,7 @@ mod tests {
     }
 
     #[test]
-    fn cli_defaults_follow_the_contract() {
+    fn cli_defaults_are_the_references() {
         let c = parse(&[], None).unwrap();
         assert_eq!(
             (c.host.as_str(), c.port, c.max_rate),

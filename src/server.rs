@@ -1,7 +1,7 @@
 //! The server: a `TcpListener`, a thread per connection, and the hub thread.
 //!
 //! ```text
-//!                      ┌─────── one bounded mpsc channel of Events ───────┐
+//!                      ┌──────── one bounded mpsc queue of Events ────────┐
 //!  accept thread ──spawn──▶ conn-N (reader) ──Event──▶  hub thread  ◀──Event── conn-M …
 //!   (budget first)              │                       (users, channels,
 //!                               │ pong/ping/close        history)
@@ -40,7 +40,7 @@ use crate::history::Store;
 use crate::hub::{Event, Hub};
 use crate::throttle::Throttle;
 
-/// The log target of the `listening on ws://HOST:PORT` line, which the contract says is always
+/// The log target of the `listening on ws://HOST:PORT` line, which the reference says is always
 /// logged: whoever started the server with `--port 0` (a script, a test) reads the port there,
 /// even at `--log-level warn`. The binary's logger lets this target through at every level.
 pub const LISTENING_LOG_TARGET: &str = "cyberchat::listening";
@@ -52,7 +52,7 @@ pub const LISTENING_LOG_TARGET: &str = "cyberchat::listening";
 pub const HUB_QUEUE: usize = 4096;
 /// How long shutdown waits for clients to answer their 1001 before cutting them off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// The contract gives a stopping server 10 s; this leaves room to cut off and exit.
+/// A stopping server has 10 s (docs/reference.md); this leaves room to cut off and exit.
 const STOP_WITHIN: Duration = Duration::from_secs(8);
 /// Pause after a failed `accept` (other than running out of descriptors) so the loop does not
 /// spin.

@@ -240,7 +240,7 @@ fn cli_help_exits_0() {
     let status = run.exit_status(DEADLINE);
     let (out, err) = run.output();
     assert!(status.success(), "{status:?}: {out:?} {err:?}");
-    // Every flag the contract names, and the others, each with its default.
+    // Every flag the reference names, and the others, each with its default.
     for flag in [
         "--host",
         "--port",

@@ -1,4 +1,4 @@
-//! History on disk as a hostile user and a careless operator try it (issue 11): files are
+//! History on disk as a hostile user and a careless operator try it: files are
 //! never destroyed, open files and start-up stay bounded, odd entries never stop the server.
 //!
 //! Most tests run the real binary, to read its open files and memory from `/proc`, lower its
@@ -114,7 +114,12 @@ impl Binary {
         open_files: Option<u64>,
         uid: Option<u32>,
     ) -> Result<Binary, String> {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cyberchat"));
+        let binary = Path::new(env!("CARGO_BIN_EXE_cyberchat"));
+        // As another user, the binary must be where that user can reach it.
+        let mut command = match uid {
+            Some(_) => Command::new(common::process::reachable_by_anyone(binary)),
+            None => Command::new(binary),
+        };
         command
             .args(["--port", "0", "--max-rate", "0", "--data-dir"])
             .arg(data_dir)
@@ -558,9 +563,9 @@ fn step5_disk_an_immutable_file_keeps_its_history_and_refuses_messages() {
     let content = history_file("locked", 1..=3);
     fs::write(&locked, &content).unwrap();
     let Some(_guard) = Immutable::make(&locked) else {
-        eprintln!(
-            "SKIP step5_disk_an_immutable_file...: `chattr +i` is not available here (needs \
-             root and a file system that has it)"
+        common::skipped(
+            "step5_disk_an_immutable_file_keeps_its_history_and_refuses_messages",
+            "`chattr +i` is not available here (it needs root and a file system that has it)",
         );
         return;
     };
@@ -621,7 +626,10 @@ fn step5_disk_a_file_that_cannot_be_set_aside_refuses_its_channel() {
     // An immutable directory: nothing in it can be renamed or created (a read-only mount is
     // the same), though its files can still be written.
     let Some(_guard) = Immutable::make(dir.path()) else {
-        eprintln!("SKIP step5_disk_a_file_that_cannot_be_set_aside...: no `chattr +i` here");
+        common::skipped(
+            "step5_disk_a_file_that_cannot_be_set_aside_refuses_its_channel",
+            "`chattr +i` is not available here (it needs root and a file system that has it)",
+        );
         return;
     };
     let server = Binary::start(dir.path());

@@ -1,27 +1,31 @@
 //! The tutorial's examples (`examples/stepN_*.rs`), each started as a process of its own on
-//! port 0 and checked for what its step promises (`cargo test step3` runs step 3's).
+//! port 0 and checked for what its step promises. Every test of an example is named
+//! `stepN_example_…`, so `cargo test step5_example` runs exactly step 5's; `cargo test step5`
+//! adds the real server's.
 //!
-//! The promises are written from the contract (PROTOCOL.md), never from the examples' code, and
-//! every step's promises but step 2's (a plain-text broadcast, not yet the contract's frames)
-//! are also checked against the real server. So if the server changes a frame, the real
-//! server's run of these checks fails first; once they are fixed to the new contract, the
-//! examples fail until they follow.
+//! The promises are written from the reference (docs/reference.md), never from the examples'
+//! code. Each step's promises are checked against its own example, every later example, and
+//! the real server (step 3's against steps 3 to 8 and the server, and so on; step 2's
+//! plain-text broadcast only against step 2), so a later step that breaks an earlier promise,
+//! or an example that drifts from the server, fails a test.
 //!
 //! The page tests (`stepN_…_page_works_as_the_readme_says`) run `tests/e2e/examples.mjs` in
-//! headless Chromium against each example, and against the real server for step 7, and check
-//! that the parts of `www/client.html` that work are exactly those examples/README.md's table
-//! says; another test keeps that README's line counts true.
+//! headless Chromium against each example and the real server, and check that the parts of
+//! `www/client.html` that work are exactly those examples/README.md's table says; another test
+//! keeps that README's line counts true.
 
 mod common;
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::example::Example;
-use common::{Client, connect};
+use common::redis::Redis;
+use common::{Client, DEADLINE, connect};
 use serde_json::{Value, json};
 use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
@@ -35,8 +39,45 @@ fn real_server() -> cyberchat::Server {
     common::start(|config| config.max_rate = 0)
 }
 
+/// Starts the example `name` with `args`; step 8 with a `redis-server` of its own, returned
+/// with it to live as long as the example. `None` (after a loud SKIPPED) for step 8 where
+/// `redis-server` is missing, except under `CI=true`, where that fails.
+fn launch(name: &str, args: &[&str]) -> Option<(Example, Option<Redis>)> {
+    if name != "step8_several_servers" {
+        return Some((Example::start_with(name, args), None));
+    }
+    let redis = Redis::start(name)?;
+    let url = redis.url();
+    let args: Vec<&str> = args.iter().copied().chain(["--redis", &url]).collect();
+    Some((Example::start_with(name, &args), Some(redis)))
+}
+
+/// Runs `promises` against the example `name` as a later step runs it: from step 7 on without
+/// the rate limit (step 5's promises send more than 100 messages at once).
+fn keeps_promises(name: &str, promises: fn(SocketAddr)) {
+    let args: &[&str] = match name {
+        "step7_hardening" | "step8_several_servers" => &["--max-rate", "0"],
+        _ => &[],
+    };
+    if let Some((example, _redis)) = launch(name, args) {
+        promises(example.addr);
+    }
+}
+
+/// Declares one test per example, each running `promises` against it.
+macro_rules! promises_hold {
+    ($promises:ident: $($test:ident => $example:literal),+ $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                keeps_promises($example, $promises);
+            }
+        )+
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
-// The contract's shapes
+// The reference's shapes
 
 /// The text of a text message.
 fn text_of(message: Message) -> String {
@@ -94,6 +135,39 @@ fn check_message(frame: &Value, channel: &str, from: &str, username: &str, text:
     frame["id"]
         .as_u64()
         .unwrap_or_else(|| panic!("an integer id: {frame}"))
+}
+
+/// Asks for an upgrade to the chat door offering `offered` subprotocols (or none), and returns
+/// the answer's status and the subprotocol it selected.
+fn upgrade_answer(addr: SocketAddr, offered: Option<&str>) -> (u16, Option<String>) {
+    let extra = offered.map_or(String::new(), |o| {
+        format!("Sec-WebSocket-Protocol: {o}\r\n")
+    });
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream
+        .write_all(common::upgrade_request("/", &extra).as_bytes())
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        match std::io::Read::read(&mut stream, &mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let selected = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("Sec-WebSocket-Protocol")
+            .then(|| value.trim().to_owned())
+    });
+    (status, selected)
 }
 
 /// Connects to `path` and returns the client with its `welcome`.
@@ -224,8 +298,27 @@ fn step2_example_broadcasts_to_everyone() {
 // Step 3: identity
 
 /// A uuid per user; `?username=` (percent-decoded) or a `guest-` name; `welcome`; `message`
-/// frames that say who wrote them; `username` renames with `renamed`; and the errors.
+/// frames that say who wrote them; `username` renames with `renamed`; the errors; and the
+/// `chat` subprotocol, selected only when the client offers it (RFC 6455, section 4.2.2).
 fn step3_promises(addr: SocketAddr) {
+    assert_eq!(
+        upgrade_answer(addr, None),
+        (101, None),
+        "none offered, none selected"
+    );
+    for offered in ["chat", "superchat, chat"] {
+        assert_eq!(
+            upgrade_answer(addr, Some(offered)),
+            (101, Some("chat".to_owned())),
+            "{offered} offered"
+        );
+    }
+    assert_eq!(
+        upgrade_answer(addr, Some("echo-protocol")).0,
+        400,
+        "only another subprotocol offered: refused, as the server does"
+    );
+
     let (mut ada, welcome) = welcomed(addr, "/?username=Ad%C3%A8le%20L");
     assert_eq!(welcome["channel"], "general");
     let ada_id = user_id(&welcome["user"], "Adèle L");
@@ -307,6 +400,12 @@ fn step3_promises(addr: SocketAddr) {
 fn step3_example_names_users_and_renames() {
     step3_promises(Example::start("step3_identity").addr);
 }
+
+promises_hold!(step3_promises:
+    step4_example_keeps_step3_promises => "step4_presence",
+    step5_example_keeps_step3_promises => "step5_history",
+    step6_example_keeps_step3_promises => "step6_state",
+);
 
 #[test]
 fn step3_real_server_keeps_the_same_promises() {
@@ -394,6 +493,11 @@ fn step4_promises(addr: SocketAddr) {
 fn step4_example_tells_who_comes_goes_and_types() {
     step4_promises(Example::start("step4_presence").addr);
 }
+
+promises_hold!(step4_promises:
+    step5_example_keeps_step4_promises => "step5_history",
+    step6_example_keeps_step4_promises => "step6_state",
+);
 
 #[test]
 fn step4_real_server_keeps_the_same_promises() {
@@ -538,12 +642,50 @@ fn step5_promises(addr: SocketAddr) {
     for client in [&mut ada, &mut carol, &mut eve] {
         channels_until(client, |list| !lists(list, "random"));
     }
+
+    // A join to the channel you are in: a fresh welcome for you, and nobody else is told.
+    carol.send(json!({"type": "join", "channel": "general"}));
+    let welcome = next_of(&mut carol, "welcome", &["left", "joined", "message"]);
+    assert_eq!(welcome["channel"], "general", "{welcome}");
+    assert_eq!(ids_in(&welcome["users"]).len(), 3, "{welcome}");
+    carol.send(json!({"type": "message", "text": "still here"}));
+    for client in [&mut ada, &mut carol, &mut eve] {
+        let message = next_of(client, "message", &["left", "joined", "welcome"]);
+        assert_eq!(message["text"], "still here", "{message}");
+    }
 }
 
 #[test]
 fn step5_example_keeps_history_per_channel() {
     step5_promises(Example::start("step5_history").addr);
 }
+
+/// The examples' own promise, where they differ from the real server: a channel that empties
+/// takes its history with it (the real server keeps the 64 most recently emptied ones).
+fn step5_example_promises(addr: SocketAddr) {
+    let (mut ada, _) = welcomed(addr, "/?username=Ada&channel=lab");
+    ada.send(json!({"type": "message", "text": "in the lab"}));
+    ada.recv_type("message");
+    ada.send(json!({"type": "join", "channel": "general"}));
+    assert_eq!(ada.recv_type("welcome")["channel"], "general");
+    ada.send(json!({"type": "join", "channel": "lab"}));
+    let welcome = ada.recv_type("welcome");
+    assert_eq!(welcome["channel"], "lab", "{welcome}");
+    assert_eq!(
+        welcome["history"],
+        json!([]),
+        "the emptied lab's history is gone: {welcome}"
+    );
+}
+
+promises_hold!(step5_example_promises:
+    step5_example_forgets_the_history_of_an_emptied_channel => "step5_history",
+    step6_example_forgets_the_history_of_an_emptied_channel => "step6_state",
+);
+
+promises_hold!(step5_promises:
+    step6_example_keeps_step5_promises => "step6_state",
+);
 
 #[test]
 fn step5_real_server_keeps_the_same_promises() {
@@ -623,6 +765,419 @@ fn step6_real_server_keeps_the_same_promises() {
     step6_promises(real_server().local_addr());
 }
 
+promises_hold!(step6_promises:
+    step7_example_keeps_step6_promises => "step7_hardening",
+);
+
+// ---------------------------------------------------------------------------------------------
+// Step 7: hardening. Each test attacks the example as a hostile client would.
+
+promises_hold!(step3_promises:
+    step7_example_keeps_step3_promises => "step7_hardening",
+);
+promises_hold!(step4_promises:
+    step7_example_keeps_step4_promises => "step7_hardening",
+);
+promises_hold!(step5_promises:
+    step7_example_keeps_step5_promises => "step7_hardening",
+);
+promises_hold!(step5_example_promises:
+    step7_example_forgets_the_history_of_an_emptied_channel => "step7_hardening",
+);
+
+/// Reads until the close frame; the data frames that came before it, and its code (`None`
+/// for a connection that ended without one).
+fn frames_until_close(client: &mut Client) -> (Vec<Message>, Option<u16>) {
+    let mut frames = Vec::new();
+    loop {
+        match client.ws.read() {
+            Ok(Message::Close(frame)) => return (frames, frame.map(|f| u16::from(f.code))),
+            Ok(message) => frames.push(message),
+            Err(_) => return (frames, None),
+        }
+    }
+}
+
+/// The error codes among `frames`.
+fn error_codes(frames: &[Message]) -> Vec<String> {
+    frames
+        .iter()
+        .filter_map(|frame| match frame {
+            Message::Text(text) => serde_json::from_str::<Value>(text).ok(),
+            _ => None,
+        })
+        .filter(|frame| frame["type"] == "error")
+        .map(|frame| frame["code"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// A client sending far past the rate limit: one `rate_limited` per refused frame, a close
+/// with 1008 once it is plainly not listening, and another user served all along.
+fn flood_attack(name: &str) {
+    // 20 frames a second, a bucket of 40.
+    let Some((example, _redis)) = launch(name, &[]) else {
+        return;
+    };
+    let (mut ada, _) = welcomed(example.addr, "/?username=Ada");
+    let (mut flooder, _) = welcomed(example.addr, "/?username=Flood");
+    for _ in 0..300 {
+        flooder.send(json!({"type": "typing", "typing": true}));
+    }
+    let (frames, code) = frames_until_close(&mut flooder);
+    let refused = error_codes(&frames);
+    assert!(
+        refused.len() > 200 && refused.iter().all(|code| code == "rate_limited"),
+        "one rate_limited per refused frame, past the 200 allowed in ten seconds: {refused:?}"
+    );
+    assert_eq!(
+        code,
+        Some(1008),
+        "a flooder that goes on is closed with a policy violation"
+    );
+    // Ada heard at most the bucket's worth of typing, and is served at once.
+    let said = ada.say("still here");
+    assert_eq!(said["user"]["username"], "Ada");
+}
+
+/// A client that upgrades and then never says a word, not even a pong: every frame the
+/// server sends it until the connection ends, as (opcode, payload).
+fn silent_client(addr: SocketAddr, path: &str) -> thread::JoinHandle<Vec<(u8, Vec<u8>)>> {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream
+        .write_all(common::upgrade_request(path, "").as_bytes())
+        .unwrap();
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream, &mut bytes);
+        let head = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a 101")
+            + 4;
+        let mut rest = &bytes[head..];
+        let mut frames = Vec::new();
+        // Server frames are unmasked, and these are under 64 KiB: a length of 7 or 16 bits.
+        while rest.len() >= 2 {
+            let (len, start) = match rest[1] {
+                126 => (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4),
+                len => (usize::from(len), 2),
+            };
+            frames.push((rest[0] & 0x0f, rest[start..start + len].to_vec()));
+            rest = &rest[start + len..];
+        }
+        frames
+    })
+}
+
+/// A client that upgrades and then says nothing, not even a pong, is pinged and then closed
+/// with 1001; one that answers pings stays.
+fn silence_attack(name: &str) {
+    let Some((example, _redis)) = launch(name, &["--ping-interval", "0.2"]) else {
+        return;
+    };
+    let silent = silent_client(example.addr, "/?username=Silent");
+    let (mut awake, _) = welcomed(example.addr, "/?username=Awake");
+    // Awake reads all along (tungstenite answers each ping as it reads), Silent reads nothing:
+    // it cannot answer, as a laptop closed mid-chat cannot.
+    awake
+        .ws
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let until = Instant::now() + Duration::from_millis(1500);
+    let mut silent_left = false;
+    while Instant::now() < until {
+        match awake.ws.read() {
+            Ok(Message::Text(text)) => silent_left |= text.contains(r#""type":"left""#),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(err)) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(err) => panic!("Awake, answering pings, was cut off: {err}"),
+        }
+    }
+    awake.ws.get_ref().set_read_timeout(Some(DEADLINE)).unwrap();
+    let frames = silent.join().unwrap();
+    let opcodes: Vec<u8> = frames.iter().map(|(opcode, _)| *opcode).collect();
+    assert!(
+        opcodes.contains(&0x9),
+        "pinged before the close: {opcodes:?}"
+    );
+    let (last, payload) = frames.last().expect("frames");
+    assert_eq!(*last, 0x8, "a close frame last: {opcodes:?}");
+    assert_eq!(
+        payload[..2],
+        1001u16.to_be_bytes(),
+        "silent for 2.5 intervals: going away"
+    );
+    assert!(silent_left, "Awake was told Silent left");
+    awake.say("still here");
+}
+
+/// A client that never reads, in a busy channel: it is cut off, and the others get every
+/// message.
+fn stuck_reader_attack(name: &str) {
+    let Some((example, _redis)) = launch(name, &["--max-rate", "0"]) else {
+        return;
+    };
+    let (mut ada, _) = welcomed(example.addr, "/?username=Ada");
+    let (mut bob, _) = welcomed(example.addr, "/?username=Bob");
+    // Stuck never reads, and takes little: a receive buffer of 4 KiB.
+    let stream = common::tcp_with(Ipv4Addr::LOCALHOST, example.addr, Some(4096)).unwrap();
+    let stuck = common::handshake(stream, example.addr, "/?username=Stuck", &[]).unwrap();
+    ada.recv_type("joined");
+    bob.recv_type("joined");
+    // Far more than the socket buffers and the outbox can hold for Stuck: 10 MB.
+    // Bob reads his own messages back as he goes: a sender that never read would be a reader
+    // that never reads too, and dropped for it.
+    let text = "x".repeat(2000);
+    let count = 5000;
+    let sender = thread::spawn(move || {
+        for _ in 0..count {
+            bob.say(&text);
+        }
+        bob
+    });
+    let mut received = 0;
+    let mut stuck_left = false;
+    while received < count || !stuck_left {
+        let frame = ada.recv();
+        match frame["type"].as_str() {
+            Some("message") => received += 1,
+            Some("left") => {
+                assert_eq!(frame["user"]["username"], "Stuck", "{frame}");
+                stuck_left = true;
+            }
+            _ => {}
+        }
+    }
+    let mut bob = sender.join().unwrap();
+    bob.say("and after");
+    drop(stuck);
+}
+
+/// A message of exactly 16 KiB is read; one byte more closes the connection with 1009.
+fn size_attack(name: &str) {
+    let Some((example, _redis)) = launch(name, &[]) else {
+        return;
+    };
+    let (mut ada, _) = welcomed(example.addr, "/?username=Ada");
+    // Exactly 16 KiB is a frame like any other (here a message too long to be a message).
+    let wrapping = json!({"type": "message", "text": ""}).to_string().len();
+    let fits = json!({"type": "message", "text": "x".repeat(16384 - wrapping)}).to_string();
+    assert_eq!(fits.len(), 16384);
+    ada.send_text(&fits);
+    assert_eq!(
+        next_of(&mut ada, "error", &["message"])["code"],
+        "invalid_text"
+    );
+    let over = json!({"type": "message", "text": "x".repeat(16385 - wrapping)}).to_string();
+    ada.send_text(&over);
+    assert_eq!(frames_until_close(&mut ada).1, Some(1009));
+}
+
+/// Past `--max-connections`, a new connection is answered 503; a place is given back when a
+/// connection ends.
+fn crowd_attack(name: &str) {
+    let Some((example, _redis)) = launch(name, &["--max-connections", "2"]) else {
+        return;
+    };
+    let (ada, _) = welcomed(example.addr, "/?username=Ada");
+    let (_bob, _) = welcomed(example.addr, "/?username=Bob");
+    let third = common::try_connect(example.addr, "/?username=Carol", &[]);
+    assert_eq!(common::refusal_status(third), 503);
+    // A place is given back when its connection ends.
+    drop(ada);
+    common::eventually("a place freed", || {
+        common::try_connect(example.addr, "/?username=Carol", &[]).is_ok()
+    });
+}
+
+/// SIGTERM and Ctrl-C (SIGINT) close every client with 1001, and the process exits cleanly.
+fn stop_signals(name: &str) {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let Some((mut example, _redis)) = launch(name, &[]) else {
+            return;
+        };
+        let mut clients: Vec<Client> = ["Ada", "Bob", "Carol"]
+            .iter()
+            .map(|name| welcomed(example.addr, &format!("/?username={name}")).0)
+            .collect();
+        // SAFETY: kill only sends a signal, to a child we started and still own.
+        assert_eq!(unsafe { libc::kill(example.child.id() as i32, signal) }, 0);
+        for client in &mut clients {
+            assert_eq!(frames_until_close(client).1, Some(1001), "signal {signal}");
+        }
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = example.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after signal {signal}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "signal {signal}: {status}");
+    }
+}
+
+/// Declares one test per example, each running `attack` against it.
+macro_rules! attacks_fail {
+    ($attack:ident: $($test:ident => $example:literal),+ $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                $attack($example);
+            }
+        )+
+    };
+}
+
+attacks_fail!(flood_attack:
+    step7_example_a_flood_gets_rate_limited_then_1008_and_nobody_else_waits => "step7_hardening",
+    step8_example_a_flood_gets_rate_limited_then_1008_and_nobody_else_waits => "step8_several_servers",
+);
+attacks_fail!(silence_attack:
+    step7_example_a_silent_client_is_pinged_then_closed_with_1001 => "step7_hardening",
+    step8_example_a_silent_client_is_pinged_then_closed_with_1001 => "step8_several_servers",
+);
+attacks_fail!(stuck_reader_attack:
+    step7_example_a_reader_that_never_reads_is_dropped_and_nobody_else_waits => "step7_hardening",
+    step8_example_a_reader_that_never_reads_is_dropped_and_nobody_else_waits => "step8_several_servers",
+);
+attacks_fail!(size_attack:
+    step7_example_a_message_over_16_kib_closes_with_1009 => "step7_hardening",
+    step8_example_a_message_over_16_kib_closes_with_1009 => "step8_several_servers",
+);
+attacks_fail!(crowd_attack:
+    step7_example_past_the_connection_limit_is_answered_503 => "step7_hardening",
+    step8_example_past_the_connection_limit_is_answered_503 => "step8_several_servers",
+);
+attacks_fail!(stop_signals:
+    step7_example_sigterm_and_ctrl_c_close_everyone_with_1001 => "step7_hardening",
+    step8_example_sigterm_and_ctrl_c_close_everyone_with_1001 => "step8_several_servers",
+);
+
+// ---------------------------------------------------------------------------------------------
+// Step 8: several servers. Each test has a `redis-server` of its own.
+
+promises_hold!(step3_promises:
+    step8_example_keeps_step3_promises => "step8_several_servers",
+);
+promises_hold!(step4_promises:
+    step8_example_keeps_step4_promises => "step8_several_servers",
+);
+promises_hold!(step5_promises:
+    step8_example_keeps_step5_promises => "step8_several_servers",
+);
+promises_hold!(step5_example_promises:
+    step8_example_forgets_the_history_of_an_emptied_channel => "step8_several_servers",
+);
+promises_hold!(step6_promises:
+    step8_example_keeps_step6_promises => "step8_several_servers",
+);
+
+/// Two copies of step 8 on one Redis, with a client on each.
+fn two_servers(test: &str) -> Option<(Redis, [Example; 2], Client, Client)> {
+    let redis = Redis::start(test)?;
+    let url = redis.url();
+    let one = Example::start_with("step8_several_servers", &["--redis", &url]);
+    let two = Example::start_with("step8_several_servers", &["--redis", &url]);
+    let (ada, _) = welcomed(one.addr, "/?username=Ada");
+    let (bob, _) = welcomed(two.addr, "/?username=Bob");
+    Some((redis, [one, two], ada, bob))
+}
+
+/// The next `n` chat messages' ids and texts.
+fn ids_and_texts(client: &mut Client, n: usize) -> Vec<(u64, String)> {
+    (0..n)
+        .map(|_| {
+            let frame = client.recv_type("message");
+            (
+                frame["id"].as_u64().unwrap(),
+                frame["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn step8_example_two_servers_deliver_every_message_in_one_order() {
+    let Some((_redis, _servers, mut ada, mut bob)) = two_servers("step8 one order") else {
+        return;
+    };
+    // Both send at once, 30 each (within the rate limit's burst of 40).
+    let ada_sends = thread::spawn(move || {
+        for n in 0..30 {
+            ada.send(json!({"type": "message", "text": format!("ada {n}")}));
+        }
+        ada
+    });
+    for n in 0..30 {
+        bob.send(json!({"type": "message", "text": format!("bob {n}")}));
+    }
+    let mut ada = ada_sends.join().unwrap();
+    let on_one = ids_and_texts(&mut ada, 60);
+    let on_two = ids_and_texts(&mut bob, 60);
+    assert_eq!(
+        on_one, on_two,
+        "the same messages, ids and order on both servers"
+    );
+    assert!(
+        on_one.windows(2).all(|pair| pair[0].0 < pair[1].0),
+        "ids strictly increase: {on_one:?}"
+    );
+    for who in ["ada", "bob"] {
+        let theirs: Vec<&str> = on_one
+            .iter()
+            .map(|(_, text)| text.as_str())
+            .filter(|text| text.starts_with(who))
+            .collect();
+        let sent: Vec<String> = (0..30).map(|n| format!("{who} {n}")).collect();
+        assert_eq!(theirs, sent, "each sender's order kept");
+    }
+}
+
+#[test]
+fn step8_example_without_redis_a_message_is_unavailable_and_then_flows_again() {
+    let Some((mut redis, _servers, mut ada, mut bob)) = two_servers("step8 redis away") else {
+        return;
+    };
+    ada.say("before");
+    assert_eq!(bob.recv_type("message")["text"], "before");
+    redis.kill();
+    ada.send(json!({"type": "message", "text": "while away"}));
+    let refusal = next_of(&mut ada, "error", &["message"]);
+    assert_eq!(
+        refusal["code"], "unavailable",
+        "never shown unless Redis ordered it"
+    );
+    // Back (empty, without persistence): the publisher connects again for the next message,
+    // the readers within a second or two.
+    redis.restart();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        ada.send(json!({"type": "message", "text": "after"}));
+        let frame = ada.recv();
+        if frame["type"] == "message" {
+            assert_eq!(frame["text"], "after", "{frame}");
+            break;
+        }
+        assert_eq!(frame["code"], "unavailable", "{frame}");
+        assert!(
+            Instant::now() < deadline,
+            "Redis is back, and messages are still refused"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        bob.recv_type("message")["text"],
+        "after",
+        "the other server reads on"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The page, in headless Chromium
 
@@ -660,8 +1215,12 @@ fn browser_prerequisites() -> Option<PathBuf> {
     None
 }
 
-/// What examples/README.md says works at `step`, from its "Which parts of the page work" table:
-/// each part's name, and whether it works.
+/// The columns of examples/README.md's "Which parts of the page work" table: the eight steps,
+/// then the real server.
+const SERVER_COLUMN: usize = 9;
+
+/// What examples/README.md says works at `step` (or [`SERVER_COLUMN`]), from its "Which parts
+/// of the page work" table: each part's name, and whether it works.
 fn parts_promised_at(step: usize) -> Vec<(String, bool)> {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/README.md"))
@@ -675,9 +1234,10 @@ fn parts_promised_at(step: usize) -> Vec<(String, bool)> {
         .skip(2)
         .take_while(|line| line.starts_with('|'));
     rows.map(|row| {
-        // "| name | 1 | 2 | … | 7 |" splits into "", the name, the seven steps, "".
+        // "| name | 1 | 2 | … | 8 | server |" splits into "", the name, the eight steps, the
+        // server, "".
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-        assert_eq!(cells.len(), 10, "a part and 7 steps: {row}");
+        assert_eq!(cells.len(), 12, "a part, 8 steps and the server: {row}");
         (cells[1].to_owned(), cells[1 + step] == "✓")
     })
     .collect()
@@ -762,9 +1322,21 @@ fn step6_example_page_works_as_the_readme_says() {
 }
 
 #[test]
-fn step7_real_server_page_works_as_the_readme_says() {
+fn step7_example_page_works_as_the_readme_says() {
+    page_works_as_promised(7, Example::start("step7_hardening").addr);
+}
+
+#[test]
+fn step8_example_page_works_as_the_readme_says() {
+    if let Some((example, _redis)) = launch("step8_several_servers", &[]) {
+        page_works_as_promised(8, example.addr);
+    }
+}
+
+#[test]
+fn real_server_page_works_as_the_readme_says() {
     let server = common::start(|_| {});
-    page_works_as_promised(7, server.local_addr());
+    page_works_as_promised(SERVER_COLUMN, server.local_addr());
 }
 
 #[test]
@@ -788,5 +1360,5 @@ fn steps_readme_gives_each_example_its_true_length() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 6, "a row per example");
+    assert_eq!(checked, 8, "a row per example");
 }

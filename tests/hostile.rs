@@ -2,7 +2,7 @@
 //! the whole server down or ate its memory, reproduced at a scale CI can afford (a low
 //! `RLIMIT_NOFILE`, a map limit the server is made to believe is lower, a few hundred sockets).
 //! Each asserts what an operator needs: the process lives, healthy clients keep receiving every
-//! message, memory stays under a stated bound, and the refused get the contract's answer.
+//! message, memory stays under a stated bound, and the refused get the answer the reference names.
 //!
 //! The server runs as a process of its own (`common::process`), so its memory, threads and
 //! maps are its own. `CYBERCHAT_BIN=path cargo test --test hostile` runs these against another
@@ -480,8 +480,9 @@ fn threads_on_the_machine() -> u64 {
 fn step7_hostile_a_thread_that_cannot_start_is_a_refused_connection_not_a_crash() {
     // SAFETY: geteuid has no arguments and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "SKIPPED: running the server as another user with its own thread limit needs root"
+        common::skipped(
+            "step7_hostile_a_thread_that_cannot_start_is_a_refused_connection_not_a_crash",
+            "running the server as another user with its own thread limit needs root",
         );
         return;
     }
@@ -493,7 +494,9 @@ fn step7_hostile_a_thread_that_cannot_start_is_a_refused_connection_not_a_crash(
     let mut alex = Client::chat(addr, "Alex");
     // Then another program of the same user takes every thread left: the budget did not
     // foresee it, so the server's next spawns fail.
-    let mut eater = std::process::Command::new(std::env::current_exe().unwrap());
+    // This test program, run again as `nobody`: from where that user can reach it.
+    let this_program = common::process::reachable_by_anyone(&std::env::current_exe().unwrap());
+    let mut eater = std::process::Command::new(this_program);
     eater
         .args([
             "--ignored",

@@ -2,7 +2,7 @@
 //!
 //! `props_hub_*` drives a [`Hub`] with random but seeded sequences of connects, disconnects
 //! and requests (valid and not), and after every step checks `check_invariants`, `/stats`'
-//! figures, and every frame each fake client was sent against a small model of the contract
+//! figures, and every frame each fake client was sent against a small model of the reference
 //! (who hears what, with which counts, names, histories and ids). `props_parse_*` feeds
 //! `parse_request` arbitrary text and structured-but-wrong JSON.
 //!
@@ -57,7 +57,7 @@ fn base_seed() -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The contract's rules, written out again here (not borrowed from the crate) as the oracle.
+// The reference's rules, written out again here (not borrowed from the crate) as the oracle.
 
 const PARSE_CODES: [&str; 7] = [
     "bad_json",
@@ -200,7 +200,7 @@ fn drain(inbox: &QueuedFrames) -> Vec<Value> {
 }
 
 /// Frames as compared: a run of `channels` frames counts as its last one (the list is a
-/// snapshot), users and channel lists are sorted (their order is not part of the contract),
+/// snapshot), users and channel lists are sorted (their order is not part of the protocol),
 /// and a run of `error` frames is sorted by code.
 fn normalize(frames: Vec<Value>) -> Vec<Value> {
     let mut out: Vec<Value> = Vec::new();
@@ -244,7 +244,7 @@ fn channel_names(list: &Value) -> Vec<String> {
     names
 }
 
-/// `expected` matches `actual` when every field it names is equal (recursively: the contract
+/// `expected` matches `actual` when every field it names is equal (recursively: the protocol
 /// welcomes new fields); arrays must have the same length, and a `state` must be equal whole.
 fn matches(expected: &Value, actual: &Value) -> bool {
     match (expected, actual) {
@@ -1099,14 +1099,14 @@ fn assert_covered(coverage: &BTreeMap<String, usize>) {
 }
 
 #[test]
-fn props_hub_random_sequences_keep_every_invariant_and_the_contract() {
+fn props_hub_random_sequences_keep_every_invariant_and_the_protocol() {
     let coverage = run_sequences(300, false).unwrap_or_else(|report| panic!("{report}"));
     eprintln!("hub properties exercised: {coverage:?}");
     assert_covered(&coverage);
 }
 
 /// The same sequences with the hub on a clock, as its thread runs it: presence may be held
-/// back for a window, but every client still gets exactly the frames of the contract, in
+/// back for a window, but every client still gets exactly the frames of the protocol, in
 /// the same order (compared each time a quiet window has let everything out).
 #[test]
 fn props_hub_on_a_clock_holds_presence_but_never_loses_or_reorders_it() {
@@ -1123,7 +1123,7 @@ fn props_hub_on_a_clock_holds_presence_but_never_loses_or_reorders_it() {
 // ---------------------------------------------------------------------------------------------
 // parse_request against anything.
 
-/// What the contract says `parse_request` must make of a JSON value sent as text.
+/// What the reference says `parse_request` must make of a JSON value sent as text.
 fn oracle(value: &Value) -> Result<ChatRequest, &'static str> {
     let Value::Object(fields) = value else {
         return Err("bad_json");
@@ -1287,7 +1287,7 @@ fn check_parse(
             let code = code_of(refusal);
             if !PARSE_CODES.contains(&code.as_str()) {
                 return Err(format!(
-                    "{input:?}: code {code} is not one of the contract's"
+                    "{input:?}: code {code} is not one of the reference's"
                 ));
             }
             if refusal.message.trim().is_empty() {
@@ -1323,7 +1323,7 @@ fn check_parse(
 }
 
 #[test]
-fn props_parse_request_never_panics_and_refuses_with_contract_codes() {
+fn props_parse_request_never_panics_and_refuses_with_the_references_codes() {
     let mut rng = Rng(base_seed() ^ 0x5EED);
     let mut problems = Vec::new();
     let mut note = |result: Result<(), String>| {

@@ -783,3 +783,71 @@ test result: FAILED. 1 passed; 1 failed
         "the filter keeps everything:\n{kept}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Words
+
+/// Every text file of the project (code, tests, docs, the page, the examples), build output,
+/// installed packages, hidden directories and binary files aside.
+fn project_files() -> Vec<PathBuf> {
+    fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name == "target" || name == "node_modules" {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path, found);
+            } else if fs::read_to_string(&path).is_ok() {
+                found.push(path);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(root(), &mut found);
+    found
+}
+
+#[test]
+fn the_project_speaks_of_itself_not_of_its_history() {
+    // The project's reference is docs/reference.md; the file it was written from, and the
+    // issues that shaped the code, are no part of what a reader gets.
+    let everywhere = ["PROTOCOL.md", "the contract", "mpsc channel"];
+    let in_docs = [
+        "before the budgets",
+        "used to",
+        "issue 1",
+        "issue 2",
+        "issue #",
+    ];
+    let mut found = Vec::new();
+    for path in project_files() {
+        if path.ends_with("tests/readme.rs") {
+            continue; // the words themselves
+        }
+        let text = read(&path).to_lowercase();
+        let is_doc = path.extension().is_some_and(|e| e == "md");
+        let needles = everywhere.iter().chain(in_docs.iter().filter(|_| is_doc));
+        for needle in needles {
+            if contains_words(&text, &needle.to_lowercase()) {
+                found.push(format!("{}: \"{needle}\"", path.display()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "words the project should not use:\n{}",
+        found.join("\n")
+    );
+}
+
+/// Whether `words` stand in `text` as words (so "refused to" does not count as "used to").
+fn contains_words(text: &str, words: &str) -> bool {
+    text.match_indices(words).any(|(at, _)| {
+        !text[..at]
+            .chars()
+            .next_back()
+            .is_some_and(char::is_alphanumeric)
+    })
+}

@@ -190,7 +190,7 @@ struct Soak {
     end: Instant,
     tally: Tally,
     gate: Gate,
-    /// Contract violations seen by clients (the first few are kept).
+    /// Protocol violations seen by clients (the first few are kept).
     violations: Mutex<Vec<String>>,
     /// How many messages each healthy chatter sent, once it has stopped (`u64::MAX` before).
     healthy_sent: Vec<AtomicU64>,
@@ -1280,7 +1280,7 @@ fn soak_mixed_clients_deliver_in_order_and_leak_nothing() {
     assert!(panicked.is_empty(), "client threads panicked: {panicked:?}");
     assert!(
         violations.is_empty(),
-        "{} contract violations seen by clients:\n{}",
+        "{} protocol violations seen by clients:\n{}",
         violations.len(),
         violations.join("\n")
     );

@@ -19,13 +19,16 @@
     nameDialog: $('name-dialog'),
     nameDialogForm: $('name-dialog-form'),
     nameInput: $('name-input'),
+    nameDialogHint: document.querySelector('#name-dialog .hint'),
   };
 
   // ---- A name first, then the connection ----
 
-  // First visit (no ?username=, nothing remembered): ask before connecting, so the room
-  // never sees a guest who renames a second later.
-  function askName() {
+  // First visit (no ?username=, nothing remembered), or the remembered name is in use in
+  // another window of this browser: ask before connecting, so the room never sees a guest who
+  // renames a second later. `why` replaces the dialog's hint (as text, never HTML).
+  function askName(why) {
+    if (why) el.nameDialogHint.textContent = why;
     View.setStatus('Choose a name to join', 'waiting');
     el.nameDialog.showModal(); // focuses the name field
   }
@@ -145,6 +148,17 @@
   Attention.initNotifications();
   View.renderUsers();
   View.renderChannels();
-  if (Room.wantedName) Connection.connect();
+  // While connected, this window holds its name against the browser's other windows.
+  setInterval(() => {
+    if (Room.me && Connection.isConnected()) Settings.markNameInUse(Room.me.username);
+  }, 5000);
+  addEventListener('pagehide', Settings.forgetNameInUse);
+  const remembered = Room.wantedName && !Settings.nameFromQuery;
+  if (remembered && Settings.nameInUseElsewhere(Room.wantedName)) {
+    const taken = Room.wantedName;
+    Room.wantedName = '';
+    View.showName('', { chosen: false });
+    askName(`“${taken}” is in use in another window of this browser: choose a name for this one.`);
+  } else if (Room.wantedName) Connection.connect();
   else askName();
 })();

@@ -72,6 +72,7 @@ const Frames = (() => {
       Room.wantedName = f.user.username;
       Settings.saveName(f.user.username);
     }
+    Settings.markNameInUse(f.user.username);
     View.showName(f.user.username, { chosen: Boolean(Room.wantedName), keepEdits: true });
 
     Room.users = new Map();
@@ -101,6 +102,7 @@ const Frames = (() => {
       Room.me.username = f.user.username;
       Room.wantedName = f.user.username;
       Settings.saveName(f.user.username);
+      Settings.markNameInUse(f.user.username);
       View.showName(f.user.username, { chosen: true });
       View.hideError();
     }

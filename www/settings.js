@@ -4,7 +4,7 @@
 // pages) that client.html loads in order: settings, room, view, typing, cursors, attention, frames,
 // connection, client. Each defines one object (Settings, Room, View, …) as a global; they call
 // one another only once client.js, the last, has started the chat, so every one is defined by
-// then. The wire format is in PROTOCOL.md: every frame is one JSON object with a `type`.
+// then. The wire format is in docs/reference.md: every frame is one JSON object with a `type`.
 'use strict';
 
 const Settings = (() => {
@@ -60,13 +60,54 @@ const Settings = (() => {
     }
   }
 
+  // Every window of this browser shares the remembered name. A window connected under a name
+  // says so here, refreshed every few seconds and taken back when the window closes, so that
+  // a second window asks for a name of its own instead of connecting as the same person (whom
+  // the server would turn into a guest, since the name is taken).
+  const IN_USE = 'cyberchat.inUse.';
+  const IN_USE_FOR = 15000; // a claim not refreshed for this long is a window that crashed
+  const windowId = Math.random().toString(36).slice(2);
+
+  function markNameInUse(name) {
+    try {
+      localStorage.setItem(IN_USE + windowId, JSON.stringify({ name, at: Date.now() }));
+    } catch (e) {
+      /* not shared, never mind */
+    }
+  }
+  function forgetNameInUse() {
+    try {
+      localStorage.removeItem(IN_USE + windowId);
+    } catch (e) {
+      /* never mind */
+    }
+  }
+  function nameInUseElsewhere(name) {
+    try {
+      for (let i = 0; i < localStorage.length; i++) {
+        const key = localStorage.key(i);
+        if (!key.startsWith(IN_USE) || key === IN_USE + windowId) continue;
+        const claim = JSON.parse(localStorage.getItem(key));
+        const fresh = claim && Date.now() - claim.at < IN_USE_FOR;
+        if (fresh && String(claim.name).toLowerCase() === name.toLowerCase()) return true;
+      }
+    } catch (e) {
+      /* nothing to go on: connect as usual */
+    }
+    return false;
+  }
+
   return {
     serverUrl: initialServerUrl(),
     // ?username=… wins over the name remembered from an earlier visit.
     name: (params.get('username') || loadName() || '').trim(),
+    nameFromQuery: Boolean((params.get('username') || '').trim()),
     channel: (params.get('channel') || 'general').trim().toLowerCase(),
     cursors: params.get('cursors') === '1',
     normaliseServerUrl,
     saveName,
+    markNameInUse,
+    forgetNameInUse,
+    nameInUseElsewhere,
   };
 })();

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // A chat server written the ordinary Node way (one process, the `ws` package) that speaks
-// Cyber Chat's wire protocol (shared PROTOCOL.md), so cyberchat-bench can measure it beside
+// Cyber Chat's wire protocol (docs/reference.md), so cyberchat-bench can measure it beside
 // Cyber Chat. A reference point for the bench, not part of Cyber Chat.
 //
 // Usage: server.mjs [--host H] [--port P] [--allow-origin O]... [--max-rate N]

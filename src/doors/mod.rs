@@ -116,7 +116,7 @@ impl Drop for Registration<'_> {
 }
 
 /// Answers an upgrade with `101` and serves the door it asks for, or refuses it with the status
-/// the contract names.
+/// the reference names (docs/reference.md).
 fn upgrade(
     socket: &Arc<TcpStream>,
     context: &Context,

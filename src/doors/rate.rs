@@ -53,7 +53,7 @@ pub struct FloodGauge {
     last: Instant,
 }
 
-/// The window the contract counts refusals over.
+/// The window refusals are counted over (docs/reference.md, "Limits").
 pub const FLOOD_WINDOW: Duration = Duration::from_secs(10);
 
 impl FloodGauge {

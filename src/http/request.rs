@@ -1,6 +1,6 @@
 //! Reading an HTTP request head (the handshake step): every connection starts as HTTP, so one
 //! port can answer a plain `GET /` with the client page, `GET /stats` with figures, and an
-//! upgrade with `101 Switching Protocols` — or with the exact error status the contract names.
+//! upgrade with `101 Switching Protocols` — or with the exact error status the reference names.
 //! `httparse` (tungstenite's own parser) reads the head; this file bounds it in size and time.
 
 use std::io::{self, Read};

@@ -1,5 +1,5 @@
 //! Plain HTTP answers (the handshake step and hardening): a status line, a few headers and a
-//! body, written whole, for the client's files, `/stats` and every error the contract names.
+//! body, written whole, for the client's files, `/stats` and every error the reference names.
 
 use std::io::{self, Write};
 use std::net::TcpStream;

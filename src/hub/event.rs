@@ -12,7 +12,7 @@ use crate::protocol::ChatRequest;
 /// Identifies one connection for its whole life (the user's uuid is separate: it is public).
 pub type ConnId = u64;
 
-/// Everything a hub can be told. Connections send these over one `mpsc` channel.
+/// Everything a hub can be told. Connections send these over one mpsc queue.
 #[derive(Debug)]
 pub enum Event {
     /// A chat connection finished its handshake; the query's `username` and `channel`, if any.

@@ -25,7 +25,7 @@ pub enum ErrorCode {
     InvalidState,
     RateLimited,
     /// The server could not do it right now (with `--data-dir`: the message could not be
-    /// saved, so it was not sent). An addition to the contract's codes.
+    /// saved, so it was not sent; with `--redis`: Redis could not order it).
     Unavailable,
 }
 

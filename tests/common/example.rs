@@ -21,8 +21,14 @@ pub struct Example {
 impl Example {
     /// Starts `examples/{name}.rs` with port 0 and waits for the address it prints.
     pub fn start(name: &str) -> Example {
+        Example::start_with(name, &[])
+    }
+
+    /// Like [`Example::start`], with more arguments after the port.
+    pub fn start_with(name: &str, args: &[&str]) -> Example {
         let mut child = Command::new(example_binary(name))
             .arg("0")
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()

@@ -23,6 +23,14 @@ use tungstenite::{Message, WebSocket};
 /// How long any single expectation may take before the test fails. Generous: CI is noisy.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
+/// Says, where the person running the tests will see it, that `test` did not run and why. For
+/// what this machine cannot do (a file system without `chattr +i`, a user that is not root);
+/// a missing program that CI installs uses its own check, which fails under `CI=true`.
+pub fn skipped(test: &str, why: &str) {
+    // Straight to the stderr handle: libtest captures eprintln!, and a skip must be seen.
+    let _ = writeln!(io::stderr(), "\nSKIPPED: {test}: {why}\n");
+}
+
 /// Starts a server on a free port with the given changes to the default config.
 pub fn start(configure: impl FnOnce(&mut Config)) -> Server {
     let mut config = Config {

@@ -3,7 +3,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -49,7 +51,13 @@ impl ServerProcess {
         // CYBERCHAT_BIN runs these tests against another build (an older one, to show that a
         // test fails without the fix it checks).
         let bin = std::env::var("CYBERCHAT_BIN");
-        let mut command = Command::new(bin.as_deref().unwrap_or(env!("CARGO_BIN_EXE_cyberchat")));
+        let bin = Path::new(bin.as_deref().unwrap_or(env!("CARGO_BIN_EXE_cyberchat")));
+        // As `nobody`, the binary must be where that user can reach it.
+        let bin = match processes {
+            Some(_) => reachable_by_anyone(bin),
+            None => bin.to_owned(),
+        };
+        let mut command = Command::new(bin);
         command
             .args(args)
             .args(["--port", "0"])
@@ -167,6 +175,47 @@ impl Sampler {
 
 /// The unprivileged user a test may run a process as.
 pub const NOBODY: u32 = 65534;
+
+/// A copy of `binary` that any user can run. A test that runs a program as another user
+/// (`nobody`) needs that user to reach it, and in a clone inside a private
+/// directory (`mktemp -d`, mode 0700) it cannot: every directory on the way must let it
+/// through. So the binary is copied to a directory of its own under the system's temp dir,
+/// readable and runnable by all, once per build (the copy is refreshed when the build changes).
+pub fn reachable_by_anyone(binary: &Path) -> PathBuf {
+    let meta =
+        std::fs::metadata(binary).unwrap_or_else(|err| panic!("{}: {err}", binary.display()));
+    let built = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |t| t.as_nanos());
+    // One directory per program (by its path), one file per build of it.
+    let mut hash = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&binary, &mut hash);
+    let dir = std::env::temp_dir().join(format!(
+        "cyberchat-bin-{:016x}",
+        std::hash::Hasher::finish(&hash)
+    ));
+    let copy = dir.join(format!("cyberchat-{built}-{}", meta.len()));
+    if copy.is_file() {
+        return copy;
+    }
+    std::fs::create_dir_all(&dir).expect("a directory for the binary");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Older builds' copies go; a test of this process may not be running one, as each
+    // process uses one build.
+    for old in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        if old.file_name().to_string_lossy().starts_with("cyberchat-") {
+            let _ = std::fs::remove_file(old.path());
+        }
+    }
+    // Written under another name, then renamed: another test process may be copying too.
+    let partial = dir.join(format!("partial-{}", std::process::id()));
+    std::fs::copy(binary, &partial).expect("the binary copies");
+    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&partial, &copy).expect("the copy is put in place");
+    copy
+}
 
 /// Lowers a child's open-file limit, and with `processes`, makes it `nobody` (if we are root)
 /// with at most that many threads for the user. Async-signal-safe calls only: they run

@@ -570,7 +570,7 @@ try {
     });
   }
 
-  // ---- A name before connecting, and getting your attention (issue 13) ----
+  // ---- A name before connecting, and getting your attention ----
   // Alice is in #general; Robert is in #random, out of the way.
 
   let dave;
@@ -706,6 +706,38 @@ try {
     await context.close();
     dave = null;
     await waitSystem(alice, 'Dave has left the chat');
+  });
+
+  await check('two windows of one browser (the quick start): the second asks for a name of its own', async () => {
+    // Fay's first window chooses "Fay", which her browser remembers. A second window opened
+    // from disk must not connect as Fay too, to be turned into a guest: it asks first.
+    const before = (await systemTexts(alice)).length; // what Alice saw before this check
+    const fay = await openPerson(browser, 'Fay', { named: false });
+    const context = fay.context();
+    try {
+      await fay.locator('#name-dialog').waitFor({ state: 'visible', timeout: WAIT });
+      await fay.keyboard.type('Fay', { delay: 5 });
+      await fay.keyboard.press('Enter');
+      await waitStatus(fay, CONNECTED);
+      const second = await openPage(context, 'Fay, second window', clientUrl({}));
+      await second.locator('#name-dialog').waitFor({ state: 'visible', timeout: WAIT });
+      await waitStatus(second, ASKING);
+      assert(second.sockets.length === 0, `connected before asking: ${second.sockets}`);
+      const hint = await second.locator('#name-dialog .hint').textContent();
+      assert(hint.includes('Fay'), `the question does not say why it is asked: "${hint}"`);
+      await second.keyboard.type('Gus', { delay: 5 });
+      await second.keyboard.press('Enter');
+      await waitStatus(second, CONNECTED);
+      await waitSystem(alice, 'Gus has joined the chat');
+      await waitUsers(second, ['Alice', 'Fay', 'Gus']);
+      assert(JSON.stringify(socketNames(second)) === '["Gus"]', `sockets: ${second.sockets}`);
+      const seen = (await systemTexts(alice)).slice(before);
+      const odd = seen.filter((t) => /guest-|now known as/.test(t));
+      assert(odd.length === 0, `Alice saw: ${odd.join(' | ')}`);
+    } finally {
+      await context.close();
+    }
+    await waitSystem(alice, 'Gus has left the chat');
   });
 
   await check('phone width, keyboard only: Escape on the name question, the sidebar field asks instead', async () => {

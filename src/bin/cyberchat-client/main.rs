@@ -25,7 +25,7 @@
 //!   pings and closes included, to the main thread.
 //! - the **stdin thread** reads lines and forwards them.
 //! - the **main thread** is the socket's only writer, with a client-role `WebSocketContext`
-//!   that masks its frames. It waits on the one channel both threads feed, so a typed line is
+//!   that masks its frames. It waits on the one mpsc queue both threads feed, so a typed line is
 //!   sent and a ping answered the moment they arrive: no lock, no polling. It also keeps the
 
 mod connection;

@@ -1,8 +1,8 @@
 //! The two threads that talk to Redis (see [`crate::cluster`] for the design): starting them,
 //! their connections, and reading Redis's answers.
 //!
-//! Both feed the hub's event channel as connection threads do, and the hub reaches the
-//! publisher only through an unbounded channel, so the hub never waits on Redis.
+//! Both feed the hub's mpsc queue of events as connection threads do, and the hub reaches
+//! the publisher only through an unbounded mpsc queue, so the hub never waits on Redis.
 
 mod commands;
 mod publisher;
@@ -96,7 +96,7 @@ pub fn start(
 
 impl Running {
     /// Stops the threads once the hub is gone: the publisher says this server's users are
-    /// gone (its request channel closed with the hub), the reader ends within a `BLOCK`.
+    /// gone (its request queue closed with the hub), the reader ends within a `BLOCK`.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
