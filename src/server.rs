@@ -20,7 +20,6 @@
 use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,7 +32,7 @@ use log::{debug, error, info, warn};
 use crate::capacity::{self, Budget, Capacity, Handshake, Limits, READER_STACK, Wanted};
 use crate::cluster::{ClusterLink, Requests};
 use crate::config::Config;
-use crate::connection::writer::send_without_waiting;
+use crate::connection::socket::{read_without_waiting, send_without_waiting};
 use crate::connection::{Outbox, Writers};
 use crate::doors::{self, Context};
 use crate::history::Store;
@@ -346,15 +345,7 @@ fn refuse_now(stream: &TcpStream, reason: &str) {
     // Whatever the client already sent is read first: closing a socket with unread bytes
     // sends a reset, which can destroy the answer before the client reads it.
     let mut scratch = [0u8; 4096];
-    // SAFETY: reads into our own buffer from a descriptor `stream` owns.
-    let _ = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            scratch.as_mut_ptr().cast(),
-            scratch.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
+    read_without_waiting(stream, &mut scratch);
     let _ = stream.shutdown(Shutdown::Write);
 }
 

@@ -16,8 +16,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cyberchat::connection::frame::close_code;
-use cyberchat::connection::{Outbound, Outbox, QueuedFrames};
-use cyberchat::hub::{CHANNELS_EVERY, ConnId, Event, Hub, PRESENCE_WINDOW};
+use cyberchat::connection::{ConnId, Outbound, Outbox, QueuedFrames};
+use cyberchat::hub::{CHANNELS_EVERY, Event, Hub, PRESENCE_WINDOW};
 use cyberchat::protocol::{ChatError, ChatRequest, parse_request};
 use serde_json::{Map, Value, json};
 

@@ -83,7 +83,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::hub::ConnId;
+use crate::connection::ConnId;
 
 /// How long a server's heartbeat key lives: a server silent this long is taken for dead.
 pub const ALIVE_TTL: Duration = Duration::from_secs(10);

@@ -30,8 +30,13 @@
 pub mod frame;
 pub mod outbox;
 pub mod reader;
+pub mod socket;
 pub mod writer;
 
 pub use outbox::{Outbound, Outbox, QueuedFrames, Undeliverable};
 pub use reader::{Ended, Incoming, Reader};
 pub use writer::Writers;
+
+/// Identifies one connection for its whole life, in the log and in the hub (the user's uuid is
+/// separate: it is public).
+pub type ConnId = u64;

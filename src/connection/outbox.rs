@@ -27,7 +27,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use log::{debug, warn};
 use tungstenite::Bytes;
 
-use super::writer::{Writers, send_without_waiting};
+use super::socket::send_without_waiting;
+use super::writer::Writers;
 use crate::throttle::Throttle;
 
 /// Frames that may wait for one client before it counts as a slow reader and is dropped.

@@ -6,7 +6,6 @@
 
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
@@ -211,21 +210,4 @@ fn write_all_vectored(mut socket: &TcpStream, frames: &[Bytes]) -> io::Result<()
         }
     }
     Ok(())
-}
-
-/// One `send(2)` with `MSG_DONTWAIT`: writes what the socket buffer takes right now and returns
-/// how much that was (0 if it would block or failed; the writer thread then meets the error).
-/// `MSG_NOSIGNAL`: a peer that has gone must not kill the process with `SIGPIPE`.
-pub fn send_without_waiting(socket: &TcpStream, bytes: &[u8]) -> usize {
-    // SAFETY: the pointer and length come from a live slice, and the descriptor is owned by
-    // `socket`, which outlives the call.
-    let sent = unsafe {
-        libc::send(
-            socket.as_raw_fd(),
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    usize::try_from(sent).unwrap_or(0)
 }

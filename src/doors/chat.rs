@@ -8,8 +8,8 @@ use std::sync::mpsc::SyncSender;
 use tungstenite::Bytes;
 
 use super::rate::{FloodGauge, TokenBucket};
-use crate::connection::{Ended, Incoming, Reader};
-use crate::hub::{ConnId, Event};
+use crate::connection::{ConnId, Ended, Incoming, Reader};
+use crate::hub::Event;
 use crate::protocol::{self, ChatError, ErrorCode};
 
 /// With the `fault-injection` feature (tests only), this text makes the connection's thread

@@ -20,9 +20,9 @@ use log::{debug, info, warn};
 
 use crate::capacity::{AtCapacity, Budget, Handshake};
 use crate::config::Config;
-use crate::connection::{Ended, Outbox, Reader, Writers};
+use crate::connection::{ConnId, Ended, Outbox, Reader, Writers};
 use crate::http::{self, HANDSHAKE_TIMEOUT, RequestHead};
-use crate::hub::{ConnId, Event};
+use crate::hub::Event;
 use crate::throttle::Throttle;
 
 /// What every connection's thread needs from the server.

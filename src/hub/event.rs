@@ -6,11 +6,8 @@ use serde::Serialize;
 use tungstenite::Bytes;
 
 use crate::cluster::ClusterEvent;
-use crate::connection::Outbox;
+use crate::connection::{ConnId, Outbox};
 use crate::protocol::ChatRequest;
-
-/// Identifies one connection for its whole life (the user's uuid is separate: it is public).
-pub type ConnId = u64;
 
 /// Everything a hub can be told. Connections send these over one `mpsc` channel.
 #[derive(Debug)]

@@ -44,7 +44,7 @@ use log::debug;
 use tungstenite::Bytes;
 
 pub use channels::CHANNELS_EVERY;
-pub use event::{ChannelStat, ConnId, Event, Stats};
+pub use event::{ChannelStat, Event, Stats};
 pub use presence::PRESENCE_WINDOW;
 
 use channels::Channel;
@@ -52,7 +52,7 @@ use cluster::Early;
 use delivery::{MAX_BATCH_DELIVERIES, close_going_away};
 use users::User;
 
-use crate::connection::Outbox;
+use crate::connection::{ConnId, Outbox};
 use crate::history::{Histories, Store};
 use crate::protocol::{ChatRequest, DEFAULT_CHANNEL};
 
