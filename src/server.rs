@@ -29,11 +29,13 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 
-use crate::capacity::{self, Budget, Capacity, Handshake, Limits, READER_STACK, Wanted};
+use crate::capacity::{
+    self, Budget, Capacity, Handshake, Limits, OutboundBudget, READER_STACK, Wanted,
+};
 use crate::cluster::{ClusterLink, Requests};
 use crate::config::Config;
+use crate::connection::Outbox;
 use crate::connection::socket::{read_without_waiting, send_without_waiting};
-use crate::connection::{Outbox, Writers};
 use crate::doors::{self, Context};
 use crate::history::Store;
 use crate::hub::{Event, Hub};
@@ -116,12 +118,12 @@ impl Server {
             .ping_interval
             .mul_f64(2.5)
             .max(Duration::from_secs(1));
-        let writers = Writers::new(capacity.writers, config.max_queued_bytes, stall);
+        let outbound = OutboundBudget::new(capacity.writers, config.max_queued_bytes, stall);
         let context = Arc::new(Context {
             config,
             hub: hub_tx,
             budget: Budget::new(capacity),
-            writers,
+            outbound,
             stopping: AtomicBool::new(false),
         });
         let accept_context = Arc::clone(&context);

@@ -12,7 +12,7 @@
 //!   also take only so fast ([`ARRIVALS_PER_SECOND`]): each arrival and departure is told to a
 //!   whole channel, so a client connecting and leaving in a loop would flood everyone in it.
 //!
-//! Writer threads have their own budget, in [`crate::connection::Writers`].
+//! Writer threads and queued bytes have their own budget, in [`super::outbound`].
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Shutdown, TcpStream};

@@ -15,12 +15,13 @@ use std::fs;
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use crate::connection::writer::WRITER_STACK;
-
 /// Stack of a connection's reader thread. serde_json accepts nesting up to 128 levels, which
 /// needs between 256 and 512 KiB in a debug build; overflowing would abort the whole process.
 /// Only the pages actually touched cost memory, so the generous size is nearly free.
 pub const READER_STACK: usize = 1024 * 1024;
+/// Stack of a writer thread: it only moves bytes. Not smaller, because glibc keeps the stacks
+/// of ended threads for reuse (up to 40 MiB), and each kept stack is two memory maps.
+pub const WRITER_STACK: usize = 256 * 1024;
 /// File descriptors kept back for the listener, stdio, the one kept to refuse connections
 /// with when descriptors run out, and `--data-dir`'s files (at most
 /// `history::MAX_OPEN_APPENDERS` open for appending, and one being read).

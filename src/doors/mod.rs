@@ -18,9 +18,9 @@ use tungstenite::Bytes;
 
 use log::{debug, info, warn};
 
-use crate::capacity::{AtCapacity, Budget, Handshake};
+use crate::capacity::{AtCapacity, Budget, Handshake, OutboundBudget};
 use crate::config::Config;
-use crate::connection::{ConnId, Ended, Outbox, Reader, Writers};
+use crate::connection::{ConnId, Ended, Outbox, Reader};
 use crate::http::{self, HANDSHAKE_TIMEOUT, RequestHead};
 use crate::hub::Event;
 use crate::throttle::Throttle;
@@ -30,7 +30,7 @@ pub struct Context {
     pub config: Config,
     pub hub: SyncSender<Event>,
     pub budget: Arc<Budget>,
-    pub writers: Arc<Writers>,
+    pub outbound: Arc<OutboundBudget>,
     pub stopping: AtomicBool,
 }
 
@@ -171,7 +171,7 @@ fn upgrade(
         return;
     }
     drop(handshake);
-    let outbox = Outbox::new(Arc::clone(socket), &context.writers);
+    let outbox = Outbox::new(Arc::clone(socket), &context.outbound);
     let (username, channel) = (
         request.query_param("username"),
         request.query_param("channel"),

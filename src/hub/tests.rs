@@ -8,8 +8,7 @@ use tungstenite::Bytes;
 
 use super::*;
 use crate::connection::frame::{close_code, close_frame};
-use crate::connection::outbox::MAX_QUEUED_FRAMES;
-use crate::connection::{Outbound, QueuedFrames};
+use crate::connection::{MAX_QUEUED_FRAMES, Outbound, QueuedFrames};
 use crate::history::{MAX_DORMANT_HISTORIES, Store};
 use crate::protocol;
 use crate::protocol::{ChatError, ErrorCode};
