@@ -249,22 +249,6 @@ fn fake_max_map_count(real: Option<u64>) -> Option<u64> {
     least(real, fake.and_then(|fake| fake.parse().ok()))
 }
 
-/// Asks Linux to use its global futex hash for this process.
-///
-/// Every parked thread waits on a futex, and since Linux 6.16 a process gets a private futex
-/// hash sized from the CPU count: 16 buckets on a two-core machine. With thousands of
-/// threads parked, every wake-up then walks a long bucket chain — measured at 5 µs a wake with
-/// 10,000 threads, against 0.2 µs with the global hash — and the hub, which wakes threads
-/// all the time, slows to a crawl. Older kernels do not know the request and refuse it, which
-/// is fine: they only have the global hash.
-pub fn use_global_futex_hash() -> bool {
-    const PR_FUTEX_HASH: i32 = 78;
-    const PR_FUTEX_HASH_SET_SLOTS: u64 = 1;
-    // SAFETY: PR_FUTEX_HASH_SET_SLOTS with 0 slots takes plain integers and touches no memory
-    // of ours; on kernels without it, prctl returns -1 (EINVAL) and nothing changes.
-    unsafe { libc::prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, 0u64, 0u64, 0u64) == 0 }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,5 +7,5 @@ pub mod limits;
 pub mod outbound;
 
 pub use budget::{AtCapacity, Budget, Handshake, Place};
-pub use limits::{Capacity, Limits, READER_STACK, WRITER_STACK, Wanted, use_global_futex_hash};
+pub use limits::{Capacity, Limits, READER_STACK, WRITER_STACK, Wanted};
 pub use outbound::{OutboundBudget, WriterSlot};
