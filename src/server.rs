@@ -30,12 +30,11 @@ use log::{debug, info, warn};
 
 use crate::accept;
 use crate::capacity::{Budget, Capacity, Limits, OutboundBudget, Wanted};
-use crate::cluster::{ClusterLink, Requests};
 use crate::config::Config;
 use crate::connection::Outbox;
 use crate::doors::Context;
 use crate::history::Store;
-use crate::hub::{Event, Hub};
+use crate::hub::{ClusterLink, ClusterRequests, Event, Hub};
 
 /// The log target of the `listening on ws://HOST:PORT` line, which the contract says is always
 /// logged: whoever started the server with `--port 0` (a script, a test) reads the port there,
@@ -197,7 +196,7 @@ type Cluster = ();
 fn join_cluster(
     config: &Config,
     hub: &mpsc::SyncSender<Event>,
-    requests: Option<Requests>,
+    requests: Option<ClusterRequests>,
 ) -> io::Result<Option<Cluster>> {
     match (&config.redis, requests) {
         (Some(url), Some(requests)) => Ok(Some(crate::cluster::redis::start(
@@ -214,7 +213,7 @@ fn join_cluster(
 fn join_cluster(
     config: &Config,
     _hub: &mpsc::SyncSender<Event>,
-    requests: Option<Requests>,
+    requests: Option<ClusterRequests>,
 ) -> io::Result<Option<Cluster>> {
     match (&config.redis, requests) {
         (Some(_), Some(_)) => Err(io::Error::new(

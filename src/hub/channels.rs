@@ -7,8 +7,7 @@ use log::info;
 use tungstenite::Bytes;
 
 use super::presence::Presence;
-use super::{ConnId, Hub};
-use crate::cluster::Request;
+use super::{ClusterRequest, ConnId, Hub};
 use crate::connection::Outbox;
 use crate::protocol::{ChannelCount, DEFAULT_CHANNEL, ServerFrame, WELCOME_TEXT, encode};
 
@@ -54,7 +53,7 @@ impl Hub {
             // joins when it comes (`Hub::moved`); the others already see them there.
             let mut record = self.record_of(conn);
             record.channel = channel.clone();
-            link.send(Request::Update {
+            link.send(ClusterRequest::Update {
                 record,
                 answer: Some(conn),
             });

@@ -1,4 +1,4 @@
-//! The hub's side of `--redis` (see [`crate::cluster`] for the design): what it asks the
+//! The hub's side of `--redis` (see `src/cluster/` for the design): what it asks the
 //! publisher thread for, never waiting, and what it does with each answer. Without `--redis`
 //! none of this runs.
 
@@ -9,8 +9,7 @@ use serde_json::Map;
 use tungstenite::Bytes;
 
 use super::remote::RemoteUser;
-use super::{ConnId, Hub};
-use crate::cluster::{Candidate, ClusterEvent, ClusterLink, Request, UserRecord};
+use super::{Candidate, ClusterEvent, ClusterLink, ClusterRequest, ConnId, Hub, Kept, UserRecord};
 use crate::connection::Outbox;
 use crate::protocol::{ChatError, ChatRequest, ErrorCode, name_key};
 
@@ -119,7 +118,7 @@ impl Hub {
     pub(super) fn announce(&self, conn: ConnId) {
         if let Some(link) = self.up_link() {
             let record = self.record_of(conn);
-            link.send(Request::Update {
+            link.send(ClusterRequest::Update {
                 record,
                 answer: None,
             });
@@ -231,12 +230,12 @@ impl Hub {
             users.len()
         );
         cluster.up = true;
-        cluster.link.send(Request::Register {
+        cluster.link.send(ClusterRequest::Register {
             users,
             floor: cluster.last_id,
         });
         for channel in channels {
-            cluster.link.send(Request::Recall { channel });
+            cluster.link.send(ClusterRequest::Recall { channel });
         }
     }
 
@@ -246,13 +245,15 @@ impl Hub {
         conn: ConnId,
         id: &str,
         name: Option<Candidate>,
-        history: Option<Vec<crate::cluster::Kept>>,
+        history: Option<Vec<Kept>>,
     ) {
         let cluster = self.cluster.as_mut().expect("checked");
         let Some(pending) = cluster.pending.remove(&conn) else {
             // Gone before its name was settled: the name is free again.
             if name.is_some() && cluster.up {
-                cluster.link.send(Request::Leave { id: id.to_owned() });
+                cluster
+                    .link
+                    .send(ClusterRequest::Leave { id: id.to_owned() });
             }
             return;
         };
@@ -289,7 +290,7 @@ impl Hub {
     }
 
     /// The history of a channel a user asked to join has come: they join it now.
-    fn moved(&mut self, conn: ConnId, channel: &str, history: Option<Vec<crate::cluster::Kept>>) {
+    fn moved(&mut self, conn: ConnId, channel: &str, history: Option<Vec<Kept>>) {
         self.merge_history(channel, history);
         let cluster = self.cluster.as_mut().expect("checked");
         if cluster.moving.get(&conn).map(String::as_str) == Some(channel) {
@@ -347,7 +348,7 @@ impl Hub {
         };
         let history = !self.histories.holds(&pending.channel);
         let cluster = self.cluster.as_mut().expect("clustered");
-        cluster.link.send(Request::Claim {
+        cluster.link.send(ClusterRequest::Claim {
             conn,
             record,
             candidates,

@@ -5,9 +5,10 @@ use std::sync::mpsc::Sender;
 use serde::Serialize;
 use tungstenite::Bytes;
 
-use crate::cluster::ClusterEvent;
 use crate::connection::{ConnId, Outbox};
 use crate::protocol::ChatRequest;
+
+use super::ClusterEvent;
 
 /// Everything a hub can be told. Connections send these over one `mpsc` channel.
 #[derive(Debug)]

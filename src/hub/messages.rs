@@ -5,8 +5,7 @@
 use log::error;
 use serde_json::{Map, Value};
 
-use super::{ConnId, Hub};
-use crate::cluster::Request;
+use super::{ClusterRequest, ConnId, Hub};
 use crate::connection::frame::text_frame;
 use crate::protocol::{ChatError, ErrorCode, ServerFrame, UserRef, encode, now_ms};
 
@@ -71,7 +70,7 @@ impl Hub {
             ts: now_ms(),
         })
         .expect("frames always serialize");
-        cluster.link.send(Request::Publish {
+        cluster.link.send(ClusterRequest::Publish {
             conn,
             channel: user.channel.clone(),
             tail: tail[1..].to_owned(),
@@ -90,7 +89,7 @@ impl Hub {
         let channel = user.channel.clone();
         if let Some(link) = self.up_link().filter(|link| !link.congested()) {
             let who = serde_json::to_string(&user.as_ref()).expect("users serialize");
-            link.send(Request::Typing {
+            link.send(ClusterRequest::Typing {
                 channel: channel.clone(),
                 user: who,
                 typing,

@@ -18,7 +18,7 @@
 //! | `presence.rs` | `joined`/`left`, held back and written together when a crowd arrives |
 //! | `delivery.rs` | each client one write per batch; slow readers dropped; shutdown |
 //! | `invariants.rs` | `/stats` and the checks the tests run |
-//! | `cluster.rs`, `remote.rs` | with `--redis`: asking Redis, and the other servers' users (see [`crate::cluster`]) |
+//! | `cluster.rs`, `remote.rs` | with `--redis`: asking Redis, and the other servers' users (see `src/cluster/`) |
 
 pub mod event;
 
@@ -27,6 +27,7 @@ mod cluster;
 mod delivery;
 mod invariants;
 mod messages;
+mod peers;
 mod presence;
 mod remote;
 mod users;
@@ -45,6 +46,10 @@ use tungstenite::Bytes;
 
 pub use channels::CHANNELS_EVERY;
 pub use event::{ChannelStat, Event, Stats};
+pub use peers::port::{
+    Candidate, ClusterEvent, ClusterLink, ClusterRequest, ClusterRequests, Kept, MAX_BACKLOG,
+    UserRecord,
+};
 pub use presence::PRESENCE_WINDOW;
 
 use channels::Channel;

@@ -1,4 +1,4 @@
-//! The other servers' users, as this hub sees them (`--redis`; see [`crate::cluster`]): kept
+//! The other servers' users, as this hub sees them (`--redis`; see `src/cluster/`): kept
 //! current from the stream, counted in every `count`, `online` and `/stats`, listed in every
 //! `welcome`, and each change told to this server's own members of the channel, once.
 
@@ -7,8 +7,7 @@ use std::collections::HashSet;
 use log::{debug, info, warn};
 use serde_json::value::RawValue;
 
-use super::{ConnId, Hub};
-use crate::cluster::{Kept, UserRecord};
+use super::{ConnId, Hub, Kept, UserRecord};
 use crate::connection::frame::text_frame;
 use crate::protocol::{DEFAULT_CHANNEL, ServerFrame, UserRef, UserWithState, encode};
 

@@ -843,7 +843,7 @@ fn step3_names_are_unique_under_case_folding() {
 
 #[test]
 fn cluster_the_hub_delivers_only_what_comes_back_and_counts_other_servers() {
-    use crate::cluster::{ClusterEvent, ClusterLink, Request, UserRecord};
+    use super::{ClusterEvent, ClusterLink, ClusterRequest, UserRecord};
     use serde_json::value::RawValue;
     let (link, requests) = ClusterLink::new();
     let mut h = Harness {
@@ -872,7 +872,7 @@ fn cluster_the_hub_delivers_only_what_comes_back_and_counts_other_servers() {
         .receiver
         .try_iter()
         .find_map(|r| match r {
-            Request::Claim {
+            ClusterRequest::Claim {
                 conn,
                 record,
                 candidates,
@@ -942,7 +942,7 @@ fn cluster_the_hub_delivers_only_what_comes_back_and_counts_other_servers() {
         .receiver
         .try_iter()
         .find_map(|r| match r {
-            Request::Publish { tail, .. } => Some(tail),
+            ClusterRequest::Publish { tail, .. } => Some(tail),
             _ => None,
         })
         .expect("published");

@@ -7,8 +7,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::cluster::Pending;
-use super::{ConnId, Hub};
-use crate::cluster::Request;
+use super::{ClusterRequest, ConnId, Hub};
 use crate::connection::Outbox;
 use crate::protocol::{
     ChatError, DEFAULT_CHANNEL, ErrorCode, ServerFrame, UserRef, UserWithState, encode, name_key,
@@ -151,7 +150,7 @@ impl Hub {
             let mut record = self.record_of(conn);
             record.key = name_key(&username);
             record.username = username;
-            link.send(Request::Rename { conn, record });
+            link.send(ClusterRequest::Rename { conn, record });
             return;
         }
         self.rename_now(conn, username);
@@ -191,7 +190,7 @@ impl Hub {
         self.names.remove(&name_key(&user.username));
         info!("{:?} left (conn {conn}): {why}", user.username);
         if let Some(link) = self.up_link() {
-            link.send(Request::Leave { id: user.id });
+            link.send(ClusterRequest::Leave { id: user.id });
         }
         if removed {
             self.channels_changed();

@@ -20,8 +20,7 @@ use log::info;
 use redis::{Client, Connection, Value};
 use serde_json::value::RawValue;
 
-use super::{Kept, Requests};
-use crate::hub::Event;
+use crate::hub::{ClusterRequests, Event, Kept};
 
 /// How long opening a connection to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -61,7 +60,7 @@ pub fn start(
     url: &str,
     prefix: &str,
     hub: SyncSender<Event>,
-    requests: Requests,
+    requests: ClusterRequests,
 ) -> io::Result<Running> {
     let client = Client::open(url).map_err(|e| io::Error::other(format!("--redis: {e}")))?;
     let server = uuid::Uuid::new_v4().simple().to_string();

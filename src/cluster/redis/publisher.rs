@@ -10,8 +10,8 @@ use redis::{Client, Connection, Pipeline, Value};
 
 use super::scripts::Scripts;
 use super::{ANSWER_TIMEOUT, Keys, connect, history_of, items, text};
-use crate::cluster::{ALIVE_TTL, ClusterEvent, HEARTBEAT, Request, Requests};
-use crate::hub::Event;
+use crate::cluster::{ALIVE_TTL, HEARTBEAT};
+use crate::hub::{ClusterEvent, ClusterRequest, ClusterRequests, Event};
 
 /// Requests sent to Redis in one round trip, at most.
 const MAX_BATCH: usize = 256;
@@ -62,7 +62,7 @@ impl Publisher {
 
     /// Runs until the hub drops its end of the requests (the server stops); then tells the
     /// cluster this server's users are gone.
-    pub(super) fn run(mut self, requests: &Requests, ready: Sender<()>) {
+    pub(super) fn run(mut self, requests: &ClusterRequests, ready: Sender<()>) {
         self.join();
         let _ = ready.send(());
         let mut beat_at = Instant::now() + HEARTBEAT;
@@ -207,7 +207,7 @@ impl Publisher {
         pipe.query(con).map_err(|e| e.to_string())
     }
 
-    fn run_batch(&mut self, batch: Vec<Request>) {
+    fn run_batch(&mut self, batch: Vec<ClusterRequest>) {
         if self.con.is_none() && Instant::now() >= self.retry_at {
             self.join();
         }
@@ -253,11 +253,11 @@ impl Publisher {
     }
 
     /// Tells the hub what Redis answered to `request`.
-    fn answer(&mut self, request: Request, answer: &Value) {
+    fn answer(&mut self, request: ClusterRequest, answer: &Value) {
         let parts = items(answer);
         let taken = parts.first().and_then(text).as_deref() == Some("TAKEN");
         match request {
-            Request::Claim {
+            ClusterRequest::Claim {
                 conn,
                 record,
                 mut candidates,
@@ -272,7 +272,7 @@ impl Publisher {
                     history: history.then(|| parts.get(2).map(history_of).unwrap_or_default()),
                 });
             }
-            Request::Update {
+            ClusterRequest::Update {
                 record,
                 answer: Some(conn),
             } => self.tell(ClusterEvent::Moved {
@@ -280,20 +280,20 @@ impl Publisher {
                 channel: record.channel,
                 history: Some(parts.get(1).map(history_of).unwrap_or_default()),
             }),
-            Request::Rename { conn, record } => self.tell(ClusterEvent::Renamed {
+            ClusterRequest::Rename { conn, record } => self.tell(ClusterEvent::Renamed {
                 conn,
                 username: record.username,
                 won: Some(!taken),
             }),
-            Request::Publish { .. } => {
+            ClusterRequest::Publish { .. } => {
                 let id = parts.get(1).and_then(text).and_then(|n| n.parse().ok());
                 self.floor = self.floor.max(id.unwrap_or(0));
             }
-            Request::Recall { channel } => self.tell(ClusterEvent::Recalled {
+            ClusterRequest::Recall { channel } => self.tell(ClusterEvent::Recalled {
                 channel,
                 history: Some(history_of(answer)),
             }),
-            Request::Register { users, .. } => {
+            ClusterRequest::Register { users, .. } => {
                 let chosen = parts.get(1).map(items).unwrap_or_default();
                 let renamed = users
                     .into_iter()
@@ -306,22 +306,22 @@ impl Publisher {
                     .collect();
                 self.tell(ClusterEvent::Registered { renamed });
             }
-            Request::Update { answer: None, .. }
-            | Request::Leave { .. }
-            | Request::Typing { .. } => {}
+            ClusterRequest::Update { answer: None, .. }
+            | ClusterRequest::Leave { .. }
+            | ClusterRequest::Typing { .. } => {}
         }
     }
 
     /// Tells the hub `request` could not be carried out, where it waits for an answer.
-    fn fail(&self, request: Request) {
+    fn fail(&self, request: ClusterRequest) {
         let event = match request {
-            Request::Claim { conn, record, .. } => ClusterEvent::Claimed {
+            ClusterRequest::Claim { conn, record, .. } => ClusterEvent::Claimed {
                 conn,
                 id: record.id,
                 name: None,
                 history: None,
             },
-            Request::Update {
+            ClusterRequest::Update {
                 record,
                 answer: Some(conn),
             } => ClusterEvent::Moved {
@@ -329,21 +329,21 @@ impl Publisher {
                 channel: record.channel,
                 history: None,
             },
-            Request::Rename { conn, record } => ClusterEvent::Renamed {
+            ClusterRequest::Rename { conn, record } => ClusterEvent::Renamed {
                 conn,
                 username: record.username,
                 won: None,
             },
-            Request::Publish { conn, .. } => ClusterEvent::PublishFailed { conn },
-            Request::Recall { channel } => ClusterEvent::Recalled {
+            ClusterRequest::Publish { conn, .. } => ClusterEvent::PublishFailed { conn },
+            ClusterRequest::Recall { channel } => ClusterEvent::Recalled {
                 channel,
                 history: None,
             },
             // Registered again at the next join; announced by the `sync` it makes.
-            Request::Register { .. }
-            | Request::Update { answer: None, .. }
-            | Request::Leave { .. }
-            | Request::Typing { .. } => return,
+            ClusterRequest::Register { .. }
+            | ClusterRequest::Update { answer: None, .. }
+            | ClusterRequest::Leave { .. }
+            | ClusterRequest::Typing { .. } => return,
         };
         self.tell(event);
     }

@@ -15,8 +15,7 @@ use serde_json::value::RawValue;
 
 use super::scripts::Scripts;
 use super::{Keys, connect, field, items, text};
-use crate::cluster::{ClusterEvent, UserRecord};
-use crate::hub::Event;
+use crate::hub::{ClusterEvent, Event, UserRecord};
 
 /// How long one `XREAD` waits for entries: also how long stopping can take.
 const BLOCK: Duration = Duration::from_millis(1000);

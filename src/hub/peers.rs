@@ -1,0 +1,3 @@
+//! The seam between this server and the others (`--redis`).
+
+pub mod port;
