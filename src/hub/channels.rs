@@ -17,6 +17,42 @@ use crate::protocol::{ChannelCount, DEFAULT_CHANNEL, ServerFrame, WELCOME_TEXT, 
 /// waits at most this long, and only the newest list is sent.
 pub const CHANNELS_EVERY: Duration = Duration::from_secs(1);
 
+/// When the `channels` list last went to everyone, and whether a change waits to be told.
+#[derive(Debug, Default)]
+pub(super) struct ChannelList {
+    sent_at: Option<Instant>,
+    owed: bool,
+}
+
+impl ChannelList {
+    /// When the list owed must go out, if one is.
+    pub(super) fn due(&self) -> Option<Instant> {
+        let sent_at = self.sent_at?;
+        self.owed.then(|| sent_at + CHANNELS_EVERY)
+    }
+
+    /// Whether a change waits to be told.
+    pub(super) fn owed(&self) -> bool {
+        self.owed
+    }
+
+    /// The list changed at `now`: whether it may go out at once (else it is owed).
+    fn changed(&mut self, now: Instant) -> bool {
+        match self.sent_at {
+            Some(at) if now < at + CHANNELS_EVERY => {
+                self.owed = true;
+                false
+            }
+            _ => true,
+        }
+    }
+
+    fn sent(&mut self, now: Instant) {
+        self.owed = false;
+        self.sent_at = Some(now);
+    }
+}
+
 /// A channel's members, each with their outbox so a broadcast needs no lookups.
 #[derive(Debug, Default)]
 pub(super) struct Channel {
@@ -177,28 +213,20 @@ impl Hub {
         self.users.len() + self.cluster.as_ref().map_or(0, |c| c.remote.len())
     }
 
-    pub(super) fn channels_due(&self) -> Option<Instant> {
-        let sent_at = self.channels_sent_at?;
-        self.channels_owed.then(|| sent_at + CHANNELS_EVERY)
-    }
-
     /// Tells everyone on the server the channel list changed: now, or if a list went out
     /// less than [`CHANNELS_EVERY`] ago, when that time is up (and then only the newest).
     pub(super) fn channels_changed(&mut self) {
-        match self.channels_sent_at {
-            Some(at) if self.now < at + CHANNELS_EVERY => self.channels_owed = true,
-            _ => self.send_channels(),
+        if self.channel_list.changed(self.now) {
+            self.send_channels();
         }
     }
 
     /// Sends the channel list to everyone on the server.
     pub(super) fn send_channels(&mut self) {
-        self.channels_owed = false;
-        self.channels_sent_at = Some(self.now);
+        self.channel_list.sent(self.now);
         // Everyone gets this frame, so everyone first gets the presence they are owed.
         self.release_all();
         let frame = self.channels_frame();
-        let everyone = self.users.keys().map(|conn| (*conn, frame.clone()));
-        self.pending.extend(everyone);
+        self.deliveries.owe_each(self.users.keys().copied(), &frame);
     }
 }

@@ -40,21 +40,16 @@ impl Hub {
                 return Err(format!("empty channel #{name} was kept"));
             }
             let p = &channel.presence;
-            if p.held.len() as u64 != p.last - p.held_after {
-                return Err(format!(
-                    "#{name} holds {} presence frames, not {}",
-                    p.held.len(),
-                    p.last - p.held_after
-                ));
-            }
+            p.check(name)?;
             if let Some(due) = p.due()
-                && (!self.holding.contains(name) || self.release_at.is_none_or(|at| at > due))
+                && (!self.holding.holds(name)
+                    || self.holding.release_at().is_none_or(|at| at > due))
             {
                 return Err(format!("#{name} holds presence that no release is set for"));
             }
             for (conn, _) in &channel.members {
                 match self.users.get(conn) {
-                    Some(user) if user.presence_seen > p.last => {
+                    Some(user) if user.presence_seen > p.last() => {
                         return Err(format!("conn {conn} has seen presence #{name} never sent"));
                     }
                     Some(user) if user.channel == *name => seen += 1,

@@ -42,7 +42,6 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
 use log::debug;
-use tungstenite::Bytes;
 
 pub use channels::CHANNELS_EVERY;
 pub use event::{ChannelStat, Event, Stats};
@@ -52,9 +51,10 @@ pub use peers::port::{
 };
 pub use presence::PRESENCE_WINDOW;
 
-use channels::Channel;
+use channels::{Channel, ChannelList};
 use cluster::Early;
-use delivery::{MAX_BATCH_DELIVERIES, close_going_away};
+use delivery::{Deliveries, MAX_BATCH_DELIVERIES, close_going_away};
+use presence::Holding;
 use users::User;
 
 use crate::connection::{ConnId, Outbox};
@@ -74,26 +74,17 @@ pub struct Hub {
     /// restarting with `--data-dir`) shows what was said.
     histories: Histories,
     /// Connections on other doors, known only to close them at shutdown.
-    others: HashMap<ConnId, Outbox>,
+    other_doors: HashMap<ConnId, Outbox>,
     messages: u64,
     started: Instant,
-    /// Frames owed to clients by the events of this batch, in order; written by [`Hub::flush`].
-    pending: Vec<(ConnId, Bytes)>,
-    /// Channels that may be holding presence back, and when the earliest is due.
-    holding: Vec<String>,
-    release_at: Option<Instant>,
-    /// When the `channels` list last went to everyone, and whether a change waits to be told
-    /// (see [`CHANNELS_EVERY`]).
-    channels_sent_at: Option<Instant>,
-    channels_owed: bool,
+    /// What the events of this batch owe to whom; written out by [`Hub::flush`].
+    deliveries: Deliveries,
+    /// Channels holding presence back, and when the hub must wake up to release it.
+    holding: Holding,
+    /// When the `channels` list may go out next (see [`CHANNELS_EVERY`]).
+    channel_list: ChannelList,
     /// The time the current batch is handled at.
     now: Instant,
-    /// Reused buffer in which one client's frames are joined for a single write.
-    scratch: Vec<u8>,
-    /// Clients whose queue overflowed while handling the current event; dropped right after.
-    /// (A client whose writer has already stopped is not here: its reader is about to send
-    /// [`Event::Disconnect`].)
-    overflowed: Vec<ConnId>,
     /// With `--redis`: the link to Redis and the other servers' users.
     cluster: Option<cluster::Cluster>,
     /// Set by the server when it stops: [`Event::Shutdown`] may wait behind a long queue, and
@@ -109,17 +100,13 @@ impl Hub {
             names: HashMap::new(),
             channels: BTreeMap::new(),
             histories: Histories::new(store),
-            others: HashMap::new(),
+            other_doors: HashMap::new(),
             messages: 0,
             started: Instant::now(),
-            pending: Vec::new(),
-            holding: Vec::new(),
-            release_at: None,
-            channels_sent_at: None,
-            channels_owed: false,
+            deliveries: Deliveries::default(),
+            holding: Holding::default(),
+            channel_list: ChannelList::default(),
             now: Instant::now(),
-            scratch: Vec::new(),
-            overflowed: Vec::new(),
             cluster: None,
             stop: Arc::new(AtomicBool::new(false)),
         };
@@ -165,7 +152,7 @@ impl Hub {
                 if let Some(event) = next.take() {
                     going = self.apply(event);
                 }
-                if !going || self.pending.len() >= MAX_BATCH_DELIVERIES {
+                if !going || self.deliveries.len() >= MAX_BATCH_DELIVERIES {
                     break;
                 }
                 match events.try_recv() {
@@ -183,7 +170,7 @@ impl Hub {
         if let Some(cluster) = self.cluster {
             closing.extend(cluster.pending.into_values().map(|p| p.outbox));
         }
-        closing.extend(self.others.into_values());
+        closing.extend(self.other_doors.into_values());
         // Connections that registered while the server was stopping still get their 1001.
         closing.extend(events.try_iter().filter_map(turn_away));
         debug!("hub stopped");
@@ -197,8 +184,7 @@ impl Hub {
 
     /// When the hub must wake up without an event: held presence or a channel list is due.
     fn next_due(&self) -> Option<Instant> {
-        let channels = self.channels_due();
-        match (self.release_at, channels) {
+        match (self.holding.release_at(), self.channel_list.due()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -241,7 +227,7 @@ impl Hub {
                 channel,
             } => self.connect(conn, outbox, username, channel),
             Event::Attach { conn, outbox } => {
-                self.others.insert(conn, outbox);
+                self.other_doors.insert(conn, outbox);
             }
             Event::Request { conn, request } => {
                 if let Some(Early::Request(request)) =
@@ -260,7 +246,7 @@ impl Hub {
                 if let Some(frame) = close {
                     self.close_after_owed(conn, frame);
                 }
-                self.others.remove(&conn);
+                self.other_doors.remove(&conn);
                 self.remove_user(conn, "disconnected");
             }
             Event::Stats { reply } => {
