@@ -34,7 +34,8 @@ use crate::config::Config;
 use crate::connection::Outbox;
 use crate::doors::Context;
 use crate::history::Store;
-use crate::hub::{ClusterLink, ClusterRequests, Event, Hub};
+use crate::hub::port::{ClusterLink, ClusterRequests};
+use crate::hub::{Event, Hub};
 
 /// The log target of the `listening on ws://HOST:PORT` line, which the contract says is always
 /// logged: whoever started the server with `--port 0` (a script, a test) reads the port there,

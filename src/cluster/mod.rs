@@ -44,10 +44,10 @@
 //! the `renamed`) sent. A connect offers the script its candidates in order (the query's name,
 //! then guest names), and the first free one wins.
 //!
-//! **Redis going away.** The publisher's failures reach the hub as [`ClusterEvent::Down`](crate::hub::ClusterEvent::Down): then
+//! **Redis going away.** The publisher's failures reach the hub as [`ClusterEvent::Down`](crate::hub::port::ClusterEvent::Down): then
 //! messages are refused with `unavailable`, and the rest is served locally (connect, join,
 //! rename, typing and state among this server's own users, names unique among the names this
-//! server knows). When Redis is back ([`ClusterEvent::Up`](crate::hub::ClusterEvent::Up)) the hub registers every user again
+//! server knows). When Redis is back ([`ClusterEvent::Up`](crate::hub::port::ClusterEvent::Up)) the hub registers every user again
 //! (a name taken meanwhile on another server is lost to a guest name, with `username_taken`),
 //! asks again for the history of every channel it has members in, and messages are accepted
 //! again; the reader resumes from the last entry it saw.
@@ -69,8 +69,10 @@
 //! | `redis/commands.rs` | which script each request runs, with which arguments |
 //! | `redis/publisher.rs` | the publisher thread: requests, heartbeats, reconnecting |
 //! | `redis/reader.rs` | the reader thread: `XREAD BLOCK`, snapshots, epoch changes |
-//! | `src/hub/remote.rs` | the hub's view of the other servers' users |
-//! | `src/hub/cluster.rs` | the hub's side of each request and answer |
+//! | `src/hub/peers.rs` | the questions the hub's steps ask of the other servers |
+//! | `src/hub/peers/clustered.rs` | what the hub asks Redis, never waiting |
+//! | `src/hub/peers/answers.rs` | what the hub does with each answer and stream entry |
+//! | `src/hub/peers/remote.rs` | the hub's view of the other servers' users |
 
 #[cfg(feature = "redis")]
 pub mod redis;

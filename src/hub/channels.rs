@@ -7,7 +7,7 @@ use log::info;
 use tungstenite::Bytes;
 
 use super::presence::Presence;
-use super::{ClusterRequest, ConnId, Hub};
+use super::{ConnId, Hub};
 use crate::connection::Outbox;
 use crate::protocol::{ChannelCount, DEFAULT_CHANNEL, ServerFrame, WELCOME_TEXT, encode};
 
@@ -58,7 +58,7 @@ impl ChannelList {
 pub(super) struct Channel {
     pub(super) members: Vec<(ConnId, Outbox)>,
     pub(super) presence: Presence,
-    /// With `--redis`: the ids of other servers' users in the channel.
+    /// The ids of the channel's users on other servers, if there are other servers.
     pub(super) remote: Vec<String>,
 }
 
@@ -70,31 +70,23 @@ impl Channel {
 }
 
 impl Hub {
+    /// `conn` asks to be in `channel`: moved there (the channel created if need be), with a
+    /// welcome either way.
     pub(super) fn join(&mut self, conn: ConnId, channel: String) {
-        let user = self.users.get_mut(&conn).expect("caller checked");
+        let Some(user) = self.users.get(&conn) else {
+            return;
+        };
         if user.channel == channel {
             // Nobody moves, so nobody else is told; the joiner still gets its welcome, as after
             // every join. (A client asking for welcomes it does not read is stopped by its
             // outbox's 4 MiB.)
-            if let Some(cluster) = &mut self.cluster {
-                cluster.moving.remove(&conn);
-            }
+            self.peers.stay(conn);
             self.welcome(conn);
             return;
         }
-        if let Some(link) = self.up_link()
-            && !self.histories.holds(&channel)
-        {
-            // Several servers: the channel's history is read from Redis first, and the user
-            // joins when it comes (`Hub::moved`); the others already see them there.
-            let mut record = self.record_of(conn);
-            record.channel = channel.clone();
-            link.send(ClusterRequest::Update {
-                record,
-                answer: Some(conn),
-            });
-            let cluster = self.cluster.as_mut().expect("up");
-            cluster.moving.insert(conn, channel);
+        // With several servers, the channel's history may have to be read from them first.
+        let history_held = self.histories.holds(&channel);
+        if self.peers.join_later(conn, user, &channel, history_held) {
             return;
         }
         self.move_to(conn, channel);
@@ -103,7 +95,9 @@ impl Hub {
 
     /// Takes a user from their channel into `channel`, with a welcome.
     pub(super) fn move_to(&mut self, conn: ConnId, channel: String) {
-        let user = self.users.get_mut(&conn).expect("caller checked");
+        let Some(user) = self.users.get_mut(&conn) else {
+            return;
+        };
         if user.channel == channel {
             return;
         }
@@ -125,12 +119,14 @@ impl Hub {
     /// Adds a user to their channel's members and tells the others. Returns whether the
     /// channel was created.
     pub(super) fn enter(&mut self, conn: ConnId, channel: &str) -> bool {
+        let Some(user) = self.users.get(&conn) else {
+            return false;
+        };
         let created = !self.channels.contains_key(channel);
         if created {
             // Forgotten from memory (or never loaded): the disk may still have it.
             self.histories.recall(channel);
         }
-        let user = &self.users[&conn];
         let ch = self.channels.entry(channel.to_owned()).or_default();
         ch.members.push((conn, user.outbox.clone()));
         let frame = encode(&ServerFrame::Joined {
@@ -159,7 +155,9 @@ impl Hub {
                 .forget_dormant(|name| channels.contains_key(name));
             return true;
         }
-        let user = &self.users[&conn];
+        let Some(user) = self.users.get(&conn) else {
+            return false;
+        };
         let frame = encode(&ServerFrame::Left {
             channel,
             user: user.as_ref(),
@@ -170,17 +168,17 @@ impl Hub {
         false
     }
 
+    /// Sends `conn` its `welcome`: who it is, everyone in its channel, the channel's history.
     pub(super) fn welcome(&mut self, conn: ConnId) {
-        let user = &self.users[&conn];
-        let ch = &self.channels[&user.channel];
-        let mut users: Vec<_> = ch
-            .members
-            .iter()
-            .map(|(c, _)| &*self.users[c].listing)
-            .collect();
-        if let Some(cluster) = &self.cluster {
-            users.extend(ch.remote.iter().map(|id| &*cluster.remote[id].listing));
-        }
+        let Some(user) = self.users.get(&conn) else {
+            return;
+        };
+        let Some(ch) = self.channels.get(&user.channel) else {
+            return;
+        };
+        let members = ch.members.iter().filter_map(|(c, _)| self.users.get(c));
+        let mut users: Vec<_> = members.map(|member| &*member.listing).collect();
+        users.extend(self.peers.listings(&ch.remote));
         let history = self.histories.of(&user.channel).collect();
         let frame = encode(&ServerFrame::Welcome {
             text: WELCOME_TEXT,
@@ -210,7 +208,7 @@ impl Hub {
 
     /// Users online, on every server.
     pub(super) fn online(&self) -> usize {
-        self.users.len() + self.cluster.as_ref().map_or(0, |c| c.remote.len())
+        self.users.len() + self.peers.online()
     }
 
     /// Tells everyone on the server the channel list changed: now, or if a list went out

@@ -175,10 +175,7 @@ impl Hub {
     pub(super) fn close_after_owed(&mut self, conn: ConnId, close: Bytes) {
         let outbox = (self.users.get(&conn).map(|user| &user.outbox))
             .or_else(|| self.other_doors.get(&conn))
-            .or_else(|| {
-                let joining = self.cluster.as_ref().and_then(|c| c.pending.get(&conn));
-                joining.map(|p| &p.outbox)
-            });
+            .or_else(|| self.peers.waiting(conn));
         self.deliveries.close_after_owed(conn, outbox, close);
     }
 
@@ -208,11 +205,7 @@ impl Hub {
         let outboxes = self.users.values().map(|u| &u.outbox);
         outboxes
             .chain(self.other_doors.values())
-            .chain(
-                self.cluster
-                    .iter()
-                    .flat_map(|c| c.pending.values().map(|p| &p.outbox)),
-            )
+            .chain(self.peers.waiting_outboxes())
             .for_each(close_going_away);
     }
 }

@@ -8,7 +8,7 @@ use tungstenite::Bytes;
 use crate::connection::{ConnId, Outbox};
 use crate::protocol::ChatRequest;
 
-use super::ClusterEvent;
+use super::port::ClusterEvent;
 
 /// Everything a hub can be told. Connections send these over one `mpsc` channel.
 #[derive(Debug)]
@@ -35,8 +35,9 @@ pub enum Event {
     Stats { reply: Sender<Stats> },
     /// The server is stopping: close every connection with 1001, then stop.
     Shutdown,
-    /// With `--redis`: an answer or a stream entry from the cluster's threads.
-    Cluster(ClusterEvent),
+    /// With `--redis`: an answer or a stream entry from the threads that talk to the other
+    /// servers.
+    Peers(ClusterEvent),
 }
 
 /// The body of `GET /stats`.

@@ -18,18 +18,20 @@
 //! | `presence.rs` | `joined`/`left`, held back and written together when a crowd arrives |
 //! | `delivery.rs` | each client one write per batch; slow readers dropped; shutdown |
 //! | `invariants.rs` | `/stats` and the checks the tests run |
-//! | `cluster.rs`, `remote.rs` | with `--redis`: asking Redis, and the other servers' users (see `src/cluster/`) |
+//! | `peers.rs` | the other servers, with `--redis`: the questions the steps ask of them, each a one-line call, answered plainly by a server on its own |
+//!
+//! What several servers need beyond those questions lives under `peers/`, which a reader of
+//! the single-server steps never has to open; the threads that talk to Redis are
+//! `src/cluster/`, which the hub does not know.
 
 pub mod event;
 
 mod channels;
-mod cluster;
 mod delivery;
 mod invariants;
 mod messages;
 mod peers;
 mod presence;
-mod remote;
 mod users;
 
 #[cfg(test)]
@@ -42,18 +44,16 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
 use log::debug;
+use tungstenite::Bytes;
 
 pub use channels::CHANNELS_EVERY;
 pub use event::{ChannelStat, Event, Stats};
-pub use peers::port::{
-    Candidate, ClusterEvent, ClusterLink, ClusterRequest, ClusterRequests, Kept, MAX_BACKLOG,
-    UserRecord,
-};
+pub use peers::port;
 pub use presence::PRESENCE_WINDOW;
 
 use channels::{Channel, ChannelList};
-use cluster::Early;
 use delivery::{Deliveries, MAX_BATCH_DELIVERIES, close_going_away};
+use peers::{Early, Peers};
 use presence::Holding;
 use users::User;
 
@@ -85,8 +85,8 @@ pub struct Hub {
     channel_list: ChannelList,
     /// The time the current batch is handled at.
     now: Instant,
-    /// With `--redis`: the link to Redis and the other servers' users.
-    cluster: Option<cluster::Cluster>,
+    /// The other servers, with `--redis` (see `peers.rs`).
+    peers: Peers,
     /// Set by the server when it stops: [`Event::Shutdown`] may wait behind a long queue, and
     /// the process must be gone within 10 s, so the hub looks here before every event.
     stop: Arc<AtomicBool>,
@@ -107,7 +107,7 @@ impl Hub {
             holding: Holding::default(),
             channel_list: ChannelList::default(),
             now: Instant::now(),
-            cluster: None,
+            peers: Peers::default(),
             stop: Arc::new(AtomicBool::new(false)),
         };
         hub.channels
@@ -167,9 +167,7 @@ impl Hub {
             }
         }
         closing.extend(self.users.into_values().map(|u| u.outbox));
-        if let Some(cluster) = self.cluster {
-            closing.extend(cluster.pending.into_values().map(|p| p.outbox));
-        }
+        closing.extend(self.peers.into_outboxes());
         closing.extend(self.other_doors.into_values());
         // Connections that registered while the server was stopping still get their 1001.
         closing.extend(events.try_iter().filter_map(turn_away));
@@ -229,19 +227,9 @@ impl Hub {
             Event::Attach { conn, outbox } => {
                 self.other_doors.insert(conn, outbox);
             }
-            Event::Request { conn, request } => {
-                if let Some(Early::Request(request)) =
-                    self.keep_early(conn, Early::Request(request))
-                {
-                    self.request(conn, request);
-                }
-            }
-            Event::Reply { conn, frame } => {
-                if let Some(Early::Reply(frame)) = self.keep_early(conn, Early::Reply(frame)) {
-                    self.send_to(conn, frame);
-                }
-            }
-            Event::Cluster(event) => self.cluster_event(event),
+            Event::Request { conn, request } => self.request(conn, request),
+            Event::Reply { conn, frame } => self.reply(conn, frame),
+            Event::Peers(event) => self.hear_peers(event),
             Event::Disconnect { conn, close } => {
                 if let Some(frame) = close {
                     self.close_after_owed(conn, frame);
@@ -263,7 +251,10 @@ impl Hub {
     /// A valid request from a chat user, to the part of the hub that handles it.
     fn request(&mut self, conn: ConnId, request: ChatRequest) {
         let Some(user) = self.users.get(&conn) else {
-            return; // already dropped; its last frames are moot
+            // Already dropped (its last frames are moot), or, with several servers, still
+            // waiting for its name.
+            self.peers.before_welcome(conn, Early::Request(request));
+            return;
         };
         debug!("conn {conn} ({:?}): {request:?}", user.username);
         match request {
@@ -277,6 +268,16 @@ impl Hub {
                 self.send_to(conn, frame);
             }
         }
+    }
+
+    /// A frame from a chat user's own thread (a refusal), delivered like the hub's own.
+    fn reply(&mut self, conn: ConnId, frame: Bytes) {
+        if !self.users.contains_key(&conn) {
+            // Already dropped, or, with several servers, still waiting for its name.
+            self.peers.before_welcome(conn, Early::Reply(frame));
+            return;
+        }
+        self.send_to(conn, frame);
     }
 }
 

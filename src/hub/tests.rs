@@ -843,7 +843,7 @@ fn step3_names_are_unique_under_case_folding() {
 
 #[test]
 fn cluster_the_hub_delivers_only_what_comes_back_and_counts_other_servers() {
-    use super::{ClusterEvent, ClusterLink, ClusterRequest, UserRecord};
+    use super::port::{ClusterEvent, ClusterLink, ClusterRequest, UserRecord};
     use serde_json::value::RawValue;
     let (link, requests) = ClusterLink::new();
     let mut h = Harness {
@@ -851,7 +851,7 @@ fn cluster_the_hub_delivers_only_what_comes_back_and_counts_other_servers() {
         next: 1,
     };
     let cluster = |h: &mut Harness, event| {
-        h.hub.handle(Event::Cluster(event));
+        h.hub.handle(Event::Peers(event));
         h.hub.check_invariants().unwrap();
     };
     cluster(&mut h, ClusterEvent::Up);
@@ -938,15 +938,15 @@ fn cluster_the_hub_delivers_only_what_comes_back_and_counts_other_servers() {
     // A message goes to Redis and is shown only when it comes back; an old id never.
     h.send(&alex, r#"{"type":"message","text":"hi"}"#);
     assert!(alex.frames().is_empty(), "not delivered at send time");
-    let tail = requests
+    let unnumbered = requests
         .receiver
         .try_iter()
         .find_map(|r| match r {
-            ClusterRequest::Publish { tail, .. } => Some(tail),
+            ClusterRequest::Publish { unnumbered, .. } => Some(unnumbered),
             _ => None,
         })
         .expect("published");
-    let back = format!(r#"{{"type":"message","id":7,{tail}"#);
+    let back = format!(r#"{{"type":"message","id":7,{unnumbered}"#);
     for _ in 0..2 {
         let json = RawValue::from_string(back.clone()).unwrap();
         cluster(

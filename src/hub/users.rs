@@ -6,8 +6,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::cluster::Pending;
-use super::{ClusterRequest, ConnId, Hub};
+use super::peers::{Arrival, Change};
+use super::{ConnId, Hub};
 use crate::connection::Outbox;
 use crate::protocol::{
     ChatError, DEFAULT_CHANNEL, ErrorCode, ServerFrame, UserRef, UserWithState, encode, name_key,
@@ -50,6 +50,8 @@ impl User {
 }
 
 impl Hub {
+    /// A chat connection's handshake is done: it gets an id, a name (the query's if it is
+    /// valid and free, else a guest name) and a channel, then its `welcome`.
     pub(super) fn connect(
         &mut self,
         conn: ConnId,
@@ -61,10 +63,8 @@ impl Hub {
         // Refusals of the query's values go right after the welcome.
         let mut refusals = Vec::new();
         let requested_name = username.filter(|u| !u.is_empty());
-        let username = match requested_name.map(|u| validate_username(&u)) {
-            Some(Ok(name)) if self.holder_of(&name).is_none() && !self.taken_remotely(&name) => {
-                Some(name)
-            }
+        let requested = match requested_name.map(|u| validate_username(&u)) {
+            Some(Ok(name)) if self.is_free(&name) => Some(name),
             Some(Ok(name)) => {
                 refusals.push(taken(&name));
                 None
@@ -84,34 +84,37 @@ impl Hub {
             }
             None => DEFAULT_CHANNEL.to_owned(),
         };
-        if self.up_link().is_some() {
-            // Several servers: the name is settled by Redis before the welcome.
-            let pending = Pending {
-                outbox,
-                id,
-                channel,
-                requested: username,
-                refusals,
-                early: Vec::new(),
-            };
-            self.connect_clustered(conn, pending);
+        let history_held = self.histories.holds(&channel);
+        let arrival = Arrival {
+            outbox,
+            id,
+            channel,
+            requested,
+            refusals,
+        };
+        // With several servers, the name may have to be settled by them first.
+        let names = &self.names;
+        let free_here = |name: &str| !names.contains_key(&name_key(name));
+        let Some(arrival) = self.peers.claim(conn, arrival, free_here, history_held) else {
             return;
-        }
-        let username = username.unwrap_or_else(|| self.guest_name(&id));
-        self.admit(conn, outbox, id, username, channel, refusals);
+        };
+        let username = match &arrival.requested {
+            Some(name) => name.clone(),
+            None => self.guest_name(&arrival.id),
+        };
+        self.admit(conn, arrival, username);
     }
 
     /// A user whose name is settled enters their channel and gets their welcome, then the
     /// refusals of their query.
-    pub(super) fn admit(
-        &mut self,
-        conn: ConnId,
-        outbox: Outbox,
-        id: String,
-        username: String,
-        channel: String,
-        refusals: Vec<ChatError>,
-    ) {
+    pub(super) fn admit(&mut self, conn: ConnId, arrival: Arrival, username: String) {
+        let Arrival {
+            outbox,
+            id,
+            channel,
+            refusals,
+            ..
+        } = arrival;
         info!("{username:?} connected (conn {conn}, id {id}) into #{channel}");
         self.names.insert(name_key(&username), conn);
         let mut user = User {
@@ -135,30 +138,31 @@ impl Hub {
         }
     }
 
+    /// `conn` asks for a new name: refused if someone else holds it, here or on another
+    /// server (another case of one's own name is still one's own).
     pub(super) fn rename(&mut self, conn: ConnId, username: String) {
+        let Some(user) = self.users.get(&conn) else {
+            return;
+        };
         if self
             .holder_of(&username)
             .is_some_and(|holder| holder != conn)
-            || self.taken_remotely(&username)
-                && name_key(&username) != name_key(&self.users[&conn].username)
+            || self.peers.hold_name(&username) && name_key(&username) != name_key(&user.username)
         {
             self.send_to(conn, taken(&username).to_frame());
             return;
         }
-        if let Some(link) = self.up_link() {
-            // Several servers: Redis says whether the name is free; the answer renames.
-            let mut record = self.record_of(conn);
-            record.key = name_key(&username);
-            record.username = username;
-            link.send(ClusterRequest::Rename { conn, record });
-            return;
+        // With several servers, they may have to agree first.
+        if let Some(username) = self.peers.rename(conn, user, username) {
+            self.rename_now(conn, username);
         }
-        self.rename_now(conn, username);
     }
 
     /// Renames `conn`, now that the name is known to be theirs.
     pub(super) fn rename_now(&mut self, conn: ConnId, username: String) {
-        let user = self.users.get_mut(&conn).expect("caller checked");
+        let Some(user) = self.users.get_mut(&conn) else {
+            return;
+        };
         let old = std::mem::replace(&mut user.username, username);
         user.relist();
         info!("{old:?} renamed to {:?} (conn {conn})", user.username);
@@ -176,25 +180,34 @@ impl Hub {
         self.broadcast(&channel, &frame, None);
     }
 
+    /// Tells the other servers how `conn` now is (moved, or a new state).
+    pub(super) fn announce(&self, conn: ConnId) {
+        if let Some(user) = self.users.get(&conn) {
+            self.peers.tell(Change::Updated(user));
+        }
+    }
+
+    /// `conn` is gone (or dropped): out of its channel, its name free again.
     pub(super) fn remove_user(&mut self, conn: ConnId, why: &str) {
-        if let Some(cluster) = &mut self.cluster {
-            cluster.pending.remove(&conn);
-            cluster.moving.remove(&conn);
-        }
-        if !self.users.contains_key(&conn) {
+        self.peers.forget(conn);
+        let Some(channel) = self.users.get(&conn).map(|user| user.channel.clone()) else {
             return;
-        }
-        let channel = self.users[&conn].channel.clone();
+        };
         let removed = self.leave(conn, &channel);
-        let user = self.users.remove(&conn).expect("checked above");
+        let Some(user) = self.users.remove(&conn) else {
+            return;
+        };
         self.names.remove(&name_key(&user.username));
         info!("{:?} left (conn {conn}): {why}", user.username);
-        if let Some(link) = self.up_link() {
-            link.send(ClusterRequest::Leave { id: user.id });
-        }
+        self.peers.tell(Change::Left(&user));
         if removed {
             self.channels_changed();
         }
+    }
+
+    /// Whether `username` is free, here and on every other server.
+    fn is_free(&self, username: &str) -> bool {
+        self.holder_of(username).is_none() && !self.peers.hold_name(username)
     }
 
     pub(super) fn holder_of(&self, username: &str) -> Option<ConnId> {

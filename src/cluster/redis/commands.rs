@@ -3,7 +3,7 @@
 
 use super::publisher::Publisher;
 use crate::cluster::ALIVE_TTL;
-use crate::hub::{ClusterRequest, UserRecord};
+use crate::hub::port::{ClusterRequest, UserRecord};
 
 impl Publisher {
     /// `EVALSHA` of `script` with the arguments every script takes first.
@@ -76,13 +76,13 @@ impl Publisher {
             }
             ClusterRequest::Publish {
                 channel,
-                tail,
+                unnumbered,
                 floor,
                 ..
             } => {
                 self.floor = self.floor.max(*floor);
                 let mut cmd = self.call(&self.scripts.publish);
-                cmd.arg(self.floor).arg(channel).arg(tail);
+                cmd.arg(self.floor).arg(channel).arg(unnumbered);
                 cmd
             }
             ClusterRequest::Recall { channel } => {

@@ -20,7 +20,8 @@ use log::info;
 use redis::{Client, Connection, Value};
 use serde_json::value::RawValue;
 
-use crate::hub::{ClusterRequests, Event, Kept};
+use crate::hub::Event;
+use crate::hub::port::{ClusterRequests, Kept};
 
 /// How long opening a connection to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

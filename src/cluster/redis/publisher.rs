@@ -11,7 +11,8 @@ use redis::{Client, Connection, Pipeline, Value};
 use super::scripts::Scripts;
 use super::{ANSWER_TIMEOUT, Keys, connect, history_of, items, text};
 use crate::cluster::{ALIVE_TTL, HEARTBEAT};
-use crate::hub::{ClusterEvent, ClusterRequest, ClusterRequests, Event};
+use crate::hub::Event;
+use crate::hub::port::{ClusterEvent, ClusterRequest, ClusterRequests};
 
 /// Requests sent to Redis in one round trip, at most.
 const MAX_BATCH: usize = 256;
@@ -95,7 +96,7 @@ impl Publisher {
     }
 
     fn tell(&self, event: ClusterEvent) {
-        let _ = self.hub.send(Event::Cluster(event));
+        let _ = self.hub.send(Event::Peers(event));
     }
 
     /// Connects and joins the cluster (a new epoch if Redis has none), then tells the hub.

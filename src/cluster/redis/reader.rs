@@ -15,7 +15,8 @@ use serde_json::value::RawValue;
 
 use super::scripts::Scripts;
 use super::{Keys, connect, field, items, text};
-use crate::hub::{ClusterEvent, Event, UserRecord};
+use crate::hub::Event;
+use crate::hub::port::{ClusterEvent, UserRecord};
 
 /// How long one `XREAD` waits for entries: also how long stopping can take.
 const BLOCK: Duration = Duration::from_millis(1000);
@@ -213,7 +214,7 @@ impl Reader {
                         continue;
                     };
                     if let Some(event) = self.decode(items(parts.get(1).unwrap_or(&Value::Nil)))
-                        && self.hub.send(Event::Cluster(event)).is_err()
+                        && self.hub.send(Event::Peers(event)).is_err()
                     {
                         return Ok(Stop::Done);
                     }
@@ -271,7 +272,7 @@ impl Reader {
     }
 
     fn send(&self, event: ClusterEvent) {
-        let _ = self.hub.send(Event::Cluster(event));
+        let _ = self.hub.send(Event::Peers(event));
     }
 }
 

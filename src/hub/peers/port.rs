@@ -69,12 +69,13 @@ pub enum ClusterRequest {
         user: String,
         typing: bool,
     },
-    /// A chat message: `tail` is its frame after the `"id":N,` the script puts in. A failure is
-    /// answered by [`ClusterEvent::PublishFailed`]; success by the message coming back.
+    /// A chat message: `unnumbered` is its frame after the `"id":N,` the script puts in. A
+    /// failure is answered by [`ClusterEvent::PublishFailed`]; success by the message coming
+    /// back.
     Publish {
         conn: ConnId,
         channel: String,
-        tail: String,
+        unnumbered: String,
         floor: u64,
     },
     /// The last messages of a channel. Answered by [`ClusterEvent::Recalled`].
