@@ -31,7 +31,7 @@
 //! as each entry says what is, not what to add.
 //!
 //! **Dead servers.** Each server refreshes `<p>:alive:<server>` (TTL [`ALIVE_TTL`]) every
-//! [`HEARTBEAT`]; the same script removes, for every server in `<p>:servers` whose key has
+//! [`HEARTBEAT_EVERY`]; the same script removes, for every server in `<p>:servers` whose key has
 //! expired, its users and names, and appends `gone`. So a server killed with `kill -9` is out
 //! of everyone's presence within [`PRESENCE_BOUND`]. A server that finds itself removed (it
 //! was cut off from Redis longer than the TTL) registers its users again: nothing stale comes
@@ -82,8 +82,8 @@ use std::time::Duration;
 /// How long a server's heartbeat key lives: a server silent this long is taken for dead.
 pub const ALIVE_TTL: Duration = Duration::from_secs(10);
 /// How often each server refreshes its heartbeat and looks for dead servers.
-pub const HEARTBEAT: Duration = Duration::from_secs(1);
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// Within this, a dead server's users are out of every other server's presence: its key
 /// expires at most [`ALIVE_TTL`] after its last refresh, and the next heartbeat of any live
-/// server (at most [`HEARTBEAT`] later) removes them; the rest is delivery.
+/// server (at most [`HEARTBEAT_EVERY`] later) removes them; the rest is delivery.
 pub const PRESENCE_BOUND: Duration = Duration::from_secs(12);

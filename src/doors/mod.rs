@@ -1,10 +1,10 @@
 //! Every connection starts here (tutorial steps 0 and 1): its thread reads the HTTP head and
 //! takes it through one of the port's doors — a WebSocket upgrade to the chat ([`chat`]) or to
-//! the echo step ([`echo`]), or a plain `GET` for a file or `/stats` ([`files`]).
+//! the echo step ([`echo`]), or a plain `GET` for a file or `/stats` ([`plain`]).
 
 pub mod chat;
 pub mod echo;
-pub mod files;
+pub mod plain;
 pub mod rate;
 
 use std::io::Write;
@@ -85,7 +85,7 @@ pub fn serve(socket: &Arc<TcpStream>, context: &Context, conn: ConnId, handshake
     if request.is_upgrade() {
         upgrade(socket, context, conn, request, already_read, handshake);
     } else {
-        files::answer(socket, context, &request);
+        plain::answer(socket, context, &request);
     }
 }
 

@@ -77,7 +77,7 @@ pub fn start(
     let publisher = thread::Builder::new()
         .name("redis-publisher".into())
         .spawn(move || publisher.run(&requests, ready))?;
-    let reader = reader::Reader::new(client, keys, hub, Arc::clone(&stop));
+    let reader = reader::StreamReader::new(client, keys, hub, Arc::clone(&stop));
     let reader = thread::Builder::new()
         .name("redis-reader".into())
         .spawn(move || reader.run(ready_tx))?;

@@ -10,7 +10,7 @@ use redis::{Client, Connection, Pipeline, Value};
 
 use super::scripts::Scripts;
 use super::{ANSWER_TIMEOUT, Keys, connect, history_of, items, text};
-use crate::cluster::{ALIVE_TTL, HEARTBEAT};
+use crate::cluster::{ALIVE_TTL, HEARTBEAT_EVERY};
 use crate::hub::Event;
 use crate::hub::port::{ClusterEvent, ClusterRequest, ClusterRequests};
 
@@ -66,7 +66,7 @@ impl Publisher {
     pub(super) fn run(mut self, requests: &ClusterRequests, ready: Sender<()>) {
         self.join();
         let _ = ready.send(());
-        let mut beat_at = Instant::now() + HEARTBEAT;
+        let mut beat_at = Instant::now() + HEARTBEAT_EVERY;
         loop {
             let wait = beat_at.saturating_duration_since(Instant::now());
             let mut batch = Vec::new();
@@ -89,7 +89,7 @@ impl Publisher {
             }
             if Instant::now() >= beat_at {
                 self.beat();
-                beat_at = Instant::now() + HEARTBEAT;
+                beat_at = Instant::now() + HEARTBEAT_EVERY;
             }
         }
         self.bye();

@@ -27,7 +27,7 @@ const EPOCH_EVERY: Duration = Duration::from_secs(1);
 /// Pause before trying a Redis that is away again.
 const RETRY: Duration = Duration::from_millis(200);
 
-pub(super) struct Reader {
+pub(super) struct StreamReader {
     client: Client,
     keys: Keys,
     hub: SyncSender<Event>,
@@ -47,14 +47,14 @@ enum Stop {
     Again,
 }
 
-impl Reader {
+impl StreamReader {
     pub(super) fn new(
         client: Client,
         keys: Keys,
         hub: SyncSender<Event>,
         stop: Arc<AtomicBool>,
-    ) -> Reader {
-        Reader {
+    ) -> StreamReader {
+        StreamReader {
             client,
             keys,
             hub,
