@@ -86,13 +86,8 @@ impl Publisher {
                 cmd
             }
             ClusterRequest::Recall { channel } => {
-                let mut cmd = redis::cmd("XREVRANGE");
-                cmd.arg(self.keys.history(channel))
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(crate::history::HISTORY_LEN);
-                cmd
+                let key = self.keys.history(channel);
+                redis::Cmd::xrevrange_count(key, "+", "-", crate::history::HISTORY_LEN)
             }
             ClusterRequest::Register { users, floor } => {
                 self.floor = self.floor.max(*floor);

@@ -9,7 +9,7 @@ use log::{error, info, warn};
 use redis::{Client, Connection, Pipeline, Value};
 
 use super::scripts::Scripts;
-use super::{ANSWER_TIMEOUT, Keys, connect, history_of, items, text};
+use super::{ANSWER_TIMEOUT, Keys, ScriptAnswer, connect, history_of};
 use crate::cluster::{ALIVE_TTL, HEARTBEAT_EVERY};
 use crate::hub::Event;
 use crate::hub::port::{ClusterEvent, ClusterRequest, ClusterRequests};
@@ -177,17 +177,15 @@ impl Publisher {
         call.arg(ALIVE_TTL.as_millis() as u64);
         pipe.add_command(call);
         let answer = self.query(&pipe).map(|mut a| a.pop().unwrap_or(Value::Nil));
-        match answer {
-            Ok(answer) => match verdict(&answer) {
-                Verdict::Fine => {
-                    let reaped = items(&answer).get(1).and_then(text);
-                    if let Some(n) = reaped.filter(|n| n != "0") {
-                        info!("{n} servers stopped answering: their users are gone");
-                    }
+        match answer.map(read_answer) {
+            Ok((Verdict::Fine, answer)) => {
+                let reaped: Option<u64> = answer.get(0);
+                if let Some(n) = reaped.filter(|n| *n != 0) {
+                    info!("{n} servers stopped answering: their users are gone");
                 }
-                Verdict::Rejoin(why) => self.rejoin(why),
-                Verdict::Lost(why) => self.away(&why),
-            },
+            }
+            Ok((Verdict::Rejoin(why), _)) => self.rejoin(why),
+            Ok((Verdict::Lost(why), _)) => self.away(&why),
             Err(why) => self.away(&why),
         }
     }
@@ -238,9 +236,19 @@ impl Publisher {
         }
         let mut after = Verdict::Fine;
         for (request, answer) in batch.into_iter().zip(answers) {
-            match verdict(&answer) {
-                Verdict::Fine => self.answer(request, &answer),
-                other => {
+            if let ClusterRequest::Recall { channel } = request {
+                // Not a script's: the entries as `XREVRANGE` gives them.
+                let history =
+                    redis::from_redis_value(answer).map_or_else(|_| Vec::new(), history_of);
+                self.tell(ClusterEvent::Recalled {
+                    channel,
+                    history: Some(history),
+                });
+                continue;
+            }
+            match read_answer(answer) {
+                (Verdict::Fine, answer) => self.answer(request, answer),
+                (other, _) => {
                     after = other;
                     self.fail(request);
                 }
@@ -253,24 +261,23 @@ impl Publisher {
         }
     }
 
-    /// Tells the hub what Redis answered to `request`.
-    fn answer(&mut self, request: ClusterRequest, answer: &Value) {
-        let parts = items(answer);
-        let taken = parts.first().and_then(text).as_deref() == Some("TAKEN");
+    /// Tells the hub what a script answered to `request`.
+    fn answer(&mut self, request: ClusterRequest, mut answer: ScriptAnswer) {
+        let taken = answer.word() == "TAKEN";
         match request {
             ClusterRequest::Claim {
                 conn,
                 record,
                 mut candidates,
-                history,
+                history: wanted,
             } => {
-                let index: Option<usize> = parts.get(1).and_then(text).and_then(|i| i.parse().ok());
+                let index: Option<usize> = answer.get(0);
                 let name = index.filter(|i| *i < candidates.len());
                 self.tell(ClusterEvent::Claimed {
                     conn,
                     id: record.id,
                     name: name.map(|i| candidates.swap_remove(i)),
-                    history: history.then(|| parts.get(2).map(history_of).unwrap_or_default()),
+                    history: wanted.then(|| answer.history(1)),
                 });
             }
             ClusterRequest::Update {
@@ -279,7 +286,7 @@ impl Publisher {
             } => self.tell(ClusterEvent::Moved {
                 conn,
                 channel: record.channel,
-                history: Some(parts.get(1).map(history_of).unwrap_or_default()),
+                history: Some(answer.history(0)),
             }),
             ClusterRequest::Rename { conn, record } => self.tell(ClusterEvent::Renamed {
                 conn,
@@ -287,27 +294,25 @@ impl Publisher {
                 won: Some(!taken),
             }),
             ClusterRequest::Publish { .. } => {
-                let id = parts.get(1).and_then(text).and_then(|n| n.parse().ok());
+                let id: Option<u64> = answer.get(0);
                 self.floor = self.floor.max(id.unwrap_or(0));
             }
-            ClusterRequest::Recall { channel } => self.tell(ClusterEvent::Recalled {
-                channel,
-                history: Some(history_of(answer)),
-            }),
             ClusterRequest::Register { users, .. } => {
-                let chosen = parts.get(1).map(items).unwrap_or_default();
+                // Which candidate each user got, -1 for none.
+                let chosen: Vec<i64> = answer.get(0).unwrap_or_default();
                 let renamed = users
                     .into_iter()
                     .zip(chosen)
                     .filter_map(|((conn, record, mut candidates), index)| {
-                        let index: usize = text(index)?.parse().ok()?;
+                        let index = usize::try_from(index).ok()?;
                         (index > 0 && index < candidates.len())
                             .then(|| (conn, record.username, candidates.swap_remove(index)))
                     })
                     .collect();
                 self.tell(ClusterEvent::Registered { renamed });
             }
-            ClusterRequest::Update { answer: None, .. }
+            ClusterRequest::Recall { .. }
+            | ClusterRequest::Update { answer: None, .. }
             | ClusterRequest::Leave { .. }
             | ClusterRequest::Typing { .. } => {}
         }
@@ -350,18 +355,22 @@ impl Publisher {
     }
 }
 
-/// What an answer says about the connection and the cluster.
-fn verdict(answer: &Value) -> Verdict {
-    if let Value::ServerError(err) = answer {
+/// A script's answer, and what it says about the connection and the cluster. A script that
+/// failed answers nothing, which each request reads as it would an empty answer.
+fn read_answer(answer: Value) -> (Verdict, ScriptAnswer) {
+    if let Value::ServerError(err) = &answer {
         if err.code() == "NOSCRIPT" {
-            return Verdict::Lost("Redis forgot the scripts".into());
+            let lost = Verdict::Lost("Redis forgot the scripts".into());
+            return (lost, ScriptAnswer::default());
         }
         error!("a Redis script failed: {err:?}");
-        return Verdict::Fine;
+        return (Verdict::Fine, ScriptAnswer::default());
     }
-    match items(answer).first().and_then(text).as_deref() {
-        Some("EPOCH") => Verdict::Rejoin("Redis lost its data (its epoch is not ours)"),
-        Some("REAPED") => Verdict::Rejoin("the cluster took this server for dead"),
+    let answer: ScriptAnswer = redis::from_redis_value(answer).unwrap_or_default();
+    let verdict = match answer.word() {
+        "EPOCH" => Verdict::Rejoin("Redis lost its data (its epoch is not ours)"),
+        "REAPED" => Verdict::Rejoin("the cluster took this server for dead"),
         _ => Verdict::Fine,
-    }
+    };
+    (verdict, answer)
 }
