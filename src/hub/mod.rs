@@ -12,6 +12,7 @@
 //! | file | what |
 //! |---|---|
 //! | [`event`] | what connections tell the hub |
+//! | `user.rs` | what the hub keeps of each user |
 //! | `users.rs` | ids, names (unique under case folding), renames, leaving |
 //! | `channels.rs` | joining, channels, the `welcome`, the `channels` list |
 //! | `messages.rs` | a message's way: its id, its history, everyone in the channel |
@@ -32,6 +33,7 @@ mod invariants;
 mod messages;
 mod peers;
 mod presence;
+mod user;
 mod users;
 
 #[cfg(test)]
@@ -55,7 +57,7 @@ use channels::{Channel, ChannelList};
 use delivery::{Deliveries, MAX_BATCH_DELIVERIES, close_going_away};
 use peers::{Early, Peers};
 use presence::Holding;
-use users::User;
+use user::User;
 
 use crate::connection::{ConnId, Outbox};
 use crate::history::{Histories, Store};

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 use tungstenite::Bytes;
 
 use super::ConnId;
-use super::users::User;
+use super::user::User;
 use crate::connection::Outbox;
 use crate::protocol::{ChatError, ChatRequest};
 use clustered::Clustered;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tungstenite::Bytes;
 
 use super::delivery::Deliveries;
-use super::users::User;
+use super::user::User;
 use super::{ConnId, Hub};
 use crate::connection::Outbox;
 

@@ -2,52 +2,17 @@
 //! guests' names, renames, and users leaving.
 
 use log::info;
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Map;
 use uuid::Uuid;
 
 use super::peers::{Arrival, Change};
+use super::user::User;
 use super::{ConnId, Hub};
 use crate::connection::Outbox;
 use crate::protocol::{
-    ChatError, DEFAULT_CHANNEL, ErrorCode, ServerFrame, UserRef, UserWithState, encode, name_key,
-    validate_channel, validate_username,
+    ChatError, DEFAULT_CHANNEL, ErrorCode, ServerFrame, encode, name_key, validate_channel,
+    validate_username,
 };
-
-#[derive(Debug)]
-pub(super) struct User {
-    /// The public id: a uuid v4 in canonical lowercase form.
-    pub(super) id: String,
-    pub(super) username: String,
-    pub(super) channel: String,
-    pub(super) state: Map<String, Value>,
-    pub(super) outbox: Outbox,
-    /// This user as a `welcome` lists them, serialized once and again only when their name
-    /// or state changes: a welcome lists everyone in the channel, so this is most of it.
-    pub(super) listing: Box<RawValue>,
-    /// Number of the last presence frame of its channel this user has been given, or needs
-    /// no copy of (its own arrival). See [`Presence`].
-    pub(super) presence_seen: u64,
-}
-
-impl User {
-    pub(super) fn as_ref(&self) -> UserRef<'_> {
-        UserRef {
-            id: &self.id,
-            username: &self.username,
-        }
-    }
-
-    /// Serializes [`User::listing`] again, after a change of name or state.
-    pub(super) fn relist(&mut self) {
-        let listing = UserWithState {
-            id: &self.id,
-            username: &self.username,
-            state: &self.state,
-        };
-        self.listing = serde_json::value::to_raw_value(&listing).expect("users always serialize");
-    }
-}
 
 impl Hub {
     /// A chat connection's handshake is done: it gets an id, a name (the query's if it is
