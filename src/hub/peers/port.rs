@@ -168,7 +168,7 @@ pub enum ClusterEvent {
     },
 }
 
-/// The hub's end of the link to the publisher thread: an unbounded channel (the hub never
+/// The hub's end of the link to the publisher thread: an unbounded mpsc queue (the hub never
 /// waits on it) and the count of requests not yet taken, to refuse what a slow Redis cannot
 /// take.
 #[derive(Debug, Clone)]
