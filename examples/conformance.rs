@@ -21,8 +21,9 @@ use std::thread;
 use std::time::Instant;
 
 use cyberchat::Config;
+use cyberchat::capacity::OutboundBudget;
 use cyberchat::connection::frame::{binary_frame, text_frame};
-use cyberchat::connection::{Ended, Incoming, Outbox, Reader, Writers};
+use cyberchat::connection::{Ended, Incoming, Outbox, Reader};
 use cyberchat::doors::Door;
 use cyberchat::http::{self, HANDSHAKE_TIMEOUT};
 
@@ -43,7 +44,7 @@ fn main() {
     // As the server does: a writer that waits this long on a socket that takes nothing gives
     // the client up, as the reader gives up on a client silent this long.
     let stall = config.ping_interval.mul_f64(2.5);
-    let writers = Writers::new(MAX_WRITERS, config.max_queued_bytes, stall);
+    let writers = OutboundBudget::new(MAX_WRITERS, config.max_queued_bytes, stall);
     let config = Arc::new(config);
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
@@ -54,7 +55,7 @@ fn main() {
 
 /// One connection: the handshake, refused or answered as the server does, then the echo until
 /// it ends.
-fn serve(socket: &Arc<TcpStream>, config: &Config, writers: &Arc<Writers>) {
+fn serve(socket: &Arc<TcpStream>, config: &Config, writers: &Arc<OutboundBudget>) {
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let (request, already_read) = match http::read_head(socket, deadline) {
         Ok(head) => head,

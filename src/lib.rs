@@ -12,7 +12,7 @@
 //! | 4 | presence: joined, left, typing | `hub/presence.rs` |
 //! | 5 | history and channels | [`history`], `hub/channels.rs`, `hub/messages.rs` |
 //! | 6 | live state | `hub/messages.rs`, [`protocol::requests`] |
-//! | 7 | hardening: origins, limits, keepalive, budgets, shutdown | [`capacity`], [`doors::rate`], [`server`] |
+//! | 7 | hardening: origins, limits, keepalive, budgets, shutdown | [`capacity`], [`doors::rate`], [`accept`], [`server`] |
 //! | — | the command line | [`config`] |
 //!
 //! ```no_run
@@ -24,6 +24,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+pub mod accept;
 pub mod capacity;
 pub mod cluster;
 pub mod config;

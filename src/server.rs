@@ -11,34 +11,31 @@
 //!                               └─ otherwise: queue ─▶ writer thread (while needed) ──▶ socket
 //! ```
 //!
-//! The accept thread counts every connection against the [`Budget`] before it spawns
-//! anything, and refuses what is over with a 503 written without waiting. Each connection
-//! thread reads the HTTP head, picks a door (chat, echo, a file, `/stats`) and, for a
-//! WebSocket, becomes its reader. [`Server`] shuts everything down when dropped, the way the
-//! Rust Book's `ThreadPool` does.
+//! This file is the server's life: [`Server::bind`] starts the hub, the accept thread and (with
+//! `--redis`) the cluster's threads; [`Server::shutdown`] stops them, and so does dropping the
+//! [`Server`], the way the Rust Book's `ThreadPool` does. The accept thread ([`crate::accept`])
+//! counts every connection against the [`Budget`] before it spawns anything, and refuses what
+//! is over with a 503 written without waiting. Each connection thread reads the HTTP head,
+//! picks a door (chat, echo, a file, `/stats`) and, for a WebSocket, becomes its reader.
 
-use std::fs::File;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::panic::{self, AssertUnwindSafe};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, warn};
+use log::{debug, info, warn};
 
-use crate::capacity::{self, Budget, Capacity, Handshake, Limits, READER_STACK, Wanted};
-use crate::cluster::{ClusterLink, Requests};
+use crate::accept;
+use crate::capacity::{Budget, Capacity, Limits, OutboundBudget, Wanted};
 use crate::config::Config;
-use crate::connection::writer::send_without_waiting;
-use crate::connection::{Outbox, Writers};
-use crate::doors::{self, Context};
+use crate::connection::Outbox;
+use crate::doors::Context;
 use crate::history::Store;
+use crate::hub::port::{ClusterLink, ClusterRequests};
 use crate::hub::{Event, Hub};
-use crate::throttle::Throttle;
 
 /// The log target of the `listening on ws://HOST:PORT` line, which the reference says is always
 /// logged: whoever started the server with `--port 0` (a script, a test) reads the port there,
@@ -54,13 +51,6 @@ pub const HUB_QUEUE: usize = 4096;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A stopping server has 10 s (docs/reference.md); this leaves room to cut off and exit.
 const STOP_WITHIN: Duration = Duration::from_secs(8);
-/// Pause after a failed `accept` (other than running out of descriptors) so the loop does not
-/// spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
-/// Refusals at the door, logged at most every few seconds: a flood of them must not become
-/// a flood of log lines.
-static REFUSED: Throttle = Throttle::new();
 
 /// A running server. Dropping it (or calling [`Server::shutdown`]) stops it.
 pub struct Server {
@@ -81,7 +71,7 @@ impl Server {
     /// When the address cannot be bound, `--data-dir` cannot be opened, or a thread cannot
     /// be started.
     pub fn bind(mut config: Config) -> io::Result<Server> {
-        if capacity::use_global_futex_hash() {
+        if use_global_futex_hash() {
             debug!("using the kernel's global futex hash");
         }
         let with_context = |what: String| {
@@ -117,18 +107,18 @@ impl Server {
             .ping_interval
             .mul_f64(2.5)
             .max(Duration::from_secs(1));
-        let writers = Writers::new(capacity.writers, config.max_queued_bytes, stall);
+        let outbound = OutboundBudget::new(capacity.writers, config.max_queued_bytes, stall);
         let context = Arc::new(Context {
             config,
             hub: hub_tx,
             budget: Budget::new(capacity),
-            writers,
+            outbound,
             stopping: AtomicBool::new(false),
         });
         let accept_context = Arc::clone(&context);
         let accept_thread = thread::Builder::new()
             .name("accept".into())
-            .spawn(move || accept_loop(&listener, &accept_context))?;
+            .spawn(move || accept::run(&listener, &accept_context))?;
         info!(target: LISTENING_LOG_TARGET, "listening on ws://{addr}");
         Ok(Server {
             addr,
@@ -207,7 +197,7 @@ type Cluster = ();
 fn join_cluster(
     config: &Config,
     hub: &mpsc::SyncSender<Event>,
-    requests: Option<Requests>,
+    requests: Option<ClusterRequests>,
 ) -> io::Result<Option<Cluster>> {
     match (&config.redis, requests) {
         (Some(url), Some(requests)) => Ok(Some(crate::cluster::redis::start(
@@ -224,7 +214,7 @@ fn join_cluster(
 fn join_cluster(
     config: &Config,
     _hub: &mpsc::SyncSender<Event>,
-    requests: Option<Requests>,
+    requests: Option<ClusterRequests>,
 ) -> io::Result<Option<Cluster>> {
     match (&config.redis, requests) {
         (Some(_), Some(_)) => Err(io::Error::new(
@@ -282,110 +272,18 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Accepts connections, admitting each against the budget; never waits on a client.
-fn accept_loop(listener: &TcpListener, context: &Arc<Context>) {
-    // Kept so that, out of file descriptors, one can still be freed to take a connection
-    // off the backlog and refuse it, instead of leaving clients hanging.
-    let mut reserve = File::open("/dev/null").ok();
-    // Connection numbers, for the log.
-    let next_conn = AtomicU64::new(1);
-    loop {
-        let (stream, peer) = match listener.accept() {
-            Ok(accepted) => accepted,
-            Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                drop(reserve.take());
-                if let Ok((stream, _)) = listener.accept() {
-                    refuse_now(&stream, "the server is out of file descriptors");
-                }
-                reserve = File::open("/dev/null").ok();
-                if let Some(also) = REFUSED.allow() {
-                    warn!("accept: {err} (raise `ulimit -n`); {also} more refused since");
-                }
-                continue;
-            }
-            Err(err) => {
-                if let Some(also) = REFUSED.allow() {
-                    warn!("accept failed: {err}; {also} more refused since");
-                }
-                thread::sleep(ACCEPT_BACKOFF);
-                continue;
-            }
-        };
-        if context.stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        let conn = next_conn.fetch_add(1, Ordering::Relaxed);
-        let socket = Arc::new(stream);
-        match context.budget.admit(peer.ip(), &socket) {
-            Ok(handshake) => spawn_connection(socket, handshake, context, conn),
-            Err(full) => {
-                refuse_now(&socket, full.reason());
-                if let Some(also) = REFUSED.allow() {
-                    let (open, handshakes) = context.budget.in_use();
-                    warn!(
-                        "refused a connection from {}: {} ({open} open, {handshakes} starting; \
-                         {also} more refused since the last warning)",
-                        peer.ip(),
-                        full.reason()
-                    );
-                }
-            }
-        }
-    }
-}
-
-/// Answers 503 with one write that never waits, and closes.
-fn refuse_now(stream: &TcpStream, reason: &str) {
-    let body = format!("503 Service Unavailable: {reason}\n");
-    let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
-         Content-Length: {}\r\nRetry-After: 5\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    send_without_waiting(stream, answer.as_bytes());
-    // Whatever the client already sent is read first: closing a socket with unread bytes
-    // sends a reset, which can destroy the answer before the client reads it.
-    let mut scratch = [0u8; 4096];
-    // SAFETY: reads into our own buffer from a descriptor `stream` owns.
-    let _ = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            scratch.as_mut_ptr().cast(),
-            scratch.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    let _ = stream.shutdown(Shutdown::Write);
-}
-
-fn spawn_connection(
-    socket: Arc<TcpStream>,
-    handshake: Handshake,
-    context: &Arc<Context>,
-    conn: u64,
-) {
-    // Chat frames are small and latency matters: never let Nagle hold one back.
-    let _ = socket.set_nodelay(true);
-    let thread_socket = Arc::clone(&socket);
-    let thread_context = Arc::clone(context);
-    let spawned = thread::Builder::new()
-        .name(format!("conn-{conn}"))
-        .stack_size(READER_STACK)
-        .spawn(move || {
-            let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-                doors::serve(&thread_socket, &thread_context, conn, handshake)
-            }));
-            if outcome.is_err() {
-                error!(
-                    "conn {conn}: its thread panicked; the connection is closed, the server goes on"
-                );
-                let _ = thread_socket.shutdown(std::net::Shutdown::Both);
-            }
-        });
-    if let Err(err) = spawned {
-        if let Some(also) = REFUSED.allow() {
-            warn!("cannot start a connection thread ({err}); answering 503 ({also} more since)");
-        }
-        refuse_now(&socket, "the server is out of threads");
-    }
+/// Asks Linux to use its global futex hash for this process.
+///
+/// Every parked thread waits on a futex, and since Linux 6.16 a process gets a private futex
+/// hash sized from the CPU count: 16 buckets on a two-core machine. With thousands of
+/// threads parked, every wake-up then walks a long bucket chain — measured at 5 µs a wake with
+/// 10,000 threads, against 0.2 µs with the global hash — and the hub, which wakes threads
+/// all the time, slows to a crawl. Older kernels do not know the request and refuse it, which
+/// is fine: they only have the global hash.
+fn use_global_futex_hash() -> bool {
+    const PR_FUTEX_HASH: i32 = 78;
+    const PR_FUTEX_HASH_SET_SLOTS: u64 = 1;
+    // SAFETY: PR_FUTEX_HASH_SET_SLOTS with 0 slots takes plain integers and touches no memory
+    // of ours; on kernels without it, prctl returns -1 (EINVAL) and nothing changes.
+    unsafe { libc::prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, 0u64, 0u64, 0u64) == 0 }
 }

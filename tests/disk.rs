@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::rng::Rng;
 use common::{Client, DEADLINE, connect, start};
 use serde_json::{Value, json};
 
@@ -408,13 +409,8 @@ fn step5_disk_a_big_file_without_newline_is_set_aside_intact() {
 #[test]
 fn step5_disk_what_is_not_a_history_is_set_aside_intact() {
     let dir = TempDir::new("corrupt");
-    let mut garbage = Vec::new();
-    let mut x: u32 = 12345;
-    for _ in 0..200_000 {
-        // Binary noise, newlines and all.
-        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-        garbage.push((x >> 16) as u8);
-    }
+    // Binary noise, newlines and all.
+    let garbage = Rng::new(12345).bytes(200_000);
     let frame = |id: u64, channel: &str| message_line(id, channel, "x");
     let files: Vec<(&str, Vec<u8>)> = vec![
         ("garbage", garbage),

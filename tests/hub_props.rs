@@ -9,45 +9,21 @@
 //! Seeds: `PROPS_SEED=<n>` replays one base seed; a failure prints the seed, the sequence and
 //! the last steps.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::panic::{self, AssertUnwindSafe};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::rng::Rng;
+
 use cyberchat::connection::frame::close_code;
-use cyberchat::connection::{Outbound, Outbox, QueuedFrames};
-use cyberchat::hub::{CHANNELS_EVERY, ConnId, Event, Hub, PRESENCE_WINDOW};
+use cyberchat::connection::{ConnId, Outbound, Outbox, QueuedFrames};
+use cyberchat::hub::{CHANNELS_EVERY, Event, Hub, PRESENCE_WINDOW};
 use cyberchat::protocol::{ChatError, ChatRequest, parse_request};
 use serde_json::{Map, Value, json};
-
-// ---------------------------------------------------------------------------------------------
-// A small seeded PRNG (SplitMix64): no dependency, same sequence on every machine.
-
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    /// True with probability `percent` / 100.
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
 
 fn base_seed() -> u64 {
     std::env::var("PROPS_SEED")
@@ -914,13 +890,13 @@ fn run_sequence(
     profile: Profile,
     clocked: bool,
 ) -> Result<BTreeMap<String, usize>, String> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut world = World::new();
     if clocked {
         world.clock = Some(Clock {
             start: Instant::now(),
             ms: 0,
-            rng: Rng(seed ^ 0xC10C),
+            rng: Rng::new(seed ^ 0xC10C),
         });
     }
     for step in 0..steps {
@@ -1324,7 +1300,7 @@ fn check_parse(
 
 #[test]
 fn props_parse_request_never_panics_and_refuses_with_the_references_codes() {
-    let mut rng = Rng(base_seed() ^ 0x5EED);
+    let mut rng = Rng::new(base_seed() ^ 0x5EED);
     let mut problems = Vec::new();
     let mut note = |result: Result<(), String>| {
         if let Err(problem) = result

@@ -31,6 +31,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::rng::Rng;
 use common::{Client, DEADLINE, Flood, eventually, flood_once, start, stats};
 use serde_json::{Value, json};
 use tungstenite::Message;
@@ -341,28 +342,12 @@ fn send(client: &mut Client, value: Value) -> bool {
     client.ws.send(Message::text(value.to_string())).is_ok()
 }
 
-/// A small deterministic PRNG per thread (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
-    fn millis(&mut self, from: u64, to: u64) -> Duration {
-        Duration::from_millis(from + self.below(to - from))
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The roles.
 
 fn healthy(soak: &Soak, me: usize, mut client: Client) {
     let arrival = soak.arrival();
-    let mut rng = Rng(me as u64);
+    let mut rng = Rng::new(me as u64);
     let peers: Vec<usize> = (0..HEALTHY)
         .filter(|p| p % HEALTHY_CHANNELS == me % HEALTHY_CHANNELS)
         .collect();
@@ -857,12 +842,12 @@ fn garbage(soak: &Soak, me: usize) {
 
 fn abrupt(soak: &Soak, me: usize) {
     let arrival = soak.arrival();
-    let mut rng = Rng(1000 + me as u64);
+    let mut rng = Rng::new(1000 + me as u64);
     let channels = ["soak-0", "soak-1", "soak-2", "soak-3", "general"];
     let mut k = 0;
     while !soak.over() {
         k += 1;
-        let channel = channels[rng.below(channels.len() as u64) as usize];
+        let channel = channels[rng.below(channels.len())];
         let Some((mut client, _)) = soak.connect(&format!("abrupt-{me}-{k}"), channel) else {
             break;
         };

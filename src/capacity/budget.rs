@@ -12,14 +12,14 @@
 //!   also take only so fast ([`ARRIVALS_PER_SECOND`]): each arrival and departure is told to a
 //!   whole channel, so a client connecting and leaving in a loop would flood everyone in it.
 //!
-//! Writer threads have their own budget, in [`crate::connection::Writers`].
+//! Writer threads and queued bytes have their own budget, in [`super::outbound`].
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::Capacity;
+use super::{Capacity, TokenBucket};
 
 /// A handshake still unfinished after this long, when every place is taken, is given up for a
 /// newcomer. A real client's head arrives in one round trip, milliseconds.
@@ -59,26 +59,20 @@ impl AtCapacity {
 
 /// A handshake in progress, so that it can be given up if it stalls.
 #[derive(Debug)]
-struct Pending {
+struct Starting {
     address: IpAddr,
     since: Instant,
     socket: Arc<TcpStream>,
 }
 
-/// An address's arrivals: a token bucket, as for messages.
-#[derive(Debug, Clone, Copy)]
-struct Arrivals {
-    tokens: f64,
-    last: Instant,
-}
-
 #[derive(Debug, Default)]
 struct Counts {
-    pending: HashMap<u64, Pending>,
-    next_pending: u64,
+    starting: HashMap<u64, Starting>,
+    next_starting: u64,
     by_address: HashMap<IpAddr, usize>,
     open: usize,
-    arrivals: HashMap<IpAddr, Arrivals>,
+    /// Each address's arrivals: a token bucket, as for a connection's frames.
+    arrivals: HashMap<IpAddr, TokenBucket>,
 }
 
 /// The live counts against a [`Capacity`].
@@ -134,9 +128,9 @@ impl Budget {
         {
             return Err(AtCapacity::Address);
         }
-        if counts.pending.len() >= self.capacity.handshakes {
+        if counts.starting.len() >= self.capacity.handshakes {
             let oldest = counts
-                .pending
+                .starting
                 .iter()
                 .filter(|(_, p)| now.duration_since(p.since) >= STALLED)
                 .min_by_key(|(_, p)| p.since)
@@ -144,19 +138,19 @@ impl Budget {
             let Some(oldest) = oldest else {
                 return Err(AtCapacity::Handshakes);
             };
-            let stalled = counts.pending.remove(&oldest).expect("just found");
+            let stalled = counts.starting.remove(&oldest).expect("just found");
             forget_one(&mut counts.by_address, stalled.address);
             let _ = stalled.socket.shutdown(Shutdown::Both);
         }
         *counts.by_address.entry(address).or_default() += 1;
-        let id = counts.next_pending;
-        counts.next_pending += 1;
-        let pending = Pending {
+        let id = counts.next_starting;
+        counts.next_starting += 1;
+        let starting = Starting {
             address,
             since: now,
             socket: Arc::clone(socket),
         };
-        counts.pending.insert(id, pending);
+        counts.starting.insert(id, starting);
         Ok(Handshake {
             budget: Arc::clone(self),
             id,
@@ -180,7 +174,7 @@ impl Budget {
         if counts.open >= self.capacity.connections {
             return Err(AtCapacity::Connections);
         }
-        let address = counts.pending.get(&handshake.id).map(|p| p.address);
+        let address = counts.starting.get(&handshake.id).map(|p| p.address);
         if let Some(address) = address
             && !counts.arrive(address, now)
         {
@@ -195,7 +189,7 @@ impl Budget {
     /// Open WebSockets and handshakes in progress.
     pub fn in_use(&self) -> (usize, usize) {
         let counts = self.counts();
-        (counts.open, counts.pending.len())
+        (counts.open, counts.starting.len())
     }
 
     /// Waits up to `timeout` for every WebSocket to close; returns how many are still open.
@@ -213,22 +207,12 @@ impl Counts {
     /// Takes one arrival token of `address`, if it has one.
     fn arrive(&mut self, address: IpAddr, now: Instant) -> bool {
         if self.arrivals.len() >= REMEMBERED_ADDRESSES {
-            let full = Duration::from_secs_f64(ARRIVALS_BURST / ARRIVALS_PER_SECOND);
-            self.arrivals
-                .retain(|_, a| now.duration_since(a.last) < full);
+            self.arrivals.retain(|_, bucket| !bucket.full_at(now));
         }
-        let bucket = self.arrivals.entry(address).or_insert(Arrivals {
-            tokens: ARRIVALS_BURST,
-            last: now,
-        });
-        let refill = now.duration_since(bucket.last).as_secs_f64() * ARRIVALS_PER_SECOND;
-        bucket.tokens = (bucket.tokens + refill).min(ARRIVALS_BURST);
-        bucket.last = now;
-        if bucket.tokens < 1.0 {
-            return false;
-        }
-        bucket.tokens -= 1.0;
-        true
+        self.arrivals
+            .entry(address)
+            .or_insert_with(|| TokenBucket::new(ARRIVALS_PER_SECOND, ARRIVALS_BURST, now))
+            .take_at(now)
     }
 }
 
@@ -252,8 +236,8 @@ impl Drop for Handshake {
     fn drop(&mut self) {
         let mut counts = self.budget.counts();
         // Not there if it stalled and was given up for a newcomer: counted out already.
-        if let Some(pending) = counts.pending.remove(&self.id) {
-            forget_one(&mut counts.by_address, pending.address);
+        if let Some(starting) = counts.starting.remove(&self.id) {
+            forget_one(&mut counts.by_address, starting.address);
         }
     }
 }

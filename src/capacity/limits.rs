@@ -15,12 +15,13 @@ use std::fs;
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use crate::connection::writer::WRITER_STACK;
-
 /// Stack of a connection's reader thread. serde_json accepts nesting up to 128 levels, which
 /// needs between 256 and 512 KiB in a debug build; overflowing would abort the whole process.
 /// Only the pages actually touched cost memory, so the generous size is nearly free.
 pub const READER_STACK: usize = 1024 * 1024;
+/// Stack of a writer thread: it only moves bytes. Not smaller, because glibc keeps the stacks
+/// of ended threads for reuse (up to 40 MiB), and each kept stack is two memory maps.
+pub const WRITER_STACK: usize = 256 * 1024;
 /// File descriptors kept back for the listener, stdio, the one kept to refuse connections
 /// with when descriptors run out, and `--data-dir`'s files (at most
 /// `history::MAX_OPEN_APPENDERS` open for appending, and one being read).
@@ -246,22 +247,6 @@ fn cgroup_pids_room() -> Option<u64> {
 fn fake_max_map_count(real: Option<u64>) -> Option<u64> {
     let fake = std::env::var("CYBERCHAT_FAKE_MAX_MAP_COUNT").ok();
     least(real, fake.and_then(|fake| fake.parse().ok()))
-}
-
-/// Asks Linux to use its global futex hash for this process.
-///
-/// Every parked thread waits on a futex, and since Linux 6.16 a process gets a private futex
-/// hash sized from the CPU count: 16 buckets on a two-core machine. With thousands of
-/// threads parked, every wake-up then walks a long bucket chain — measured at 5 µs a wake with
-/// 10,000 threads, against 0.2 µs with the global hash — and the hub, which wakes threads
-/// all the time, slows to a crawl. Older kernels do not know the request and refuse it, which
-/// is fine: they only have the global hash.
-pub fn use_global_futex_hash() -> bool {
-    const PR_FUTEX_HASH: i32 = 78;
-    const PR_FUTEX_HASH_SET_SLOTS: u64 = 1;
-    // SAFETY: PR_FUTEX_HASH_SET_SLOTS with 0 slots takes plain integers and touches no memory
-    // of ours; on kernels without it, prctl returns -1 (EINVAL) and nothing changes.
-    unsafe { libc::prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, 0u64, 0u64, 0u64) == 0 }
 }
 
 #[cfg(test)]

@@ -1,9 +1,14 @@
 //! How much the server takes on (hardening): [`limits`] reads what the operating system allows
 //! and derives the budgets; [`budget`] counts against them, at the door, before any thread is
-//! spawned.
+//! spawned; [`outbound`] counts writer threads and queued bytes, as frames leave; [`bucket`]
+//! is how fast something may happen.
 
+pub mod bucket;
 pub mod budget;
 pub mod limits;
+pub mod outbound;
 
+pub use bucket::TokenBucket;
 pub use budget::{AtCapacity, Budget, Handshake, Place};
-pub use limits::{Capacity, Limits, READER_STACK, Wanted, use_global_futex_hash};
+pub use limits::{Capacity, Limits, READER_STACK, WRITER_STACK, Wanted};
+pub use outbound::{OutboundBudget, WriterSlot};

@@ -31,7 +31,7 @@
 //! as each entry says what is, not what to add.
 //!
 //! **Dead servers.** Each server refreshes `<p>:alive:<server>` (TTL [`ALIVE_TTL`]) every
-//! [`HEARTBEAT`]; the same script removes, for every server in `<p>:servers` whose key has
+//! [`HEARTBEAT_EVERY`]; the same script removes, for every server in `<p>:servers` whose key has
 //! expired, its users and names, and appends `gone`. So a server killed with `kill -9` is out
 //! of everyone's presence within [`PRESENCE_BOUND`]. A server that finds itself removed (it
 //! was cut off from Redis longer than the TTL) registers its users again: nothing stale comes
@@ -44,10 +44,10 @@
 //! the `renamed`) sent. A connect offers the script its candidates in order (the query's name,
 //! then guest names), and the first free one wins.
 //!
-//! **Redis going away.** The publisher's failures reach the hub as [`ClusterEvent::Down`]: then
+//! **Redis going away.** The publisher's failures reach the hub as [`ClusterEvent::Down`](crate::hub::port::ClusterEvent::Down): then
 //! messages are refused with `unavailable`, and the rest is served locally (connect, join,
 //! rename, typing and state among this server's own users, names unique among the names this
-//! server knows). When Redis is back ([`ClusterEvent::Up`]) the hub registers every user again
+//! server knows). When Redis is back ([`ClusterEvent::Up`](crate::hub::port::ClusterEvent::Up)) the hub registers every user again
 //! (a name taken meanwhile on another server is lost to a guest name, with `username_taken`),
 //! asks again for the history of every channel it has members in, and messages are accepted
 //! again; the reader resumes from the last entry it saw.
@@ -62,235 +62,28 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | this file | the requests the hub makes and the events it gets back |
+//! | this file | the design |
+//! | `src/hub/peers/port.rs` | the requests the hub makes and the events it gets back |
 //! | `redis/mod.rs` | starting the threads; keys; connections |
 //! | `redis/scripts.rs` | the Lua scripts, each atomic |
 //! | `redis/commands.rs` | which script each request runs, with which arguments |
 //! | `redis/publisher.rs` | the publisher thread: requests, heartbeats, reconnecting |
 //! | `redis/reader.rs` | the reader thread: `XREAD BLOCK`, snapshots, epoch changes |
-//! | `src/hub/remote.rs` | the hub's view of the other servers' users |
-//! | `src/hub/cluster.rs` | the hub's side of each request and answer |
+//! | `src/hub/peers.rs` | the questions the hub's steps ask of the other servers |
+//! | `src/hub/peers/clustered.rs` | what the hub asks Redis, never waiting |
+//! | `src/hub/peers/answers.rs` | what the hub does with each answer and stream entry |
+//! | `src/hub/peers/remote.rs` | the hub's view of the other servers' users |
 
 #[cfg(feature = "redis")]
 pub mod redis;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
-
-use crate::hub::ConnId;
 
 /// How long a server's heartbeat key lives: a server silent this long is taken for dead.
 pub const ALIVE_TTL: Duration = Duration::from_secs(10);
 /// How often each server refreshes its heartbeat and looks for dead servers.
-pub const HEARTBEAT: Duration = Duration::from_secs(1);
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// Within this, a dead server's users are out of every other server's presence: its key
 /// expires at most [`ALIVE_TTL`] after its last refresh, and the next heartbeat of any live
-/// server (at most [`HEARTBEAT`] later) removes them; the rest is delivery.
+/// server (at most [`HEARTBEAT_EVERY`] later) removes them; the rest is delivery.
 pub const PRESENCE_BOUND: Duration = Duration::from_secs(12);
-/// Requests that may wait for the publisher. Past this (a slow Redis), messages and typing
-/// are refused rather than queued without bound; presence is always queued.
-pub const MAX_BACKLOG: usize = 8192;
-
-/// A user as the cluster stores and announces them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct UserRecord {
-    pub id: String,
-    pub username: String,
-    /// The folded name ([`crate::protocol::name_key`]) the user holds in `<p>:names`.
-    pub key: String,
-    pub channel: String,
-    #[serde(default)]
-    pub state: Map<String, Value>,
-}
-
-/// A name a user may get, in the order they are tried.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Candidate {
-    pub username: String,
-    pub key: String,
-}
-
-/// A message as history keeps it: its id and its `message` frame.
-pub type Kept = (u64, Box<RawValue>);
-
-/// What the hub asks of the publisher thread. It never waits for an answer: answers come back
-/// as [`ClusterEvent`]s.
-#[derive(Debug)]
-pub enum Request {
-    /// Claim the first free name of `candidates` for a new user and announce them (`up`); with
-    /// `history`, also the last messages of its channel. Answered by [`ClusterEvent::Claimed`].
-    Claim {
-        conn: ConnId,
-        record: UserRecord,
-        candidates: Vec<Candidate>,
-        history: bool,
-    },
-    /// A user moved or set a state: store and announce the record. With `answer`, it moved
-    /// into a channel whose history this server does not hold: answered by
-    /// [`ClusterEvent::Moved`] with that history.
-    Update {
-        record: UserRecord,
-        answer: Option<ConnId>,
-    },
-    /// Take the record's name (if free) and announce it. Answered by [`ClusterEvent::Renamed`].
-    Rename { conn: ConnId, record: UserRecord },
-    /// A user left: release their name, remove and announce.
-    Leave { id: String },
-    /// Someone is typing: announced, not stored (at most once).
-    Typing {
-        channel: String,
-        user: String,
-        typing: bool,
-    },
-    /// A chat message: `tail` is its frame after the `"id":N,` the script puts in. A failure is
-    /// answered by [`ClusterEvent::PublishFailed`]; success by the message coming back.
-    Publish {
-        conn: ConnId,
-        channel: String,
-        tail: String,
-        floor: u64,
-    },
-    /// The last messages of a channel. Answered by [`ClusterEvent::Recalled`].
-    Recall { channel: String },
-    /// Register every user of this server again (after Redis was away), each with the names
-    /// it may get. Answered by [`ClusterEvent::Registered`].
-    Register {
-        users: Vec<(ConnId, UserRecord, Vec<Candidate>)>,
-        floor: u64,
-    },
-}
-
-/// What the cluster's threads tell the hub.
-#[derive(Debug)]
-pub enum ClusterEvent {
-    /// The publisher can talk to Redis again (or for the first time).
-    Up,
-    /// The publisher lost Redis: refuse messages until [`ClusterEvent::Up`].
-    Down,
-    /// The answer to [`Request::Claim`]: the name won, or `None` if Redis could not be asked;
-    /// the channel's history if it was asked for and could be read.
-    Claimed {
-        conn: ConnId,
-        id: String,
-        name: Option<Candidate>,
-        history: Option<Vec<Kept>>,
-    },
-    /// The answer to [`Request::Update`] with an `answer`.
-    Moved {
-        conn: ConnId,
-        channel: String,
-        history: Option<Vec<Kept>>,
-    },
-    /// The answer to [`Request::Rename`]: `Some(true)` taken, `Some(false)` held by someone
-    /// else, `None` Redis could not be asked.
-    Renamed {
-        conn: ConnId,
-        username: String,
-        won: Option<bool>,
-    },
-    PublishFailed {
-        conn: ConnId,
-    },
-    Recalled {
-        channel: String,
-        history: Option<Vec<Kept>>,
-    },
-    /// The answer to [`Request::Register`]: users whose name was taken meanwhile, with the old
-    /// name and the one they got instead.
-    Registered {
-        renamed: Vec<(ConnId, String, Candidate)>,
-    },
-    /// A message read from the stream.
-    Message {
-        id: u64,
-        channel: String,
-        json: Box<RawValue>,
-    },
-    /// Another server's user, as they now are.
-    Upsert {
-        server: String,
-        record: UserRecord,
-    },
-    /// Another server's user left.
-    Remove {
-        server: String,
-        id: String,
-    },
-    /// All of another server's users.
-    Sync {
-        server: String,
-        records: Vec<UserRecord>,
-    },
-    /// Another server and all its users are gone.
-    Gone {
-        server: String,
-    },
-    /// Every other server's users, read at once (at start, or after Redis lost data or the
-    /// reader missed entries): the view is replaced. With `before`, reading goes on after
-    /// every message up to that id: those are never read, and history may show them.
-    Snapshot {
-        records: Vec<(String, UserRecord)>,
-        before: Option<u64>,
-    },
-    /// Someone on another server is typing. `user` is `{"id","username"}`.
-    Typing {
-        channel: String,
-        user: Box<RawValue>,
-        typing: bool,
-    },
-}
-
-/// The hub's end of the link to the publisher thread: an unbounded mpsc queue (the hub never
-/// waits on it) and the count of requests not yet taken, to refuse what a slow Redis cannot
-/// take.
-#[derive(Debug, Clone)]
-pub struct ClusterLink {
-    requests: Sender<Request>,
-    backlog: Arc<AtomicUsize>,
-}
-
-impl ClusterLink {
-    /// A link and the publisher's end of it.
-    pub fn new() -> (ClusterLink, Requests) {
-        let (requests, receiver) = std::sync::mpsc::channel();
-        let backlog = Arc::new(AtomicUsize::new(0));
-        let link = ClusterLink {
-            requests,
-            backlog: Arc::clone(&backlog),
-        };
-        (link, Requests { receiver, backlog })
-    }
-
-    /// Queues a request; never waits.
-    pub fn send(&self, request: Request) {
-        self.backlog.fetch_add(1, Ordering::Relaxed);
-        if self.requests.send(request).is_err() {
-            self.backlog.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Whether the publisher is so far behind that optional requests should be refused.
-    pub fn congested(&self) -> bool {
-        self.backlog.load(Ordering::Relaxed) >= MAX_BACKLOG
-    }
-}
-
-/// The publisher's end of a [`ClusterLink`].
-#[derive(Debug)]
-pub struct Requests {
-    pub receiver: Receiver<Request>,
-    backlog: Arc<AtomicUsize>,
-}
-
-impl Requests {
-    /// Counts a request as taken off the queue.
-    pub fn taken(&self) {
-        self.backlog.fetch_sub(1, Ordering::Relaxed);
-    }
-}

@@ -13,10 +13,13 @@
 //! - Every write happens while holding the connection's **pen** (see [`outbox`]). When nothing
 //!   is queued, whoever sends (usually the hub) takes the pen and writes with one non-blocking
 //!   `send`, so a quiet connection needs no thread switch to deliver a frame.
-//! - Whatever the socket does not take at once is queued, and a **writer** thread ([`writer`])
+//! - Whatever the socket does not take at once is queued (the queue and the pen are one type,
+//!   in `queue.rs`, the only place that changes them), and a **writer** thread ([`writer`])
 //!   starts, writes everything queued with as few `writev` calls as it can, and ends once the
 //!   queue has been empty for a while. Delivery never waits for a read timeout or a poll:
 //!   either the frame is written at once, or the writer wakes the moment it is queued.
+//! - The calls std does not wrap (a `send` that never waits, `SIOCOUTQ`) are in [`socket`];
+//!   [`frame`] encodes the server's frames, and [`ConnId`] names a connection everywhere.
 //!
 //! Because every write holds the pen, and a frame the fast path could only partly write is
 //! finished by the writer before anything else, frames (data, ping, pong, close) never
@@ -29,9 +32,15 @@
 
 pub mod frame;
 pub mod outbox;
+mod queue;
 pub mod reader;
+pub mod socket;
 pub mod writer;
 
-pub use outbox::{Outbound, Outbox, QueuedFrames, Undeliverable};
+pub use outbox::{Outbox, QueuedFrames};
+pub use queue::{BEHIND, MAX_QUEUED_BYTES, MAX_QUEUED_FRAMES, Outbound, Undeliverable};
 pub use reader::{Ended, Incoming, Reader};
-pub use writer::Writers;
+
+/// Identifies one connection for its whole life, in the log and in the hub (the user's uuid is
+/// separate: it is public).
+pub type ConnId = u64;

@@ -1,9 +1,9 @@
-//! The per-connection outbound queue (tutorial step 2): the only way anything reaches a client.
+//! The per-connection outbox (tutorial step 2): the only way anything reaches a client.
 //!
 //! The hub and the connection's reader hand already-encoded frames to an [`Outbox`]. Handing
 //! over never blocks, so the hub can never be held up by a slow client: once more than
 //! [`MAX_QUEUED_FRAMES`] frames or [`MAX_QUEUED_BYTES`] bytes wait for one client (or the
-//! server's whole [`Writers::max_queued_bytes`] is used up), [`Outbox::push`] says
+//! server's whole [`OutboundBudget::max_queued_bytes`] is used up), [`Outbox::push`] says
 //! [`Undeliverable::Full`] and the hub drops that client instead of waiting for it.
 //!
 //! **The fast path.** When nothing is queued for a client and nobody is writing to it,
@@ -11,116 +11,33 @@
 //! waits on the socket. That is how nearly every frame goes out: a chat client reads what it
 //! is sent, so its socket buffer has room.
 //!
-//! **A writer thread only while needed.** Whatever the socket does not take at once is queued,
-//! and the first frame queued starts the connection's writer thread (see [`super::writer`]),
-//! which writes until the queue is empty and ends once it has stayed empty for a while.
+//! **A writer thread only while needed.** Whatever the socket does not take at once is queued
+//! (see `queue.rs`), and the first frame queued starts the connection's writer thread
+//! (see [`super::writer`]), which writes until the queue is empty and ends once it has stayed
+//! empty for a while.
 //!
 //! Every write, fast or not, happens while holding the connection's *pen* (a mutex), so there
 //! is at most one writer at a time, and the rest of a frame that was only partly written is
 //! kept in the pen itself, where the writer always finishes it before anything else.
 
-use std::collections::VecDeque;
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 
-use log::{debug, warn};
+use log::debug;
 use tungstenite::Bytes;
 
-use super::writer::{Writers, send_without_waiting};
-use crate::throttle::Throttle;
-
-/// Frames that may wait for one client before it counts as a slow reader and is dropped.
-pub const MAX_QUEUED_FRAMES: usize = 1024;
-/// Bytes that may wait for one client before it counts as a slow reader: without this, 1024
-/// full welcomes (about 800 KB each) could pile up for one client that does not read. (A
-/// single frame larger than this, a `welcome` listing thousands of users, still goes to a
-/// client with nothing queued.)
-pub const MAX_QUEUED_BYTES: usize = 4 * 1024 * 1024;
-/// A client this far behind queues more only if the server-wide budget has room
-/// ([`Writers::max_queued_bytes`]); one less far behind is never refused by it, so that a crowd
-/// that does not read can only ever cost itself its places, not the readers theirs.
-pub const BEHIND: usize = 256 * 1024;
-
-/// Warnings about the server-wide budget, at most one every few seconds.
-static BUDGET_WARNING: Throttle = Throttle::new();
-
-/// What a writer can be asked to do.
-#[derive(Debug)]
-pub enum Outbound {
-    /// Write these bytes: one complete, encoded WebSocket frame (data, ping or pong), or, when
-    /// the hub writes held presence to a client with nothing queued, several end to end.
-    Frame(Bytes),
-    /// Write this encoded close frame (empty if the fast path already began it and its rest is
-    /// in the pen), then nothing more.
-    Close(Bytes),
-    /// The fast path left the rest of a frame (this many bytes) in the pen: finish it.
-    Finish(usize),
-}
-
-impl Outbound {
-    /// Bytes this item holds for its client.
-    pub(super) fn size(&self) -> usize {
-        match self {
-            Outbound::Frame(bytes) | Outbound::Close(bytes) => bytes.len(),
-            Outbound::Finish(rest) => *rest,
-        }
-    }
-}
-
-/// Why the queue refused a frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Undeliverable {
-    /// Too much waits for this client (or for everyone together): it is not reading.
-    Full,
-    /// The connection is closing or its writer has failed: nothing more goes out.
-    Closed,
-}
-
-/// The queue proper, under [`OutboxState::queue`].
-#[derive(Debug, Default)]
-pub(super) struct Queue {
-    pub(super) items: VecDeque<Outbound>,
-    /// Frames and bytes queued, or taken by the writer and not yet written.
-    pub(super) frames: usize,
-    pub(super) bytes: usize,
-    /// A writer thread is running for this connection.
-    pub(super) writer: bool,
-    /// It is waiting on [`OutboxState::wake`] for more.
-    pub(super) waiting: bool,
-    /// Nothing more may be queued: a close frame was queued or written, or a write failed.
-    pub(super) stopped: bool,
-}
-
-/// What both ends of a connection's queue share.
-#[derive(Debug)]
-pub(super) struct OutboxState {
-    queue: Mutex<Queue>,
-    pub(super) wake: Condvar,
-    /// [`Queue::frames`], readable without the lock so the fast path can look first.
-    queued: AtomicUsize,
-    /// Whoever holds the pen may write to the socket. It holds the rest of a frame the fast
-    /// path could only partly write, which must go out before anything else.
-    pub(super) pen: Mutex<Option<Bytes>>,
-    /// Set, under the pen, once a close frame is written: nothing may follow it.
-    pub(super) closed: AtomicBool,
-    /// `None` for an outbox with no socket (the hub's tests): nothing is written, ever.
-    writers: Option<Arc<Writers>>,
-}
-
-impl Drop for OutboxState {
-    fn drop(&mut self) {
-        let queue = self.queue.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Some(writers) = &self.writers {
-            writers.release(queue.bytes);
-        }
-    }
-}
+use super::queue::{OutboundQueue, Pen, Pushed};
+use super::socket::send_without_waiting;
+use super::writer;
+#[cfg(doc)]
+use super::{BEHIND, MAX_QUEUED_BYTES, MAX_QUEUED_FRAMES};
+use super::{Outbound, Undeliverable};
+use crate::capacity::OutboundBudget;
 
 /// The sending side of a connection's queue. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    state: Arc<OutboxState>,
+    queue: Arc<OutboundQueue>,
     /// The connection's socket, for the fast path and so that a slow reader can be cut off.
     socket: Option<Arc<TcpStream>>,
 }
@@ -128,27 +45,27 @@ pub struct Outbox {
 /// Reads a detached outbox's queue, as a writer would (for the hub's tests).
 #[derive(Debug)]
 pub struct QueuedFrames {
-    state: Arc<OutboxState>,
+    queue: Arc<OutboundQueue>,
 }
 
 impl Outbox {
     /// The outbox of a connection on `socket`. Its writer thread starts when first needed.
-    pub fn new(socket: Arc<TcpStream>, writers: &Arc<Writers>) -> Outbox {
+    pub fn new(socket: Arc<TcpStream>, budget: &Arc<OutboundBudget>) -> Outbox {
         Outbox {
-            state: Arc::new(OutboxState::new(Some(Arc::clone(writers)))),
+            queue: Arc::new(OutboundQueue::new(Some(Arc::clone(budget)))),
             socket: Some(socket),
         }
     }
 
     /// An outbox with no socket: everything is queued, for the [`QueuedFrames`] to read.
     pub fn detached() -> (Outbox, QueuedFrames) {
-        let state = Arc::new(OutboxState::new(None));
+        let queue = Arc::new(OutboundQueue::new(None));
         let queued = QueuedFrames {
-            state: Arc::clone(&state),
+            queue: Arc::clone(&queue),
         };
         (
             Outbox {
-                state,
+                queue,
                 socket: None,
             },
             queued,
@@ -163,49 +80,12 @@ impl Outbox {
     /// budget, or no writer thread can be had (the caller should drop this client);
     /// [`Undeliverable::Closed`] when the connection is closing.
     pub fn push(&self, item: Outbound) -> Result<(), Undeliverable> {
-        let size = item.size();
-        let state = &*self.state;
-        let mut queue = state.lock();
-        if queue.stopped {
-            return Err(Undeliverable::Closed);
-        }
-        let over_bytes = queue.bytes > 0 && queue.bytes + size > MAX_QUEUED_BYTES;
-        if queue.frames >= MAX_QUEUED_FRAMES || over_bytes {
-            return Err(Undeliverable::Full);
-        }
-        if let Some(writers) = &state.writers
-            && !writers.reserve(size, queue.bytes >= BEHIND)
+        let pushed = self.queue.push(item, self.socket.is_some())?;
+        if let (Pushed::StartWriter, Some(socket)) = (pushed, &self.socket)
+            && let Err(err) = writer::start(&self.queue, socket)
         {
-            if let Some(also) = BUDGET_WARNING.allow() {
-                warn!(
-                    "the server's {} MiB for queued frames is used up: dropping clients that \
-                     do not read ({also} more times since the last warning)",
-                    writers.max_queued_bytes >> 20
-                );
-            }
-            return Err(Undeliverable::Full);
-        }
-        if matches!(item, Outbound::Close(_)) {
-            queue.stopped = true; // nothing may follow a close frame
-        }
-        queue.items.push_back(item);
-        queue.frames += 1;
-        queue.bytes += size;
-        state.queued.store(queue.frames, Ordering::Release);
-        if queue.writer {
-            if queue.waiting {
-                state.wake.notify_one();
-            }
-            return Ok(());
-        }
-        let (Some(writers), Some(socket)) = (&state.writers, &self.socket) else {
-            return Ok(()); // detached: the QueuedFrames reads it
-        };
-        queue.writer = true;
-        drop(queue);
-        if let Err(err) = writers.start(Arc::clone(&self.state), Arc::clone(socket)) {
             debug!("cannot start a writer thread: {err}");
-            state.stop();
+            self.queue.stop();
             self.cut_off();
             return Err(Undeliverable::Full);
         }
@@ -228,7 +108,7 @@ impl Outbox {
         }
         // The rest must go out before anything else: leave it in the pen for the writer.
         let rest = frame.len() - written;
-        *unfinished = Some(frame.slice(written..));
+        unfinished.leave_unfinished(frame.slice(written..));
         drop(unfinished);
         self.push(Outbound::Finish(rest))
     }
@@ -258,7 +138,7 @@ impl Outbox {
             return Ok(());
         }
         let rest = scratch.len() - written;
-        *unfinished = Some(Bytes::copy_from_slice(&scratch[written..]));
+        unfinished.leave_unfinished(Bytes::copy_from_slice(&scratch[written..]));
         drop(unfinished);
         self.push(Outbound::Finish(rest))
     }
@@ -275,46 +155,35 @@ impl Outbox {
         };
         let written = send_without_waiting(socket, &frame);
         if written == frame.len() {
-            self.state.closed.store(true, Ordering::Release);
-            self.state.stop();
+            unfinished.mark_closed();
+            self.queue.stop();
             let _ = socket.shutdown(Shutdown::Write);
             return Ok(());
         }
-        *unfinished = Some(frame.slice(written..));
+        unfinished.leave_unfinished(frame.slice(written..));
         drop(unfinished);
         self.push(Outbound::Close(Bytes::new()))
     }
 
-    /// The socket and the pen, if the fast path may write now: nothing queued, nobody writing,
-    /// nothing unfinished, no close frame sent.
-    fn fast_path(&self) -> Option<(&TcpStream, MutexGuard<'_, Option<Bytes>>)> {
-        let socket = self.socket.as_deref().filter(|_| self.queued() == 0)?;
-        let pen = self.state.pen.try_lock().ok()?;
-        // Checked again with the pen held: now nobody else can start writing.
-        let free =
-            self.queued() == 0 && pen.is_none() && !self.state.closed.load(Ordering::Acquire);
-        free.then_some((socket, pen))
-    }
-
-    /// Takes the pen, waiting while someone else writes. For writing the handshake answer
-    /// before anything else may be written.
-    pub fn pen(&self) -> MutexGuard<'_, Option<Bytes>> {
-        self.state.pen.lock().unwrap_or_else(|e| e.into_inner())
+    /// The socket and the pen, if the fast path may write now (see [`OutboundQueue::idle_pen`]).
+    fn fast_path(&self) -> Option<(&TcpStream, Pen<'_>)> {
+        let socket = self.socket.as_deref()?;
+        Some((socket, self.queue.idle_pen()?))
     }
 
     /// Whether the close frame has gone out whole (by the fast path or the writer).
     pub fn close_sent(&self) -> bool {
-        self.state.closed.load(Ordering::Acquire)
+        self.queue.close_written()
     }
 
     /// Frames waiting for this client right now.
     pub fn queued(&self) -> usize {
-        self.state.queued.load(Ordering::Acquire)
+        self.queue.queued()
     }
 
     /// Bytes waiting for this client right now.
     pub fn queued_bytes(&self) -> usize {
-        self.state.lock().bytes
+        self.queue.queued_bytes()
     }
 
     /// Disconnects the client abruptly: both directions of its socket are shut down, which
@@ -326,65 +195,17 @@ impl Outbox {
     }
 }
 
-impl OutboxState {
-    fn new(writers: Option<Arc<Writers>>) -> OutboxState {
-        OutboxState {
-            queue: Mutex::default(),
-            wake: Condvar::new(),
-            queued: AtomicUsize::new(0),
-            pen: Mutex::new(None),
-            closed: AtomicBool::new(false),
-            writers,
-        }
-    }
-
-    pub(super) fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Refuses everything from now on, and forgets what is queued.
-    pub(super) fn stop(&self) {
-        let mut queue = self.lock();
-        queue.stopped = true;
-        let dropped: Vec<usize> = queue.items.drain(..).map(|item| item.size()).collect();
-        queue.frames -= dropped.len();
-        self.forget(&mut queue, dropped.iter().sum());
-        self.queued.store(queue.frames, Ordering::Release);
-    }
-
-    /// Takes `bytes` (of items no longer queued) off the counts.
-    fn forget(&self, queue: &mut Queue, bytes: usize) {
-        queue.bytes -= bytes;
-        if let Some(writers) = &self.writers {
-            writers.release(bytes);
-        }
-    }
-
-    /// Marks `frames` items of `bytes` as written, making room in the queue. Call it holding
-    /// the pen, so the fast path never sees an empty queue while a batch is being written.
-    pub(super) fn done(&self, frames: usize, bytes: usize) {
-        let mut queue = self.lock();
-        queue.frames -= frames;
-        self.forget(&mut queue, bytes);
-        self.queued.store(queue.frames, Ordering::Release);
-    }
-}
-
 impl QueuedFrames {
     /// Takes the next queued item, if any, and counts it as written.
     pub fn take(&self) -> Option<Outbound> {
-        let mut queue = self.state.lock();
-        let item = queue.items.pop_front()?;
-        queue.frames -= 1;
-        self.state.forget(&mut queue, item.size());
-        self.state.queued.store(queue.frames, Ordering::Release);
-        Some(item)
+        self.queue.take_one()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::{BEHIND, MAX_QUEUED_BYTES, MAX_QUEUED_FRAMES};
     use std::time::Duration;
 
     #[test]
@@ -434,10 +255,10 @@ mod tests {
     #[test]
     fn step7_the_server_wide_budget_refuses_only_clients_far_behind() {
         let budget = 2 * BEHIND;
-        let writers = Writers::new(0, budget, Duration::from_secs(1));
+        let writers = OutboundBudget::new(0, budget, Duration::from_secs(1));
         // No socket: the writer is never started, so the budget alone decides.
         let detached = || Outbox {
-            state: Arc::new(OutboxState::new(Some(Arc::clone(&writers)))),
+            queue: Arc::new(OutboundQueue::new(Some(Arc::clone(&writers)))),
             socket: None,
         };
         let (slow, reader) = (detached(), detached());

@@ -14,6 +14,7 @@ use tungstenite::{Bytes, Error, Utf8Bytes};
 
 use super::Outbox;
 use super::frame::{PING, close_frame, pong_frame};
+use super::socket::unacknowledged_bytes;
 
 /// Largest message a client may send, in bytes of payload after reassembling fragments.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
@@ -385,15 +386,6 @@ fn drain(mut socket: &TcpStream, deadline: Instant, close_sent: impl Fn() -> boo
             Ok(n) => drained += n,
         }
     }
-}
-
-/// Bytes written to `socket` that its peer has not acknowledged yet (Linux's `SIOCOUTQ`).
-fn unacknowledged_bytes(socket: &TcpStream) -> Option<usize> {
-    use std::os::fd::AsRawFd;
-    let mut queued: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ (SIOCOUTQ for a socket) writes one int through the pointer given.
-    let done = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &raw mut queued) };
-    (done == 0).then(|| usize::try_from(queued).unwrap_or(0))
 }
 
 #[cfg(test)]

@@ -7,9 +7,9 @@ use std::sync::mpsc::SyncSender;
 
 use tungstenite::Bytes;
 
-use super::rate::{FloodGauge, TokenBucket};
-use crate::connection::{Ended, Incoming, Reader};
-use crate::hub::{ConnId, Event};
+use super::rate::{FloodGauge, frames_bucket};
+use crate::connection::{ConnId, Ended, Incoming, Reader};
+use crate::hub::Event;
 use crate::protocol::{self, ChatError, ErrorCode};
 
 /// With the `fault-injection` feature (tests only), this text makes the connection's thread
@@ -24,7 +24,7 @@ pub const FAULT_PANIC: &str = "{\"type\":\"__panic\"}";
 /// clone of one shared `error` frame, and a client that keeps sending while refused is closed
 /// with 1008, so flooding costs the server no more than the limit allows.
 pub fn serve(reader: &mut Reader, conn: ConnId, hub: &SyncSender<Event>, max_rate: u32) -> Ended {
-    let mut bucket = TokenBucket::new(max_rate);
+    let mut bucket = frames_bucket(max_rate);
     let mut gauge = FloodGauge::new(max_rate);
     let rate_limited: Bytes =
         ChatError::new(ErrorCode::RateLimited, "slow down: too many messages").to_frame();

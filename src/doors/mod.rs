@@ -1,10 +1,10 @@
 //! Every connection starts here (tutorial steps 0 and 1): its thread reads the HTTP head and
 //! takes it through one of the port's doors — a WebSocket upgrade to the chat ([`chat`]) or to
-//! the echo step ([`echo`]), or a plain `GET` for a file or `/stats` ([`files`]).
+//! the echo step ([`echo`]), or a plain `GET` for a file or `/stats` ([`plain`]).
 
 pub mod chat;
 pub mod echo;
-pub mod files;
+pub mod plain;
 pub mod rate;
 
 use std::io::Write;
@@ -18,11 +18,11 @@ use tungstenite::Bytes;
 
 use log::{debug, info, warn};
 
-use crate::capacity::{AtCapacity, Budget, Handshake};
+use crate::capacity::{AtCapacity, Budget, Handshake, OutboundBudget};
 use crate::config::Config;
-use crate::connection::{Ended, Outbox, Reader, Writers};
+use crate::connection::{ConnId, Ended, Outbox, Reader};
 use crate::http::{self, HANDSHAKE_TIMEOUT, RequestHead};
-use crate::hub::{ConnId, Event};
+use crate::hub::Event;
 use crate::throttle::Throttle;
 
 /// What every connection's thread needs from the server.
@@ -30,7 +30,7 @@ pub struct Context {
     pub config: Config,
     pub hub: SyncSender<Event>,
     pub budget: Arc<Budget>,
-    pub writers: Arc<Writers>,
+    pub outbound: Arc<OutboundBudget>,
     pub stopping: AtomicBool,
 }
 
@@ -85,7 +85,7 @@ pub fn serve(socket: &Arc<TcpStream>, context: &Context, conn: ConnId, handshake
     if request.is_upgrade() {
         upgrade(socket, context, conn, request, already_read, handshake);
     } else {
-        files::answer(socket, context, &request);
+        plain::answer(socket, context, &request);
     }
 }
 
@@ -167,7 +167,7 @@ fn upgrade(
         return;
     }
     drop(handshake);
-    let outbox = Outbox::new(Arc::clone(socket), &context.writers);
+    let outbox = Outbox::new(Arc::clone(socket), &context.outbound);
     let (username, channel) = (
         request.query_param("username"),
         request.query_param("channel"),

@@ -23,7 +23,7 @@ use crate::protocol::{DEFAULT_CHANNEL, validate_channel};
 pub const MAX_LOADED_AT_START: usize = MAX_DORMANT_HISTORIES;
 
 /// Channel files kept open for appending, the most recently written ones. Well within the file
-/// descriptors `src/limits.rs` keeps back from connections. Measured with `tests/disk.rs`'s
+/// descriptors `src/capacity/limits.rs` keeps back from connections. Measured with `tests/disk.rs`'s
 /// `step5_disk_bench_append` (ext4, medians of 3): an append to a file kept open costs 2.4 µs,
 /// open-append-close 7.4 µs, three times as much on the hub's thread, so busy channels stay open.
 pub const MAX_OPEN_APPENDERS: usize = 16;

@@ -8,7 +8,6 @@ use tungstenite::Bytes;
 
 use super::presence::Presence;
 use super::{ConnId, Hub};
-use crate::cluster::Request;
 use crate::connection::Outbox;
 use crate::protocol::{ChannelCount, DEFAULT_CHANNEL, ServerFrame, WELCOME_TEXT, encode};
 
@@ -18,12 +17,48 @@ use crate::protocol::{ChannelCount, DEFAULT_CHANNEL, ServerFrame, WELCOME_TEXT, 
 /// waits at most this long, and only the newest list is sent.
 pub const CHANNELS_EVERY: Duration = Duration::from_secs(1);
 
+/// When the `channels` list last went to everyone, and whether a change waits to be told.
+#[derive(Debug, Default)]
+pub(super) struct ChannelList {
+    sent_at: Option<Instant>,
+    owed: bool,
+}
+
+impl ChannelList {
+    /// When the list owed must go out, if one is.
+    pub(super) fn due(&self) -> Option<Instant> {
+        let sent_at = self.sent_at?;
+        self.owed.then(|| sent_at + CHANNELS_EVERY)
+    }
+
+    /// Whether a change waits to be told.
+    pub(super) fn owed(&self) -> bool {
+        self.owed
+    }
+
+    /// The list changed at `now`: whether it may go out at once (else it is owed).
+    fn changed(&mut self, now: Instant) -> bool {
+        match self.sent_at {
+            Some(at) if now < at + CHANNELS_EVERY => {
+                self.owed = true;
+                false
+            }
+            _ => true,
+        }
+    }
+
+    fn sent(&mut self, now: Instant) {
+        self.owed = false;
+        self.sent_at = Some(now);
+    }
+}
+
 /// A channel's members, each with their outbox so a broadcast needs no lookups.
 #[derive(Debug, Default)]
 pub(super) struct Channel {
     pub(super) members: Vec<(ConnId, Outbox)>,
     pub(super) presence: Presence,
-    /// With `--redis`: the ids of other servers' users in the channel.
+    /// The ids of the channel's users on other servers, if there are other servers.
     pub(super) remote: Vec<String>,
 }
 
@@ -35,31 +70,23 @@ impl Channel {
 }
 
 impl Hub {
+    /// `conn` asks to be in `channel`: moved there (the channel created if need be), with a
+    /// welcome either way.
     pub(super) fn join(&mut self, conn: ConnId, channel: String) {
-        let user = self.users.get_mut(&conn).expect("caller checked");
+        let Some(user) = self.users.get(&conn) else {
+            return;
+        };
         if user.channel == channel {
             // Nobody moves, so nobody else is told; the joiner still gets its welcome, as after
             // every join. (A client asking for welcomes it does not read is stopped by its
             // outbox's 4 MiB.)
-            if let Some(cluster) = &mut self.cluster {
-                cluster.moving.remove(&conn);
-            }
+            self.peers.stay(conn);
             self.welcome(conn);
             return;
         }
-        if let Some(link) = self.up_link()
-            && !self.histories.holds(&channel)
-        {
-            // Several servers: the channel's history is read from Redis first, and the user
-            // joins when it comes (`Hub::moved`); the others already see them there.
-            let mut record = self.record_of(conn);
-            record.channel = channel.clone();
-            link.send(Request::Update {
-                record,
-                answer: Some(conn),
-            });
-            let cluster = self.cluster.as_mut().expect("up");
-            cluster.moving.insert(conn, channel);
+        // With several servers, the channel's history may have to be read from them first.
+        let history_held = self.histories.holds(&channel);
+        if self.peers.join_later(conn, user, &channel, history_held) {
             return;
         }
         self.move_to(conn, channel);
@@ -68,7 +95,9 @@ impl Hub {
 
     /// Takes a user from their channel into `channel`, with a welcome.
     pub(super) fn move_to(&mut self, conn: ConnId, channel: String) {
-        let user = self.users.get_mut(&conn).expect("caller checked");
+        let Some(user) = self.users.get_mut(&conn) else {
+            return;
+        };
         if user.channel == channel {
             return;
         }
@@ -90,12 +119,14 @@ impl Hub {
     /// Adds a user to their channel's members and tells the others. Returns whether the
     /// channel was created.
     pub(super) fn enter(&mut self, conn: ConnId, channel: &str) -> bool {
+        let Some(user) = self.users.get(&conn) else {
+            return false;
+        };
         let created = !self.channels.contains_key(channel);
         if created {
             // Forgotten from memory (or never loaded): the disk may still have it.
             self.histories.recall(channel);
         }
-        let user = &self.users[&conn];
         let ch = self.channels.entry(channel.to_owned()).or_default();
         ch.members.push((conn, user.outbox.clone()));
         let frame = encode(&ServerFrame::Joined {
@@ -124,7 +155,9 @@ impl Hub {
                 .forget_dormant(|name| channels.contains_key(name));
             return true;
         }
-        let user = &self.users[&conn];
+        let Some(user) = self.users.get(&conn) else {
+            return false;
+        };
         let frame = encode(&ServerFrame::Left {
             channel,
             user: user.as_ref(),
@@ -135,17 +168,17 @@ impl Hub {
         false
     }
 
+    /// Sends `conn` its `welcome`: who it is, everyone in its channel, the channel's history.
     pub(super) fn welcome(&mut self, conn: ConnId) {
-        let user = &self.users[&conn];
-        let ch = &self.channels[&user.channel];
-        let mut users: Vec<_> = ch
-            .members
-            .iter()
-            .map(|(c, _)| &*self.users[c].listing)
-            .collect();
-        if let Some(cluster) = &self.cluster {
-            users.extend(ch.remote.iter().map(|id| &*cluster.remote[id].listing));
-        }
+        let Some(user) = self.users.get(&conn) else {
+            return;
+        };
+        let Some(ch) = self.channels.get(&user.channel) else {
+            return;
+        };
+        let members = ch.members.iter().filter_map(|(c, _)| self.users.get(c));
+        let mut users: Vec<_> = members.map(|member| &*member.listing).collect();
+        users.extend(self.peers.listings(&ch.remote));
         let history = self.histories.of(&user.channel).collect();
         let frame = encode(&ServerFrame::Welcome {
             text: WELCOME_TEXT,
@@ -175,31 +208,23 @@ impl Hub {
 
     /// Users online, on every server.
     pub(super) fn online(&self) -> usize {
-        self.users.len() + self.cluster.as_ref().map_or(0, |c| c.remote.len())
-    }
-
-    pub(super) fn channels_due(&self) -> Option<Instant> {
-        let sent_at = self.channels_sent_at?;
-        self.channels_owed.then(|| sent_at + CHANNELS_EVERY)
+        self.users.len() + self.peers.online()
     }
 
     /// Tells everyone on the server the channel list changed: now, or if a list went out
     /// less than [`CHANNELS_EVERY`] ago, when that time is up (and then only the newest).
     pub(super) fn channels_changed(&mut self) {
-        match self.channels_sent_at {
-            Some(at) if self.now < at + CHANNELS_EVERY => self.channels_owed = true,
-            _ => self.send_channels(),
+        if self.channel_list.changed(self.now) {
+            self.send_channels();
         }
     }
 
     /// Sends the channel list to everyone on the server.
     pub(super) fn send_channels(&mut self) {
-        self.channels_owed = false;
-        self.channels_sent_at = Some(self.now);
+        self.channel_list.sent(self.now);
         // Everyone gets this frame, so everyone first gets the presence they are owed.
         self.release_all();
         let frame = self.channels_frame();
-        let everyone = self.users.keys().map(|conn| (*conn, frame.clone()));
-        self.pending.extend(everyone);
+        self.deliveries.owe_each(self.users.keys().copied(), &frame);
     }
 }

@@ -5,12 +5,10 @@ use std::sync::mpsc::Sender;
 use serde::Serialize;
 use tungstenite::Bytes;
 
-use crate::cluster::ClusterEvent;
-use crate::connection::Outbox;
+use crate::connection::{ConnId, Outbox};
 use crate::protocol::ChatRequest;
 
-/// Identifies one connection for its whole life (the user's uuid is separate: it is public).
-pub type ConnId = u64;
+use super::port::ClusterEvent;
 
 /// Everything a hub can be told. Connections send these over one mpsc queue.
 #[derive(Debug)]
@@ -37,8 +35,9 @@ pub enum Event {
     Stats { reply: Sender<Stats> },
     /// The server is stopping: close every connection with 1001, then stop.
     Shutdown,
-    /// With `--redis`: an answer or a stream entry from the cluster's threads.
-    Cluster(ClusterEvent),
+    /// With `--redis`: an answer or a stream entry from the threads that talk to the other
+    /// servers.
+    Peers(ClusterEvent),
 }
 
 /// The body of `GET /stats`.

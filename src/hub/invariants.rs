@@ -40,21 +40,16 @@ impl Hub {
                 return Err(format!("empty channel #{name} was kept"));
             }
             let p = &channel.presence;
-            if p.held.len() as u64 != p.last - p.held_after {
-                return Err(format!(
-                    "#{name} holds {} presence frames, not {}",
-                    p.held.len(),
-                    p.last - p.held_after
-                ));
-            }
+            p.check(name)?;
             if let Some(due) = p.due()
-                && (!self.holding.contains(name) || self.release_at.is_none_or(|at| at > due))
+                && (!self.holding.holds(name)
+                    || self.holding.release_at().is_none_or(|at| at > due))
             {
                 return Err(format!("#{name} holds presence that no release is set for"));
             }
             for (conn, _) in &channel.members {
                 match self.users.get(conn) {
-                    Some(user) if user.presence_seen > p.last => {
+                    Some(user) if user.presence_seen > p.last() => {
                         return Err(format!("conn {conn} has seen presence #{name} never sent"));
                     }
                     Some(user) if user.channel == *name => seen += 1,
@@ -97,49 +92,6 @@ impl Hub {
             }
         }
         self.histories.check()?;
-        self.check_cluster()
-    }
-
-    /// With `--redis`: each other server's user in exactly the channel their record names,
-    /// their names mapped to them, nobody waiting for a welcome who has one.
-    fn check_cluster(&self) -> Result<(), String> {
-        let Some(cluster) = &self.cluster else {
-            return Ok(());
-        };
-        let mut listed = 0;
-        for (name, channel) in &self.channels {
-            for id in &channel.remote {
-                match cluster.remote.get(id) {
-                    Some(user) if user.record.channel == *name => listed += 1,
-                    Some(user) => {
-                        return Err(format!(
-                            "remote {id} listed in #{name} but is in #{}",
-                            user.record.channel
-                        ));
-                    }
-                    None => return Err(format!("remote {id} in #{name} is not known")),
-                }
-            }
-        }
-        if listed != cluster.remote.len() {
-            return Err(format!(
-                "{listed} memberships for {} remote users",
-                cluster.remote.len()
-            ));
-        }
-        for (key, id) in &cluster.remote_names {
-            if cluster.remote.get(id).is_none_or(|u| u.record.key != *key) {
-                return Err(format!(
-                    "remote name {key:?} maps to {id}, who does not hold it"
-                ));
-            }
-        }
-        if let Some(conn) = cluster.pending.keys().find(|c| self.users.contains_key(c)) {
-            return Err(format!("conn {conn} waits for a welcome it has had"));
-        }
-        if let Some(conn) = cluster.moving.keys().find(|c| !self.users.contains_key(c)) {
-            return Err(format!("conn {conn} is moving but is not a user"));
-        }
-        Ok(())
+        self.check_peers()
     }
 }

@@ -5,20 +5,27 @@
 use log::error;
 use serde_json::{Map, Value};
 
+use super::peers::{Change, Publish};
 use super::{ConnId, Hub};
-use crate::cluster::Request;
 use crate::connection::frame::text_frame;
-use crate::protocol::{ChatError, ErrorCode, ServerFrame, UserRef, encode, now_ms};
+use crate::protocol::{ChatError, ErrorCode, ServerFrame, encode, now_ms};
 
 impl Hub {
     /// A chat message from `conn`: numbered, kept, then sent to everyone in its channel, the
     /// sender included.
     pub(super) fn message(&mut self, conn: ConnId, text: &str) {
-        if self.cluster.is_some() {
-            self.publish(conn, text);
+        let Some(user) = self.users.get(&conn) else {
             return;
+        };
+        // With several servers, they number it, and every one delivers it when it comes back.
+        match self.peers.publish(conn, user, text) {
+            Publish::Here => {}
+            Publish::Sent => return,
+            Publish::Refused(refusal) => {
+                self.send_to(conn, refusal.to_frame());
+                return;
+            }
         }
-        let user = &self.users[&conn];
         let id = self.histories.next_id();
         let message = ServerFrame::Message {
             id,
@@ -48,61 +55,27 @@ impl Hub {
         self.broadcast(&channel, &frame, None);
     }
 
-    /// With `--redis`: the message goes to Redis to be numbered, and is delivered when it
-    /// comes back ([`Hub::remote_message`]); refused if Redis is away or far behind.
-    fn publish(&mut self, conn: ConnId, text: &str) {
-        let user = &self.users[&conn];
-        let cluster = self.cluster.as_ref().expect("caller checked");
-        if !cluster.up || cluster.link.congested() {
-            let refusal = ChatError::new(
-                ErrorCode::Unavailable,
-                "the chat cannot order messages right now (Redis is away or slow), so yours \
-                 was not sent; try again in a moment",
-            );
-            self.send_to(conn, refusal.to_frame());
-            return;
-        }
-        // The frame after its id, in the order `ServerFrame::Message` has: the script puts
-        // `{"type":"message","id":N,` in front.
-        let tail = serde_json::to_string(&Tail {
-            channel: &user.channel,
-            user: user.as_ref(),
-            text,
-            ts: now_ms(),
-        })
-        .expect("frames always serialize");
-        cluster.link.send(Request::Publish {
-            conn,
-            channel: user.channel.clone(),
-            tail: tail[1..].to_owned(),
-            floor: cluster.last_id,
-        });
-    }
-
     /// `conn` started or stopped typing: the others in its channel are told.
     pub(super) fn typing(&mut self, conn: ConnId, typing: bool) {
-        let user = &self.users[&conn];
+        let Some(user) = self.users.get(&conn) else {
+            return;
+        };
         let frame = encode(&ServerFrame::Typing {
             channel: &user.channel,
             user: user.as_ref(),
             typing,
         });
         let channel = user.channel.clone();
-        if let Some(link) = self.up_link().filter(|link| !link.congested()) {
-            let who = serde_json::to_string(&user.as_ref()).expect("users serialize");
-            link.send(Request::Typing {
-                channel: channel.clone(),
-                user: who,
-                typing,
-            });
-        }
+        self.peers.tell(Change::Typing(user, typing));
         self.broadcast(&channel, &frame, Some(conn));
     }
 
     /// `conn` set its live state (step 6): kept on the user, listed in every `welcome`, and
     /// sent to the others in its channel.
     pub(super) fn state(&mut self, conn: ConnId, state: Map<String, Value>) {
-        let user = self.users.get_mut(&conn).expect("caller checked");
+        let Some(user) = self.users.get_mut(&conn) else {
+            return;
+        };
         user.state = state;
         user.relist();
         let frame = encode(&ServerFrame::State {
@@ -114,13 +87,4 @@ impl Hub {
         self.broadcast(&channel, &frame, Some(conn));
         self.announce(conn);
     }
-}
-
-/// A `message` frame without its type and id.
-#[derive(serde::Serialize)]
-struct Tail<'a> {
-    channel: &'a str,
-    user: UserRef<'a>,
-    text: &'a str,
-    ts: u64,
 }

@@ -12,23 +12,28 @@
 //! | file | what |
 //! |---|---|
 //! | [`event`] | what connections tell the hub |
+//! | `user.rs` | what the hub keeps of each user |
 //! | `users.rs` | ids, names (unique under case folding), renames, leaving |
 //! | `channels.rs` | joining, channels, the `welcome`, the `channels` list |
 //! | `messages.rs` | a message's way: its id, its history, everyone in the channel |
 //! | `presence.rs` | `joined`/`left`, held back and written together when a crowd arrives |
 //! | `delivery.rs` | each client one write per batch; slow readers dropped; shutdown |
 //! | `invariants.rs` | `/stats` and the checks the tests run |
-//! | `cluster.rs`, `remote.rs` | with `--redis`: asking Redis, and the other servers' users (see [`crate::cluster`]) |
+//! | `peers.rs` | the other servers, with `--redis`: the questions the steps ask of them, each a one-line call, answered plainly by a server on its own |
+//!
+//! What several servers need beyond those questions lives under `peers/`, which a reader of
+//! the single-server steps never has to open; the threads that talk to Redis are
+//! `src/cluster/`, which the hub does not know.
 
 pub mod event;
 
 mod channels;
-mod cluster;
 mod delivery;
 mod invariants;
 mod messages;
+mod peers;
 mod presence;
-mod remote;
+mod user;
 mod users;
 
 #[cfg(test)]
@@ -44,15 +49,17 @@ use log::debug;
 use tungstenite::Bytes;
 
 pub use channels::CHANNELS_EVERY;
-pub use event::{ChannelStat, ConnId, Event, Stats};
+pub use event::{ChannelStat, Event, Stats};
+pub use peers::port;
 pub use presence::PRESENCE_WINDOW;
 
-use channels::Channel;
-use cluster::Early;
-use delivery::{MAX_BATCH_DELIVERIES, close_going_away};
-use users::User;
+use channels::{Channel, ChannelList};
+use delivery::{Deliveries, MAX_BATCH_DELIVERIES, close_going_away};
+use peers::{Early, Peers};
+use presence::Holding;
+use user::User;
 
-use crate::connection::Outbox;
+use crate::connection::{ConnId, Outbox};
 use crate::history::{Histories, Store};
 use crate::protocol::{ChatRequest, DEFAULT_CHANNEL};
 
@@ -69,28 +76,19 @@ pub struct Hub {
     /// restarting with `--data-dir`) shows what was said.
     histories: Histories,
     /// Connections on other doors, known only to close them at shutdown.
-    others: HashMap<ConnId, Outbox>,
+    other_doors: HashMap<ConnId, Outbox>,
     messages: u64,
     started: Instant,
-    /// Frames owed to clients by the events of this batch, in order; written by [`Hub::flush`].
-    pending: Vec<(ConnId, Bytes)>,
-    /// Channels that may be holding presence back, and when the earliest is due.
-    holding: Vec<String>,
-    release_at: Option<Instant>,
-    /// When the `channels` list last went to everyone, and whether a change waits to be told
-    /// (see [`CHANNELS_EVERY`]).
-    channels_sent_at: Option<Instant>,
-    channels_owed: bool,
+    /// What the events of this batch owe to whom; written out by [`Hub::flush`].
+    deliveries: Deliveries,
+    /// Channels holding presence back, and when the hub must wake up to release it.
+    holding: Holding,
+    /// When the `channels` list may go out next (see [`CHANNELS_EVERY`]).
+    channel_list: ChannelList,
     /// The time the current batch is handled at.
     now: Instant,
-    /// Reused buffer in which one client's frames are joined for a single write.
-    scratch: Vec<u8>,
-    /// Clients whose queue overflowed while handling the current event; dropped right after.
-    /// (A client whose writer has already stopped is not here: its reader is about to send
-    /// [`Event::Disconnect`].)
-    overflowed: Vec<ConnId>,
-    /// With `--redis`: the link to Redis and the other servers' users.
-    cluster: Option<cluster::Cluster>,
+    /// The other servers, with `--redis` (see `peers.rs`).
+    peers: Peers,
     /// Set by the server when it stops: [`Event::Shutdown`] may wait behind a long queue, and
     /// the process must be gone within 10 s, so the hub looks here before every event.
     stop: Arc<AtomicBool>,
@@ -104,18 +102,14 @@ impl Hub {
             names: HashMap::new(),
             channels: BTreeMap::new(),
             histories: Histories::new(store),
-            others: HashMap::new(),
+            other_doors: HashMap::new(),
             messages: 0,
             started: Instant::now(),
-            pending: Vec::new(),
-            holding: Vec::new(),
-            release_at: None,
-            channels_sent_at: None,
-            channels_owed: false,
+            deliveries: Deliveries::default(),
+            holding: Holding::default(),
+            channel_list: ChannelList::default(),
             now: Instant::now(),
-            scratch: Vec::new(),
-            overflowed: Vec::new(),
-            cluster: None,
+            peers: Peers::default(),
             stop: Arc::new(AtomicBool::new(false)),
         };
         hub.channels
@@ -160,7 +154,7 @@ impl Hub {
                 if let Some(event) = next.take() {
                     going = self.apply(event);
                 }
-                if !going || self.pending.len() >= MAX_BATCH_DELIVERIES {
+                if !going || self.deliveries.len() >= MAX_BATCH_DELIVERIES {
                     break;
                 }
                 match events.try_recv() {
@@ -175,10 +169,8 @@ impl Hub {
             }
         }
         closing.extend(self.users.into_values().map(|u| u.outbox));
-        if let Some(cluster) = self.cluster {
-            closing.extend(cluster.pending.into_values().map(|p| p.outbox));
-        }
-        closing.extend(self.others.into_values());
+        closing.extend(self.peers.into_outboxes());
+        closing.extend(self.other_doors.into_values());
         // Connections that registered while the server was stopping still get their 1001.
         closing.extend(events.try_iter().filter_map(turn_away));
         debug!("hub stopped");
@@ -192,8 +184,7 @@ impl Hub {
 
     /// When the hub must wake up without an event: held presence or a channel list is due.
     fn next_due(&self) -> Option<Instant> {
-        let channels = self.channels_due();
-        match (self.release_at, channels) {
+        match (self.holding.release_at(), self.channel_list.due()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -236,26 +227,16 @@ impl Hub {
                 channel,
             } => self.connect(conn, outbox, username, channel),
             Event::Attach { conn, outbox } => {
-                self.others.insert(conn, outbox);
+                self.other_doors.insert(conn, outbox);
             }
-            Event::Request { conn, request } => {
-                if let Some(Early::Request(request)) =
-                    self.keep_early(conn, Early::Request(request))
-                {
-                    self.request(conn, request);
-                }
-            }
-            Event::Reply { conn, frame } => {
-                if let Some(Early::Reply(frame)) = self.keep_early(conn, Early::Reply(frame)) {
-                    self.send_to(conn, frame);
-                }
-            }
-            Event::Cluster(event) => self.cluster_event(event),
+            Event::Request { conn, request } => self.request(conn, request),
+            Event::Reply { conn, frame } => self.reply(conn, frame),
+            Event::Peers(event) => self.hear_peers(event),
             Event::Disconnect { conn, close } => {
                 if let Some(frame) = close {
                     self.close_after_owed(conn, frame);
                 }
-                self.others.remove(&conn);
+                self.other_doors.remove(&conn);
                 self.remove_user(conn, "disconnected");
             }
             Event::Stats { reply } => {
@@ -272,7 +253,10 @@ impl Hub {
     /// A valid request from a chat user, to the part of the hub that handles it.
     fn request(&mut self, conn: ConnId, request: ChatRequest) {
         let Some(user) = self.users.get(&conn) else {
-            return; // already dropped; its last frames are moot
+            // Already dropped (its last frames are moot), or, with several servers, still
+            // waiting for its name.
+            self.peers.before_welcome(conn, Early::Request(request));
+            return;
         };
         debug!("conn {conn} ({:?}): {request:?}", user.username);
         match request {
@@ -286,6 +270,16 @@ impl Hub {
                 self.send_to(conn, frame);
             }
         }
+    }
+
+    /// A frame from a chat user's own thread (a refusal), delivered like the hub's own.
+    fn reply(&mut self, conn: ConnId, frame: Bytes) {
+        if !self.users.contains_key(&conn) {
+            // Already dropped, or, with several servers, still waiting for its name.
+            self.peers.before_welcome(conn, Early::Reply(frame));
+            return;
+        }
+        self.send_to(conn, frame);
     }
 }
 

@@ -8,8 +8,7 @@ use tungstenite::Bytes;
 
 use super::*;
 use crate::connection::frame::{close_code, close_frame};
-use crate::connection::outbox::MAX_QUEUED_FRAMES;
-use crate::connection::{Outbound, QueuedFrames};
+use crate::connection::{MAX_QUEUED_FRAMES, Outbound, QueuedFrames};
 use crate::history::{MAX_DORMANT_HISTORIES, Store};
 use crate::protocol;
 use crate::protocol::{ChatError, ErrorCode};
@@ -844,7 +843,7 @@ fn step3_names_are_unique_under_case_folding() {
 
 #[test]
 fn cluster_the_hub_delivers_only_what_comes_back_and_counts_other_servers() {
-    use crate::cluster::{ClusterEvent, ClusterLink, Request, UserRecord};
+    use super::port::{ClusterEvent, ClusterLink, ClusterRequest, UserRecord};
     use serde_json::value::RawValue;
     let (link, requests) = ClusterLink::new();
     let mut h = Harness {
@@ -852,7 +851,7 @@ fn cluster_the_hub_delivers_only_what_comes_back_and_counts_other_servers() {
         next: 1,
     };
     let cluster = |h: &mut Harness, event| {
-        h.hub.handle(Event::Cluster(event));
+        h.hub.handle(Event::Peers(event));
         h.hub.check_invariants().unwrap();
     };
     cluster(&mut h, ClusterEvent::Up);
@@ -873,7 +872,7 @@ fn cluster_the_hub_delivers_only_what_comes_back_and_counts_other_servers() {
         .receiver
         .try_iter()
         .find_map(|r| match r {
-            Request::Claim {
+            ClusterRequest::Claim {
                 conn,
                 record,
                 candidates,
@@ -939,15 +938,15 @@ fn cluster_the_hub_delivers_only_what_comes_back_and_counts_other_servers() {
     // A message goes to Redis and is shown only when it comes back; an old id never.
     h.send(&alex, r#"{"type":"message","text":"hi"}"#);
     assert!(alex.frames().is_empty(), "not delivered at send time");
-    let tail = requests
+    let unnumbered = requests
         .receiver
         .try_iter()
         .find_map(|r| match r {
-            Request::Publish { tail, .. } => Some(tail),
+            ClusterRequest::Publish { unnumbered, .. } => Some(unnumbered),
             _ => None,
         })
         .expect("published");
-    let back = format!(r#"{{"type":"message","id":7,{tail}"#);
+    let back = format!(r#"{{"type":"message","id":7,{unnumbered}"#);
     for _ in 0..2 {
         let json = RawValue::from_string(back.clone()).unwrap();
         cluster(

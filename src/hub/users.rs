@@ -2,55 +2,21 @@
 //! guests' names, renames, and users leaving.
 
 use log::info;
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Map;
 use uuid::Uuid;
 
-use super::cluster::Pending;
+use super::peers::{Arrival, Change};
+use super::user::User;
 use super::{ConnId, Hub};
-use crate::cluster::Request;
 use crate::connection::Outbox;
 use crate::protocol::{
-    ChatError, DEFAULT_CHANNEL, ErrorCode, ServerFrame, UserRef, UserWithState, encode, name_key,
-    validate_channel, validate_username,
+    ChatError, DEFAULT_CHANNEL, ErrorCode, ServerFrame, encode, name_key, validate_channel,
+    validate_username,
 };
 
-#[derive(Debug)]
-pub(super) struct User {
-    /// The public id: a uuid v4 in canonical lowercase form.
-    pub(super) id: String,
-    pub(super) username: String,
-    pub(super) channel: String,
-    pub(super) state: Map<String, Value>,
-    pub(super) outbox: Outbox,
-    /// This user as a `welcome` lists them, serialized once and again only when their name
-    /// or state changes: a welcome lists everyone in the channel, so this is most of it.
-    pub(super) listing: Box<RawValue>,
-    /// Number of the last presence frame of its channel this user has been given, or needs
-    /// no copy of (its own arrival). See [`Presence`].
-    pub(super) presence_seen: u64,
-}
-
-impl User {
-    pub(super) fn as_ref(&self) -> UserRef<'_> {
-        UserRef {
-            id: &self.id,
-            username: &self.username,
-        }
-    }
-
-    /// Serializes [`User::listing`] again, after a change of name or state.
-    pub(super) fn relist(&mut self) {
-        let listing = UserWithState {
-            id: &self.id,
-            username: &self.username,
-            state: &self.state,
-        };
-        self.listing = serde_json::value::to_raw_value(&listing).expect("users always serialize");
-    }
-}
-
 impl Hub {
+    /// A chat connection's handshake is done: it gets an id, a name (the query's if it is
+    /// valid and free, else a guest name) and a channel, then its `welcome`.
     pub(super) fn connect(
         &mut self,
         conn: ConnId,
@@ -62,10 +28,8 @@ impl Hub {
         // Refusals of the query's values go right after the welcome.
         let mut refusals = Vec::new();
         let requested_name = username.filter(|u| !u.is_empty());
-        let username = match requested_name.map(|u| validate_username(&u)) {
-            Some(Ok(name)) if self.holder_of(&name).is_none() && !self.taken_remotely(&name) => {
-                Some(name)
-            }
+        let requested = match requested_name.map(|u| validate_username(&u)) {
+            Some(Ok(name)) if self.is_free(&name) => Some(name),
             Some(Ok(name)) => {
                 refusals.push(taken(&name));
                 None
@@ -85,34 +49,37 @@ impl Hub {
             }
             None => DEFAULT_CHANNEL.to_owned(),
         };
-        if self.up_link().is_some() {
-            // Several servers: the name is settled by Redis before the welcome.
-            let pending = Pending {
-                outbox,
-                id,
-                channel,
-                requested: username,
-                refusals,
-                early: Vec::new(),
-            };
-            self.connect_clustered(conn, pending);
+        let history_held = self.histories.holds(&channel);
+        let arrival = Arrival {
+            outbox,
+            id,
+            channel,
+            requested,
+            refusals,
+        };
+        // With several servers, the name may have to be settled by them first.
+        let names = &self.names;
+        let free_here = |name: &str| !names.contains_key(&name_key(name));
+        let Some(arrival) = self.peers.claim(conn, arrival, free_here, history_held) else {
             return;
-        }
-        let username = username.unwrap_or_else(|| self.guest_name(&id));
-        self.admit(conn, outbox, id, username, channel, refusals);
+        };
+        let username = match &arrival.requested {
+            Some(name) => name.clone(),
+            None => self.guest_name(&arrival.id),
+        };
+        self.admit(conn, arrival, username);
     }
 
     /// A user whose name is settled enters their channel and gets their welcome, then the
     /// refusals of their query.
-    pub(super) fn admit(
-        &mut self,
-        conn: ConnId,
-        outbox: Outbox,
-        id: String,
-        username: String,
-        channel: String,
-        refusals: Vec<ChatError>,
-    ) {
+    pub(super) fn admit(&mut self, conn: ConnId, arrival: Arrival, username: String) {
+        let Arrival {
+            outbox,
+            id,
+            channel,
+            refusals,
+            ..
+        } = arrival;
         info!("{username:?} connected (conn {conn}, id {id}) into #{channel}");
         self.names.insert(name_key(&username), conn);
         let mut user = User {
@@ -136,30 +103,31 @@ impl Hub {
         }
     }
 
+    /// `conn` asks for a new name: refused if someone else holds it, here or on another
+    /// server (another case of one's own name is still one's own).
     pub(super) fn rename(&mut self, conn: ConnId, username: String) {
+        let Some(user) = self.users.get(&conn) else {
+            return;
+        };
         if self
             .holder_of(&username)
             .is_some_and(|holder| holder != conn)
-            || self.taken_remotely(&username)
-                && name_key(&username) != name_key(&self.users[&conn].username)
+            || self.peers.hold_name(&username) && name_key(&username) != name_key(&user.username)
         {
             self.send_to(conn, taken(&username).to_frame());
             return;
         }
-        if let Some(link) = self.up_link() {
-            // Several servers: Redis says whether the name is free; the answer renames.
-            let mut record = self.record_of(conn);
-            record.key = name_key(&username);
-            record.username = username;
-            link.send(Request::Rename { conn, record });
-            return;
+        // With several servers, they may have to agree first.
+        if let Some(username) = self.peers.rename(conn, user, username) {
+            self.rename_now(conn, username);
         }
-        self.rename_now(conn, username);
     }
 
     /// Renames `conn`, now that the name is known to be theirs.
     pub(super) fn rename_now(&mut self, conn: ConnId, username: String) {
-        let user = self.users.get_mut(&conn).expect("caller checked");
+        let Some(user) = self.users.get_mut(&conn) else {
+            return;
+        };
         let old = std::mem::replace(&mut user.username, username);
         user.relist();
         info!("{old:?} renamed to {:?} (conn {conn})", user.username);
@@ -177,25 +145,34 @@ impl Hub {
         self.broadcast(&channel, &frame, None);
     }
 
+    /// Tells the other servers how `conn` now is (moved, or a new state).
+    pub(super) fn announce(&self, conn: ConnId) {
+        if let Some(user) = self.users.get(&conn) {
+            self.peers.tell(Change::Updated(user));
+        }
+    }
+
+    /// `conn` is gone (or dropped): out of its channel, its name free again.
     pub(super) fn remove_user(&mut self, conn: ConnId, why: &str) {
-        if let Some(cluster) = &mut self.cluster {
-            cluster.pending.remove(&conn);
-            cluster.moving.remove(&conn);
-        }
-        if !self.users.contains_key(&conn) {
+        self.peers.forget(conn);
+        let Some(channel) = self.users.get(&conn).map(|user| user.channel.clone()) else {
             return;
-        }
-        let channel = self.users[&conn].channel.clone();
+        };
         let removed = self.leave(conn, &channel);
-        let user = self.users.remove(&conn).expect("checked above");
+        let Some(user) = self.users.remove(&conn) else {
+            return;
+        };
         self.names.remove(&name_key(&user.username));
         info!("{:?} left (conn {conn}): {why}", user.username);
-        if let Some(link) = self.up_link() {
-            link.send(Request::Leave { id: user.id });
-        }
+        self.peers.tell(Change::Left(&user));
         if removed {
             self.channels_changed();
         }
+    }
+
+    /// Whether `username` is free, here and on every other server.
+    fn is_free(&self, username: &str) -> bool {
+        self.holder_of(username).is_none() && !self.peers.hold_name(username)
     }
 
     pub(super) fn holder_of(&self, username: &str) -> Option<ConnId> {

@@ -4,18 +4,18 @@
 //! - [`requests`]: what clients send, parsed and validated in the connection's own thread, so
 //!   the hub only ever sees well-formed [`ChatRequest`]s and every refusal has its
 //!   [`ErrorCode`];
-//! - [`frames`]: what the server sends, [`ServerFrame`]s serialized once by the hub and shared
+//! - [`chat_frames`]: what the server sends, [`ServerFrame`]s serialized once by the hub and shared
 //!   by every recipient as an already-encoded WebSocket frame ([`encode`]);
 //! - [`names`]: the rules for usernames and channels.
 //!
 //! The WebSocket framing itself (opcodes, lengths, close frames) is not the chat's: it is in
 //! [`crate::connection::frame`].
 
-pub mod frames;
+pub mod chat_frames;
 pub mod names;
 pub mod requests;
 
-pub use frames::{
+pub use chat_frames::{
     ChannelCount, ChatError, ErrorCode, ServerFrame, UserRef, UserWithState, WELCOME_TEXT, encode,
     now_ms,
 };

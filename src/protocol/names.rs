@@ -1,7 +1,7 @@
 //! Who and where (tutorial step 3): the rules for usernames and channel names, and the form two
 //! usernames are compared in.
 
-use super::frames::{ChatError, ErrorCode};
+use super::chat_frames::{ChatError, ErrorCode};
 
 /// Longest username, in characters after trimming.
 pub const MAX_USERNAME_CHARS: usize = 32;

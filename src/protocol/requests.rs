@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::frames::{ChatError, ErrorCode};
+use super::chat_frames::{ChatError, ErrorCode};
 use super::names::{validate_channel, validate_username};
 
 /// Longest chat message, in characters after trimming.

@@ -5,6 +5,7 @@
 pub mod example;
 pub mod process;
 pub mod redis;
+pub mod rng;
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};

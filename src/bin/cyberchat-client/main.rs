@@ -27,6 +27,8 @@
 //! - the **main thread** is the socket's only writer, with a client-role `WebSocketContext`
 //!   that masks its frames. It waits on the one mpsc queue both threads feed, so a typed line is
 //!   sent and a ping answered the moment they arrive: no lock, no polling. It also keeps the
+//!   little state there is (who is in the channel, in `session.rs`) and does all the printing,
+//!   in order.
 
 mod connection;
 mod session;

@@ -2,7 +2,8 @@
 //! arguments (the scripts themselves are in `scripts.rs`).
 
 use super::publisher::Publisher;
-use crate::cluster::{ALIVE_TTL, Request, UserRecord};
+use crate::cluster::ALIVE_TTL;
+use crate::hub::port::{ClusterRequest, UserRecord};
 
 impl Publisher {
     /// `EVALSHA` of `script` with the arguments every script takes first.
@@ -17,10 +18,10 @@ impl Publisher {
     }
 
     /// The command that carries out `request`.
-    pub(super) fn command(&mut self, request: &Request) -> redis::Cmd {
+    pub(super) fn command(&mut self, request: &ClusterRequest) -> redis::Cmd {
         let json = |record: &UserRecord| serde_json::to_string(record).expect("records serialize");
         match request {
-            Request::Claim {
+            ClusterRequest::Claim {
                 record,
                 candidates,
                 history,
@@ -42,7 +43,7 @@ impl Publisher {
                 }
                 cmd
             }
-            Request::Update { record, answer } => {
+            ClusterRequest::Update { record, answer } => {
                 let mut cmd = self.call(&self.scripts.upsert);
                 let channel = if answer.is_some() {
                     &record.channel
@@ -52,17 +53,17 @@ impl Publisher {
                 cmd.arg(&record.id).arg(json(record)).arg(channel);
                 cmd
             }
-            Request::Rename { record, .. } => {
+            ClusterRequest::Rename { record, .. } => {
                 let mut cmd = self.call(&self.scripts.rename);
                 cmd.arg(&record.id).arg(&record.key).arg(json(record));
                 cmd
             }
-            Request::Leave { id } => {
+            ClusterRequest::Leave { id } => {
                 let mut cmd = self.call(&self.scripts.leave);
                 cmd.arg(id);
                 cmd
             }
-            Request::Typing {
+            ClusterRequest::Typing {
                 channel,
                 user,
                 typing,
@@ -73,27 +74,22 @@ impl Publisher {
                     .arg(if *typing { "1" } else { "0" });
                 cmd
             }
-            Request::Publish {
+            ClusterRequest::Publish {
                 channel,
-                tail,
+                unnumbered,
                 floor,
                 ..
             } => {
                 self.floor = self.floor.max(*floor);
                 let mut cmd = self.call(&self.scripts.publish);
-                cmd.arg(self.floor).arg(channel).arg(tail);
+                cmd.arg(self.floor).arg(channel).arg(unnumbered);
                 cmd
             }
-            Request::Recall { channel } => {
-                let mut cmd = redis::cmd("XREVRANGE");
-                cmd.arg(self.keys.history(channel))
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(crate::history::HISTORY_LEN);
-                cmd
+            ClusterRequest::Recall { channel } => {
+                let key = self.keys.history(channel);
+                redis::Cmd::xrevrange_count(key, "+", "-", crate::history::HISTORY_LEN)
             }
-            Request::Register { users, floor } => {
+            ClusterRequest::Register { users, floor } => {
                 self.floor = self.floor.max(*floor);
                 let mut cmd = self.call(&self.scripts.register);
                 cmd.arg(ALIVE_TTL.as_millis() as u64).arg(self.floor);

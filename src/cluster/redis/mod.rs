@@ -17,11 +17,12 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use log::info;
-use redis::{Client, Connection, Value};
+use redis::streams::StreamRangeReply;
+use redis::{Client, Connection, FromRedisValue, ParsingError, Value};
 use serde_json::value::RawValue;
 
-use super::{Kept, Requests};
 use crate::hub::Event;
+use crate::hub::port::{ClusterRequests, Kept};
 
 /// How long opening a connection to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -61,7 +62,7 @@ pub fn start(
     url: &str,
     prefix: &str,
     hub: SyncSender<Event>,
-    requests: Requests,
+    requests: ClusterRequests,
 ) -> io::Result<Running> {
     let client = Client::open(url).map_err(|e| io::Error::other(format!("--redis: {e}")))?;
     let server = uuid::Uuid::new_v4().simple().to_string();
@@ -77,7 +78,7 @@ pub fn start(
     let publisher = thread::Builder::new()
         .name("redis-publisher".into())
         .spawn(move || publisher.run(&requests, ready))?;
-    let reader = reader::Reader::new(client, keys, hub, Arc::clone(&stop));
+    let reader = reader::StreamReader::new(client, keys, hub, Arc::clone(&stop));
     let reader = thread::Builder::new()
         .name("redis-reader".into())
         .spawn(move || reader.run(ready_tx))?;
@@ -135,41 +136,54 @@ pub(super) fn connect(client: &Client, answer_within: Duration) -> redis::RedisR
     Ok(con)
 }
 
-/// A string or number Redis answered, as text.
-pub(super) fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        Value::Okay => Some("OK".into()),
-        _ => None,
+/// What a script answers (see `scripts.rs`): a word, `OK` or why not (`TAKEN`, `EPOCH`,
+/// `REAPED`), then what it returns.
+#[derive(Debug, Default)]
+pub(super) struct ScriptAnswer {
+    word: String,
+    rest: Vec<Value>,
+}
+
+impl FromRedisValue for ScriptAnswer {
+    fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
+        let mut rest: Vec<Value> = redis::from_redis_value(value)?;
+        if rest.is_empty() {
+            return Ok(ScriptAnswer::default());
+        }
+        let word = redis::from_redis_value(rest.remove(0))?;
+        Ok(ScriptAnswer { word, rest })
     }
 }
 
-/// An array Redis answered (empty for anything else, `nil` too).
-pub(super) fn items(value: &Value) -> &[Value] {
-    match value {
-        Value::Array(items) | Value::Set(items) => items,
-        _ => &[],
+impl ScriptAnswer {
+    pub(super) fn word(&self) -> &str {
+        &self.word
     }
-}
 
-/// A stream entry's field, by name.
-pub(super) fn field<'a>(fields: &'a [Value], name: &str) -> Option<&'a Value> {
-    fields
-        .chunks(2)
-        .find(|pair| matches!(&pair[0], Value::BulkString(b) if b == name.as_bytes()))
-        .and_then(|pair| pair.get(1))
+    /// What the script returned `n` places after its word, as `T`.
+    pub(super) fn get<T: FromRedisValue>(&self, n: usize) -> Option<T> {
+        redis::from_redis_value_ref(self.rest.get(n)?).ok()
+    }
+
+    /// The channel history the script returned `n` places after its word (`XREVRANGE`'s
+    /// entries, newest first), oldest first; taken out of the answer rather than copied.
+    pub(super) fn history(&mut self, n: usize) -> Vec<Kept> {
+        let Some(value) = self.rest.get_mut(n) else {
+            return Vec::new();
+        };
+        let entries = redis::from_redis_value(std::mem::replace(value, Value::Nil));
+        entries.map_or_else(|_| Vec::new(), history_of)
+    }
 }
 
 /// A channel's history as `XREVRANGE` answers it (newest first), oldest first.
-pub(super) fn history_of(value: &Value) -> Vec<Kept> {
-    let mut kept: Vec<Kept> = items(value)
+pub(super) fn history_of(reply: StreamRangeReply) -> Vec<Kept> {
+    let mut kept: Vec<Kept> = reply
+        .ids
         .iter()
         .filter_map(|entry| {
-            let fields = items(items(entry).get(1)?);
-            let id = text(field(fields, "id")?)?.parse().ok()?;
-            let json = RawValue::from_string(text(field(fields, "m")?)?).ok()?;
+            let id = entry.get("id")?;
+            let json = RawValue::from_string(entry.get("m")?).ok()?;
             Some((id, json))
         })
         .collect();

@@ -9,9 +9,10 @@ use log::{error, info, warn};
 use redis::{Client, Connection, Pipeline, Value};
 
 use super::scripts::Scripts;
-use super::{ANSWER_TIMEOUT, Keys, connect, history_of, items, text};
-use crate::cluster::{ALIVE_TTL, ClusterEvent, HEARTBEAT, Request, Requests};
+use super::{ANSWER_TIMEOUT, Keys, ScriptAnswer, connect, history_of};
+use crate::cluster::{ALIVE_TTL, HEARTBEAT_EVERY};
 use crate::hub::Event;
+use crate::hub::port::{ClusterEvent, ClusterRequest, ClusterRequests};
 
 /// Requests sent to Redis in one round trip, at most.
 const MAX_BATCH: usize = 256;
@@ -62,10 +63,10 @@ impl Publisher {
 
     /// Runs until the hub drops its end of the requests (the server stops); then tells the
     /// cluster this server's users are gone.
-    pub(super) fn run(mut self, requests: &Requests, ready: Sender<()>) {
+    pub(super) fn run(mut self, requests: &ClusterRequests, ready: Sender<()>) {
         self.join();
         let _ = ready.send(());
-        let mut beat_at = Instant::now() + HEARTBEAT;
+        let mut beat_at = Instant::now() + HEARTBEAT_EVERY;
         loop {
             let wait = beat_at.saturating_duration_since(Instant::now());
             let mut batch = Vec::new();
@@ -88,14 +89,14 @@ impl Publisher {
             }
             if Instant::now() >= beat_at {
                 self.beat();
-                beat_at = Instant::now() + HEARTBEAT;
+                beat_at = Instant::now() + HEARTBEAT_EVERY;
             }
         }
         self.bye();
     }
 
     fn tell(&self, event: ClusterEvent) {
-        let _ = self.hub.send(Event::Cluster(event));
+        let _ = self.hub.send(Event::Peers(event));
     }
 
     /// Connects and joins the cluster (a new epoch if Redis has none), then tells the hub.
@@ -176,17 +177,15 @@ impl Publisher {
         call.arg(ALIVE_TTL.as_millis() as u64);
         pipe.add_command(call);
         let answer = self.query(&pipe).map(|mut a| a.pop().unwrap_or(Value::Nil));
-        match answer {
-            Ok(answer) => match verdict(&answer) {
-                Verdict::Fine => {
-                    let reaped = items(&answer).get(1).and_then(text);
-                    if let Some(n) = reaped.filter(|n| n != "0") {
-                        info!("{n} servers stopped answering: their users are gone");
-                    }
+        match answer.map(read_answer) {
+            Ok((Verdict::Fine, answer)) => {
+                let reaped: Option<u64> = answer.get(0);
+                if let Some(n) = reaped.filter(|n| *n != 0) {
+                    info!("{n} servers stopped answering: their users are gone");
                 }
-                Verdict::Rejoin(why) => self.rejoin(why),
-                Verdict::Lost(why) => self.away(&why),
-            },
+            }
+            Ok((Verdict::Rejoin(why), _)) => self.rejoin(why),
+            Ok((Verdict::Lost(why), _)) => self.away(&why),
             Err(why) => self.away(&why),
         }
     }
@@ -207,7 +206,7 @@ impl Publisher {
         pipe.query(con).map_err(|e| e.to_string())
     }
 
-    fn run_batch(&mut self, batch: Vec<Request>) {
+    fn run_batch(&mut self, batch: Vec<ClusterRequest>) {
         if self.con.is_none() && Instant::now() >= self.retry_at {
             self.join();
         }
@@ -237,9 +236,19 @@ impl Publisher {
         }
         let mut after = Verdict::Fine;
         for (request, answer) in batch.into_iter().zip(answers) {
-            match verdict(&answer) {
-                Verdict::Fine => self.answer(request, &answer),
-                other => {
+            if let ClusterRequest::Recall { channel } = request {
+                // Not a script's: the entries as `XREVRANGE` gives them.
+                let history =
+                    redis::from_redis_value(answer).map_or_else(|_| Vec::new(), history_of);
+                self.tell(ClusterEvent::Recalled {
+                    channel,
+                    history: Some(history),
+                });
+                continue;
+            }
+            match read_answer(answer) {
+                (Verdict::Fine, answer) => self.answer(request, answer),
+                (other, _) => {
                     after = other;
                     self.fail(request);
                 }
@@ -252,76 +261,73 @@ impl Publisher {
         }
     }
 
-    /// Tells the hub what Redis answered to `request`.
-    fn answer(&mut self, request: Request, answer: &Value) {
-        let parts = items(answer);
-        let taken = parts.first().and_then(text).as_deref() == Some("TAKEN");
+    /// Tells the hub what a script answered to `request`.
+    fn answer(&mut self, request: ClusterRequest, mut answer: ScriptAnswer) {
+        let taken = answer.word() == "TAKEN";
         match request {
-            Request::Claim {
+            ClusterRequest::Claim {
                 conn,
                 record,
                 mut candidates,
-                history,
+                history: wanted,
             } => {
-                let index: Option<usize> = parts.get(1).and_then(text).and_then(|i| i.parse().ok());
+                let index: Option<usize> = answer.get(0);
                 let name = index.filter(|i| *i < candidates.len());
                 self.tell(ClusterEvent::Claimed {
                     conn,
                     id: record.id,
                     name: name.map(|i| candidates.swap_remove(i)),
-                    history: history.then(|| parts.get(2).map(history_of).unwrap_or_default()),
+                    history: wanted.then(|| answer.history(1)),
                 });
             }
-            Request::Update {
+            ClusterRequest::Update {
                 record,
                 answer: Some(conn),
             } => self.tell(ClusterEvent::Moved {
                 conn,
                 channel: record.channel,
-                history: Some(parts.get(1).map(history_of).unwrap_or_default()),
+                history: Some(answer.history(0)),
             }),
-            Request::Rename { conn, record } => self.tell(ClusterEvent::Renamed {
+            ClusterRequest::Rename { conn, record } => self.tell(ClusterEvent::Renamed {
                 conn,
                 username: record.username,
                 won: Some(!taken),
             }),
-            Request::Publish { .. } => {
-                let id = parts.get(1).and_then(text).and_then(|n| n.parse().ok());
+            ClusterRequest::Publish { .. } => {
+                let id: Option<u64> = answer.get(0);
                 self.floor = self.floor.max(id.unwrap_or(0));
             }
-            Request::Recall { channel } => self.tell(ClusterEvent::Recalled {
-                channel,
-                history: Some(history_of(answer)),
-            }),
-            Request::Register { users, .. } => {
-                let chosen = parts.get(1).map(items).unwrap_or_default();
+            ClusterRequest::Register { users, .. } => {
+                // Which candidate each user got, -1 for none.
+                let chosen: Vec<i64> = answer.get(0).unwrap_or_default();
                 let renamed = users
                     .into_iter()
                     .zip(chosen)
                     .filter_map(|((conn, record, mut candidates), index)| {
-                        let index: usize = text(index)?.parse().ok()?;
+                        let index = usize::try_from(index).ok()?;
                         (index > 0 && index < candidates.len())
                             .then(|| (conn, record.username, candidates.swap_remove(index)))
                     })
                     .collect();
                 self.tell(ClusterEvent::Registered { renamed });
             }
-            Request::Update { answer: None, .. }
-            | Request::Leave { .. }
-            | Request::Typing { .. } => {}
+            ClusterRequest::Recall { .. }
+            | ClusterRequest::Update { answer: None, .. }
+            | ClusterRequest::Leave { .. }
+            | ClusterRequest::Typing { .. } => {}
         }
     }
 
     /// Tells the hub `request` could not be carried out, where it waits for an answer.
-    fn fail(&self, request: Request) {
+    fn fail(&self, request: ClusterRequest) {
         let event = match request {
-            Request::Claim { conn, record, .. } => ClusterEvent::Claimed {
+            ClusterRequest::Claim { conn, record, .. } => ClusterEvent::Claimed {
                 conn,
                 id: record.id,
                 name: None,
                 history: None,
             },
-            Request::Update {
+            ClusterRequest::Update {
                 record,
                 answer: Some(conn),
             } => ClusterEvent::Moved {
@@ -329,38 +335,42 @@ impl Publisher {
                 channel: record.channel,
                 history: None,
             },
-            Request::Rename { conn, record } => ClusterEvent::Renamed {
+            ClusterRequest::Rename { conn, record } => ClusterEvent::Renamed {
                 conn,
                 username: record.username,
                 won: None,
             },
-            Request::Publish { conn, .. } => ClusterEvent::PublishFailed { conn },
-            Request::Recall { channel } => ClusterEvent::Recalled {
+            ClusterRequest::Publish { conn, .. } => ClusterEvent::PublishFailed { conn },
+            ClusterRequest::Recall { channel } => ClusterEvent::Recalled {
                 channel,
                 history: None,
             },
             // Registered again at the next join; announced by the `sync` it makes.
-            Request::Register { .. }
-            | Request::Update { answer: None, .. }
-            | Request::Leave { .. }
-            | Request::Typing { .. } => return,
+            ClusterRequest::Register { .. }
+            | ClusterRequest::Update { answer: None, .. }
+            | ClusterRequest::Leave { .. }
+            | ClusterRequest::Typing { .. } => return,
         };
         self.tell(event);
     }
 }
 
-/// What an answer says about the connection and the cluster.
-fn verdict(answer: &Value) -> Verdict {
-    if let Value::ServerError(err) = answer {
+/// A script's answer, and what it says about the connection and the cluster. A script that
+/// failed answers nothing, which each request reads as it would an empty answer.
+fn read_answer(answer: Value) -> (Verdict, ScriptAnswer) {
+    if let Value::ServerError(err) = &answer {
         if err.code() == "NOSCRIPT" {
-            return Verdict::Lost("Redis forgot the scripts".into());
+            let lost = Verdict::Lost("Redis forgot the scripts".into());
+            return (lost, ScriptAnswer::default());
         }
         error!("a Redis script failed: {err:?}");
-        return Verdict::Fine;
+        return (Verdict::Fine, ScriptAnswer::default());
     }
-    match items(answer).first().and_then(text).as_deref() {
-        Some("EPOCH") => Verdict::Rejoin("Redis lost its data (its epoch is not ours)"),
-        Some("REAPED") => Verdict::Rejoin("the cluster took this server for dead"),
+    let answer: ScriptAnswer = redis::from_redis_value(answer).unwrap_or_default();
+    let verdict = match answer.word() {
+        "EPOCH" => Verdict::Rejoin("Redis lost its data (its epoch is not ours)"),
+        "REAPED" => Verdict::Rejoin("the cluster took this server for dead"),
         _ => Verdict::Fine,
-    }
+    };
+    (verdict, answer)
 }

@@ -3,6 +3,7 @@
 //! every server's users when it starts, when Redis lost its data (then it reads the new
 //! stream from its start) and when entries it had not read were trimmed away.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, SyncSender};
@@ -10,13 +11,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
+use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions};
 use redis::{Client, Connection, Value};
 use serde_json::value::RawValue;
 
 use super::scripts::Scripts;
-use super::{Keys, connect, field, items, text};
-use crate::cluster::{ClusterEvent, UserRecord};
+use super::{Keys, connect};
 use crate::hub::Event;
+use crate::hub::port::{ClusterEvent, UserRecord};
 
 /// How long one `XREAD` waits for entries: also how long stopping can take.
 const BLOCK: Duration = Duration::from_millis(1000);
@@ -27,7 +29,7 @@ const EPOCH_EVERY: Duration = Duration::from_secs(1);
 /// Pause before trying a Redis that is away again.
 const RETRY: Duration = Duration::from_millis(200);
 
-pub(super) struct Reader {
+pub(super) struct StreamReader {
     client: Client,
     keys: Keys,
     hub: SyncSender<Event>,
@@ -47,14 +49,14 @@ enum Stop {
     Again,
 }
 
-impl Reader {
+impl StreamReader {
     pub(super) fn new(
         client: Client,
         keys: Keys,
         hub: SyncSender<Event>,
         stop: Arc<AtomicBool>,
-    ) -> Reader {
-        Reader {
+    ) -> StreamReader {
+        StreamReader {
             client,
             keys,
             hub,
@@ -136,18 +138,18 @@ impl Reader {
     /// `read_on`: reading goes on from that position, so the messages before it will not be
     /// read (the hub takes them as delivered, for merging history).
     fn snapshot(&mut self, con: &mut Connection, read_on: bool) -> redis::RedisResult<String> {
-        let answer: Value = self.scripts.snapshot.arg(&self.keys.prefix).invoke(con)?;
-        let parts = items(&answer);
-        let last = parts.get(1).and_then(text).unwrap_or_else(|| "0-0".into());
-        let before = parts.get(2).and_then(text).and_then(|n| n.parse().ok());
-        let records = parts
+        // The epoch, the stream position, the id counter, then (server, record) pairs.
+        let answer: Vec<String> = self.scripts.snapshot.arg(&self.keys.prefix).invoke(con)?;
+        let last = answer.get(1).cloned().unwrap_or_else(|| "0-0".into());
+        let before = answer.get(2).and_then(|n| n.parse().ok());
+        let records = answer
             .get(3..)
             .unwrap_or_default()
-            .chunks(2)
+            .chunks_exact(2)
             .filter_map(|pair| {
-                let server = text(&pair[0])?;
-                let record = serde_json::from_str(&text(pair.get(1)?)?).ok()?;
-                (server != self.keys.server).then_some((server, record))
+                let (server, record) = (&pair[0], &pair[1]);
+                let record = serde_json::from_str(record).ok()?;
+                (*server != self.keys.server).then(|| (server.clone(), record))
             })
             .collect();
         self.send(ClusterEvent::Snapshot {
@@ -160,7 +162,7 @@ impl Reader {
     /// Whether entries after the last one read were deleted (`MAXLEN` trimming), per
     /// `XINFO STREAM`'s `max-deleted-entry-id`.
     fn trimmed_past(&self, con: &mut Connection) -> redis::RedisResult<bool> {
-        let info: Value = match redis::cmd("XINFO")
+        let info: HashMap<String, Value> = match redis::cmd("XINFO")
             .arg("STREAM")
             .arg(self.keys.events())
             .query(con)
@@ -174,13 +176,8 @@ impl Reader {
             }
             Err(err) => return Err(err),
         };
-        let deleted = match &info {
-            Value::Map(pairs) => pairs
-                .iter()
-                .find(|(k, _)| text(k).as_deref() == Some("max-deleted-entry-id"))
-                .and_then(|(_, v)| text(v)),
-            other => field(items(other), "max-deleted-entry-id").and_then(text),
-        };
+        let deleted = info.get("max-deleted-entry-id");
+        let deleted: Option<String> = deleted.and_then(|id| redis::from_redis_value_ref(id).ok());
         Ok(deleted.is_some_and(|d| stream_id(&d) > stream_id(&self.last)))
     }
 
@@ -191,34 +188,24 @@ impl Reader {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(Stop::Done);
             }
-            let answer: Value = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(COUNT)
-                .arg("BLOCK")
-                .arg(BLOCK.as_millis() as u64)
+            let options = StreamReadOptions::default()
+                .count(COUNT)
+                .block(BLOCK.as_millis() as usize);
+            // Each stream read (there is one) with its entries; nothing when `BLOCK` ran out.
+            let streams: Option<Vec<(String, StreamRangeReply)>> = redis::cmd("XREAD")
+                .arg(&options)
                 .arg("STREAMS")
                 .arg(self.keys.events())
                 .arg(&self.last)
                 .query(con)?;
-            let streams: Vec<&Value> = match &answer {
-                Value::Map(pairs) => pairs.iter().map(|(_, v)| v).collect(),
-                other => items(other)
-                    .iter()
-                    .filter_map(|s| items(s).get(1))
-                    .collect(),
-            };
-            for entries in streams {
-                for entry in items(entries) {
-                    let parts = items(entry);
-                    let Some(id) = parts.first().and_then(text) else {
-                        continue;
-                    };
-                    if let Some(event) = self.decode(items(parts.get(1).unwrap_or(&Value::Nil)))
-                        && self.hub.send(Event::Cluster(event)).is_err()
+            for (_, entries) in streams.unwrap_or_default() {
+                for entry in entries.ids {
+                    if let Some(event) = self.decode(&entry)
+                        && self.hub.send(Event::Peers(event)).is_err()
                     {
                         return Ok(Stop::Done);
                     }
-                    self.last = id;
+                    self.last = entry.id;
                 }
             }
             if Instant::now() >= epoch_at {
@@ -233,8 +220,8 @@ impl Reader {
 
     /// A stream entry as a hub event; `None` for this server's own presence (the hub has
     /// it already) and for what cannot be read.
-    fn decode(&self, fields: &[Value]) -> Option<ClusterEvent> {
-        let get = |name: &str| field(fields, name).and_then(text);
+    fn decode(&self, entry: &StreamId) -> Option<ClusterEvent> {
+        let get = |name: &str| entry.get::<String>(name);
         let kind = get("k")?;
         let server = get("s")?;
         let own = server == self.keys.server;
@@ -272,7 +259,7 @@ impl Reader {
     }
 
     fn send(&self, event: ClusterEvent) {
-        let _ = self.hub.send(Event::Cluster(event));
+        let _ = self.hub.send(Event::Peers(event));
     }
 }
 

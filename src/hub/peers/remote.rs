@@ -1,15 +1,17 @@
-//! The other servers' users, as this hub sees them (`--redis`; see [`crate::cluster`]): kept
-//! current from the stream, counted in every `count`, `online` and `/stats`, listed in every
-//! `welcome`, and each change told to this server's own members of the channel, once.
+//! The several-servers side of the hub (`--redis`): the other servers' users, as this hub
+//! sees them, kept current from the stream, counted in every `count`, `online` and `/stats`,
+//! listed in every `welcome`, and each change told to this server's own members of the
+//! channel, once.
 
 use std::collections::HashSet;
 
-use log::{debug, info, warn};
+use log::{debug, info};
 use serde_json::value::RawValue;
 
-use super::{ConnId, Hub};
-use crate::cluster::{Kept, UserRecord};
+use super::port::UserRecord;
+use crate::connection::ConnId;
 use crate::connection::frame::text_frame;
+use crate::hub::Hub;
 use crate::protocol::{DEFAULT_CHANNEL, ServerFrame, UserRef, UserWithState, encode};
 
 /// The `about` of presence frames about another server's user: no local connection is them.
@@ -48,48 +50,10 @@ impl RemoteUser {
 }
 
 impl Hub {
-    /// A chat message read back from Redis: kept, counted and delivered to this server's
-    /// members of its channel (its sender too, if they are here). One whose id is not above
-    /// the last delivered is dropped: ids must strictly increase for every client.
-    pub(super) fn remote_message(&mut self, id: u64, channel: &str, json: Box<RawValue>) {
-        let Some(cluster) = &mut self.cluster else {
-            return;
-        };
-        if id <= cluster.last_id {
-            warn!(
-                "message {id} in #{channel} from Redis is not above the last delivered ({}): \
-                 Redis lost data; not delivered",
-                cluster.last_id
-            );
-            return;
-        }
-        cluster.last_id = id;
-        let frame = text_frame(json.get().as_bytes());
-        // Kept where it will be shown: a channel that is here, held, or about to be joined.
-        // Any other channel's history is read from Redis when someone joins it.
-        if self.channels.contains_key(channel)
-            || self.histories.holds(channel)
-            || self.awaited(channel)
-        {
-            // No store with --redis: keeping cannot fail.
-            let _ = self.histories.record(channel, id, json);
-        }
-        self.messages += 1;
-        self.broadcast(channel, &frame, None);
-    }
-
-    /// History read from Redis for `channel`: merged with what this hub has kept meanwhile.
-    pub(super) fn merge_history(&mut self, channel: &str, history: Option<Vec<Kept>>) {
-        let (Some(history), Some(cluster)) = (history, &self.cluster) else {
-            return;
-        };
-        self.histories.merge(channel, history, cluster.last_id);
-    }
-
     /// Another server's user as they now are: added, moved, renamed or with a new state, and
     /// each change told to this server's members of the channel.
     pub(super) fn remote_upsert(&mut self, server: String, record: UserRecord) {
-        let Some(cluster) = &mut self.cluster else {
+        let Some(cluster) = self.peers.cluster_mut() else {
             return;
         };
         let id = record.id.clone();
@@ -109,20 +73,21 @@ impl Hub {
             user.record.state.clone(),
         );
         cluster.remote.insert(id.clone(), user);
+        let who = UserRef {
+            id: &id,
+            username: &username,
+        };
         match old {
-            None => self.remote_enter(&id, &channel),
+            None => self.remote_enter(who, &channel),
             Some(old) if old.record.channel != channel => {
                 self.remote_leave(&old, &old.record.channel);
-                self.remote_enter(&id, &channel);
+                self.remote_enter(who, &channel);
             }
             Some(old) => {
                 if old.record.username != username {
                     let frame = encode(&ServerFrame::Renamed {
                         channel: &channel,
-                        user: UserRef {
-                            id: &id,
-                            username: &username,
-                        },
+                        user: who,
                         old: &old.record.username,
                         text: format!("{} is now known as {username}", old.record.username),
                     });
@@ -131,10 +96,7 @@ impl Hub {
                 if old.record.state != state {
                     let frame = encode(&ServerFrame::State {
                         channel: &channel,
-                        user: UserRef {
-                            id: &id,
-                            username: &username,
-                        },
+                        user: who,
                         state: &state,
                     });
                     self.broadcast(&channel, &frame, None);
@@ -145,7 +107,7 @@ impl Hub {
 
     /// Another server's user left.
     pub(super) fn remote_remove(&mut self, id: &str) {
-        let Some(cluster) = &mut self.cluster else {
+        let Some(cluster) = self.peers.cluster_mut() else {
             return;
         };
         let Some(user) = cluster.remote.remove(id) else {
@@ -217,7 +179,7 @@ impl Hub {
     }
 
     fn remote_ids(&self, which: impl Fn(&RemoteUser) -> bool) -> Vec<String> {
-        let Some(cluster) = &self.cluster else {
+        let Some(cluster) = self.peers.cluster() else {
             return Vec::new();
         };
         cluster
@@ -229,17 +191,15 @@ impl Hub {
     }
 
     /// Adds a remote user (already in the view) to `channel`, and tells its members here.
-    fn remote_enter(&mut self, id: &str, channel: &str) {
+    fn remote_enter(&mut self, user: UserRef, channel: &str) {
         let created = !self.channels.contains_key(channel);
         let ch = self.channels.entry(channel.to_owned()).or_default();
-        ch.remote.push(id.to_owned());
-        let count = ch.members.len() + ch.remote.len();
-        let user = &self.cluster.as_ref().expect("clustered").remote[id];
+        ch.remote.push(user.id.to_owned());
         let frame = encode(&ServerFrame::Joined {
             channel,
-            user: user.as_ref(),
-            count,
-            text: format!("{} has joined the chat", user.record.username),
+            user,
+            count: ch.count(),
+            text: format!("{} has joined the chat", user.username),
         });
         self.presence(channel, frame, REMOTE);
         if created {
@@ -255,7 +215,7 @@ impl Hub {
         if let Some(pos) = ch.remote.iter().position(|id| *id == user.record.id) {
             ch.remote.swap_remove(pos);
         }
-        if ch.members.is_empty() && ch.remote.is_empty() && channel != DEFAULT_CHANNEL {
+        if ch.count() == 0 && channel != DEFAULT_CHANNEL {
             self.channels.remove(channel);
             let channels = &self.channels;
             self.histories
@@ -266,7 +226,7 @@ impl Hub {
         let frame = encode(&ServerFrame::Left {
             channel,
             user: user.as_ref(),
-            count: ch.members.len() + ch.remote.len(),
+            count: ch.count(),
             text: format!("{} has left the chat", user.record.username),
         });
         self.presence(channel, frame, REMOTE);

@@ -1,0 +1,209 @@
+//! The other servers (`--redis`), as the tutorial's steps see them: one value, [`Peers`], and
+//! the only questions a step asks about them. A server on its own is [`Peers::Alone`], which
+//! answers each plainly (no name is held elsewhere; a newcomer is admitted now; a message is
+//! delivered here now; nobody else needs telling), so the steps read as the single-server
+//! tutorial with one-line calls into `peers`.
+//!
+//! Everything else about several servers lives below this file, each file saying so first:
+//!
+//! | file | what |
+//! |---|---|
+//! | `peers/port.rs` | the requests the hub makes and the answers it gets (the Redis adapter, `src/cluster/`, serves them) |
+//! | `peers/clustered.rs` | the clustered half of each question below: what is asked of Redis |
+//! | `peers/answers.rs` | what the hub does with each answer and each entry of the stream |
+//! | `peers/remote.rs` | the other servers' users, as this hub sees them |
+
+mod answers;
+mod clustered;
+pub mod port;
+mod remote;
+
+use serde_json::value::RawValue;
+use tungstenite::Bytes;
+
+use super::ConnId;
+use super::user::User;
+use crate::connection::Outbox;
+use crate::protocol::{ChatError, ChatRequest};
+use clustered::Clustered;
+
+/// The other servers, if any.
+#[derive(Debug, Default)]
+pub(super) enum Peers {
+    /// No other servers: every answer is the plain one.
+    #[default]
+    Alone,
+    /// One of several servers sharing a Redis (see `peers/clustered.rs`).
+    Clustered(Box<Clustered>),
+}
+
+/// A new connection, before it has a name: what its query asked for.
+#[derive(Debug)]
+pub(super) struct Arrival {
+    pub(super) outbox: Outbox,
+    /// The public id it will have.
+    pub(super) id: String,
+    pub(super) channel: String,
+    /// The query's name, valid and free here (it is offered first), if it had one.
+    pub(super) requested: Option<String>,
+    /// The refusals of the query, sent right after the `welcome`.
+    pub(super) refusals: Vec<ChatError>,
+}
+
+/// What a connection sent before its `welcome` (which waits, with several servers, for its
+/// name to be settled).
+#[derive(Debug)]
+pub(super) enum Early {
+    Request(ChatRequest),
+    Reply(Bytes),
+}
+
+/// Where a chat message goes.
+#[derive(Debug)]
+pub(super) enum Publish {
+    /// Numbered, kept and delivered here, now.
+    Here,
+    /// Sent to be numbered for every server; it is delivered when it comes back.
+    Sent,
+    /// It cannot be ordered now: the sender is told why.
+    Refused(ChatError),
+}
+
+/// What the other servers must be told of one of this server's users.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Change<'a> {
+    /// The user is somewhere new, or has a new state.
+    Updated(&'a User),
+    /// The user started or stopped typing.
+    Typing(&'a User, bool),
+    /// The user left.
+    Left(&'a User),
+}
+
+impl Peers {
+    /// Whether a user on another server holds `username` (under case folding).
+    pub(super) fn hold_name(&self, username: &str) -> bool {
+        self.cluster().is_some_and(|c| c.holds_name(username))
+    }
+
+    /// Claims a name for a newcomer. Given back when it may be admitted now, with the name it
+    /// asked for if it had one; kept (and admitted when the other servers have answered)
+    /// otherwise. `free_here` says whether a name is free among this server's users;
+    /// `history_held`, whether this server holds the history of the newcomer's channel.
+    pub(super) fn claim(
+        &mut self,
+        conn: ConnId,
+        arrival: Arrival,
+        free_here: impl Fn(&str) -> bool,
+        history_held: bool,
+    ) -> Option<Arrival> {
+        match self {
+            Peers::Alone => Some(arrival),
+            Peers::Clustered(cluster) => cluster.claim(conn, arrival, free_here, history_held),
+        }
+    }
+
+    /// Keeps what a connection sent before its `welcome`, if it is waiting for one; otherwise
+    /// the connection is gone, and so is what it sent.
+    pub(super) fn before_welcome(&mut self, conn: ConnId, early: Early) {
+        if let Some(cluster) = self.cluster_mut() {
+            cluster.keep_early(conn, early);
+        }
+    }
+
+    /// Renames `user` to `username`, which is free here. Given back when the rename may be
+    /// done now; asked of the other servers (and done when they answer) otherwise.
+    pub(super) fn rename(&mut self, conn: ConnId, user: &User, username: String) -> Option<String> {
+        match self {
+            Peers::Alone => Some(username),
+            Peers::Clustered(cluster) => cluster.rename(conn, user, username),
+        }
+    }
+
+    /// Where `user`'s chat message goes (see [`Publish`]).
+    pub(super) fn publish(&self, conn: ConnId, user: &User, text: &str) -> Publish {
+        self.cluster()
+            .map_or(Publish::Here, |c| c.publish(conn, user, text))
+    }
+
+    /// Whether `user`'s move into `channel` must wait for the channel's history from the
+    /// other servers (then it is asked for, and the move is done when it comes).
+    pub(super) fn join_later(
+        &mut self,
+        conn: ConnId,
+        user: &User,
+        channel: &str,
+        history_held: bool,
+    ) -> bool {
+        match self {
+            Peers::Alone => false,
+            Peers::Clustered(cluster) => cluster.join_later(conn, user, channel, history_held),
+        }
+    }
+
+    /// `conn` asked for the channel it is in: a move it was waiting for is off.
+    pub(super) fn stay(&mut self, conn: ConnId) {
+        if let Some(cluster) = self.cluster_mut() {
+            cluster.stay(conn);
+        }
+    }
+
+    /// Tells the other servers of a change.
+    pub(super) fn tell(&self, change: Change) {
+        if let Some(cluster) = self.cluster() {
+            cluster.tell(change);
+        }
+    }
+
+    /// Forgets a connection that has gone: whatever it was waiting for, it waits no more.
+    pub(super) fn forget(&mut self, conn: ConnId) {
+        if let Some(cluster) = self.cluster_mut() {
+            cluster.forget(conn);
+        }
+    }
+
+    /// Users online on the other servers.
+    pub(super) fn online(&self) -> usize {
+        self.cluster().map_or(0, |c| c.online())
+    }
+
+    /// The other servers' users among `ids`, as a `welcome` lists them.
+    pub(super) fn listings<'a>(&'a self, ids: &'a [String]) -> impl Iterator<Item = &'a RawValue> {
+        self.cluster().into_iter().flat_map(|c| c.listings(ids))
+    }
+
+    /// The outbox of a connection waiting for its `welcome`.
+    pub(super) fn waiting(&self, conn: ConnId) -> Option<&Outbox> {
+        self.cluster()?.waiting(conn)
+    }
+
+    /// The outboxes of every connection waiting for its `welcome`.
+    pub(super) fn waiting_outboxes(&self) -> impl Iterator<Item = &Outbox> {
+        self.cluster()
+            .into_iter()
+            .flat_map(|c| c.waiting_outboxes())
+    }
+
+    /// The outboxes of every connection waiting for its `welcome`, once the hub has stopped.
+    pub(super) fn into_outboxes(self) -> impl Iterator<Item = Outbox> {
+        let cluster = match self {
+            Peers::Alone => None,
+            Peers::Clustered(cluster) => Some(cluster),
+        };
+        cluster.into_iter().flat_map(|c| c.into_outboxes())
+    }
+
+    fn cluster(&self) -> Option<&Clustered> {
+        match self {
+            Peers::Alone => None,
+            Peers::Clustered(cluster) => Some(cluster),
+        }
+    }
+
+    fn cluster_mut(&mut self) -> Option<&mut Clustered> {
+        match self {
+            Peers::Alone => None,
+            Peers::Clustered(cluster) => Some(cluster),
+        }
+    }
+}
