@@ -27,7 +27,7 @@ use common::outside;
 use common::process::ServerProcess;
 use common::prometheus::{Prometheus, promtool_check_metrics};
 use common::temp::TempDir;
-use common::tls::{Certificate, TlsClient};
+use common::tls::{Certificate, TlsClient, wss_over};
 use common::{DEADLINE, handshake, raw_http, status_and_body, tcp_from, upgrade_request};
 use cyberchat::capacity::budget::{ARRIVALS_BURST, ARRIVALS_PER_SECOND};
 use serde_json::{Value, json};
@@ -137,10 +137,11 @@ fn nginx_a_class_of_400_without_trust_proxy_meets_the_limit_of_one_address() {
         return;
     };
     let (nginx, cert, server) = (&behind.nginx, &behind.cert, &behind.server);
-    let direct = class::arrive(CLASS, |from, i| {
-        let stream = tcp_from(from, server.addr)?;
-        handshake(stream, server.addr, &format!("/?username=d{i}"), &[]).map(|c| c.ws)
-    });
+    let direct = class::arrive(
+        CLASS,
+        |from| tcp_from(from, server.addr),
+        |stream, i| handshake(stream, server.addr, &format!("/?username=d{i}"), &[]).map(|c| c.ws),
+    );
     report("directly", &direct);
     assert_eq!(direct.admitted, CLASS, "{direct:?}");
 
@@ -319,14 +320,10 @@ fn prometheus_from_deploy_scrapes_metrics_and_answers_queries() {
 #[test]
 fn systemd_the_unit_passes_systemd_analyze_verify() {
     let test = "systemd_the_unit_passes_systemd_analyze_verify";
-    if !outside::found(
-        test,
-        "systemd-analyze",
-        "--version",
-        "apt-get install -y systemd",
-    ) {
+    let install = "apt-get install -y systemd";
+    let Some(analyze) = outside::found(test, "systemd-analyze", "--version", install) else {
         return;
-    }
+    };
     let dir = TempDir::new("unit");
     // The check wants ExecStart's program to exist: this build stands in for the installed one.
     let program = env!("CARGO_BIN_EXE_cyberchat");
@@ -339,7 +336,7 @@ fn systemd_the_unit_passes_systemd_analyze_verify() {
     );
     let file = dir.join("cyberchat.service");
     std::fs::write(&file, unit).unwrap();
-    let out = Command::new("systemd-analyze")
+    let out = Command::new(analyze)
         .arg("verify")
         .arg(&file)
         .output()
@@ -404,9 +401,11 @@ fn unit_server(origin: &str, data: &TempDir, more: &[&str]) -> ServerProcess {
 /// A class of [`CLASS`] opening the chat at once through the TLS proxy at `proxy`, each from
 /// an address of their own. Every one must get an answer: a welcome or an HTTP status.
 fn class_through(client: &TlsClient, proxy: SocketAddr) -> Arrival {
-    let arrival = class::arrive(CLASS, |from, i| {
-        client.wss_from(from, proxy, &format!("/?username=p{i}"))
-    });
+    let arrival = class::arrive(
+        CLASS,
+        |from| client.connect_from(from, proxy),
+        |stream, i| wss_over(stream, &format!("/?username=p{i}")),
+    );
     assert!(
         arrival.failed.is_empty(),
         "every one gets an answer; {} did not, the first: {:?}",

@@ -18,6 +18,7 @@ pub struct Caddy {
     /// Where it answers https and wss.
     pub https: SocketAddr,
     http: SocketAddr,
+    program: PathBuf,
     dir: TempDir,
     child: Option<Child>,
 }
@@ -26,10 +27,9 @@ impl Caddy {
     /// Free ports and a directory for a Caddy, or `None` (after saying SKIPPED) where caddy
     /// is not installed.
     pub fn new(test: &str) -> Option<Caddy> {
-        if !outside::found(test, "caddy", "version", "apt-get install -y caddy") {
-            return None;
-        }
+        let program = outside::found(test, "caddy", "version", "apt-get install -y caddy")?;
         Some(Caddy {
+            program,
             https: SocketAddr::from(([127, 0, 0, 1], outside::free_port())),
             http: SocketAddr::from(([127, 0, 0, 1], outside::free_port())),
             dir: TempDir::new("caddy"),
@@ -73,7 +73,7 @@ impl Caddy {
         std::fs::write(&caddyfile, config).unwrap();
         let log = std::fs::File::create(dir.join("caddy.log")).unwrap();
         let home = dir.join("home");
-        let child = Command::new("caddy")
+        let child = Command::new(&self.program)
             .args(["run", "--adapter", "caddyfile", "--config"])
             .arg(&caddyfile)
             // Where Caddy keeps its authority and certificates: the test's directory.

@@ -32,10 +32,8 @@ pub fn run(test: &str, script: &str, env: &[(&str, String)]) -> Option<String> {
         outside::missing(test, what, INSTALL);
         return None;
     }
-    if !outside::found(test, "node", "--version", INSTALL) {
-        return None;
-    }
-    let mut child = Command::new("node")
+    let node = outside::found(test, "node", "--version", INSTALL)?;
+    let mut child = Command::new(node)
         .arg(Path::new("tests/e2e").join(script))
         .current_dir(root)
         .env("CHROMIUM", CHROMIUM)

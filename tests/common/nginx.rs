@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ pub struct Nginx {
     pub https: SocketAddr,
     /// Where it answers plain http (a redirect to https).
     pub http: SocketAddr,
+    program: PathBuf,
     dir: TempDir,
     child: Option<Child>,
 }
@@ -26,10 +28,9 @@ impl Nginx {
     /// Free ports and a directory for an nginx, or `None` (after saying SKIPPED) where nginx
     /// is not installed.
     pub fn new(test: &str) -> Option<Nginx> {
-        if !outside::found(test, "nginx", "-v", "apt-get install -y nginx") {
-            return None;
-        }
+        let program = outside::found(test, "nginx", "-v", "apt-get install -y nginx")?;
         Some(Nginx {
+            program,
             https: SocketAddr::from(([127, 0, 0, 1], outside::free_port())),
             http: SocketAddr::from(([127, 0, 0, 1], outside::free_port())),
             dir: TempDir::new("nginx"),
@@ -80,7 +81,7 @@ impl Nginx {
         let config = deploy::rewritten("nginx.conf", &more);
         let conf = dir.join("nginx.conf");
         std::fs::write(&conf, config).unwrap();
-        let child = Command::new("nginx")
+        let child = Command::new(&self.program)
             .arg("-p")
             .arg(dir)
             .arg("-c")

@@ -4,28 +4,37 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// Whether `program` can be run here (`program {version}` exits with success). When it
-/// cannot, says SKIPPED for `test` with `install`, the command that installs it, and returns
-/// false.
+/// Where `program` is, if it can be run here (`program {version}` exits with success):
+/// found in `PATH`, or in `/usr/sbin` and `/sbin`, which a user's `PATH` may leave out
+/// (Debian's nginx is `/usr/sbin/nginx`). When it is not, says SKIPPED for `test` with
+/// `install`, the command that installs it.
 ///
 /// # Panics
 /// Under `CI=true`, when the program is missing: `.ci/run` installs every one.
-pub fn found(test: &str, program: &str, version: &str, install: &str) -> bool {
-    let runs = Command::new(program)
-        .arg(version)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !runs {
+pub fn found(test: &str, program: &str, version: &str, install: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]);
+    let runs = |candidate: &PathBuf| {
+        Command::new(candidate)
+            .arg(version)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let found = dirs
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file() && runs(p));
+    if found.is_none() {
         missing(test, &format!("{program} is missing"), install);
     }
-    runs
+    found
 }
 
 /// Says, where the person running the tests sees it, that `test` did not run because of

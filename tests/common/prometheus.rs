@@ -29,9 +29,7 @@ impl Prometheus {
     /// When it refuses the configuration or does not become ready, with what it logged.
     pub fn start(test: &str, target: SocketAddr) -> Option<Prometheus> {
         let install = "apt-get install -y --no-install-recommends prometheus";
-        if !outside::found(test, "prometheus", "--version", install) {
-            return None;
-        }
+        let program = outside::found(test, "prometheus", "--version", install)?;
         let dir = TempDir::new("prometheus");
         let config = deploy::rewritten(
             "prometheus.yml",
@@ -47,7 +45,7 @@ impl Prometheus {
         std::fs::write(&file, config).unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], outside::free_port()));
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-        let child = Command::new("prometheus")
+        let child = Command::new(program)
             .arg(format!("--config.file={}", file.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
@@ -161,10 +159,8 @@ fn percent_encode(text: &str) -> String {
 /// where promtool is not installed.
 pub fn promtool_check_metrics(test: &str, exposition: &str) -> Option<Result<(), String>> {
     let install = "apt-get install -y --no-install-recommends prometheus";
-    if !outside::found(test, "promtool", "--version", install) {
-        return None;
-    }
-    let mut child = Command::new("promtool")
+    let promtool = outside::found(test, "promtool", "--version", install)?;
+    let mut child = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

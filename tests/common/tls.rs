@@ -36,9 +36,10 @@ impl Certificate {
     /// Makes the authority and the certificate, or says SKIPPED (`None`) where `openssl` is
     /// missing.
     pub fn make(test: &str) -> Option<Certificate> {
-        if !outside::found(test, "openssl", "version", "apt-get install -y openssl") {
-            return None;
-        }
+        let openssl = outside::found(test, "openssl", "version", "apt-get install -y openssl")?;
+        let run = |args: &[&str], key: &[&str], files: &[(&str, &Path)]| {
+            run_openssl(&openssl, args, key, files);
+        };
         let temp = TempDir::new("certificate");
         let dir = temp.path();
         let ca = dir.join("ca.pem");
@@ -61,7 +62,7 @@ impl Certificate {
         ];
         let ca_key = dir.join("ca-key.pem");
         let request = dir.join("cert.csr");
-        openssl(
+        run(
             &[
                 "req",
                 "-x509",
@@ -73,12 +74,12 @@ impl Certificate {
             &key_options,
             &[("-keyout", &ca_key), ("-out", &ca)],
         );
-        openssl(
+        run(
             &["req", "-subj", &format!("/CN={HOST}")],
             &key_options,
             &[("-keyout", &key), ("-out", &request)],
         );
-        openssl(
+        run(
             &["x509", "-req", "-days", "2", "-set_serial", "1"],
             &[],
             &[
@@ -181,23 +182,33 @@ impl TlsClient {
         addr: SocketAddr,
         path_and_query: &str,
     ) -> Result<WebSocket<TlsStream>, tungstenite::Error> {
-        let stream = self.connect_from(from, addr)?;
-        let request =
-            format!("wss://{HOST}:{}{path_and_query}", addr.port()).into_client_request()?;
-        let (ws, _) = tungstenite::client(request, stream).map_err(|e| match e {
-            tungstenite::HandshakeError::Failure(e) => e,
-            tungstenite::HandshakeError::Interrupted(_) => panic!("blocking handshake interrupted"),
-        })?;
-        Ok(ws)
+        wss_over(self.connect_from(from, addr)?, path_and_query)
     }
+}
+
+/// The WebSocket handshake (`wss://localhost:PORT{path_and_query}`) on a TLS connection.
+///
+/// # Errors
+/// The handshake's: a refusal is `tungstenite::Error::Http`, with the status and the body.
+pub fn wss_over(
+    stream: TlsStream,
+    path_and_query: &str,
+) -> Result<WebSocket<TlsStream>, tungstenite::Error> {
+    let port = stream.sock.peer_addr()?.port();
+    let request = format!("wss://{HOST}:{port}{path_and_query}").into_client_request()?;
+    let (ws, _) = tungstenite::client(request, stream).map_err(|e| match e {
+        tungstenite::HandshakeError::Failure(e) => e,
+        tungstenite::HandshakeError::Interrupted(_) => panic!("blocking handshake interrupted"),
+    })?;
+    Ok(ws)
 }
 
 /// Runs `openssl {args} {key_options} {files as flag, path}`.
 ///
 /// # Panics
 /// When it fails, with what it said.
-fn openssl(args: &[&str], key_options: &[&str], files: &[(&str, &Path)]) {
-    let mut command = Command::new("openssl");
+fn run_openssl(openssl: &Path, args: &[&str], key_options: &[&str], files: &[(&str, &Path)]) {
+    let mut command = Command::new(openssl);
     command.args(args).args(key_options);
     for (flag, path) in files {
         command.arg(flag).arg(path);
