@@ -49,9 +49,17 @@ struct BehindNginx {
     _data: TempDir,
 }
 
-/// nginx in front of the unit's server (with `flags` added), with `rewrites` of nginx's file
+/// How a test's server differs from the unit's, beyond the test machine's port and
+/// directories: flags added after the unit's, and flags of the unit left out.
+#[derive(Default)]
+struct Flags<'a> {
+    add: &'a [&'a str],
+    leave_out: &'a [&'a str],
+}
+
+/// nginx in front of the unit's server (changed by `flags`), with `rewrites` of nginx's file
 /// beyond the usual; `None` where nginx or openssl is missing.
-fn behind_nginx(test: &str, flags: &[&str], rewrites: Vec<Rewrite>) -> Option<BehindNginx> {
+fn behind_nginx(test: &str, flags: Flags, rewrites: Vec<Rewrite>) -> Option<BehindNginx> {
     let mut nginx = Nginx::new(test)?;
     let cert = Certificate::make(test)?;
     let data = TempDir::new("data");
@@ -68,7 +76,7 @@ fn behind_nginx(test: &str, flags: &[&str], rewrites: Vec<Rewrite>) -> Option<Be
 #[test]
 fn nginx_the_page_over_https_chats_over_wss_in_chromium() {
     let test = "nginx_the_page_over_https_chats_over_wss_in_chromium";
-    let Some(behind) = behind_nginx(test, &[], Vec::new()) else {
+    let Some(behind) = behind_nginx(test, Flags::default(), Vec::new()) else {
         return;
     };
     let page = format!("{}/client.html", behind.nginx.origin());
@@ -78,7 +86,7 @@ fn nginx_the_page_over_https_chats_over_wss_in_chromium() {
 #[test]
 fn nginx_sends_http_to_https_and_keeps_metrics_from_outsiders() {
     let test = "nginx_sends_http_to_https_and_keeps_metrics_from_outsiders";
-    let Some(behind) = behind_nginx(test, &[], Vec::new()) else {
+    let Some(behind) = behind_nginx(test, Flags::default(), Vec::new()) else {
         return;
     };
     let (nginx, cert, server) = (&behind.nginx, &behind.cert, &behind.server);
@@ -126,14 +134,19 @@ fn nginx_passes_the_upgrade_and_puts_the_real_client_address_last() {
     );
 }
 
-/// Without `--trust-proxy`, every connection through nginx comes from nginx's address, so a
-/// class arriving at once is one address to the server, and its per-address arrival limit
-/// (a burst, then so many a second) refuses the rest. Straight to the server, each person
-/// from an address of their own, all get in.
+/// Without `--trust-proxy` (left out of the unit's flags, should they hold it), every
+/// connection through nginx comes from nginx's address, so a class arriving at once is one
+/// address to the server, and its per-address arrival limit (a burst, then so many a second)
+/// refuses the rest. Straight to the server, each person from an address of their own, all
+/// get in.
 #[test]
 fn nginx_a_class_of_400_without_trust_proxy_meets_the_limit_of_one_address() {
     let test = "nginx_a_class_of_400_without_trust_proxy_meets_the_limit_of_one_address";
-    let Some(behind) = behind_nginx(test, &[], Vec::new()) else {
+    let untrusting = Flags {
+        leave_out: &["--trust-proxy"],
+        ..Flags::default()
+    };
+    let Some(behind) = behind_nginx(test, untrusting, Vec::new()) else {
         return;
     };
     let (nginx, cert, server) = (&behind.nginx, &behind.cert, &behind.server);
@@ -177,7 +190,7 @@ fn nginx_a_class_of_400_without_trust_proxy_meets_the_limit_of_one_address() {
 fn nginx_a_quiet_socket_outlives_proxy_read_timeout_while_the_server_pings() {
     let test = "nginx_a_quiet_socket_outlives_proxy_read_timeout_while_the_server_pings";
     let timeout = Duration::from_secs(2);
-    for (flags, pinged) in [(&["--ping-interval", "0.5"][..], true), (&[][..], false)] {
+    for (pings, pinged) in [(&["--ping-interval", "0.5"][..], true), (&[][..], false)] {
         let seconds = timeout.as_secs();
         let rewrites = vec![
             Rewrite::to(
@@ -189,6 +202,10 @@ fn nginx_a_quiet_socket_outlives_proxy_read_timeout_while_the_server_pings() {
                 format!("proxy_send_timeout {seconds}s;"),
             ),
         ];
+        let flags = Flags {
+            add: pings,
+            ..Flags::default()
+        };
         let Some(behind) = behind_nginx(test, flags, rewrites) else {
             return;
         };
@@ -229,7 +246,7 @@ fn nginx_a_quiet_socket_outlives_proxy_read_timeout_while_the_server_pings() {
 fn behind_caddy(test: &str) -> Option<(Caddy, ServerProcess, TempDir)> {
     let mut caddy = Caddy::new(test)?;
     let data = TempDir::new("data");
-    let server = unit_server(&caddy.origin(), &data, &[]);
+    let server = unit_server(&caddy.origin(), &data, Flags::default());
     caddy.run(server.addr);
     Some((caddy, server, data))
 }
@@ -379,21 +396,23 @@ fn systemd_the_units_flags_are_ones_the_server_knows() {
 // Shared steps
 
 /// The server as `deploy/cyberchat.service` starts it, but on a free port, with its history
-/// in `data`, the project's page, only pages from `origin` (the proxy's) allowed, and `more`
-/// flags after the unit's.
-fn unit_server(origin: &str, data: &TempDir, more: &[&str]) -> ServerProcess {
+/// in `data`, the project's page, only pages from `origin` (the proxy's) allowed, and changed
+/// by `flags`.
+fn unit_server(origin: &str, data: &TempDir, flags: Flags) -> ServerProcess {
     let www = Path::new(env!("CARGO_MANIFEST_DIR")).join("www");
     let (data, www) = (data.path().display().to_string(), www.display().to_string());
-    let flags = deploy::unit_flags(&[
+    let mut replace = vec![
         ("--port", None),
-        ("--data-dir", Some(&data)),
-        ("--www", Some(&www)),
+        ("--data-dir", Some(data.as_str())),
+        ("--www", Some(www.as_str())),
         ("--allow-origin", Some(origin)),
-    ]);
-    let flags: Vec<&str> = flags
+    ];
+    replace.extend(flags.leave_out.iter().map(|flag| (*flag, None)));
+    let unit = deploy::unit_flags(&replace);
+    let flags: Vec<&str> = unit
         .iter()
         .map(String::as_str)
-        .chain(more.iter().copied())
+        .chain(flags.add.iter().copied())
         .collect();
     ServerProcess::start(&flags, &[], None)
 }

@@ -112,19 +112,20 @@ pub fn unit_exec_start() -> (String, Vec<String>) {
 }
 
 /// The unit's flags for a server on this machine: each flag named in `replace` gets the value
-/// given (`None`: the flag and its value are left out). Every flag of the unit takes a value.
+/// given, or with `None` is left out (every time it appears, if it does). Every flag of the
+/// unit takes a value.
 ///
 /// # Panics
-/// When a flag to replace is not in the unit.
+/// When a flag to give another value is not in the unit.
 pub fn unit_flags(replace: &[(&str, Option<&str>)]) -> Vec<String> {
     let (_, flags) = unit_exec_start();
     assert!(
         flags.len() % 2 == 0,
         "ExecStart's flags come in pairs: {flags:?}"
     );
-    for (flag, _) in replace {
+    for (flag, value) in replace {
         assert!(
-            flags.iter().step_by(2).any(|f| f == flag),
+            value.is_none() || flags.iter().step_by(2).any(|f| f == flag),
             "deploy/cyberchat.service: ExecStart has no {flag}"
         );
     }
