@@ -2,10 +2,19 @@
 //! blocking tungstenite client whose every wait has a deadline.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod caddy;
+pub mod chromium;
+pub mod class;
+pub mod deploy;
 pub mod example;
+pub mod nginx;
+pub mod outside;
 pub mod process;
+pub mod prometheus;
 pub mod redis;
 pub mod rng;
+pub mod temp;
+pub mod tls;
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
