@@ -15,8 +15,8 @@ pub const USAGE: &str = "\
 usage: cyberchat [FLAGS]
 
 A WebSocket chat server: ws://HOST:PORT/ for the chat (/echo for the tutorial's echo step),
-http://HOST:PORT/ for the browser client, /stats for figures. Ctrl-C or SIGTERM closes every
-client with 1001 and stops.
+http://HOST:PORT/ for the browser client, /stats for figures, /metrics for Prometheus.
+Ctrl-C or SIGTERM closes every client with 1001 and stops.
 
   --host H                  address to listen on (0.0.0.0: every interface)   [127.0.0.1]
   --port P                  port; 0 picks a free one; wins over $PORT          [$PORT, else 1337]

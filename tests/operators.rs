@@ -251,6 +251,19 @@ fn operators_access_a_locked_connection_that_never_speaks_is_closed_with_4003() 
     ada.say("still here");
 }
 
+#[test]
+fn operators_access_a_locked_connection_gets_1001_at_shutdown_like_everyone() {
+    let server = start(locked_room);
+    let addr = server.local_addr();
+    let (mut ada, _) = enter(addr, host(1), "Ada");
+    let mut waiting = locked(addr, host(2), "/");
+    let stopping = thread::spawn(move || server.shutdown());
+    assert_eq!(waiting.close_code(), Some(1001));
+    assert_eq!(ada.close_code(), Some(1001));
+    drop((waiting, ada)); // gone: the server need not wait for their replies
+    stopping.join().unwrap();
+}
+
 /// Sends up to three wrong codes on one new connection from `from` and reads the answers to
 /// the end: how many came back `bad_code`, and whether the address was found out of guesses
 /// (`rate_limited`). The connection must end with 4003 either way.

@@ -5,7 +5,6 @@
 //! here too (see `locked.rs`): no secret ever reaches the hub.
 
 use std::net::IpAddr;
-use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
 use tungstenite::Bytes;
@@ -17,7 +16,7 @@ use super::rate::{FloodGauge, frames_bucket};
 use crate::connection::{ConnId, Ended, Incoming, Reader};
 use crate::hub::Event;
 use crate::metrics::Refusal;
-use crate::protocol::{self, ChatError, ChatRequest, ErrorCode};
+use crate::protocol::{self, ChatError, ChatRequest, ErrorCode, Presented};
 
 /// With the `fault-injection` feature (tests only), this text makes the connection's thread
 /// panic, to show that one connection's panic harms nobody else.
@@ -31,27 +30,28 @@ pub const FAULT_PANIC: &str = "{\"type\":\"__panic\"}";
 /// clone of one shared `error` frame, and a client that keeps sending while refused is closed
 /// with 1008, so flooding costs the server no more than the limit allows.
 pub fn serve(reader: &mut Reader, conn: ConnId, context: &Context, client: IpAddr) -> Ended {
-    let hub = &context.hub;
-    let max_rate = context.config.max_rate;
-    let mut bucket = frames_bucket(max_rate);
-    let mut gauge = FloodGauge::new(max_rate);
+    let (hub, metrics) = (&context.hub, &context.metrics);
+    let mut bucket = frames_bucket(context.config.max_rate);
+    let mut gauge = FloodGauge::new(context.config.max_rate);
     let rate_limited: Bytes = rate_limited();
     loop {
         let incoming = match reader.next_message() {
             Ok(incoming) => incoming,
             Err(ended) => return ended,
         };
-        let received = Instant::now();
         if reader.closed_by_server() {
-            // An operator removed this user: what it still sends is nobody's business.
-            return Ended::Dropped;
+            return Ended::Dropped; // an operator removed this user: the rest is moot
         }
         let refusal = if !bucket.take() {
-            context.metrics.refused(Refusal::RateLimit);
+            metrics.refused(Refusal::RateLimit);
             if gauge.refused() {
-                context.metrics.refused(Refusal::Flooding);
+                metrics.refused(Refusal::Flooding);
                 // This frame is refused too, and told so, before the 1008 that follows it.
-                let _ = reply(hub, conn, rate_limited);
+                let reply = Event::Reply {
+                    conn,
+                    frame: rate_limited,
+                };
+                let _ = hub.send(reply);
                 return Ended::Flooding;
             }
             rate_limited.clone()
@@ -62,24 +62,16 @@ pub fn serve(reader: &mut Reader, conn: ConnId, context: &Context, client: IpAdd
                     Err(_) if text.as_str() == FAULT_PANIC => {
                         panic!("fault injection: {FAULT_PANIC}")
                     }
+                    // The token is checked here: no secret goes further than this thread.
                     Ok(ChatRequest::Hello { operator, .. }) => {
-                        // A code after the welcome changes nothing: it is in already.
-                        let Some(token) = operator else { continue };
-                        match check_token(context, client, &token) {
-                            Verdict::Right => {
-                                if hub.send(Event::Promote { conn }).is_err() {
-                                    return Ended::ServerStopping;
-                                }
-                                continue;
-                            }
-                            Verdict::Wrong => bad_token(),
-                            Verdict::Blocked => {
-                                let _ = reply(hub, conn, out_of_guesses(context));
-                                return Ended::Refused(TOO_MANY_GUESSES);
-                            }
+                        match hello(context, conn, client, operator) {
+                            Ok(None) => continue,
+                            Ok(Some(refusal)) => refusal,
+                            Err(ended) => return ended,
                         }
                     }
                     Ok(request) => {
+                        let received = Instant::now();
                         let event = Event::Request {
                             conn,
                             request,
@@ -99,13 +91,42 @@ pub fn serve(reader: &mut Reader, conn: ConnId, context: &Context, client: IpAdd
                 .to_frame(),
             }
         };
-        if reply(hub, conn, refusal).is_err() {
+        // Encoded here, delivered by the hub: it must never arrive before the `welcome`.
+        let reply = Event::Reply {
+            conn,
+            frame: refusal,
+        };
+        if hub.send(reply).is_err() {
             return Ended::ServerStopping;
         }
     }
 }
 
-/// A refusal encoded here, delivered by the hub: it must never arrive before the `welcome`.
-fn reply(hub: &SyncSender<Event>, conn: ConnId, frame: Bytes) -> Result<(), ()> {
-    hub.send(Event::Reply { conn, frame }).map_err(|_| ())
+/// A `hello` from a user who is in already: the operator token, if it holds one, is checked
+/// as one more guess from its address (the code is ignored: it is in). `Ok(None)`: nothing to
+/// answer (promoted, or nothing to do); `Ok(Some(_))`: the refusal to send.
+///
+/// # Errors
+/// How the connection ends: the address is out of guesses (4003), or the server is stopping.
+fn hello(
+    context: &Context,
+    conn: ConnId,
+    client: IpAddr,
+    token: Option<Presented>,
+) -> Result<Option<Bytes>, Ended> {
+    let Some(token) = token else {
+        return Ok(None);
+    };
+    match check_token(context, client, &token) {
+        Verdict::Right => match context.hub.send(Event::Promote { conn }) {
+            Ok(()) => Ok(None),
+            Err(_) => Err(Ended::ServerStopping),
+        },
+        Verdict::Wrong => Ok(Some(bad_token())),
+        Verdict::Blocked => {
+            let frame = out_of_guesses(context);
+            let _ = context.hub.send(Event::Reply { conn, frame });
+            Err(Ended::Refused(TOO_MANY_GUESSES))
+        }
+    }
 }
