@@ -66,13 +66,13 @@ fn id_of(welcome: &Value) -> String {
     welcome["user"]["id"].as_str().unwrap().to_owned()
 }
 
-/// An upgrade from `from` with extra header lines, answered with an HTTP error: its status
-/// and body (the server closes after an error).
-fn refused_upgrade(addr: SocketAddr, from: Ipv4Addr, extra: &str) -> (u16, String) {
+/// A chat upgrade to `path` from `from` with extra header lines, answered with an HTTP error:
+/// its status and body (the server closes after an error).
+fn refused_upgrade(addr: SocketAddr, from: Ipv4Addr, path: &str, extra: &str) -> (u16, String) {
     let mut stream = tcp_from(from, addr).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     stream
-        .write_all(upgrade_request("/?username=Back", extra).as_bytes())
+        .write_all(upgrade_request(path, extra).as_bytes())
         .unwrap();
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
@@ -191,6 +191,17 @@ fn operators_access_a_locked_connection_trying_every_other_frame_gets_locked_and
     }
     intruder.ws.send(Message::binary(vec![1, 2, 3])).unwrap();
     assert_eq!(intruder.recv()["code"], "locked", "a binary frame");
+    // What goes to everyone (a new channel's list, a message, presence) does not go to it:
+    // the next thing it hears is the answer to its next frame.
+    let (mut bea, _) = enter(addr, host(4), "Bea");
+    bea.send(json!({"type": "join", "channel": "new-one"}));
+    bea.recv_type("channels");
+    bea.send(json!({"type": "join", "channel": "general"}));
+    ada.say("to everyone here");
+    drop(bea);
+    ada.recv_type("left");
+    intruder.send(json!({"type": "channels"}));
+    assert_eq!(intruder.recv()["code"], "locked", "nothing else came first");
     // Nothing of it reached anyone, and Ada is still who she was, an ordinary user.
     ada.say("still alone");
     assert_eq!(stats(addr)["online"], 1);
@@ -464,14 +475,7 @@ fn operators_a_banned_user_is_refused_403_until_then_and_cannot_rename_or_move()
     assert_eq!(stats(addr)["online"], 2);
     // Coming back from the same address, under any name, to any channel: 403, saying until when.
     for query in ["/?username=Bob", "/?username=Robert&channel=elsewhere"] {
-        let mut stream = tcp_from(host(2), addr).unwrap();
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        stream
-            .write_all(upgrade_request(query, "").as_bytes())
-            .unwrap();
-        let mut answer = Vec::new();
-        let _ = stream.read_to_end(&mut answer);
-        let (status, body) = status_and_body(&String::from_utf8_lossy(&answer));
+        let (status, body) = refused_upgrade(addr, host(2), query, "");
         assert_eq!(status, 403, "{body}");
         assert!(
             body.contains("banned") && body.contains(&until.to_string()),
@@ -509,7 +513,8 @@ fn operators_proxy_a_spoofed_forwarded_for_from_an_untrusted_peer_changes_nothin
     op.send(json!({"type": "ban", "user": id_of(&welcome), "minutes": 5}));
     op.recv_type("left");
     for spoof in ["127.0.0.99", "127.0.0.1", "127.0.0.99, 127.0.0.1"] {
-        let (status, _) = refused_upgrade(addr, host(5), &format!("X-Forwarded-For: {spoof}\r\n"));
+        let (status, _) =
+            refused_upgrade(addr, host(5), "/", &format!("X-Forwarded-For: {spoof}\r\n"));
         assert_eq!(status, 403, "{spoof}");
     }
     // Nor does it buy more guesses: the wrong codes count against the peer's own address.
@@ -558,20 +563,35 @@ fn operators_proxy_behind_a_trusted_proxy_each_client_is_its_forwarded_address()
     op.send(json!({"type": "ban", "user": bob_id, "minutes": 5}));
     op.recv_type("left");
     // Only Bob's address is refused, though everyone comes through the one proxy...
-    let (status, _) = refused_upgrade(addr, proxy, "X-Forwarded-For: 198.51.100.2\r\n");
+    let (status, _) = refused_upgrade(addr, proxy, "/", "X-Forwarded-For: 198.51.100.2\r\n");
     assert_eq!(status, 403);
     // ...and a client cannot hide behind an entry of its own further left.
-    let (status, _) = refused_upgrade(
-        addr,
-        proxy,
-        "X-Forwarded-For: 203.0.113.50, 198.51.100.2\r\n",
-    );
+    let spoof = "X-Forwarded-For: 203.0.113.50, 198.51.100.2\r\n";
+    let (status, _) = refused_upgrade(addr, proxy, "/", spoof);
     assert_eq!(status, 403);
     let mut carl = through("198.51.100.3", "/?username=Carl");
     assert_eq!(carl.recv_type("welcome")["user"]["username"], "Carl");
     // The proxy's own address is nobody's: it is not banned.
     let mut direct = through("127.0.0.1", "/?username=Direct");
     direct.recv_type("welcome");
+    // One client behind the proxy guessing uses up its own ten, not the class's.
+    let mut wrong = 0;
+    for round in 0..4 {
+        let forwarded = [("X-Forwarded-For", "198.51.100.66")];
+        let mut guesser = connect_with(proxy, addr, "/", &forwarded).unwrap();
+        guesser.recv_type("locked");
+        for n in 0..3 {
+            guesser.send(json!({"type": "hello", "code": format!("{round}{n}")}));
+            match guesser.recv()["code"].as_str() {
+                Some("bad_code") => wrong += 1,
+                Some("rate_limited") => break,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!(wrong, 10);
+    let mut dana = through("198.51.100.4", "/?username=Dana");
+    assert_eq!(dana.recv_type("welcome")["user"]["username"], "Dana");
 }
 
 /// Opens `n` chat connections at once through `proxy`, each for its own client address, and
@@ -775,4 +795,22 @@ fn operators_secrets_are_never_in_the_log_stats_or_metrics() {
             assert!(!page.contains(secret), "served {secret:?}");
         }
     }
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn operators_metrics_redis_up_says_whether_this_server_reaches_redis() {
+    let Some(mut redis) = common::redis::Redis::start("operators_metrics_redis_up") else {
+        return;
+    };
+    let url = redis.url();
+    let server = start(move |c| c.redis = Some(url));
+    let addr = server.local_addr();
+    eventually("redis_up 1", || {
+        series(&metrics(addr), "cyberchat_redis_up") == 1.0
+    });
+    redis.kill();
+    eventually("redis_up 0", || {
+        series(&metrics(addr), "cyberchat_redis_up") == 0.0
+    });
 }

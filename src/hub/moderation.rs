@@ -285,6 +285,17 @@ mod tests {
         }
     }
 
+    /// A room with an operator, Ada, and Bob, whose id is given; their frames so far read.
+    fn ada_and_bob() -> (Room, Seat, Seat, String) {
+        let mut room = Room::new();
+        let ada = room.enter("Ada", 1, true);
+        let bob = room.enter("Bob", 2, false);
+        let bob_id = room.id(&bob);
+        ada.frames();
+        bob.frames();
+        (room, ada, bob, bob_id)
+    }
+
     #[test]
     fn operators_an_operator_is_marked_wherever_their_user_appears() {
         let mut room = Room::new();
@@ -356,12 +367,7 @@ mod tests {
 
     #[test]
     fn operators_a_kick_is_kicked_then_4001_and_the_channel_hears_left_kicked() {
-        let mut room = Room::new();
-        let ada = room.enter("Ada", 1, true);
-        let bob = room.enter("Bob", 2, false);
-        let bob_id = room.id(&bob);
-        ada.frames();
-        bob.frames();
+        let (mut room, ada, bob, bob_id) = ada_and_bob();
         room.send(
             &ada,
             json!({"type": "kick", "user": bob_id, "reason": "spam"}),
@@ -399,12 +405,7 @@ mod tests {
 
     #[test]
     fn operators_a_muted_user_may_not_speak_type_or_move_the_cursor_until_lifted() {
-        let mut room = Room::new();
-        let ada = room.enter("Ada", 1, true);
-        let bob = room.enter("Bob", 2, false);
-        let bob_id = room.id(&bob);
-        ada.frames();
-        bob.frames();
+        let (mut room, ada, bob, bob_id) = ada_and_bob();
         let before = now_ms();
         room.send(&ada, json!({"type": "mute", "user": bob_id, "minutes": 10}));
         for seat in [&ada, &bob] {
@@ -444,11 +445,7 @@ mod tests {
 
     #[test]
     fn operators_a_ban_kicks_and_bans_the_address_for_its_minutes() {
-        let mut room = Room::new();
-        let ada = room.enter("Ada", 1, true);
-        let bob = room.enter("Bob", 2, false);
-        let bob_id = room.id(&bob);
-        bob.frames();
+        let (mut room, ada, bob, bob_id) = ada_and_bob();
         let before = now_ms();
         room.send(&ada, json!({"type": "ban", "user": bob_id, "minutes": 60}));
         let frames = bob.frames();
