@@ -248,7 +248,8 @@ impl Config {
     /// wins over its variable, and a secret in the environment stays out of `ps`.
     ///
     /// # Errors
-    /// A one-line message naming the variable, never its value.
+    /// A one-line message naming the variable, never its value; or saying that the token is
+    /// the room code (anyone let in could be an operator).
     pub fn secrets_from_environment(
         &mut self,
         room_code: Option<&str>,
@@ -263,6 +264,10 @@ impl Config {
             && let Some(token) = operator_token
         {
             self.operator_token = Some(secret("CYBERCHAT_OPERATOR_TOKEN", token)?);
+        }
+        // Whoever is given the room code could otherwise make themselves an operator with it.
+        if self.room_code.is_some() && self.room_code == self.operator_token {
+            return Err("the operator token must not be the room code: pick another".into());
         }
         Ok(())
     }
@@ -446,6 +451,7 @@ mod tests {
             (&["--room-code"], None, None),
             (&[], Some("caf\u{e9}"), None),
             (&[], None, Some("tab\tthere")),
+            (&["--room-code", "same-secret"], None, Some("same-secret")),
         ] {
             let err = parse(args, None)
                 .and_then(|mut c| c.secrets_from_environment(code, token))
