@@ -255,7 +255,7 @@ impl Hub {
             } => {
                 // Attached while it was locked, a user from now on.
                 self.other_doors.remove(&conn);
-                self.connect(conn, outbox, (username, channel), address, operator);
+                self.connect(conn, outbox, username, channel, address, operator);
             }
             Event::Attach { conn, outbox } => {
                 self.other_doors.insert(conn, outbox);

@@ -23,7 +23,8 @@ impl Hub {
         &mut self,
         conn: ConnId,
         outbox: Outbox,
-        (username, channel): (Option<String>, Option<String>),
+        username: Option<String>,
+        channel: Option<String>,
         address: IpAddr,
         operator: bool,
     ) {
