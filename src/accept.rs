@@ -3,7 +3,7 @@
 //! or refuses it with a 503 written without waiting. It never waits on a client.
 
 use std::fs::File;
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +16,8 @@ use crate::capacity::{Handshake, READER_STACK};
 use crate::connection::ConnId;
 use crate::connection::socket::{read_without_waiting, send_without_waiting};
 use crate::doors::{self, Context};
+use crate::http::forwarded::is_trusted;
+use crate::metrics::Refusal;
 use crate::throttle::Throttle;
 
 /// Pause after a failed `accept` (other than running out of descriptors) so the loop does not
@@ -61,16 +63,25 @@ pub fn run(listener: &TcpListener, context: &Arc<Context>) {
         }
         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
         let socket = Arc::new(stream);
-        match context.budget.admit(peer.ip(), &socket) {
-            Ok(handshake) => spawn_connection(socket, handshake, context, conn),
+        let peer = peer.ip().to_canonical();
+        // A trusted proxy speaks for many clients, known only once the head is read: until
+        // then its connection counts in the total only (see `capacity/budget.rs`).
+        let from_proxy = is_trusted(peer, &context.config.trust_proxy);
+        let admitted = match from_proxy {
+            true => context.budget.admit_from_proxy(&socket),
+            false => context.budget.admit(peer, &socket),
+        };
+        match admitted {
+            Ok(handshake) => spawn_connection(socket, handshake, context, conn, peer),
             Err(full) => {
                 refuse_now(&socket, full.reason());
+                context.metrics.refused(Refusal::Capacity);
                 if let Some(also) = REFUSED.allow() {
                     let (open, handshakes) = context.budget.in_use();
+                    let proxy = if from_proxy { " (a trusted proxy)" } else { "" };
                     warn!(
-                        "refused a connection from {}: {} ({open} open, {handshakes} starting; \
-                         {also} more refused since the last warning)",
-                        peer.ip(),
+                        "refused a connection from {peer}{proxy}: {} ({open} open, {handshakes} \
+                         starting; {also} more refused since the last warning)",
                         full.reason()
                     );
                 }
@@ -100,6 +111,7 @@ fn spawn_connection(
     handshake: Handshake,
     context: &Arc<Context>,
     conn: ConnId,
+    peer: IpAddr,
 ) {
     // Chat frames are small and latency matters: never let Nagle hold one back.
     let _ = socket.set_nodelay(true);
@@ -110,7 +122,7 @@ fn spawn_connection(
         .stack_size(READER_STACK)
         .spawn(move || {
             let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-                doors::serve(&thread_socket, &thread_context, conn, handshake)
+                doors::serve(&thread_socket, &thread_context, conn, handshake, peer)
             }));
             if outcome.is_err() {
                 error!(

@@ -6,15 +6,17 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
+use crate::capacity::AddressBlock;
 use crate::history::Fsync;
+use crate::secret::Secret;
 
 /// What `--help` prints: every flag, its default, and an example.
 pub const USAGE: &str = "\
 usage: cyberchat [FLAGS]
 
 A WebSocket chat server: ws://HOST:PORT/ for the chat (/echo for the tutorial's echo step),
-http://HOST:PORT/ for the browser client, /stats for figures. Ctrl-C or SIGTERM closes every
-client with 1001 and stops.
+http://HOST:PORT/ for the browser client, /stats for figures, /metrics for Prometheus.
+Ctrl-C or SIGTERM closes every client with 1001 and stops.
 
   --host H                  address to listen on (0.0.0.0: every interface)   [127.0.0.1]
   --port P                  port; 0 picks a free one; wins over $PORT          [$PORT, else 1337]
@@ -31,6 +33,12 @@ client with 1001 and stops.
   --redis URL               one chat with every server given the same Redis, e.g.
                             redis://127.0.0.1:6379/ (history lives there)  [none: alone]
   --redis-prefix P          the keys' prefix in Redis: one chat per prefix  [cyberchat]
+  --room-code CODE          a chat connection must send this code to get in; also
+                            $CYBERCHAT_ROOM_CODE (1 to 128 printable ASCII, no spaces)  [none: open]
+  --operator-token TOKEN    whoever sends this token is an operator (kick, mute, ban); also
+                            $CYBERCHAT_OPERATOR_TOKEN                          [none: no operators]
+  --trust-proxy ADDR        a reverse proxy at this IP or CIDR block; its X-Forwarded-For
+                            names the client address; repeatable              [none: ignored]
   --www DIR                 where the browser client is served from  [./www, else the crate's]
   --log-level L             off, error, warn, info, debug or trace; also $CYBERCHAT_LOG  [info]
   --help                    this text
@@ -39,6 +47,8 @@ A bad flag or value prints one line and exits with status 2; a port in use exits
 
 Example: a class on the local network, history kept across restarts:
   cyberchat --host 0.0.0.0 --port 8080 --data-dir ./history
+A public class chat behind nginx on this machine, the code kept out of `ps`:
+  CYBERCHAT_ROOM_CODE=... CYBERCHAT_OPERATOR_TOKEN=... cyberchat --trust-proxy 127.0.0.1
 Two servers, one chat (a Redis on this machine):
   cyberchat --port 8080 --redis redis://127.0.0.1:6379/ & cyberchat --port 8081 --redis redis://127.0.0.1:6379/";
 
@@ -78,6 +88,15 @@ pub struct Config {
     /// The prefix of every key in Redis.
     pub redis_prefix: String,
     pub log_level: LevelFilter,
+    /// With a code: a chat connection is locked until it sends it (see `doors/locked.rs`).
+    pub room_code: Option<Secret>,
+    /// With a token: whoever sends it is an operator.
+    pub operator_token: Option<Secret>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client address.
+    pub trust_proxy: Vec<AddressBlock>,
+    /// How long a chat connection may stay locked before it is closed with 4003. Not a flag:
+    /// the reference says 30 s; tests shorten it.
+    pub locked_for: Duration,
 }
 
 impl Default for Config {
@@ -98,6 +117,10 @@ impl Default for Config {
             redis: None,
             redis_prefix: "cyberchat".into(),
             log_level: LevelFilter::Info,
+            room_code: None,
+            operator_token: None,
+            trust_proxy: Vec::new(),
+            locked_for: Duration::from_secs(30),
         }
     }
 }
@@ -193,6 +216,11 @@ impl Config {
                     }
                 }
                 "--www" => config.www_dir = PathBuf::from(non_empty(&flag, value()?)?),
+                "--room-code" => config.room_code = Some(secret(&flag, &value()?)?),
+                "--operator-token" => config.operator_token = Some(secret(&flag, &value()?)?),
+                "--trust-proxy" => config
+                    .trust_proxy
+                    .push(AddressBlock::parse(&value()?).map_err(|e| format!("{flag}: {e}"))?),
                 "--redis" => config.redis = Some(parse_redis(&value()?)?),
                 "--redis-prefix" => config.redis_prefix = non_empty(&flag, value()?)?,
                 "--log-level" => {
@@ -214,6 +242,40 @@ impl Config {
         }
         Ok(Command::Run(config))
     }
+
+    /// Takes the room code and the operator token from `CYBERCHAT_ROOM_CODE` and
+    /// `CYBERCHAT_OPERATOR_TOKEN` (their values given here), where no flag gave them: a flag
+    /// wins over its variable, and a secret in the environment stays out of `ps`.
+    ///
+    /// # Errors
+    /// A one-line message naming the variable, never its value; or saying that the token is
+    /// the room code (anyone let in could be an operator).
+    pub fn secrets_from_environment(
+        &mut self,
+        room_code: Option<&str>,
+        operator_token: Option<&str>,
+    ) -> Result<(), String> {
+        if self.room_code.is_none()
+            && let Some(code) = room_code
+        {
+            self.room_code = Some(secret("CYBERCHAT_ROOM_CODE", code)?);
+        }
+        if self.operator_token.is_none()
+            && let Some(token) = operator_token
+        {
+            self.operator_token = Some(secret("CYBERCHAT_OPERATOR_TOKEN", token)?);
+        }
+        // Whoever is given the room code could otherwise make themselves an operator with it.
+        if self.room_code.is_some() && self.room_code == self.operator_token {
+            return Err("the operator token must not be the room code: pick another".into());
+        }
+        Ok(())
+    }
+}
+
+/// A code or token; the error names where it came from, never what it is.
+fn secret(from: &str, value: &str) -> Result<Secret, String> {
+    Secret::parse(value).map_err(|rule| format!("{from}: {rule}"))
 }
 
 /// A `--redis` URL the client can use; refused in a build without Redis.
@@ -357,5 +419,65 @@ mod tests {
             assert!(!err.contains('\n') && !err.is_empty(), "{args:?}: {err}");
         }
         assert_eq!(parse(&["--help"], None).unwrap_err(), "help");
+    }
+
+    #[test]
+    fn operators_a_secret_flag_wins_over_its_variable() {
+        let from = |args: &[&str], code: Option<&str>, token: Option<&str>| {
+            let mut config = parse(args, None)?;
+            config.secrets_from_environment(code, token)?;
+            Ok::<_, String>(config)
+        };
+        let open = from(&[], None, None).unwrap();
+        assert!(open.room_code.is_none() && open.operator_token.is_none());
+        let c = from(&[], Some("from-env"), Some("op-env")).unwrap();
+        assert!(c.room_code.unwrap().matches("from-env"));
+        assert!(c.operator_token.unwrap().matches("op-env"));
+        let c = from(
+            &["--room-code", "flag", "--operator-token=tok=en"],
+            Some("env"),
+            Some("bad token in env, ignored"),
+        )
+        .unwrap();
+        assert!(c.room_code.unwrap().matches("flag"));
+        assert!(c.operator_token.unwrap().matches("tok=en"));
+    }
+
+    #[test]
+    fn operators_a_bad_secret_is_one_line_that_never_shows_it() {
+        for (args, code, token) in [
+            (&["--room-code", "has space"][..], None, None),
+            (&["--operator-token", ""], None, None),
+            (&["--room-code"], None, None),
+            (&[], Some("caf\u{e9}"), None),
+            (&[], None, Some("tab\tthere")),
+            (&["--room-code", "same-secret"], None, Some("same-secret")),
+        ] {
+            let err = parse(args, None)
+                .and_then(|mut c| c.secrets_from_environment(code, token))
+                .unwrap_err();
+            assert!(!err.contains('\n') && !err.is_empty(), "{err}");
+            for secret in args.iter().skip(1).chain(&code).chain(&token) {
+                assert!(secret.is_empty() || !err.contains(secret), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn operators_proxy_trust_proxy_is_repeatable_and_checked() {
+        let c = parse(
+            &["--trust-proxy", "127.0.0.1", "--trust-proxy=10.0.0.0/8"],
+            None,
+        )
+        .unwrap();
+        let blocks: Vec<String> = c.trust_proxy.iter().map(|b| b.to_string()).collect();
+        assert_eq!(blocks, ["127.0.0.1/32", "10.0.0.0/8"]);
+        for bad in ["nginx", "10.0.0.0/40", ""] {
+            let err = parse(&["--trust-proxy", bad], None).unwrap_err();
+            assert!(
+                err.starts_with("--trust-proxy") && !err.contains('\n'),
+                "{err}"
+            );
+        }
     }
 }

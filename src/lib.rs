@@ -13,6 +13,8 @@
 //! | 5 | history and channels | [`history`], `hub/channels.rs`, `hub/messages.rs` |
 //! | 6 | live state | `hub/messages.rs`, [`protocol::requests`] |
 //! | 7 | hardening: origins, limits, keepalive, budgets, shutdown | [`capacity`], [`doors::rate`], [`accept`], [`server`] |
+//! | — | who may enter: the room code, operators, the client address behind a proxy | [`secret`], `doors/locked.rs`, `hub/moderation.rs`, [`http::forwarded`] |
+//! | — | operating it: `GET /metrics` | [`metrics`] |
 //! | — | the command line | [`config`] |
 //!
 //! ```no_run
@@ -33,7 +35,9 @@ pub mod doors;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod protocol;
+pub mod secret;
 pub mod server;
 pub mod throttle;
 

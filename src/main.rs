@@ -15,11 +15,19 @@ use simplelog::{
 fn main() -> ExitCode {
     let port_env = std::env::var("PORT").ok();
     let log_env = std::env::var("CYBERCHAT_LOG").ok();
-    let config = match Config::parse(
+    let room_code_env = std::env::var("CYBERCHAT_ROOM_CODE").ok();
+    let token_env = std::env::var("CYBERCHAT_OPERATOR_TOKEN").ok();
+    let parsed = Config::parse(
         std::env::args().skip(1),
         port_env.as_deref(),
         log_env.as_deref(),
-    ) {
+    );
+    let config = match parsed.and_then(|command| match command {
+        Command::Run(mut config) => config
+            .secrets_from_environment(room_code_env.as_deref(), token_env.as_deref())
+            .map(|()| Command::Run(config)),
+        help => Ok(help),
+    }) {
         Ok(Command::Run(config)) => config,
         Ok(Command::Help) => {
             println!("{USAGE}");

@@ -33,6 +33,7 @@ use crate::capacity::{Budget, Capacity, Limits, OutboundBudget, Wanted};
 use crate::config::Config;
 use crate::connection::Outbox;
 use crate::doors::Context;
+use crate::doors::guesses::Guesses;
 use crate::history::Store;
 use crate::hub::port::{ClusterLink, ClusterRequests};
 use crate::hub::{Event, Hub};
@@ -97,6 +98,7 @@ impl Server {
             None => (Hub::new(store), None),
         };
         let hub_stop = hub.stop_flag();
+        let (bans, metrics) = (hub.bans(), hub.metrics());
         let hub_thread = thread::Builder::new()
             .name("hub".into())
             .spawn(move || hub.run(hub_rx))?;
@@ -114,6 +116,9 @@ impl Server {
             budget: Budget::new(capacity),
             outbound,
             stopping: AtomicBool::new(false),
+            bans,
+            metrics,
+            guesses: Guesses::default(),
         });
         let accept_context = Arc::clone(&context);
         let accept_thread = thread::Builder::new()

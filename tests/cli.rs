@@ -198,6 +198,57 @@ fn cli_a_bad_port_variable_is_one_line_and_status_2() {
 }
 
 #[test]
+fn cli_operators_a_bad_code_token_or_proxy_is_one_line_and_status_2_that_never_shows_the_secret() {
+    let long = "x".repeat(129);
+    // The arguments and the environment of each refused command line.
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
+        (vec!["--room-code", "two words"], vec![]),
+        (vec!["--room-code", &long], vec![]),
+        (vec!["--operator-token", ""], vec![]),
+        (vec!["--operator-token"], vec![]),
+        (vec![], vec![("CYBERCHAT_ROOM_CODE", "caf\u{e9}-secret")]),
+        (vec![], vec![("CYBERCHAT_OPERATOR_TOKEN", "tab\tsecret")]),
+        (vec!["--trust-proxy", "nginx"], vec![]),
+        (vec!["--trust-proxy", "10.0.0.0/33"], vec![]),
+    ];
+    for (args, env) in &cases {
+        assert_refused(args, env);
+        let mut run = cyberchat(args, env);
+        run.exit_status(DEADLINE);
+        let (_, err) = run.output();
+        for secret in args.iter().skip(1).chain(env.iter().map(|(_, v)| v)) {
+            if !secret.is_empty() && !args.contains(&"--trust-proxy") {
+                assert!(!err[0].contains(*secret), "{err:?} shows {secret:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn cli_operators_the_variables_give_the_secrets_and_a_flag_wins_over_its_variable() {
+    let env = [
+        ("CYBERCHAT_ROOM_CODE", "from-the-environment"),
+        ("CYBERCHAT_OPERATOR_TOKEN", "token-from-the-environment"),
+    ];
+    let mut run = cyberchat(&["--port", "0"], &env);
+    let addr = run.listening_addr();
+    let mut client = connect(addr, "/");
+    assert_eq!(client.recv()["type"], "locked");
+    let hello =
+        r#"{"type":"hello","code":"from-the-environment","operator":"token-from-the-environment"}"#;
+    client.send_text(hello);
+    assert_eq!(client.recv_type("welcome")["user"]["operator"], true);
+    let mut run = cyberchat(&["--port", "0", "--room-code", "from-the-flag"], &env);
+    let mut client = connect(run.listening_addr(), "/");
+    client.recv_type("locked");
+    client.send_text(r#"{"type":"hello","code":"from-the-environment"}"#);
+    assert_eq!(client.recv()["code"], "bad_code");
+    client.send_text(r#"{"type":"hello","code":"from-the-flag"}"#);
+    client.recv_type("welcome");
+}
+
+#[test]
 fn cli_port_0_logs_the_address_and_serves_the_chat() {
     let mut run = cyberchat(&["--port", "0"], &[]);
     let addr = run.listening_addr();
@@ -254,6 +305,9 @@ fn cli_help_exits_0() {
         "--fsync",
         "--www",
         "--log-level",
+        "--room-code",
+        "--operator-token",
+        "--trust-proxy",
     ] {
         let line = out.iter().find(|l| l.trim_start().starts_with(flag));
         assert!(line.is_some(), "the help names {flag}: {out:?}");

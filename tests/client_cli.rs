@@ -35,6 +35,8 @@ impl Cli {
     fn spawn(args: &[&str]) -> Cli {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cyberchat-client"))
             .args(args)
+            .env_remove("CYBERCHAT_ROOM_CODE")
+            .env_remove("CYBERCHAT_OPERATOR_TOKEN")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -375,4 +377,131 @@ fn step3_client_server_shutdown_is_a_clean_disconnect() {
     assert!(line.starts_with("* disconnected (code 1001"), "{line}");
     assert_eq!(cli.exit().0, 0);
     stopping.join().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Who may enter, and operators
+
+const CODE: &str = "harbour-7";
+const TOKEN: &str = "op-token-9";
+
+fn locked_room() -> cyberchat::Server {
+    start(|c| {
+        c.room_code = Some(cyberchat::secret::Secret::parse(CODE).unwrap());
+        c.operator_token = Some(cyberchat::secret::Secret::parse(TOKEN).unwrap());
+    })
+}
+
+/// A tungstenite user of a locked room.
+fn enter(addr: SocketAddr, name: &str, operator: bool) -> (Client, Value) {
+    let mut client = common::connect(addr, &format!("/?username={name}"));
+    client.recv_type("locked");
+    let mut hello = json!({"type": "hello", "code": CODE});
+    if operator {
+        hello["operator"] = json!(TOKEN);
+    }
+    client.send(hello);
+    let welcome = client.recv_type("welcome");
+    (client, welcome)
+}
+
+#[test]
+fn operators_client_gives_the_code_from_the_flag_or_when_typed() {
+    let server = locked_room();
+    let addr = server.local_addr();
+    let mut cli = Cli::chat(addr, "Alex", &["--code", CODE]);
+    cli.expect("* This chat needs a room code: giving the code from --code");
+    cli.expect(&welcome("Alex", "general", 1));
+    let mut late = Cli::chat(addr, "Bea", &[]);
+    late.expect("* This chat needs a room code: type /code CODE");
+    late.type_line("/code harbour-8");
+    let refusal = late.next_line();
+    assert!(
+        refusal.starts_with("! error bad_code: wrong room code"),
+        "{refusal}"
+    );
+    late.type_line(&format!("/code {CODE}"));
+    late.expect(&welcome("Bea", "general", 2));
+}
+
+#[test]
+fn operators_client_an_operator_kicks_mutes_and_bans_by_name() {
+    let server = locked_room();
+    let addr = server.local_addr();
+    let mut cli = Cli::chat(addr, "Op", &["--code", CODE, "--operator", TOKEN]);
+    cli.expect("* you are an operator: /kick, /mute and /ban (see /help)");
+    let (mut bob, _) = enter(addr, "Bob", false);
+    let (mut carl, _) = enter(addr, "Carl", false);
+    let (_dee, _) = enter(addr, "Dee", true);
+    cli.expect("* Dee is an operator");
+    cli.type_line("/users");
+    cli.expect("users in #general (4): Op (operator) (you), Bob, Carl, Dee (operator)");
+    cli.type_line("/mute carl 10");
+    let muted = cli.expect_line("the mute", |l| l.starts_with("* Carl is muted until "));
+    assert!(muted.ends_with(" UTC"), "{muted}");
+    assert_eq!(carl.recv_type("muted")["user"]["username"], "Carl");
+    cli.type_line("/kick Bob flooding the chat");
+    assert_eq!(bob.recv_type("kicked")["reason"], "flooding the chat");
+    assert_eq!(bob.close_code(), Some(4001));
+    cli.expect("* Bob has left the chat");
+    cli.type_line("/ban Carl 60");
+    assert!(carl.recv_type("kicked")["until"].is_u64());
+    cli.expect("* Carl has left the chat");
+    cli.type_line("/kick Dee");
+    let refusal = cli.next_line();
+    assert!(refusal.starts_with("! error forbidden: "), "{refusal}");
+    cli.type_line("/ban Nobody 5");
+    cli.expect("! nobody called Nobody in #general (see /users)");
+    cli.type_line("/mute Dee soon");
+    cli.expect("! \"soon\" is not a number of minutes");
+}
+
+#[test]
+fn operators_client_a_kicked_user_is_told_why_and_does_not_come_back() {
+    let server = locked_room();
+    let addr = server.local_addr();
+    let (mut op, _) = enter(addr, "Op", true);
+    let mut cli = Cli::chat(addr, "Bob", &["--code", CODE]);
+    cli.expect(&welcome("Bob", "general", 2));
+    let bob = op.recv_type("joined");
+    op.send(json!({"type": "mute", "user": bob["user"]["id"], "minutes": 5}));
+    cli.expect_line("the mute", |l| {
+        l.starts_with("* an operator muted you until ")
+    });
+    op.send(json!({"type": "kick", "user": bob["user"]["id"], "reason": "off topic"}));
+    cli.expect("* an operator removed you: off topic");
+    let (status, rest, _) = cli.exit();
+    assert_eq!(status, 1);
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("* disconnected: removed by an operator (code 4001); not reconnecting"),
+        "{rest:?}"
+    );
+}
+
+#[test]
+fn operators_client_a_refused_or_banned_user_sees_why_and_exits_1() {
+    let server = locked_room();
+    let addr = server.local_addr();
+    let mut cli = Cli::chat(addr, "Guesser", &["--code", "harbour-0"]);
+    cli.type_line("/code harbour-1");
+    cli.type_line("/code harbour-2");
+    let (status, rest, _) = cli.exit();
+    assert_eq!(status, 1);
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("* disconnected: refused (code 4003: wrong room code three times); not reconnecting"),
+        "{rest:?}"
+    );
+    let (mut op, _) = enter(addr, "Op", true);
+    let (_bob, welcome) = enter(addr, "Bob", false);
+    op.send(json!({"type": "ban", "user": welcome["user"]["id"], "minutes": 5}));
+    op.recv_type("left");
+    let (status, _, stderr) = run(&["--code", CODE, &format!("ws://{addr}/?username=Bob")]);
+    assert_eq!(status, 1);
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    assert!(
+        stderr.contains("403") && stderr.contains("banned"),
+        "{stderr:?}"
+    );
 }

@@ -428,6 +428,8 @@ impl World {
             outbox: tx,
             username: username.clone(),
             channel: channel.clone(),
+            address: std::net::Ipv4Addr::LOCALHOST.into(),
+            operator: false,
         });
         // The new user's id is the hub's secret until its welcome: read it first.
         let first = drain(&inbox);
@@ -554,6 +556,7 @@ impl World {
         self.handle(Event::Request {
             conn,
             request: request.clone(),
+            received: std::time::Instant::now(),
         });
         let mut expected = Expected::new();
         if !self.clients.contains_key(&conn) {

@@ -8,6 +8,9 @@
 //!   that sockets that never speak, all from one address, cannot lock anyone else out. When
 //!   every place is taken, the oldest handshake that has stalled for [`STALLED`] gives its
 //!   place to the newcomer: so silent sockets from many addresses cannot lock anyone out either.
+//!   A connection from a trusted proxy (`--trust-proxy`) has no address of its own until its
+//!   head names its client ([`Budget::attribute`]): until then it counts in the total only,
+//!   so that a class behind one proxy is not held to one address's share.
 //! - a [`Place`]: an open WebSocket on either door (`--max-connections`), which an address may
 //!   also take only so fast ([`ARRIVALS_PER_SECOND`]): each arrival and departure is told to a
 //!   whole channel, so a client connecting and leaving in a loop would flood everyone in it.
@@ -19,6 +22,7 @@ use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::address::source_of;
 use super::{Capacity, TokenBucket};
 
 /// A handshake still unfinished after this long, when every place is taken, is given up for a
@@ -60,7 +64,9 @@ impl AtCapacity {
 /// A handshake in progress, so that it can be given up if it stalls.
 #[derive(Debug)]
 struct Starting {
-    address: IpAddr,
+    /// The client's address; `None` for a trusted proxy's connection whose head has not
+    /// named its client yet.
+    address: Option<IpAddr>,
     since: Instant,
     socket: Arc<TcpStream>,
 }
@@ -121,10 +127,33 @@ impl Budget {
         socket: &Arc<TcpStream>,
         now: Instant,
     ) -> Result<Handshake, AtCapacity> {
-        let address = source_of(peer);
+        self.admit_as(Some(source_of(peer)), socket, now)
+    }
+
+    /// Takes a handshake place for a connection from a trusted proxy, counted in the total
+    /// only: its client is known once its head is read, and [`Budget::attribute`] counts it
+    /// against that client's share then. (Counted against the proxy's own share, a class
+    /// arriving through one proxy would be refused past one address's share.)
+    ///
+    /// # Errors
+    /// When every handshake place is taken by handshakes that are not stalled.
+    pub fn admit_from_proxy(
+        self: &Arc<Self>,
+        socket: &Arc<TcpStream>,
+    ) -> Result<Handshake, AtCapacity> {
+        self.admit_as(None, socket, Instant::now())
+    }
+
+    fn admit_as(
+        self: &Arc<Self>,
+        address: Option<IpAddr>,
+        socket: &Arc<TcpStream>,
+        now: Instant,
+    ) -> Result<Handshake, AtCapacity> {
         let mut counts = self.counts();
-        if counts.by_address.get(&address).copied().unwrap_or(0)
-            >= self.capacity.handshakes_per_address
+        if let Some(address) = address
+            && counts.by_address.get(&address).copied().unwrap_or(0)
+                >= self.capacity.handshakes_per_address
         {
             return Err(AtCapacity::Address);
         }
@@ -142,7 +171,9 @@ impl Budget {
             forget_one(&mut counts.by_address, stalled.address);
             let _ = stalled.socket.shutdown(Shutdown::Both);
         }
-        *counts.by_address.entry(address).or_default() += 1;
+        if let Some(address) = address {
+            *counts.by_address.entry(address).or_default() += 1;
+        }
         let id = counts.next_starting;
         counts.next_starting += 1;
         let starting = Starting {
@@ -155,6 +186,29 @@ impl Budget {
             budget: Arc::clone(self),
             id,
         })
+    }
+
+    /// Counts a trusted proxy's handshake against its client's share, now that its head has
+    /// named the client. (A handshake counted already keeps its address.)
+    ///
+    /// # Errors
+    /// [`AtCapacity::Address`] when that client holds its share of handshake places.
+    pub fn attribute(&self, handshake: &Handshake, client: IpAddr) -> Result<(), AtCapacity> {
+        let address = source_of(client);
+        let mut counts = self.counts();
+        let held = counts.by_address.get(&address).copied().unwrap_or(0);
+        let Some(starting) = counts.starting.get_mut(&handshake.id) else {
+            return Ok(()); // given up for a newcomer: its socket is shut already
+        };
+        if starting.address.is_some() {
+            return Ok(());
+        }
+        if held >= self.capacity.handshakes_per_address {
+            return Err(AtCapacity::Address);
+        }
+        starting.address = Some(address);
+        *counts.by_address.entry(address).or_default() += 1;
+        Ok(())
     }
 
     /// Takes a WebSocket place for the connection whose handshake this is.
@@ -174,7 +228,7 @@ impl Budget {
         if counts.open >= self.capacity.connections {
             return Err(AtCapacity::Connections);
         }
-        let address = counts.starting.get(&handshake.id).map(|p| p.address);
+        let address = counts.starting.get(&handshake.id).and_then(|p| p.address);
         if let Some(address) = address
             && !counts.arrive(address, now)
         {
@@ -216,7 +270,10 @@ impl Counts {
     }
 }
 
-fn forget_one(by_address: &mut HashMap<IpAddr, usize>, address: IpAddr) {
+fn forget_one(by_address: &mut HashMap<IpAddr, usize>, address: Option<IpAddr>) {
+    let Some(address) = address else {
+        return; // a proxy's connection not yet attributed: counted in the total only
+    };
     if let Some(n) = by_address.get_mut(&address) {
         *n -= 1;
         if *n == 0 {
@@ -252,33 +309,6 @@ impl Drop for Place {
     fn drop(&mut self) {
         self.budget.counts().open -= 1;
         self.budget.closed.notify_all();
-    }
-}
-
-/// The address a connection counts against: IPv4 as it is, IPv6 by its /64 (one machine
-/// usually has a whole /64 to pick from), and IPv4 written as IPv6 as the IPv4 it is.
-fn source_of(peer: IpAddr) -> IpAddr {
-    match peer {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let segments = v6.segments();
-                IpAddr::V6(
-                    [
-                        segments[0],
-                        segments[1],
-                        segments[2],
-                        segments[3],
-                        0,
-                        0,
-                        0,
-                        0,
-                    ]
-                    .into(),
-                )
-            }
-        },
-        v4 => v4,
     }
 }
 
@@ -406,5 +436,46 @@ mod tests {
         );
         drop((places, more));
         assert_eq!(budget.wait_until_closed(Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn operators_proxy_a_class_behind_a_trusted_proxy_is_counted_by_its_clients() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (socket, _client) = socket_pair(&listener);
+        let budget = budget();
+        // Five handshakes through the proxy at once: more than one address's share (3), and
+        // none is refused, because none is counted against the proxy's own address.
+        let held: Vec<_> = (0..5)
+            .map(|_| budget.admit_from_proxy(&socket).unwrap())
+            .collect();
+        assert_eq!(
+            budget.admit_from_proxy(&socket).unwrap_err(),
+            AtCapacity::Handshakes,
+            "the total still holds"
+        );
+        // Once each head names its client, each client has its own share...
+        let client = |n| IpAddr::V4(Ipv4Addr::new(192, 0, 2, n));
+        for (n, handshake) in held.iter().enumerate() {
+            budget.attribute(handshake, client(n as u8)).unwrap();
+        }
+        // ...and one client behind the proxy is held to it like anyone.
+        drop(held);
+        let same: Vec<_> = (0..4)
+            .map(|_| budget.admit_from_proxy(&socket).unwrap())
+            .collect();
+        for handshake in &same[..3] {
+            budget.attribute(handshake, client(7)).unwrap();
+        }
+        assert_eq!(
+            budget.attribute(&same[3], client(7)).unwrap_err(),
+            AtCapacity::Address
+        );
+        assert!(budget.attribute(&same[3], client(8)).is_ok());
+        // Its arrivals are the client's too: the proxy's address has spent nothing.
+        let place = budget.place(&same[0]).unwrap();
+        let direct = budget.admit(IpAddr::V4(Ipv4Addr::LOCALHOST), &socket);
+        drop((same, place, direct));
+        assert_eq!(budget.in_use(), (0, 0));
+        assert!(budget.counts().by_address.is_empty());
     }
 }

@@ -39,7 +39,7 @@ pub mod writer;
 
 pub use outbox::{Outbox, QueuedFrames};
 pub use queue::{BEHIND, MAX_QUEUED_BYTES, MAX_QUEUED_FRAMES, Outbound, Undeliverable};
-pub use reader::{Ended, Incoming, Reader};
+pub use reader::{Ended, Incoming, REFUSED, Reader};
 
 /// Identifies one connection for its whole life, in the log and in the hub (the user's uuid is
 /// separate: it is public).

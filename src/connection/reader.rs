@@ -85,7 +85,15 @@ pub enum Ended {
     Dropped,
     /// The server is stopping.
     ServerStopping,
+    /// The deadline set with [`Reader::set_deadline`] passed.
+    DeadlinePassed,
+    /// The door refused the client, for the reason given (a locked chat: a wrong code too
+    /// many, too many guesses from its address, or the deadline). Closed with 4003.
+    Refused(&'static str),
 }
+
+/// The close code of a connection refused by its door ([`Ended::Refused`]).
+pub const REFUSED: u16 = 4003;
 
 impl Ended {
     /// The close frame this end deserves, if the client can still be told anything.
@@ -97,6 +105,8 @@ impl Ended {
             Ended::Idle => (CloseCode::Away, "no activity"),
             Ended::Flooding => (CloseCode::Policy, "too many frames over the rate limit"),
             Ended::ServerStopping => (CloseCode::Away, "server shutting down"),
+            Ended::DeadlinePassed => (CloseCode::Policy, "too late"),
+            Ended::Refused(why) => (CloseCode::from(REFUSED), *why),
             Ended::PeerClosed | Ended::Vanished(_) | Ended::Dropped => return None,
         };
         Some(CloseFrame {
@@ -123,6 +133,9 @@ struct Keepalive {
     pongs_paid_until: Instant,
     /// The payload of a ping not answered yet.
     owed_pong: Option<Bytes>,
+    /// When the door wants the connection to end unless it has moved on (see
+    /// [`Reader::set_deadline`]).
+    deadline: Option<Instant>,
 }
 
 impl Keepalive {
@@ -137,6 +150,7 @@ impl Keepalive {
             max_read_since_message: MAX_MESSAGE_BYTES * MAX_BYTES_WITHOUT_A_MESSAGE_PER_LIMIT,
             pongs_paid_until: now,
             owed_pong: None,
+            deadline: None,
         }
     }
 
@@ -148,6 +162,7 @@ impl Keepalive {
     /// The next moment the reader must stop reading to do something.
     fn due(&self) -> Instant {
         let due = self.next_ping.min(self.last_heard + self.idle_limit());
+        let due = self.deadline.map_or(due, |deadline| due.min(deadline));
         match self.owed_pong {
             Some(_) => due.min(self.next_pong()),
             None => due,
@@ -190,9 +205,11 @@ impl Read for ReadOnly<'_> {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         // A timeout within an eighth of an interval of the right one is left as it is: one
-        // system call fewer per message for a busy client.
-        let slack = self.keepalive.interval / 8;
-        if self.keepalive.armed.abs_diff(left) > slack {
+        // system call fewer per message for a busy client. (Within an eighth of what is left,
+        // when that is less: a deadline is kept to within that. None armed yet: the socket may
+        // still have the head's.)
+        let slack = (self.keepalive.interval / 8).min(left / 8);
+        if self.keepalive.armed.is_zero() || self.keepalive.armed.abs_diff(left) > slack {
             self.socket.set_read_timeout(Some(left))?;
             self.keepalive.armed = left;
         }
@@ -269,6 +286,19 @@ impl Reader {
         self.outbox.send(frame).map_err(|_| Ended::Dropped)
     }
 
+    /// Makes [`Reader::next_message`] end with [`Ended::DeadlinePassed`] at `deadline`, however
+    /// busy or silent the client is (`None`: no deadline). The chat door gives a locked
+    /// connection its 30 s this way.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.keepalive.deadline = deadline;
+    }
+
+    /// Whether this connection's close frame has gone out: someone else (the hub, for a client
+    /// an operator removed) ended it, and whatever the client still sends is moot.
+    pub fn closed_by_server(&self) -> bool {
+        self.outbox.close_sent()
+    }
+
     /// Blocks until the next text or binary message, answering pings and a close, and sending
     /// pings of its own, on the way.
     ///
@@ -279,6 +309,13 @@ impl Reader {
             let now = Instant::now();
             if now >= self.keepalive.last_heard + self.keepalive.idle_limit() {
                 return Err(Ended::Idle);
+            }
+            if self
+                .keepalive
+                .deadline
+                .is_some_and(|deadline| now >= deadline)
+            {
+                return Err(Ended::DeadlinePassed);
             }
             if now >= self.keepalive.next_ping {
                 self.send(Bytes::from_static(PING))?;

@@ -1,14 +1,18 @@
 //! Every connection starts here (tutorial steps 0 and 1): its thread reads the HTTP head and
 //! takes it through one of the port's doors — a WebSocket upgrade to the chat ([`chat`]) or to
-//! the echo step ([`echo`]), or a plain `GET` for a file or `/stats` ([`plain`]).
+//! the echo step ([`echo`]), or a plain `GET` for a file, `/stats` or `/metrics` ([`plain`]).
+//! A locked chat ([`locked`]) keeps a connection at its door until it gives the room code, and
+//! counts guesses per client address ([`guesses`]).
 
 pub mod chat;
 pub mod echo;
+pub mod guesses;
+pub mod locked;
 pub mod plain;
 pub mod rate;
 
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{IpAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
@@ -22,8 +26,11 @@ use crate::capacity::{AtCapacity, Budget, Handshake, OutboundBudget};
 use crate::config::Config;
 use crate::connection::{ConnId, Ended, Outbox, Reader};
 use crate::http::{self, HANDSHAKE_TIMEOUT, RequestHead};
-use crate::hub::Event;
+use crate::hub::{Bans, Event};
+use crate::metrics::{Metrics, Refusal};
+use crate::protocol::format_ts;
 use crate::throttle::Throttle;
+use guesses::Guesses;
 
 /// What every connection's thread needs from the server.
 pub struct Context {
@@ -32,6 +39,11 @@ pub struct Context {
     pub budget: Arc<Budget>,
     pub outbound: Arc<OutboundBudget>,
     pub stopping: AtomicBool,
+    /// Client addresses banned by operators (the hub writes it; see `hub/moderation.rs`).
+    pub bans: Arc<Bans>,
+    pub metrics: Arc<Metrics>,
+    /// Wrong codes and tokens per client address.
+    pub guesses: Guesses,
 }
 
 /// Refusals for lack of places, logged at most every few seconds.
@@ -63,30 +75,78 @@ impl Door {
     }
 }
 
-/// Serves one TCP connection, from the request head to the end. `handshake` is its place
-/// among the connections still being read as HTTP, given back once that is over.
-pub fn serve(socket: &Arc<TcpStream>, context: &Context, conn: ConnId, handshake: Handshake) {
+/// Serves one TCP connection from `peer`, from the request head to the end. `handshake` is its
+/// place among the connections still being read as HTTP, given back once that is over.
+pub fn serve(
+    socket: &Arc<TcpStream>,
+    context: &Context,
+    conn: ConnId,
+    handshake: Handshake,
+    peer: IpAddr,
+) {
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let (request, already_read) = match http::read_head(socket, deadline) {
         Ok(head) => head,
         Err(err) => {
-            debug!("conn {conn}: no request: {err:?}");
+            debug!("conn {conn} from {peer}: no request: {err:?}");
             if let Some(status) = err.status() {
                 let _ = http::respond_error(socket, status, "could not read a request", &[]);
             }
             return;
         }
     };
-    debug!("conn {conn}: {:?} {:?}", request.method, request.path);
+    // Behind a trusted proxy, only now is the client known: from here on every rule and
+    // every log line is about it (see `http/forwarded.rs`).
+    let client = http::client_address(peer, &request, &context.config.trust_proxy);
+    debug!(
+        "conn {conn} from {client}: {:?} {:?}",
+        request.method, request.path
+    );
+    if let Err(full) = context.budget.attribute(&handshake, client) {
+        refuse_for_capacity(socket, context, conn, client, full);
+        return;
+    }
     if request.method != "GET" {
         let _ = http::respond_error(socket, 405, "only GET is served", &[("Allow", "GET")]);
         return;
     }
     if request.is_upgrade() {
-        upgrade(socket, context, conn, request, already_read, handshake);
+        upgrade(
+            socket,
+            context,
+            conn,
+            request,
+            already_read,
+            handshake,
+            client,
+        );
     } else {
         plain::answer(socket, context, &request);
     }
+}
+
+/// Answers 503 for a full budget, counts it, and says so in the log (at most every few seconds).
+fn refuse_for_capacity(
+    socket: &TcpStream,
+    context: &Context,
+    conn: ConnId,
+    client: IpAddr,
+    why: AtCapacity,
+) {
+    context.metrics.refused(Refusal::Capacity);
+    if let Some(also) = REFUSED.allow() {
+        let limit = match why {
+            AtCapacity::Connections => {
+                format!("{} connections at most; ", context.config.max_connections)
+            }
+            _ => String::new(),
+        };
+        warn!(
+            "conn {conn} from {client}: refused: {} ({limit}{also} more refused since)",
+            why.reason()
+        );
+    }
+    let _ = http::respond_error(socket, 503, why.reason(), &[("Retry-After", "5")]);
 }
 
 /// Tells the hub a connection is gone when dropped, even if its thread panicked.
@@ -115,8 +175,8 @@ impl Drop for Registration<'_> {
     }
 }
 
-/// Answers an upgrade with `101` and serves the door it asks for, or refuses it with the status
-/// the reference names (docs/reference.md).
+/// Answers an upgrade from `client` with `101` and serves the door it asks for, or refuses it
+/// with the status the reference names (docs/reference.md).
 fn upgrade(
     socket: &Arc<TcpStream>,
     context: &Context,
@@ -124,6 +184,7 @@ fn upgrade(
     request: RequestHead,
     already_read: Vec<u8>,
     handshake: Handshake,
+    client: IpAddr,
 ) {
     let Some(door) = Door::for_path(&request.path) else {
         let _ = http::respond_error(socket, 404, "no WebSocket here: try / or /echo", &[]);
@@ -133,7 +194,7 @@ fn upgrade(
         Ok(answer) => answer,
         Err(refused) => {
             info!(
-                "conn {conn}: refused upgrade ({} {})",
+                "conn {conn} from {client}: refused upgrade ({} {})",
                 refused.status, refused.reason
             );
             let headers = refused.headers();
@@ -141,23 +202,26 @@ fn upgrade(
             return;
         }
     };
+    if door == Door::Chat
+        && let Some(until) = context.bans.until(client)
+    {
+        context.metrics.refused(Refusal::Banned);
+        info!(
+            "conn {conn} from {client}: refused: banned until {}",
+            format_ts(until)
+        );
+        let why = format!(
+            "your address is banned from this chat until {} (ts {until})",
+            format_ts(until)
+        );
+        let _ = http::respond_error(socket, 403, &why, &[]);
+        return;
+    }
     let place = match context.budget.place(&handshake) {
         Ok(place) if !context.stopping.load(Ordering::SeqCst) => place,
         refused => {
             let why = refused.err().unwrap_or(AtCapacity::Connections);
-            if let Some(also) = REFUSED.allow() {
-                let limit = match why {
-                    AtCapacity::Connections => {
-                        format!("{} connections at most; ", context.config.max_connections)
-                    }
-                    _ => String::new(),
-                };
-                warn!(
-                    "conn {conn}: refused: {} ({limit}{also} more refused since)",
-                    why.reason()
-                );
-            }
-            let _ = http::respond_error(socket, 503, why.reason(), &[("Retry-After", "5")]);
+            refuse_for_capacity(socket, context, conn, client, why);
             return;
         }
     };
@@ -167,6 +231,10 @@ fn upgrade(
         return;
     }
     drop(handshake);
+    let _open = match door {
+        Door::Chat => context.metrics.chat_open(),
+        Door::Echo => context.metrics.echo_open(),
+    };
     let outbox = Outbox::new(Arc::clone(socket), &context.outbound);
     let (username, channel) = (
         request.query_param("username"),
@@ -188,17 +256,14 @@ fn upgrade(
     };
     let ended = match door {
         Door::Chat => {
-            let connect = Event::Connect {
+            let arrival = Arrival {
                 conn,
                 outbox,
                 username,
                 channel,
+                client,
             };
-            if context.hub.send(connect).is_err() {
-                Ended::ServerStopping
-            } else {
-                chat::serve(&mut reader, conn, &context.hub, context.config.max_rate)
-            }
+            enter_chat(&mut reader, context, arrival)
         }
         Door::Echo => {
             if context.hub.send(Event::Attach { conn, outbox }).is_err() {
@@ -208,7 +273,7 @@ fn upgrade(
             }
         }
     };
-    info!("conn {conn} ({door:?}) ended: {ended:?}");
+    info!("conn {conn} ({door:?}) from {client} ended: {ended:?}");
     let close = reader.closing_frame(&ended);
     // A chat client's frames all come from the hub, so its close must too, or it would
     // overtake the answers to what the client sent before it (its own messages, refusals).
@@ -224,4 +289,62 @@ fn upgrade(
     };
     reader.finish(&ended, close, !hub_closes);
     drop(place);
+}
+
+/// A chat connection past its `101`, before it is a user.
+struct Arrival {
+    conn: ConnId,
+    outbox: Outbox,
+    username: Option<String>,
+    channel: Option<String>,
+    client: IpAddr,
+}
+
+/// Takes a chat connection in: through the locked door first if the room has a code (the hub
+/// holds it meanwhile only to close it at shutdown), then to the hub as a user, and serves it
+/// until it ends; returns why.
+fn enter_chat(reader: &mut Reader, context: &Context, arrival: Arrival) -> Ended {
+    let Arrival {
+        conn,
+        outbox,
+        username,
+        channel,
+        client,
+    } = arrival;
+    let unlocked = match &context.config.room_code {
+        Some(code) => {
+            let attach = Event::Attach {
+                conn,
+                outbox: outbox.clone(),
+            };
+            if context.hub.send(attach).is_err() {
+                return Ended::ServerStopping;
+            }
+            match locked::unlock(reader, context, client, code) {
+                Ok(unlocked) => unlocked,
+                Err(ended) => return ended,
+            }
+        }
+        None => locked::Unlocked {
+            operator: false,
+            refusal: None,
+        },
+    };
+    let connect = Event::Connect {
+        conn,
+        outbox,
+        username,
+        channel,
+        address: client,
+        operator: unlocked.operator,
+    };
+    if context.hub.send(connect).is_err() {
+        return Ended::ServerStopping;
+    }
+    if let Some(frame) = unlocked.refusal
+        && context.hub.send(Event::Reply { conn, frame }).is_err()
+    {
+        return Ended::ServerStopping;
+    }
+    chat::serve(reader, conn, context, client)
 }

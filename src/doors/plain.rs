@@ -1,4 +1,5 @@
-//! The plain `GET`s of the one port: the browser client's files from `www/`, and `/stats`.
+//! The plain `GET`s of the one port: the browser client's files from `www/`, `/stats`, and
+//! `/metrics` (operating it).
 
 use std::fs;
 use std::net::TcpStream;
@@ -11,6 +12,8 @@ use log::debug;
 use super::Context;
 use crate::http::{self, RequestHead};
 use crate::hub::Event;
+use crate::metrics::exposition::CONTENT_TYPE;
+use crate::metrics::{self, Scrape, process::Process};
 
 /// How long `GET /stats` waits for the hub.
 const STATS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -29,6 +32,10 @@ pub fn answer(socket: &TcpStream, context: &Context, request: &RequestHead) {
                 Err(_) => http::respond_error(socket, 503, "the hub is not answering", &[]),
             }
         }
+        "/metrics" => {
+            let body = scrape(context);
+            http::respond(socket, 200, CONTENT_TYPE, &[], body.as_bytes())
+        }
         "/chat" | "/echo" => http::respond_error(
             socket,
             426,
@@ -46,6 +53,17 @@ pub fn answer(socket: &TcpStream, context: &Context, request: &RequestHead) {
     if let Err(err) = result {
         debug!("could not answer {:?}: {err}", request.path);
     }
+}
+
+/// The exposition of `GET /metrics`: the counters, and what the budgets and `/proc` say now.
+/// Nothing here waits on the hub (its figures are atomics it publishes after each batch).
+pub fn scrape(context: &Context) -> String {
+    let scrape = Scrape {
+        handshakes: context.budget.in_use().1,
+        queued_bytes: context.outbound.queued_bytes(),
+        process: Process::read(),
+    };
+    metrics::render(&context.metrics, &scrape)
 }
 
 /// The file under `www` that a URL path names, with its content type. `None` (404) for

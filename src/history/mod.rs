@@ -59,11 +59,12 @@ pub const MAX_DORMANT_HISTORIES: usize = 64;
 pub const MAX_MESSAGE_ID: u64 = (1 << 53) - 1;
 
 /// The longest line a `message` frame can take on disk, newline excluded: the frame's fixed
-/// part plus the longest value of each field. A character of text or username takes at most 6
+/// part (an operator's `user` included, which says `"operator":true`) plus the longest value
+/// of each field. A character of text or username takes at most 6
 /// bytes (a control character escaped as `\u001f`; others take 4 or fewer); a channel name is
 /// ASCII, a user id a 36-character uuid, an id at most 16 digits and a time at most 20.
 pub const MAX_LINE_BYTES: usize =
-    r#"{"type":"message","id":,"channel":"","user":{"id":"","username":""},"text":"","ts":}"#.len()
+    r#"{"type":"message","id":,"channel":"","user":{"id":"","username":"","operator":true},"text":"","ts":}"#.len()
         + 16
         + MAX_CHANNEL_CHARS
         + 36

@@ -24,6 +24,7 @@ fn line(id: u64, channel: &str, text: &str) -> String {
         user: UserRef {
             id: "6f1c2a8e-3b4d-4e5f-8a9b-0c1d2e3f4a5b",
             username: "Old",
+            operator: false,
         },
         text,
         ts: 1_700_000_000_000,
@@ -46,6 +47,7 @@ fn step5_disk_the_longest_message_fits_the_line_bound_exactly() {
         user: UserRef {
             id: "6f1c2a8e-3b4d-4e5f-8a9b-0c1d2e3f4a5b",
             username: &username,
+            operator: true,
         },
         text: &text,
         ts: u64::MAX,

@@ -163,6 +163,7 @@ impl Hub {
             user: user.as_ref(),
             count: ch.count(),
             text: format!("{} has left the chat", user.username),
+            kicked: user.kicked,
         });
         self.presence(channel, frame, conn);
         false

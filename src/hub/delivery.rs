@@ -18,6 +18,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use super::{ConnId, Hub};
 use crate::connection::frame::close_frame;
 use crate::connection::{Outbox, Undeliverable};
+use crate::metrics::Refusal;
 
 /// Deliveries collected before the hub stops taking more events and writes them out, which
 /// bounds both the memory a batch holds (1.5 MB of entries) and how long its first event
@@ -122,12 +123,14 @@ impl Hub {
     /// clients whose queue overflowed, which tells their channels, which is written out too.
     pub(super) fn flush(&mut self) {
         while !self.deliveries.is_empty() {
+            self.metrics.delivered(self.deliveries.len());
             let users = &self.users;
             self.deliveries
                 .write_out(|conn| users.get(&conn).map(|user| &user.outbox));
             self.drop_overflowed();
         }
         self.deliveries.trim();
+        self.fanned_out();
     }
 
     /// Owes one encoded frame to every member of `channel` (but `except`), after the presence
@@ -190,6 +193,7 @@ impl Hub {
                     user.outbox.queued()
                 );
                 user.outbox.cut_off();
+                self.metrics.refused(Refusal::SlowReader);
                 self.remove_user(conn, "too slow to read");
             }
         }

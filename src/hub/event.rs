@@ -1,6 +1,8 @@
 //! What connections tell the hub ([`Event`]), and what the hub answers `GET /stats` with.
 
+use std::net::IpAddr;
 use std::sync::mpsc::Sender;
+use std::time::Instant;
 
 use serde::Serialize;
 use tungstenite::Bytes;
@@ -13,18 +15,29 @@ use super::port::ClusterEvent;
 /// Everything a hub can be told. Connections send these over one mpsc queue.
 #[derive(Debug)]
 pub enum Event {
-    /// A chat connection finished its handshake; the query's `username` and `channel`, if any.
+    /// A chat connection finished its handshake (and, in a locked room, gave the code); the
+    /// query's `username` and `channel`, if any; its client address (for bans); whether it
+    /// gave the operator token already.
     Connect {
         conn: ConnId,
         outbox: Outbox,
         username: Option<String>,
         channel: Option<String>,
+        address: IpAddr,
+        operator: bool,
     },
-    /// A connection on another door (`/echo`): not a user, but it is closed with 1001 on
-    /// shutdown like everyone else.
+    /// A connection on another door (`/echo`), or a chat connection still locked: not a user,
+    /// but it is closed with 1001 on shutdown like everyone else.
     Attach { conn: ConnId, outbox: Outbox },
-    /// A valid request from a chat user.
-    Request { conn: ConnId, request: ChatRequest },
+    /// A valid request from a chat user, and when its frame was read (a message's delivery
+    /// time is counted from then: see `cyberchat_delivery_seconds`).
+    Request {
+        conn: ConnId,
+        request: ChatRequest,
+        received: Instant,
+    },
+    /// A chat user gave the right operator token: they are an operator from now on.
+    Promote { conn: ConnId },
     /// A frame from a chat user's own thread (an `error` refusing a request), sent through
     /// the hub so that it can never overtake the `welcome`.
     Reply { conn: ConnId, frame: Bytes },

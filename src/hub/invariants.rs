@@ -79,8 +79,11 @@ impl Hub {
         }
         for (conn, user) in &self.users {
             let listed: Value = serde_json::from_str(user.listing.get()).unwrap_or_default();
-            let current =
+            let mut current =
                 serde_json::json!({"id": user.id, "username": user.username, "state": user.state});
+            if user.operator {
+                current["operator"] = Value::Bool(true);
+            }
             if listed != current {
                 return Err(format!("conn {conn} is listed as {listed}, not {current}"));
             }

@@ -2,6 +2,8 @@
 //! channel's history (on disk first, with `--data-dir`) before it is sent to everyone in the
 //! channel; `typing`; and a user's live `state`.
 
+use std::time::Instant;
+
 use log::error;
 use serde_json::{Map, Value};
 
@@ -11,9 +13,9 @@ use crate::connection::frame::text_frame;
 use crate::protocol::{ChatError, ErrorCode, ServerFrame, encode, now_ms};
 
 impl Hub {
-    /// A chat message from `conn`: numbered, kept, then sent to everyone in its channel, the
-    /// sender included.
-    pub(super) fn message(&mut self, conn: ConnId, text: &str) {
+    /// A chat message from `conn`, read at `received`: numbered, kept, then sent to everyone
+    /// in its channel, the sender included.
+    pub(super) fn message(&mut self, conn: ConnId, text: &str, received: Instant) {
         let Some(user) = self.users.get(&conn) else {
             return;
         };
@@ -53,6 +55,7 @@ impl Hub {
         }
         self.messages += 1;
         self.broadcast(&channel, &frame, None);
+        self.fanning_out(received);
     }
 
     /// `conn` started or stopped typing: the others in its channel are told.

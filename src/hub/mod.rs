@@ -18,6 +18,8 @@
 //! | `messages.rs` | a message's way: its id, its history, everyone in the channel |
 //! | `presence.rs` | `joined`/`left`, held back and written together when a crowd arrives |
 //! | `delivery.rs` | each client one write per batch; slow readers dropped; shutdown |
+//! | `moderation.rs` | operators: `kick`, `mute`, `ban`, and the table of banned addresses |
+//! | `figures.rs` | what the hub counts for `/metrics`, published after every batch |
 //! | `invariants.rs` | `/stats` and the checks the tests run |
 //! | `peers.rs` | the other servers, with `--redis`: the questions the steps ask of them, each a one-line call, answered plainly by a server on its own |
 //!
@@ -29,8 +31,10 @@ pub mod event;
 
 mod channels;
 mod delivery;
+mod figures;
 mod invariants;
 mod messages;
+mod moderation;
 mod peers;
 mod presence;
 mod user;
@@ -50,6 +54,7 @@ use tungstenite::Bytes;
 
 pub use channels::CHANNELS_EVERY;
 pub use event::{ChannelStat, Event, Stats};
+pub use moderation::Bans;
 pub use peers::port;
 pub use presence::PRESENCE_WINDOW;
 
@@ -61,6 +66,7 @@ use user::User;
 
 use crate::connection::{ConnId, Outbox};
 use crate::history::{Histories, Store};
+use crate::metrics::Metrics;
 use crate::protocol::{ChatRequest, DEFAULT_CHANNEL};
 
 /// The state machine behind the hub thread. See the module docs.
@@ -92,6 +98,12 @@ pub struct Hub {
     /// Set by the server when it stops: [`Event::Shutdown`] may wait behind a long queue, and
     /// the process must be gone within 10 s, so the hub looks here before every event.
     stop: Arc<AtomicBool>,
+    /// Client addresses banned by operators; the doors read it (see `moderation.rs`).
+    bans: Arc<Bans>,
+    /// The counters `/metrics` reads (see `figures.rs`).
+    metrics: Arc<Metrics>,
+    /// When each message fanned out in this batch arrived (see `figures.rs`).
+    arrivals: Vec<Instant>,
 }
 
 impl Hub {
@@ -111,6 +123,9 @@ impl Hub {
             now: Instant::now(),
             peers: Peers::default(),
             stop: Arc::new(AtomicBool::new(false)),
+            bans: Arc::new(Bans::default()),
+            metrics: Arc::new(Metrics::new()),
+            arrivals: Vec::new(),
         };
         hub.channels
             .insert(DEFAULT_CHANNEL.to_owned(), Channel::default());
@@ -182,6 +197,16 @@ impl Hub {
         Arc::clone(&self.stop)
     }
 
+    /// The table of banned client addresses, which the doors read before letting anyone in.
+    pub fn bans(&self) -> Arc<Bans> {
+        Arc::clone(&self.bans)
+    }
+
+    /// The counters this hub keeps for `/metrics`.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
     /// When the hub must wake up without an event: held presence or a channel list is due.
     fn next_due(&self) -> Option<Instant> {
         match (self.holding.release_at(), self.channel_list.due()) {
@@ -225,11 +250,22 @@ impl Hub {
                 outbox,
                 username,
                 channel,
-            } => self.connect(conn, outbox, username, channel),
+                address,
+                operator,
+            } => {
+                // Attached while it was locked, a user from now on.
+                self.other_doors.remove(&conn);
+                self.connect(conn, outbox, username, channel, address, operator);
+            }
             Event::Attach { conn, outbox } => {
                 self.other_doors.insert(conn, outbox);
             }
-            Event::Request { conn, request } => self.request(conn, request),
+            Event::Request {
+                conn,
+                request,
+                received,
+            } => self.request(conn, request, received),
+            Event::Promote { conn } => self.promote(conn),
             Event::Reply { conn, frame } => self.reply(conn, frame),
             Event::Peers(event) => self.hear_peers(event),
             Event::Disconnect { conn, close } => {
@@ -251,16 +287,21 @@ impl Hub {
     }
 
     /// A valid request from a chat user, to the part of the hub that handles it.
-    fn request(&mut self, conn: ConnId, request: ChatRequest) {
+    fn request(&mut self, conn: ConnId, request: ChatRequest, received: Instant) {
         let Some(user) = self.users.get(&conn) else {
             // Already dropped (its last frames are moot), or, with several servers, still
             // waiting for its name.
-            self.peers.before_welcome(conn, Early::Request(request));
+            self.peers
+                .before_welcome(conn, Early::Request(request, received));
             return;
         };
-        debug!("conn {conn} ({:?}): {request:?}", user.username);
+        // The kind only: what people write is theirs, not the log's.
+        debug!("conn {conn} ({:?}): {}", user.username, request.kind());
+        if self.refused_for_mute(conn, &request) {
+            return;
+        }
         match request {
-            ChatRequest::Message { text } => self.message(conn, &text),
+            ChatRequest::Message { text } => self.message(conn, &text, received),
             ChatRequest::Rename { username } => self.rename(conn, username),
             ChatRequest::Join { channel } => self.join(conn, channel),
             ChatRequest::Typing { typing } => self.typing(conn, typing),
@@ -269,6 +310,9 @@ impl Hub {
                 let frame = self.channels_frame();
                 self.send_to(conn, frame);
             }
+            ChatRequest::Moderate(moderation) => self.moderate(conn, &moderation),
+            // Secrets stay in the chat door, which answers a hello itself.
+            ChatRequest::Hello { .. } => {}
         }
     }
 

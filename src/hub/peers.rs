@@ -18,13 +18,16 @@ mod clustered;
 pub mod port;
 mod remote;
 
+use std::net::IpAddr;
+use std::time::Instant;
+
 use serde_json::value::RawValue;
 use tungstenite::Bytes;
 
 use super::ConnId;
 use super::user::User;
 use crate::connection::Outbox;
-use crate::protocol::{ChatError, ChatRequest};
+use crate::protocol::{ChatError, ChatRequest, Moderation};
 use clustered::Clustered;
 
 /// The other servers, if any.
@@ -48,13 +51,18 @@ pub(super) struct Arrival {
     pub(super) requested: Option<String>,
     /// The refusals of the query, sent right after the `welcome`.
     pub(super) refusals: Vec<ChatError>,
+    /// Its client address.
+    pub(super) address: IpAddr,
+    /// Whether it gave the operator token with the room code.
+    pub(super) operator: bool,
 }
 
 /// What a connection sent before its `welcome` (which waits, with several servers, for its
 /// name to be settled).
 #[derive(Debug)]
 pub(super) enum Early {
-    Request(ChatRequest),
+    /// A request, and when it was read.
+    Request(ChatRequest, Instant),
     Reply(Bytes),
 }
 
@@ -71,19 +79,47 @@ pub(super) enum Publish {
 
 /// What the other servers must be told of one of this server's users.
 #[derive(Debug, Clone, Copy)]
+#[expect(
+    dead_code,
+    reason = "moderation's variants are read by the Redis adapter's side, which does not carry them yet"
+)]
 pub(super) enum Change<'a> {
     /// The user is somewhere new, or has a new state.
     Updated(&'a User),
     /// The user started or stopped typing.
     Typing(&'a User, bool),
-    /// The user left.
+    /// The user left (`user.kicked`: removed by an operator).
     Left(&'a User),
+    /// An operator here asks for a kick, mute or ban of a user on another server (see
+    /// [`Peers::elsewhere`]): that server acts, as if its own operator had asked.
+    Moderate {
+        by: &'a User,
+        moderation: &'a Moderation,
+    },
+    /// A user here was muted until `user.muted_until` (or unmuted): their channel's members
+    /// on other servers get the `muted` frame too.
+    Muted(&'a User),
+    /// A client address is banned until `until` (a `ts`): every server refuses its new chat
+    /// connections, and each adds it to its own `Bans`.
+    Banned { address: IpAddr, until: u64 },
 }
 
 impl Peers {
     /// Whether a user on another server holds `username` (under case folding).
     pub(super) fn hold_name(&self, username: &str) -> bool {
         self.cluster().is_some_and(|c| c.holds_name(username))
+    }
+
+    /// Whether the user with this id is on another server: then an operator's kick, mute or
+    /// ban of them is told to the other servers ([`Change::Moderate`]) rather than done here.
+    pub(super) fn elsewhere(&self, id: &str) -> bool {
+        self.cluster().is_some_and(|c| c.remote.contains_key(id))
+    }
+
+    /// Whether this server reaches the other servers (`None`: there are none), for
+    /// `/metrics`.
+    pub(super) fn reached(&self) -> Option<bool> {
+        self.cluster().map(|c| c.up)
     }
 
     /// Claims a name for a newcomer. Given back when it may be admitted now, with the name it

@@ -98,6 +98,8 @@ impl Harness {
             outbox,
             username: username.map(str::to_owned),
             channel: channel.map(str::to_owned),
+            address: std::net::Ipv4Addr::LOCALHOST.into(),
+            operator: false,
         });
         Client { conn, inbox }
     }
@@ -108,6 +110,7 @@ impl Harness {
                 self.hub.handle(Event::Request {
                     conn: client.conn,
                     request,
+                    received: std::time::Instant::now(),
                 });
             }
             Err(refusal) => panic!("test sent an invalid request {json}: {refusal:?}"),
@@ -561,6 +564,8 @@ impl Clocked {
             outbox,
             username,
             channel,
+            address: std::net::Ipv4Addr::LOCALHOST.into(),
+            operator: false,
         };
         self.event(ms, event);
         Client { conn, inbox }
@@ -569,7 +574,14 @@ impl Clocked {
     fn send(&mut self, ms: u64, client: &Client, json: &str) {
         let request = protocol::parse_request(json).unwrap();
         let conn = client.conn;
-        self.event(ms, Event::Request { conn, request });
+        self.event(
+            ms,
+            Event::Request {
+                conn,
+                request,
+                received: std::time::Instant::now(),
+            },
+        );
     }
 
     fn tick(&mut self, ms: u64) {
@@ -679,6 +691,8 @@ fn connect_stuck(c: &mut Clocked, ms: u64, name: &str) -> (Client, Outbox) {
         outbox: outbox.clone(),
         username: Some(name.to_owned()),
         channel: Some("room".to_owned()),
+        address: std::net::Ipv4Addr::LOCALHOST.into(),
+        operator: false,
     };
     c.event(ms, event);
     (Client { conn, inbox }, outbox)
@@ -713,6 +727,8 @@ fn step2_held_presence_counts_frame_by_frame_against_a_slow_reader() {
             outbox: anchor_outbox,
             username,
             channel,
+            address: std::net::Ipv4Addr::LOCALHOST.into(),
+            operator: false,
         },
     );
     let (stuck, _stuck_outbox) = connect_stuck(&mut c, 0, "Stuck"); // never reads again
@@ -778,6 +794,8 @@ fn step5_channel_lists_go_out_at_most_once_a_second_and_only_the_newest() {
                 outbox,
                 username: None,
                 channel,
+                address: std::net::Ipv4Addr::LOCALHOST.into(),
+                operator: false,
             },
         );
         churn.push(Client { conn, inbox });
@@ -1000,7 +1018,11 @@ fn step7_a_closed_client_still_gets_what_it_was_owed_before_the_close() {
         reason: "flooding".into(),
     };
     let conn = ada.conn;
-    h.hub.apply(Event::Request { conn, request });
+    h.hub.apply(Event::Request {
+        conn,
+        request,
+        received: std::time::Instant::now(),
+    });
     h.hub.apply(Event::Reply {
         conn,
         frame: refusal,
@@ -1033,6 +1055,7 @@ fn step7_a_stopping_hub_closes_everyone_without_working_through_its_backlog() {
             .send(Event::Request {
                 conn: ada.conn,
                 request,
+                received: std::time::Instant::now(),
             })
             .unwrap();
     }
@@ -1045,6 +1068,8 @@ fn step7_a_stopping_hub_closes_everyone_without_working_through_its_backlog() {
             outbox: late,
             username,
             channel,
+            address: std::net::Ipv4Addr::LOCALHOST.into(),
+            operator: false,
         })
         .unwrap();
     events.send(Event::Shutdown).unwrap();

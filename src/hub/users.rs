@@ -1,6 +1,8 @@
 //! Who is here (tutorial step 3): each user's id and name, names unique under case folding,
 //! guests' names, renames, and users leaving.
 
+use std::net::IpAddr;
+
 use log::info;
 use serde_json::Map;
 use uuid::Uuid;
@@ -23,6 +25,8 @@ impl Hub {
         outbox: Outbox,
         username: Option<String>,
         channel: Option<String>,
+        address: IpAddr,
+        operator: bool,
     ) {
         let id = Uuid::new_v4().hyphenated().to_string();
         // Refusals of the query's values go right after the welcome.
@@ -56,6 +60,8 @@ impl Hub {
             channel,
             requested,
             refusals,
+            address,
+            operator,
         };
         // With several servers, the name may have to be settled by them first.
         let names = &self.names;
@@ -78,9 +84,11 @@ impl Hub {
             id,
             channel,
             refusals,
+            address,
+            operator,
             ..
         } = arrival;
-        info!("{username:?} connected (conn {conn}, id {id}) into #{channel}");
+        info!("{username:?} connected from {address} (conn {conn}, id {id}) into #{channel}");
         self.names.insert(name_key(&username), conn);
         let mut user = User {
             id,
@@ -90,6 +98,10 @@ impl Hub {
             outbox,
             listing: Box::default(),
             presence_seen: 0,
+            address,
+            operator,
+            muted_until: None,
+            kicked: false,
         };
         user.relist();
         self.users.insert(conn, user);
@@ -97,6 +109,9 @@ impl Hub {
         self.welcome(conn);
         for refusal in refusals {
             self.send_to(conn, refusal.to_frame());
+        }
+        if operator {
+            self.tell_operator(conn);
         }
         if created {
             self.channels_changed();

@@ -16,11 +16,14 @@ pub mod names;
 pub mod requests;
 
 pub use chat_frames::{
-    ChannelCount, ChatError, ErrorCode, ServerFrame, UserRef, UserWithState, WELCOME_TEXT, encode,
-    now_ms,
+    ChannelCount, ChatError, ErrorCode, LOCKED_TEXT, ServerFrame, UserRef, UserWithState,
+    WELCOME_TEXT, encode, format_ts, now_ms,
 };
 pub use names::{
     DEFAULT_CHANNEL, MAX_CHANNEL_CHARS, MAX_USERNAME_CHARS, name_key, validate_channel,
     validate_username,
 };
-pub use requests::{ChatRequest, MAX_STATE_BYTES, MAX_STATE_DEPTH, MAX_TEXT_CHARS, parse_request};
+pub use requests::{
+    ChatRequest, MAX_BAN_MINUTES, MAX_MUTE_MINUTES, MAX_REASON_CHARS, MAX_STATE_BYTES,
+    MAX_STATE_DEPTH, MAX_TEXT_CHARS, Moderation, Presented, parse_request,
+};

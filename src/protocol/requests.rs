@@ -1,6 +1,8 @@
 //! What clients send (tutorial steps 2 to 6): each text frame parsed *and validated* into a
 //! [`ChatRequest`] in the connection's own thread, so the hub only ever sees well-formed ones.
 
+use std::fmt;
+
 use serde_json::{Map, Value};
 
 use super::chat_frames::{ChatError, ErrorCode};
@@ -15,6 +17,59 @@ pub const MAX_STATE_BYTES: usize = 1024;
 /// (`users[i].state`), and common JSON parsers (serde_json among them) stop at 128 levels, so
 /// an unbounded state would let one user make every newcomer's `welcome` unreadable.
 pub const MAX_STATE_DEPTH: usize = 32;
+
+/// Longest reason an operator may give for a kick or a ban, in characters.
+pub const MAX_REASON_CHARS: usize = 200;
+/// Longest mute, in minutes (a day).
+pub const MAX_MUTE_MINUTES: u32 = 1440;
+/// Longest ban, in minutes (a week).
+pub const MAX_BAN_MINUTES: u32 = 10_080;
+
+/// A room code or an operator token as a client sent it. Its `Debug` hides it: requests are
+/// logged, and a secret (right or nearly right) must never be.
+#[derive(Clone, PartialEq)]
+pub struct Presented(String);
+
+impl Presented {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Presented {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Presented(hidden)")
+    }
+}
+
+/// An operator's request about another user, by their id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Moderation {
+    /// Out now, with `kicked` and a close with 4001; they may come back.
+    Kick {
+        user: String,
+        reason: Option<String>,
+    },
+    /// Their `message`, `typing` and `state` refused for `minutes` (0 lifts a mute).
+    Mute { user: String, minutes: u32 },
+    /// As a kick, and their client address refused for `minutes`.
+    Ban {
+        user: String,
+        minutes: u32,
+        reason: Option<String>,
+    },
+}
+
+impl Moderation {
+    /// The id of the user it is about.
+    pub fn user(&self) -> &str {
+        match self {
+            Moderation::Kick { user, .. }
+            | Moderation::Mute { user, .. }
+            | Moderation::Ban { user, .. } => user,
+        }
+    }
+}
 
 /// A valid request from a client (the "client to server" table of the protocol).
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +93,33 @@ pub enum ChatRequest {
         state: Map<String, Value>,
     },
     Channels,
+    /// The room code and/or the operator token. Checked by the chat door, never the hub:
+    /// the door holds the secrets, and no secret ever travels further than it.
+    Hello {
+        code: Option<Presented>,
+        operator: Option<Presented>,
+    },
+    /// `kick`, `mute` or `ban`: the hub checks that the sender is an operator.
+    Moderate(Moderation),
+}
+
+impl ChatRequest {
+    /// The request's `type`, for the log: a request's contents are not logged (a chat
+    /// message may hold anything, a code pasted by mistake too).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ChatRequest::Message { .. } => "message",
+            ChatRequest::Rename { .. } => "username",
+            ChatRequest::Join { .. } => "join",
+            ChatRequest::Typing { .. } => "typing",
+            ChatRequest::State { .. } => "state",
+            ChatRequest::Channels => "channels",
+            ChatRequest::Hello { .. } => "hello",
+            ChatRequest::Moderate(Moderation::Kick { .. }) => "kick",
+            ChatRequest::Moderate(Moderation::Mute { .. }) => "mute",
+            ChatRequest::Moderate(Moderation::Ban { .. }) => "ban",
+        }
+    }
 }
 
 /// Parses one text frame from a client into a [`ChatRequest`].
@@ -109,6 +191,30 @@ pub fn parse_request(text: &str) -> Result<ChatRequest, ChatError> {
             _ => Err(bad_field("state", "an object")),
         },
         "channels" => Ok(ChatRequest::Channels),
+        "hello" => {
+            let code = optional_string(&mut fields, "code")?.map(Presented);
+            let operator = optional_string(&mut fields, "operator")?.map(Presented);
+            if code.is_none() && operator.is_none() {
+                return Err(ChatError::new(
+                    ErrorCode::BadRequest,
+                    "a hello carries a \"code\", an \"operator\" token, or both",
+                ));
+            }
+            Ok(ChatRequest::Hello { code, operator })
+        }
+        "kick" => Ok(ChatRequest::Moderate(Moderation::Kick {
+            user: string_field(&mut fields, "user")?,
+            reason: reason(&mut fields)?,
+        })),
+        "mute" => Ok(ChatRequest::Moderate(Moderation::Mute {
+            user: string_field(&mut fields, "user")?,
+            minutes: minutes(&mut fields, 0, MAX_MUTE_MINUTES)?,
+        })),
+        "ban" => Ok(ChatRequest::Moderate(Moderation::Ban {
+            user: string_field(&mut fields, "user")?,
+            minutes: minutes(&mut fields, 1, MAX_BAN_MINUTES)?,
+            reason: reason(&mut fields)?,
+        })),
         other => Err(ChatError::new(
             ErrorCode::UnknownType,
             format!("unknown message type {other:?}"),
@@ -130,6 +236,43 @@ fn string_field(fields: &mut Map<String, Value>, name: &str) -> Result<String, C
         Some(Value::String(value)) => Ok(value),
         _ => Err(bad_field(name, "a string")),
     }
+}
+
+/// A string field that may be absent (or `null`).
+fn optional_string(
+    fields: &mut Map<String, Value>,
+    name: &str,
+) -> Result<Option<String>, ChatError> {
+    match fields.remove(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(value)) => Ok(Some(value)),
+        Some(_) => Err(bad_field(name, "a string")),
+    }
+}
+
+/// An operator's optional `reason`, trimmed: at most [`MAX_REASON_CHARS`] characters.
+fn reason(fields: &mut Map<String, Value>) -> Result<Option<String>, ChatError> {
+    let Some(reason) = optional_string(fields, "reason")? else {
+        return Ok(None);
+    };
+    let reason = reason.trim();
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return Err(bad_field(
+            "reason",
+            &format!("at most {MAX_REASON_CHARS} characters"),
+        ));
+    }
+    Ok((!reason.is_empty()).then(|| reason.to_owned()))
+}
+
+/// A whole number of minutes from `least` to `most`.
+fn minutes(fields: &mut Map<String, Value>, least: u32, most: u32) -> Result<u32, ChatError> {
+    fields
+        .get("minutes")
+        .and_then(Value::as_u64)
+        .and_then(|m| u32::try_from(m).ok())
+        .filter(|m| (least..=most).contains(m))
+        .ok_or_else(|| bad_field("minutes", &format!("a whole number from {least} to {most}")))
 }
 
 fn bad_field(name: &str, what: &str) -> ChatError {
@@ -227,5 +370,51 @@ mod tests {
             refused(&nested(MAX_STATE_DEPTH + 1)),
             ErrorCode::InvalidState
         );
+    }
+
+    #[test]
+    fn operators_hello_kick_mute_and_ban_are_read_and_checked() {
+        let hello = parse_request(r#"{"type":"hello","code":"abc","operator":null}"#).unwrap();
+        let ChatRequest::Hello { code, operator } = &hello else {
+            panic!("{hello:?}");
+        };
+        assert_eq!(code.as_ref().map(Presented::as_str), Some("abc"));
+        assert!(operator.is_none());
+        assert!(
+            !format!("{hello:?}").contains("abc"),
+            "a hello's Debug hides its secrets"
+        );
+        assert_eq!(refused(r#"{"type":"hello"}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            refused(r#"{"type":"hello","code":7}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            parse_request(r#"{"type":"kick","user":"u1","reason":"  spam "}"#),
+            Ok(ChatRequest::Moderate(Moderation::Kick {
+                user: "u1".into(),
+                reason: Some("spam".into())
+            }))
+        );
+        let long = format!(
+            r#"{{"type":"kick","user":"u1","reason":"{}"}}"#,
+            "r".repeat(201)
+        );
+        assert_eq!(refused(&long), ErrorCode::BadRequest);
+        assert!(parse_request(r#"{"type":"mute","user":"u1","minutes":0}"#).is_ok());
+        assert!(parse_request(r#"{"type":"mute","user":"u1","minutes":1440}"#).is_ok());
+        for bad in [
+            r#"{"type":"mute","user":"u1","minutes":1441}"#,
+            r#"{"type":"mute","user":"u1","minutes":-1}"#,
+            r#"{"type":"mute","user":"u1","minutes":1.5}"#,
+            r#"{"type":"mute","user":"u1"}"#,
+            r#"{"type":"ban","user":"u1","minutes":0}"#,
+            r#"{"type":"ban","user":"u1","minutes":10081}"#,
+            r#"{"type":"ban","minutes":5}"#,
+            r#"{"type":"kick"}"#,
+        ] {
+            assert_eq!(refused(bad), ErrorCode::BadRequest, "{bad}");
+        }
+        assert!(parse_request(r#"{"type":"ban","user":"u1","minutes":10080}"#).is_ok());
     }
 }

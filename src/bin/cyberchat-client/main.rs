@@ -31,6 +31,7 @@
 //!   in order.
 
 mod connection;
+mod operators;
 mod session;
 
 use std::process::ExitCode;
@@ -41,7 +42,7 @@ use connection::{DEFAULT_URL, Target, connect, read_frames, read_lines};
 use session::{Room, Session};
 
 const USAGE: &str = "\
-usage: cyberchat-client [--raw] [--verbose] [URL]
+usage: cyberchat-client [--raw] [--verbose] [--code CODE] [--operator TOKEN] [URL]
 
 Chat with a Cyber Chat server from the terminal. URL defaults to ws://localhost:1337/
   ws://HOST:PORT/?username=Alex&channel=general   the chat (also /chat)
@@ -49,12 +50,19 @@ Chat with a Cyber Chat server from the terminal. URL defaults to ws://localhost:
 
   --raw       print the frames exactly as received, one a line (other output goes to stderr)
   --verbose   also show typing, state and the server's keepalive pings
+  --code CODE       the room code, given when the server says the chat is locked
+                    (also $CYBERCHAT_ROOM_CODE, which keeps it out of `ps`)
+  --operator TOKEN  the operator token, given with the code or after the welcome
+                    (also $CYBERCHAT_OPERATOR_TOKEN)
   --help      this text
 
 Typed lines are sent as chat messages (plain text on /echo). Commands:
   /name NEW   rename           /join CHANNEL   change channel
   /users      who is here      /channels       list the channels
   /send JSON  send a raw frame /quit           leave (so does end of input, Ctrl-D)
+  /code CODE  the room code    /op TOKEN       become an operator
+Operators: /kick NAME [REASON], /mute NAME MINUTES (0 lifts it), /ban NAME MINUTES.
+Removed (4001) or refused (4003), the client says why and does not reconnect.
 A line starting with // sends a message that starts with /.";
 
 fn main() -> ExitCode {
@@ -95,6 +103,9 @@ fn main() -> ExitCode {
         writer,
         room: Room::default(),
         quitting: None,
+        code: options.code,
+        operator: options.operator,
+        operator_given: false,
     };
     // Returning ends the process, and with it the stdin thread still blocked on a line.
     ExitCode::from(session.run(inbox))
@@ -107,21 +118,32 @@ struct Options {
     url: String,
     raw: bool,
     verbose: bool,
+    code: Option<String>,
+    operator: Option<String>,
 }
 
 /// `Ok(None)` means `--help`.
-fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
     let mut options = Options {
         url: String::new(),
         raw: false,
         verbose: false,
+        code: std::env::var("CYBERCHAT_ROOM_CODE").ok(),
+        operator: std::env::var("CYBERCHAT_OPERATOR_TOKEN").ok(),
     };
     let mut url = None;
-    for arg in args {
+    while let Some(arg) = args.next() {
+        let mut value = |flag: &str| {
+            args.next()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
         match arg.as_str() {
             "--help" | "-h" => return Ok(None),
             "--raw" => options.raw = true,
             "--verbose" | "-v" => options.verbose = true,
+            "--code" => options.code = Some(value("--code")?),
+            "--operator" => options.operator = Some(value("--operator")?),
             flag if flag.starts_with('-') => {
                 return Err(format!("unknown option {flag} (try --help)"));
             }

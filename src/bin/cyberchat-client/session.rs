@@ -12,6 +12,7 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::connection::{CLOSE_WAIT, Door, Event, Writer};
+use crate::operators::{self, REFUSED, REMOVED};
 
 const COMMANDS: &str = "commands: /name NEW, /join CHANNEL, /users, /channels, /send JSON, /quit \
                         (// sends a line starting with /)";
@@ -23,6 +24,7 @@ const COMMANDS: &str = "commands: /name NEW, /join CHANNEL, /users, /channels, /
 pub struct Member {
     pub id: String,
     pub username: String,
+    pub operator: bool,
 }
 
 /// What `/users` needs: kept from `welcome`, `joined`, `left` and `renamed`.
@@ -41,6 +43,12 @@ pub struct Session {
     pub room: Room,
     /// Set once we have sent our close frame: how long we still wait for the reply.
     pub quitting: Option<Instant>,
+    /// The room code to give when the chat is locked (`--code`).
+    pub code: Option<String>,
+    /// The operator token to give (`--operator`, `/op`).
+    pub operator: Option<String>,
+    /// Whether the token has been sent (with the code, or after the first welcome).
+    pub operator_given: bool,
 }
 
 impl Session {
@@ -93,11 +101,17 @@ impl Session {
 
     fn on_close(&mut self, frame: Option<CloseFrame>) -> u8 {
         let code = frame.as_ref().map(|f| u16::from(f.code));
-        let text = match (&frame, code) {
-            (Some(f), Some(code)) if !f.reason.is_empty() => {
-                format!("* disconnected (code {code}: {})", f.reason)
+        let reason = frame.as_ref().map_or("", |f| f.reason.as_str());
+        let text = match (reason, code) {
+            // The server does not want us back: say so, and do not come back by ourselves.
+            (_, Some(REMOVED)) => {
+                format!("* disconnected: removed by an operator (code {REMOVED}); not reconnecting")
             }
-            (_, Some(code)) => format!("* disconnected (code {code})"),
+            (why, Some(REFUSED)) => {
+                format!("* disconnected: refused (code {REFUSED}: {why}); not reconnecting")
+            }
+            ("", Some(code)) => format!("* disconnected (code {code})"),
+            (why, Some(code)) => format!("* disconnected (code {code}: {why})"),
             _ => "* disconnected (no close code)".to_owned(),
         };
         if self.quitting.is_none() {
@@ -132,7 +146,7 @@ impl Session {
         }
     }
 
-    fn send_json(&mut self, frame: Value) {
+    pub fn send_json(&mut self, frame: Value) {
         self.send(Message::text(frame.to_string()));
     }
 
@@ -165,7 +179,7 @@ impl Session {
                 self.send_json(json!({"type": "message", "text": text}));
             }
             (Some("quit"), _) => self.quit(),
-            (Some("help"), _) => self.note(COMMANDS),
+            (Some("help"), _) => self.note(&format!("{COMMANDS}; {}", operators::USAGE)),
             (Some("users"), _) => self.show_users(),
             (Some("channels"), _) => self.send_json(json!({"type": "channels"})),
             (Some("name"), "") => self.note("! usage: /name NEW"),
@@ -174,6 +188,14 @@ impl Session {
             (Some("join"), channel) => self.send_json(json!({"type": "join", "channel": channel})),
             (Some("send"), "") => self.note("! usage: /send JSON"),
             (Some("send"), frame) => self.send(Message::text(frame)),
+            (Some("code"), "") => self.note("! usage: /code CODE"),
+            (Some("code"), code) => self.hello(Some(code)),
+            (Some("op"), "") => self.note("! usage: /op TOKEN"),
+            (Some("op"), token) => {
+                self.operator = Some(token.to_owned());
+                self.hello(None);
+            }
+            (Some(command @ ("kick" | "mute" | "ban")), arg) => self.moderate(command, arg),
             (Some(other), _) => self.note(&format!("! unknown command /{other} ({COMMANDS})")),
         }
     }
@@ -188,11 +210,13 @@ impl Session {
             .members
             .iter()
             .map(|m| {
-                if m.id == self.room.my_id {
-                    format!("{} (you)", m.username)
+                let op = if m.operator { " (operator)" } else { "" };
+                let you = if m.id == self.room.my_id {
+                    " (you)"
                 } else {
-                    m.username.clone()
-                }
+                    ""
+                };
+                format!("{}{op}{you}", m.username)
             })
             .collect();
         let line = format!(
@@ -220,6 +244,14 @@ impl Session {
         let kind = frame["type"].as_str().unwrap_or("");
         // The room is kept up to date in raw mode too, so that `/users` works there.
         self.track(kind, &frame);
+        // What the protocol asks of us, in raw mode too.
+        match kind {
+            "locked" => self.on_locked(&frame),
+            "welcome" if self.operator.is_some() && !self.operator_given => {
+                self.hello(None); // an open room: the token goes after the welcome
+            }
+            _ => {}
+        }
         if self.raw {
             return;
         }
@@ -261,6 +293,8 @@ impl Session {
                     .collect();
                 say(&format!("channels: {}", list.join(", ")));
             }
+            "locked" => {}
+            "kicked" | "muted" | "operator" => self.show_moderation(kind, &frame),
             "error" => say(&format!(
                 "! error {}: {}",
                 frame["code"].as_str().unwrap_or("?"),
@@ -304,11 +338,22 @@ impl Session {
                     .map(|u| Member {
                         id: u["id"].as_str().unwrap_or("").to_owned(),
                         username: u["username"].as_str().unwrap_or("?").to_owned(),
+                        operator: u["operator"] == true,
                     })
                     .collect();
             }
             "joined" if !room.members.iter().any(|m| m.id == id) => {
-                room.members.push(Member { id, username });
+                let operator = frame["user"]["operator"] == true;
+                room.members.push(Member {
+                    id,
+                    username,
+                    operator,
+                });
+            }
+            "operator" => {
+                for member in room.members.iter_mut().filter(|m| m.id == id) {
+                    member.operator = true;
+                }
             }
             "left" => room.members.retain(|m| m.id != id),
             "renamed" => {
@@ -322,7 +367,7 @@ impl Session {
 
     /// A line of the client's own (not a frame): stdout, or stderr in raw mode so that stdout
     /// stays pure frames.
-    fn note(&self, line: &str) {
+    pub fn note(&self, line: &str) {
         if self.raw {
             let _ = writeln!(io::stderr().lock(), "{line}");
         } else {

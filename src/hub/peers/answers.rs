@@ -149,7 +149,7 @@ impl Hub {
         self.admit(conn, arrival, username);
         for early in early {
             match early {
-                Early::Request(request) => self.request(conn, request),
+                Early::Request(request, received) => self.request(conn, request, received),
                 Early::Reply(frame) => self.send_to(conn, frame),
             }
         }

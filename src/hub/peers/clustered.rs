@@ -256,6 +256,9 @@ impl Clustered {
             Change::Left(user) => link.send(ClusterRequest::Leave {
                 id: user.id.clone(),
             }),
+            // Moderation across servers is the Redis adapter's to carry: until it does, a
+            // kick, mute or ban acts on this server's users only (docs/reference.md).
+            Change::Moderate { .. } | Change::Muted(_) | Change::Banned { .. } => {}
         }
     }
 

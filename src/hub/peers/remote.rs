@@ -31,6 +31,7 @@ impl RemoteUser {
         let listing = UserWithState {
             id: &record.id,
             username: &record.username,
+            operator: false,
             state: &record.state,
         };
         let listing = serde_json::value::to_raw_value(&listing).expect("users always serialize");
@@ -45,6 +46,7 @@ impl RemoteUser {
         UserRef {
             id: &self.record.id,
             username: &self.record.username,
+            operator: false,
         }
     }
 }
@@ -76,6 +78,7 @@ impl Hub {
         let who = UserRef {
             id: &id,
             username: &username,
+            operator: false,
         };
         match old {
             None => self.remote_enter(who, &channel),
@@ -228,6 +231,7 @@ impl Hub {
             user: user.as_ref(),
             count: ch.count(),
             text: format!("{} has left the chat", user.record.username),
+            kicked: false,
         });
         self.presence(channel, frame, REMOTE);
     }

@@ -1,0 +1,485 @@
+//! Operators (who may enter): a user who gave the operator token is marked on their `user`
+//! everywhere, and may `kick`, `mute` and `ban` anyone who is not an operator. A ban is by
+//! client address, so it outlives the connection: it goes in [`Bans`], which the chat door
+//! reads before it lets anyone in, without asking the hub.
+//!
+//! The chat door checks the token (the secret never reaches the hub) and sends
+//! [`Event::Promote`](super::Event::Promote); everything after that is here.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use log::info;
+use tungstenite::protocol::CloseFrame;
+
+use super::peers::Change;
+use super::{ConnId, Hub};
+use crate::capacity::source_of;
+use crate::connection::frame::close_frame;
+use crate::protocol::{ChatError, ChatRequest, ErrorCode, Moderation, ServerFrame, encode, now_ms};
+
+/// The close code of a user removed by an operator (kicked or banned).
+pub const REMOVED: u16 = 4001;
+
+/// Client addresses banned by operators, each until a `ts` (milliseconds since the epoch).
+/// Shared by the hub, which bans, and every connection thread, which checks: held for a map
+/// lookup at a time, never across a socket call.
+#[derive(Debug, Default)]
+pub struct Bans {
+    until: Mutex<HashMap<IpAddr, u64>>,
+}
+
+impl Bans {
+    /// Bans `address` (counted as every per-address rule counts it: an IPv6 /64 as one)
+    /// until `until`; a longer ban already there stays.
+    pub fn ban(&self, address: IpAddr, until: u64) {
+        let now = now_ms();
+        let mut bans = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        // Only operators ban, so the table stays small; expired bans go as new ones come.
+        bans.retain(|_, ends| *ends > now);
+        let ends = bans.entry(source_of(address)).or_insert(until);
+        *ends = (*ends).max(until);
+    }
+
+    /// Until when `address` is banned, if it is now.
+    pub fn until(&self, address: IpAddr) -> Option<u64> {
+        let bans = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        let ends = *bans.get(&source_of(address))?;
+        (ends > now_ms()).then_some(ends)
+    }
+}
+
+impl Hub {
+    /// `conn` gave the operator token: marked as an operator from now on, and its channel told.
+    pub(super) fn promote(&mut self, conn: ConnId) {
+        let Some(user) = self.users.get_mut(&conn) else {
+            return;
+        };
+        if user.operator {
+            return;
+        }
+        user.operator = true;
+        user.relist();
+        self.tell_operator(conn);
+    }
+
+    /// Tells `conn`'s channel (`conn` too) that it is an operator, and the other servers.
+    pub(super) fn tell_operator(&mut self, conn: ConnId) {
+        let Some(user) = self.users.get(&conn) else {
+            return;
+        };
+        info!("{:?} (conn {conn}) is an operator", user.username);
+        let frame = encode(&ServerFrame::Operator {
+            channel: &user.channel,
+            user: user.as_ref(),
+        });
+        let channel = user.channel.clone();
+        self.broadcast(&channel, &frame, None);
+        self.announce(conn);
+    }
+
+    /// An operator's `kick`, `mute` or `ban` from `conn`.
+    pub(super) fn moderate(&mut self, conn: ConnId, moderation: &Moderation) {
+        let Some(by) = self.users.get(&conn) else {
+            return;
+        };
+        if !by.operator {
+            let refusal = ChatError::new(ErrorCode::Forbidden, "only operators may do that");
+            self.send_to(conn, refusal.to_frame());
+            return;
+        }
+        let id = moderation.user();
+        let Some(target) = self.users.iter().find(|(_, u)| u.id == id).map(|(c, _)| *c) else {
+            if self.peers.elsewhere(id) {
+                self.peers.tell(Change::Moderate { by, moderation });
+            } else {
+                let refusal =
+                    ChatError::new(ErrorCode::UnknownUser, "nobody with that id is online");
+                self.send_to(conn, refusal.to_frame());
+            }
+            return;
+        };
+        if self.users[&target].operator {
+            let refusal = ChatError::new(
+                ErrorCode::Forbidden,
+                "operators cannot kick, mute or ban operators",
+            );
+            self.send_to(conn, refusal.to_frame());
+            return;
+        }
+        let (by, whom) = (&by.username, &self.users[&target].username);
+        info!("{by:?} (conn {conn}) asks to {moderation:?} {whom:?} (conn {target})");
+        match moderation {
+            Moderation::Kick { reason, .. } => self.kick(target, reason.as_deref(), None),
+            Moderation::Mute { minutes, .. } => self.mute(target, *minutes),
+            Moderation::Ban {
+                minutes, reason, ..
+            } => {
+                let until = now_ms() + u64::from(*minutes) * 60_000;
+                let address = self.users[&target].address;
+                self.bans.ban(address, until);
+                self.peers.tell(Change::Banned { address, until });
+                self.kick(target, reason.as_deref(), Some(until));
+            }
+        }
+    }
+
+    /// Removes `target`: `kicked` (with `until` for a ban), a close with 4001, and its channel
+    /// gets `left` with `"kicked":true`. Its thread ends when the client answers the close, or
+    /// at its next ping if it never does (see `doors/chat.rs`).
+    fn kick(&mut self, target: ConnId, reason: Option<&str>, until: Option<u64>) {
+        let Some(user) = self.users.get_mut(&target) else {
+            return;
+        };
+        user.kicked = true;
+        self.send_to(target, encode(&ServerFrame::Kicked { reason, until }));
+        let close = close_frame(Some(CloseFrame {
+            code: REMOVED.into(),
+            reason: "removed by an operator".into(),
+        }));
+        self.close_after_owed(target, close);
+        let why = match until {
+            Some(_) => "banned by an operator",
+            None => "kicked by an operator",
+        };
+        self.remove_user(target, why);
+    }
+
+    /// Mutes `target` for `minutes` (0 lifts it) and tells its channel, `target` too.
+    fn mute(&mut self, target: ConnId, minutes: u32) {
+        let Some(user) = self.users.get_mut(&target) else {
+            return;
+        };
+        user.muted_until = (minutes > 0).then(|| now_ms() + u64::from(minutes) * 60_000);
+        let frame = encode(&ServerFrame::Muted {
+            channel: &user.channel,
+            user: user.as_ref(),
+            until: user.muted_until.unwrap_or(0),
+        });
+        let channel = user.channel.clone();
+        self.broadcast(&channel, &frame, None);
+        self.peers.tell(Change::Muted(&self.users[&target]));
+    }
+
+    /// Refuses a muted user's `message`, `typing` and `state` with `muted`; true if it did.
+    pub(super) fn refused_for_mute(&mut self, conn: ConnId, request: &ChatRequest) -> bool {
+        let speaks = matches!(
+            request,
+            ChatRequest::Message { .. } | ChatRequest::Typing { .. } | ChatRequest::State { .. }
+        );
+        let Some(user) = self.users.get_mut(&conn).filter(|_| speaks) else {
+            return false;
+        };
+        let Some(until) = user.muted_until else {
+            return false;
+        };
+        let now = now_ms();
+        if until <= now {
+            user.muted_until = None; // over: nobody is told, the `muted` frame said when
+            return false;
+        }
+        let minutes = (until - now).div_ceil(60_000);
+        let refusal = ChatError::new(
+            ErrorCode::Muted,
+            format!("an operator muted you: {minutes} more minute(s)"),
+        );
+        self.send_to(conn, refusal.to_frame());
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Instant;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::connection::frame::close_code;
+    use crate::connection::{Outbound, Outbox, QueuedFrames};
+    use crate::hub::Event;
+    use crate::protocol::parse_request;
+
+    /// A user as the hub's tests see one: its connection, and what the hub queued for it.
+    struct Seat {
+        conn: ConnId,
+        inbox: QueuedFrames,
+    }
+
+    impl Seat {
+        /// Every frame queued since the last look, as JSON (a close as `{"close": code}`).
+        fn frames(&self) -> Vec<Value> {
+            let mut frames = Vec::new();
+            while let Some(item) = self.inbox.take() {
+                match item {
+                    Outbound::Frame(bytes) => {
+                        let mut rest = &bytes[..];
+                        while !rest.is_empty() {
+                            let (len, start) = match rest[1] {
+                                126 => (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4),
+                                n => (usize::from(n), 2),
+                            };
+                            frames.push(serde_json::from_slice(&rest[start..start + len]).unwrap());
+                            rest = &rest[start + len..];
+                        }
+                    }
+                    Outbound::Close(close) => frames.push(json!({"close": close_code(&close)})),
+                    Outbound::Finish(_) => unreachable!("no socket, no fast path"),
+                }
+            }
+            frames
+        }
+
+        fn of_type(&self, kind: &str) -> Vec<Value> {
+            self.frames()
+                .into_iter()
+                .filter(|f| f["type"] == kind)
+                .collect()
+        }
+    }
+
+    struct Room {
+        hub: Hub,
+        next: ConnId,
+    }
+
+    impl Room {
+        fn new() -> Room {
+            Room {
+                hub: Hub::new(None),
+                next: 1,
+            }
+        }
+
+        fn enter(&mut self, name: &str, host: u8, operator: bool) -> Seat {
+            let (outbox, inbox) = Outbox::detached();
+            let conn = self.next;
+            self.next += 1;
+            self.hub.handle(Event::Connect {
+                conn,
+                outbox,
+                username: Some(name.to_owned()),
+                channel: None,
+                address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, host)),
+                operator,
+            });
+            Seat { conn, inbox }
+        }
+
+        fn send(&mut self, seat: &Seat, json: Value) {
+            let request = parse_request(&json.to_string()).expect("a valid request");
+            let received = Instant::now();
+            let conn = seat.conn;
+            self.hub.handle(Event::Request {
+                conn,
+                request,
+                received,
+            });
+            self.hub.check_invariants().unwrap();
+        }
+
+        fn id(&self, seat: &Seat) -> String {
+            self.hub.users[&seat.conn].id.clone()
+        }
+    }
+
+    /// A room with an operator, Ada, and Bob, whose id is given; their frames so far read.
+    fn ada_and_bob() -> (Room, Seat, Seat, String) {
+        let mut room = Room::new();
+        let ada = room.enter("Ada", 1, true);
+        let bob = room.enter("Bob", 2, false);
+        let bob_id = room.id(&bob);
+        ada.frames();
+        bob.frames();
+        (room, ada, bob, bob_id)
+    }
+
+    #[test]
+    fn operators_an_operator_is_marked_wherever_their_user_appears() {
+        let mut room = Room::new();
+        let ada = room.enter("Ada", 1, false);
+        let bob = room.enter("Bob", 2, false);
+        ada.frames();
+        bob.frames();
+        room.hub.handle(Event::Promote { conn: ada.conn });
+        room.hub.check_invariants().unwrap();
+        for seat in [&ada, &bob] {
+            let told = seat.of_type("operator");
+            assert_eq!(told.len(), 1, "the whole channel, Ada too");
+            assert_eq!(told[0]["user"]["operator"], true);
+            assert_eq!(told[0]["channel"], "general");
+        }
+        room.send(&ada, json!({"type": "message", "text": "hi"}));
+        assert_eq!(bob.of_type("message")[0]["user"]["operator"], true);
+        let carl = room.enter("Carl", 3, false);
+        let welcome = &carl.of_type("welcome")[0];
+        let listed = welcome["users"].as_array().unwrap();
+        let ada_listed = listed.iter().find(|u| u["username"] == "Ada").unwrap();
+        assert_eq!(ada_listed["operator"], true);
+        let bob_listed = listed.iter().find(|u| u["username"] == "Bob").unwrap();
+        assert!(bob_listed.get("operator").is_none(), "absent means not one");
+        assert_eq!(welcome["history"][0]["user"]["operator"], true);
+        // Arriving with the token already (in the locked room's hello): marked from the start.
+        let dee = room.enter("Dee", 4, true);
+        let frames = dee.frames();
+        assert_eq!(frames[0]["user"]["operator"], true, "in the welcome");
+        assert_eq!(frames[1]["type"], "operator");
+        assert_eq!(bob.of_type("joined")[1]["user"]["operator"], true);
+    }
+
+    #[test]
+    fn operators_only_operators_act_and_never_on_operators() {
+        let mut room = Room::new();
+        let ada = room.enter("Ada", 1, true);
+        let bob = room.enter("Bob", 2, false);
+        let dee = room.enter("Dee", 3, true);
+        let (ada_id, bob_id, dee_id) = (room.id(&ada), room.id(&bob), room.id(&dee));
+        ada.frames();
+        bob.frames();
+        room.send(&bob, json!({"type": "kick", "user": ada_id}));
+        room.send(&bob, json!({"type": "mute", "user": bob_id, "minutes": 5}));
+        let codes: Vec<Value> = bob
+            .of_type("error")
+            .iter()
+            .map(|e| e["code"].clone())
+            .collect();
+        assert_eq!(codes, ["forbidden", "forbidden"]);
+        room.send(&ada, json!({"type": "ban", "user": dee_id, "minutes": 5}));
+        room.send(&ada, json!({"type": "mute", "user": ada_id, "minutes": 5}));
+        let unknown = "00000000-0000-4000-8000-000000000000";
+        room.send(&ada, json!({"type": "kick", "user": unknown}));
+        let codes: Vec<Value> = ada
+            .of_type("error")
+            .iter()
+            .map(|e| e["code"].clone())
+            .collect();
+        assert_eq!(codes, ["forbidden", "forbidden", "unknown_user"]);
+        assert_eq!(room.hub.users.len(), 3, "nobody was removed");
+        assert!(
+            room.hub
+                .bans
+                .until(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 3)))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn operators_a_kick_is_kicked_then_4001_and_the_channel_hears_left_kicked() {
+        let (mut room, ada, bob, bob_id) = ada_and_bob();
+        room.send(
+            &ada,
+            json!({"type": "kick", "user": bob_id, "reason": "spam"}),
+        );
+        let frames = bob.frames();
+        assert_eq!(frames[0], json!({"type": "kicked", "reason": "spam"}));
+        assert_eq!(frames[1], json!({"close": REMOVED}));
+        assert_eq!(frames.len(), 2, "nothing after the close");
+        let left = &ada.of_type("left")[0];
+        assert_eq!(left["kicked"], true);
+        assert_eq!(left["user"]["username"], "Bob");
+        assert!(!room.hub.users.contains_key(&bob.conn));
+        assert!(
+            room.hub.holder_of("Bob").is_none(),
+            "the name is free again"
+        );
+        // What the kicked client still sends is moot.
+        let conn = bob.conn;
+        let request = parse_request(r#"{"type":"message","text":"still here"}"#).unwrap();
+        let received = Instant::now();
+        room.hub.handle(Event::Request {
+            conn,
+            request,
+            received,
+        });
+        assert!(ada.of_type("message").is_empty());
+        // Someone who leaves on their own is no `kicked`.
+        let carl = room.enter("Carl", 3, false);
+        room.hub.handle(Event::Disconnect {
+            conn: carl.conn,
+            close: None,
+        });
+        assert!(ada.of_type("left")[0].get("kicked").is_none());
+    }
+
+    #[test]
+    fn operators_a_muted_user_may_not_speak_type_or_move_the_cursor_until_lifted() {
+        let (mut room, ada, bob, bob_id) = ada_and_bob();
+        let before = now_ms();
+        room.send(&ada, json!({"type": "mute", "user": bob_id, "minutes": 10}));
+        for seat in [&ada, &bob] {
+            let muted = &seat.of_type("muted")[0];
+            assert_eq!(muted["user"]["id"], bob_id);
+            let until = muted["until"].as_u64().unwrap();
+            assert!(
+                (before + 600_000..=now_ms() + 600_000).contains(&until),
+                "{muted}"
+            );
+        }
+        room.send(&bob, json!({"type": "message", "text": "hi"}));
+        room.send(&bob, json!({"type": "typing", "typing": true}));
+        room.send(&bob, json!({"type": "state", "state": {"x": 1}}));
+        room.send(&bob, json!({"type": "username", "username": "Robert"}));
+        let frames = bob.frames();
+        let errors: Vec<&Value> = frames.iter().filter(|f| f["type"] == "error").collect();
+        assert_eq!(errors.len(), 3);
+        assert!(errors.iter().all(|e| e["code"] == "muted"));
+        assert_eq!(
+            frames.last().unwrap()["type"],
+            "renamed",
+            "renaming is not speaking"
+        );
+        assert!(ada.frames().iter().all(|f| f["type"] == "renamed"));
+        room.send(&ada, json!({"type": "mute", "user": bob_id, "minutes": 0}));
+        assert_eq!(bob.of_type("muted")[0]["until"], 0);
+        room.send(&bob, json!({"type": "message", "text": "back"}));
+        assert_eq!(ada.of_type("message")[0]["text"], "back");
+        // A mute that has run out lets them speak again, without a word from anyone.
+        room.send(&ada, json!({"type": "mute", "user": bob_id, "minutes": 1}));
+        room.hub.users.get_mut(&bob.conn).unwrap().muted_until = Some(now_ms() - 1);
+        ada.frames();
+        room.send(&bob, json!({"type": "message", "text": "free"}));
+        assert_eq!(ada.of_type("message")[0]["text"], "free");
+    }
+
+    #[test]
+    fn operators_a_ban_kicks_and_bans_the_address_for_its_minutes() {
+        let (mut room, ada, bob, bob_id) = ada_and_bob();
+        let before = now_ms();
+        room.send(&ada, json!({"type": "ban", "user": bob_id, "minutes": 60}));
+        let frames = bob.frames();
+        assert_eq!(frames[0]["type"], "kicked");
+        let until = frames[0]["until"].as_u64().unwrap();
+        assert!(until >= before + 3_600_000 && until <= now_ms() + 3_600_000);
+        assert_eq!(frames[1], json!({"close": REMOVED}));
+        let bobs = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
+        assert_eq!(room.hub.bans.until(bobs), Some(until));
+        assert_eq!(
+            room.hub.bans.until(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
+            None
+        );
+        assert_eq!(ada.of_type("left")[0]["kicked"], true);
+    }
+
+    #[test]
+    fn operators_bans_end_and_count_an_ipv6_client_by_its_64() {
+        let bans = Bans::default();
+        let v6: IpAddr = "2001:db8:1:2::7".parse().unwrap();
+        bans.ban(v6, now_ms() + 60_000);
+        assert!(
+            bans.until("2001:db8:1:2:ffff::1".parse().unwrap())
+                .is_some()
+        );
+        assert!(bans.until("2001:db8:1:3::7".parse().unwrap()).is_none());
+        let v4 = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
+        bans.ban(v4, now_ms() - 1);
+        assert!(bans.until(v4).is_none(), "over");
+        bans.ban(v4, now_ms() + 60_000);
+        bans.ban(v4, now_ms() + 1_000);
+        assert!(
+            bans.until(v4).unwrap() > now_ms() + 30_000,
+            "a shorter ban never shortens one"
+        );
+    }
+}
