@@ -384,6 +384,10 @@ fn step7_clients_that_never_read_fill_the_servers_queue_budget_and_only_they_are
     };
     let idle: Vec<Client> = (0..NEVER_READ).map(|i| tiny(&format!("Idle{i}"))).collect();
     let mut watcher = connect(addr, "/?username=Watcher&channel=flood");
+    // Handshakes finish in their own threads, so without this wait the hub could take the
+    // flooder's first messages before the watcher's join and show them as its history.
+    let welcome = watcher.recv_type("welcome");
+    assert_eq!(welcome["history"].as_array().unwrap().len(), 0);
     let mut flooder = raw_upgrade(addr, "/?username=Flooder&channel=flood");
     let mut drain = flooder.try_clone().unwrap();
     let draining = thread::spawn(move || {
