@@ -175,19 +175,15 @@ fn browser_client_in_a_locked_chat_with_operators() {
     );
 }
 
-/// `file://` and the path, each byte outside the unreserved set percent-encoded.
+/// `file://` and the path, each of its parts percent-encoded.
 fn url_of_file(path: &Path) -> String {
-    let path = path.display().to_string();
-    let mut url = String::from("file://");
-    for byte in path.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                url.push(byte as char)
-            }
-            _ => url.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    url
+    let parts: Vec<String> = path
+        .display()
+        .to_string()
+        .split('/')
+        .map(common::percent_encode)
+        .collect();
+    format!("file://{}", parts.join("/"))
 }
 
 /// The node binary to run, or what is missing.

@@ -16,13 +16,12 @@
 // Output: one "ok - name" or "FAIL - name" line per check, then "N passed, N failed".
 // Exit status: 0 only if every check passed.
 
-import { chromium } from 'playwright-core';
+import { assert, check, finish, launch, watchdog } from './harness.mjs';
 
 const PAGE = process.env.CYBERCHAT_PAGE;
 const CODE = process.env.CYBERCHAT_CODE;
 const TOKEN = process.env.CYBERCHAT_TOKEN;
 const LOCKED_FOR_S = Number(process.env.CYBERCHAT_LOCKED_FOR_S) || 0;
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const WAIT = 10000; // for anything that should happen "at once", on a busy machine
 const RETRY_AFTER_MS = 2500; // past the page's first retry (1 s): time enough to see none
 const CONNECTED = 'Connected to Cyber Chat';
@@ -33,35 +32,9 @@ if (!PAGE || !CODE || !TOKEN) {
   process.exit(1);
 }
 
-// ---- harness ----
-
-let passed = 0;
-let failed = 0;
-async function check(name, fn) {
-  const started = Date.now();
-  try {
-    await fn();
-    passed += 1;
-    console.log(`ok - ${name} (${Date.now() - started} ms)`);
-  } catch (err) {
-    failed += 1;
-    const msg = String((err && err.message) || err).split('\n').slice(0, 6).join('\n    ');
-    console.log(`FAIL - ${name}\n    ${msg}`);
-  }
-}
-function assert(cond, message) {
-  if (!cond) throw new Error(message);
-}
-
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--ignore-certificate-errors'],
-});
-const watchdog = setTimeout(() => {
-  console.log('FAIL - operators.mjs took more than 85 s, giving up');
-  process.exit(1);
-}, 85000);
+// The proxy's certificate (tests/deploy.rs) is the test's own.
+const browser = await launch(['--ignore-certificate-errors']);
+const stop = watchdog('operators.mjs', 85);
 
 const pageErrors = [];
 let dialogs = 0;
@@ -548,8 +521,7 @@ try {
     assert(dialogs === 0, `${dialogs} dialog(s) fired`);
   });
 } finally {
-  clearTimeout(watchdog);
+  clearTimeout(stop);
   await browser.close().catch(() => {});
 }
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(failed === 0 && passed > 0 ? 0 : 1);
+finish();
