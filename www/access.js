@@ -184,7 +184,7 @@ const Access = (() => {
     if (code === REMOVED) {
       const r = removal || { reason: '', until: 0 };
       if (r.until) {
-        const until = View.formatTime(r.until);
+        const until = View.formatUntil(r.until);
         Connection.stop(
           'Banned until ' + until,
           'An operator banned you from this chat until ' + until + quoted(r.reason) +
@@ -264,7 +264,7 @@ const Access = (() => {
     return until > Date.now() ? until : 0;
   }
   function showBan() {
-    const until = View.formatTime(bannedUntil());
+    const until = View.formatUntil(bannedUntil());
     Connection.stop(
       'Banned until ' + until,
       'An operator banned this browser from the chat until ' + until +

@@ -124,7 +124,7 @@ const Moderation = (() => {
     const minutes = Number(el.minutes.value);
     el.confirmText.textContent =
       'Ban ' + target.username + ' for ' + minutes + ' minute' + (minutes === 1 ? '' : 's') +
-      ', until ' + View.formatTime(Date.now() + minutes * MINUTE_MS) + '? Every new ' +
+      ', until ' + View.formatUntil(Date.now() + minutes * MINUTE_MS) + '? Every new ' +
       'connection from their network address is refused until then.';
     el.yes.textContent = 'Yes, ban ' + target.username;
     step('confirm');
@@ -165,7 +165,7 @@ const Moderation = (() => {
     const me = Room.isMe(f.user.id);
     const name = Room.displayName(f.user);
     if (until) {
-      const when = View.formatTime(until);
+      const when = View.formatUntil(until);
       View.addSystem(
         me ? 'An operator muted you until ' + when : name + ' was muted by an operator until ' + when,
       );
@@ -191,7 +191,7 @@ const Moderation = (() => {
     el.input.disabled = muted;
     el.send.disabled = muted;
     if (muted) {
-      const when = View.formatTime(until);
+      const when = View.formatUntil(until);
       el.input.placeholder = 'An operator muted you until ' + when;
       View.showNotice(
         'An operator muted you until ' + when + ': until then your messages, typing and cursor are not sent.',

@@ -187,7 +187,7 @@ const View = (() => {
         li.append(dot, name);
         if (u.operator) li.append(tag('role', 'operator'));
         const muted = Moderation.mutedUntil(u);
-        if (muted) li.append(tag('muted-tag', 'muted until ' + formatTime(muted)));
+        if (muted) li.append(tag('muted-tag', 'muted until ' + formatUntil(muted)));
         if (Room.isMe(u.id)) {
           li.classList.add('me');
           const you = document.createElement('span');
@@ -266,9 +266,10 @@ const View = (() => {
 
   // ---- Times, notices and errors ----
 
-  // A `ts` for a person: "14:05" today, "Tue 14:05" within the week, else a date too.
-  function formatTime(ts) {
-    const when = new Date(ts);
+  // An end (a mute's, a ban's) for a person: "14:05" today, "Tue 14:05" within the week, else
+  // a date too. Rounded up to the minute: at the time shown, it is over.
+  function formatUntil(ts) {
+    const when = new Date(Math.ceil(ts / 60000) * 60000);
     const hm = { hour: '2-digit', minute: '2-digit' };
     if (when.toDateString() === new Date().toDateString()) return when.toLocaleTimeString([], hm);
     if (Math.abs(when - Date.now()) < 6 * 86400000) {
@@ -318,7 +319,7 @@ const View = (() => {
     renderChannels,
     showError,
     hideError,
-    formatTime,
+    formatUntil,
     showNotice,
     hideNotice,
     focusPerson,

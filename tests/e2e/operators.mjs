@@ -181,9 +181,10 @@ async function secretsKept(page) {
 function frames(page, type) {
   return page.received.map((f) => JSON.parse(f)).filter((f) => f.type === type);
 }
-// The local time as the page would say it, in the page's locale.
+// The end `ts` as "14:05" in the page's locale, rounded up to the minute: when it is over.
 function hhmm(page, ts) {
-  return page.evaluate((t) => new Date(t).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }), ts);
+  const over = Math.ceil(ts / 60000) * 60000;
+  return page.evaluate((t) => new Date(t).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }), over);
 }
 
 let ann;
