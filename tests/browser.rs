@@ -146,8 +146,9 @@ fn browser_client_end_to_end() {
 /// and one a query would turn into a space (`+`).
 const ROOM_CODE: &str = "blue+harbour&42";
 const OPERATOR_TOKEN: &str = "op%7Hq!x9#z";
-/// How long the server waits for a room code, short so that the page's wait is seen.
-const LOCKED_FOR: Duration = Duration::from_secs(6);
+/// How long the server waits for a room code: short, so that the page's wait is seen, and
+/// long enough for a busy machine to type a wrong code and a right one within it.
+const LOCKED_FOR: Duration = Duration::from_secs(10);
 
 #[test]
 fn browser_client_in_a_locked_chat_with_operators() {

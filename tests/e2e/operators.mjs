@@ -34,7 +34,7 @@ if (!PAGE || !CODE || !TOKEN) {
 
 // The proxy's certificate (tests/deploy.rs) is the test's own.
 const browser = await launch(['--ignore-certificate-errors']);
-const stop = watchdog('operators.mjs', 85);
+const stop = watchdog('operators.mjs', 110);
 
 const pageErrors = [];
 let dialogs = 0;
@@ -48,14 +48,17 @@ function pageUrl(name, hash = '') {
 }
 
 // Each person in a browser context of their own (their own storage), as separate browsers.
-async function person(name, hash) {
+// `named: false`: no name in the query, as a first visit from an invite link; `clock: true`:
+// the page's clock is the test's, to move ahead (page.clock).
+async function person(name, hash, { named = true, clock = false } = {}) {
   const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1000, height: 700 } });
-  return openPage(context, name, pageUrl(name, hash));
+  return openPage(context, name, pageUrl(named ? name : '', hash), { clock });
 }
 
 // A page recording each socket's address and the frames it sent and received.
-async function openPage(context, name, url) {
+async function openPage(context, name, url, { clock = false } = {}) {
   const page = await context.newPage();
+  if (clock) await page.clock.install();
   page.person = name;
   page.sockets = [];
   page.sent = [];
@@ -219,8 +222,12 @@ try {
     await secretsKept(ann);
   });
 
-  await check('the invite link (#code=) lets in at once; the code leaves the address bar; a reload and a reconnect need no code', async () => {
-    ben = await person('Ben', `code=${encodeURIComponent(CODE)}`);
+  await check('the invite link (#code=), first visit: the name is asked, never the code; it leaves the address bar; a reload and a reconnect need no code', async () => {
+    ben = await person('Ben', `code=${encodeURIComponent(CODE)}`, { named: false });
+    await waitVisible(ben, '#name-dialog');
+    assert(!ben.url().includes('code='), `the address bar says ${ben.url()}`);
+    await ben.keyboard.type('Ben', { delay: 5 });
+    await ben.keyboard.press('Enter');
     await waitStatus(ben, CONNECTED);
     assert(!(await ben.locator('#code-dialog').isVisible()), 'the code was asked for');
     assert(!ben.url().includes('#') && !ben.url().includes('code='), `the address bar says ${ben.url()}`);
@@ -251,7 +258,7 @@ try {
   });
 
   await check('three wrong codes: the page says why (4003) and does not reconnect; Connect asks again', async () => {
-    cat = await person('Cat');
+    cat = await person('Cat', '', { clock: true });
     for (let i = 1; i <= 3; i += 1) {
       await waitVisible(cat, '#code-dialog');
       await cat.locator('#code-input').fill(`wrong-${i}`);
@@ -429,6 +436,17 @@ try {
     assert(!(await cat.locator('#error').isVisible()), `an error: ${await text(cat, '#error')}`);
   });
 
+  await check("a mute runs out by itself in the muted page: at its end the input is free again (the server's word stands)", async () => {
+    await cat.clock.fastForward(until - Date.now() + 1000); // the page's clock, past the end
+    await cat.waitForFunction(() => !document.getElementById('input').disabled, null, { timeout: WAIT });
+    assert(!(await cat.locator('#notice').isVisible()), 'the notice stays');
+    assert(!(await people(cat)).some((p) => p.includes('muted')), `Cat's list: ${await people(cat)}`);
+    // The server's clock has not moved: what Cat says is refused, and Cat is told so.
+    await cat.locator('#input').fill('Can I speak?');
+    await cat.locator('#input').press('Enter');
+    await waitError(cat, 'muted');
+  });
+
   await check('mute 0 lifts it: the input is free again and the muted can speak', async () => {
     await tabTo(olga, 'Mute Cat');
     await olga.keyboard.press('Enter');
@@ -436,8 +454,8 @@ try {
     await olga.keyboard.type('0');
     await olga.keyboard.press('Enter');
     await waitSystem(ann, 'Cat may speak again');
-    await cat.waitForFunction(() => !document.getElementById('input').disabled, null, { timeout: WAIT });
-    assert(!(await cat.locator('#notice').isVisible()), 'the notice stays');
+    await waitSystem(cat, 'An operator lifted your mute');
+    assert(!(await cat.locator('#input').isDisabled()), 'the input is not free');
     await cat.locator('#input').fill('Thank you');
     await cat.locator('#input').press('Enter');
     await ann
