@@ -15,13 +15,11 @@ const Connection = (() => {
   let backoff = BACKOFF_START_S;
   let retryTimer = null;
   let started = false; // connect() was called: we have a name to go in with
-  let stopped = false; // no retry until the person asks (see stop)
 
   // `asked`: the person asked for it (Connect, a room code typed): it goes ahead even where
   // Access would hold the page back by itself (a ban this browser remembers).
   function connect({ asked = false } = {}) {
     started = true;
-    stopped = false;
     clearTimeout(retryTimer);
     retryTimer = null;
     if (!asked && Access.holdBack()) return;
@@ -126,7 +124,6 @@ const Connection = (() => {
   // No more tries until the person asks: the heading says `status`, the notice `why`.
   function stop(status, why) {
     drop('not going in');
-    stopped = true;
     clearTimeout(retryTimer);
     retryTimer = null;
     View.setStatus(status, 'disconnected');
@@ -166,7 +163,6 @@ const Connection = (() => {
     send,
     sendHello,
     isConnected: () => connected,
-    isStopped: () => stopped,
     hasStarted: () => started,
     serverUrl: () => serverUrl,
   };
