@@ -8,6 +8,11 @@
 //!
 //! The script asks us to stop and restart the server over its stdout/stdin:
 //! it prints `STOP_SERVER` and we answer `SERVER_STOPPED`; `START_SERVER` → `SERVER_STARTED`.
+//!
+//! A second test runs `tests/e2e/operators.mjs` against a server with a room code and an
+//! operator token: the page in a locked chat, and operators removing people.
+
+mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -16,6 +21,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cyberchat::secret::Secret;
 use cyberchat::{Config, Server};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -134,6 +140,51 @@ fn browser_client_end_to_end() {
         status.is_some_and(|s| s.success()),
         "browser end-to-end test failed ({status:?}); its output:\n{transcript}"
     );
+}
+
+/// A room code and a token with the characters an invite link must percent-encode (`&`, `%`)
+/// and one a query would turn into a space (`+`).
+const ROOM_CODE: &str = "blue+harbour&42";
+const OPERATOR_TOKEN: &str = "op%7Hq!x9#z";
+/// How long the server waits for a room code: short, so that the page's wait is seen, and
+/// long enough for a busy machine to type a wrong code and a right one within it.
+const LOCKED_FOR: Duration = Duration::from_secs(10);
+
+#[test]
+fn browser_client_in_a_locked_chat_with_operators() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let server = common::start(|config| {
+        config.www_dir = root.join("www");
+        config.room_code = Some(Secret::parse(ROOM_CODE).unwrap());
+        config.operator_token = Some(Secret::parse(OPERATOR_TOKEN).unwrap());
+        config.locked_for = LOCKED_FOR;
+    });
+    let page = format!(
+        "{}?server=ws://{}/",
+        url_of_file(&root.join("www/client.html")),
+        server.local_addr()
+    );
+    common::chromium::run(
+        "browser_client_in_a_locked_chat_with_operators",
+        "operators.mjs",
+        &[
+            ("CYBERCHAT_PAGE", page),
+            ("CYBERCHAT_CODE", ROOM_CODE.into()),
+            ("CYBERCHAT_TOKEN", OPERATOR_TOKEN.into()),
+            ("CYBERCHAT_LOCKED_FOR_S", LOCKED_FOR.as_secs().to_string()),
+        ],
+    );
+}
+
+/// `file://` and the path, each of its parts percent-encoded.
+fn url_of_file(path: &Path) -> String {
+    let parts: Vec<String> = path
+        .display()
+        .to_string()
+        .split('/')
+        .map(common::percent_encode)
+        .collect();
+    format!("file://{}", parts.join("/"))
 }
 
 /// The node binary to run, or what is missing.

@@ -1,16 +1,20 @@
 //! The operator's files of `deploy/`, run for real: nginx and Caddy in front of the server (the
-//! browser page over https and wss, a class arriving at once, `/metrics` kept from the public,
-//! the client's address passed on, quiet sockets kept open), Prometheus scraping through its
-//! configuration, and the systemd unit, checked as far as a machine without a running systemd
-//! allows.
+//! browser page over https and wss, with a room code and operators too, a class arriving at
+//! once, a ban that refuses one client address behind the proxy, `/metrics` kept from the
+//! public, the client's address passed on, quiet sockets kept open), Prometheus scraping the
+//! server through its configuration, and the systemd unit, checked as far as a machine without
+//! a running systemd allows.
 //!
 //! Every program is started by the test itself, on free ports, from the file in `deploy/` with
 //! only the lines its header names rewritten (`tests/common/deploy.rs`). The server is the
-//! binary, started with the unit's own flags. Where a program is missing the test says
-//! SKIPPED and passes, except under `CI=true` (`.ci/run` installs them all).
+//! binary, started with the unit's own flags, and where a test needs the room code and the
+//! operator token, with the environment the unit reads (`deploy/cyberchat.env.example`, the
+//! test's own secrets in it). Where a program is missing the test says SKIPPED and passes,
+//! except under `CI=true` (`.ci/run` installs them all).
 
 mod common;
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -28,7 +32,9 @@ use common::process::ServerProcess;
 use common::prometheus::{Prometheus, promtool_check_metrics};
 use common::temp::TempDir;
 use common::tls::{Certificate, TlsClient, wss_over};
-use common::{DEADLINE, handshake, raw_http, status_and_body, tcp_from, upgrade_request};
+use common::{
+    Client, DEADLINE, eventually, handshake, raw_http, status_and_body, tcp_from, upgrade_request,
+};
 use cyberchat::capacity::budget::{ARRIVALS_BURST, ARRIVALS_PER_SECOND};
 use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket};
@@ -37,6 +43,19 @@ use tungstenite::{Message, WebSocket};
 const CLASS: usize = 400;
 /// What a client claims to be in `X-Forwarded-For` (a documentation address).
 const SPOOFED: &str = "203.0.113.9";
+/// One class arrives at a time: the tests run in parallel, and two classes at once are 800
+/// sockets through nginx and 800 threads of the test's, more than a busy machine answers
+/// within the deadline.
+static ONE_CLASS_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// The test's room code and operator token, in the environment the unit reads. With `+`, `&`,
+/// `%` and `#`, which an invite link's fragment must carry percent-encoded.
+const CODE: &str = "9f3a+c07&x";
+const TOKEN: &str = "op-2b7e%41#d9f0c4a1";
+/// The unit's environment file's variables, with the test's secrets.
+const SECRETS: [(&str, &str); 2] = [
+    ("CYBERCHAT_ROOM_CODE", CODE),
+    ("CYBERCHAT_OPERATOR_TOKEN", TOKEN),
+];
 
 // ---------------------------------------------------------------------------------------------
 // nginx
@@ -50,11 +69,24 @@ struct BehindNginx {
 }
 
 /// How a test's server differs from the unit's, beyond the test machine's port and
-/// directories: flags added after the unit's, and flags of the unit left out.
+/// directories: flags added after the unit's, flags of the unit left out, and the variables of
+/// the unit's environment file that it is given (none: no room code, no operator token).
 #[derive(Default)]
 struct Flags<'a> {
     add: &'a [&'a str],
     leave_out: &'a [&'a str],
+    env: &'a [(&'a str, &'a str)],
+}
+
+impl Flags<'static> {
+    /// The unit's own flags, with its environment file holding the test's secrets: a room
+    /// code and an operator token.
+    fn with_secrets() -> Self {
+        Flags {
+            env: &SECRETS,
+            ..Flags::default()
+        }
+    }
 }
 
 /// nginx in front of the unit's server (changed by `flags`), with `rewrites` of nginx's file
@@ -141,6 +173,9 @@ fn nginx_passes_the_upgrade_and_puts_the_real_client_address_last() {
 /// get in.
 #[test]
 fn nginx_a_class_of_400_without_trust_proxy_meets_the_limit_of_one_address() {
+    let _turn = ONE_CLASS_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let test = "nginx_a_class_of_400_without_trust_proxy_meets_the_limit_of_one_address";
     let untrusting = Flags {
         leave_out: &["--trust-proxy"],
@@ -180,6 +215,150 @@ fn nginx_a_class_of_400_without_trust_proxy_meets_the_limit_of_one_address() {
         "{} admitted: one address may arrive {most:.0} times in {took:.2} s",
         through.admitted
     );
+}
+
+/// With `--trust-proxy 127.0.0.1`, as the unit has it, the server takes each connection's
+/// client address from the entry nginx appends to `X-Forwarded-For`: a class arriving at once
+/// through nginx is as many addresses as people, as it is straight to the server, and every
+/// one gets in. The time it took is printed (`-- --nocapture`).
+#[test]
+fn nginx_a_class_of_400_with_the_units_trust_proxy_all_get_in() {
+    let _turn = ONE_CLASS_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let test = "nginx_a_class_of_400_with_the_units_trust_proxy_all_get_in";
+    let unit = deploy::unit_flags(&[]);
+    assert!(
+        unit.windows(2)
+            .any(|w| w[0] == "--trust-proxy" && w[1] == "127.0.0.1"),
+        "the unit trusts the proxy on its own machine: {unit:?}"
+    );
+    let Some(behind) = behind_nginx(test, Flags::default(), Vec::new()) else {
+        return;
+    };
+    let through = class_through(&behind.cert.client(), behind.nginx.https);
+    report("through nginx with --trust-proxy 127.0.0.1", &through);
+    assert_eq!(through.admitted, CLASS, "{through:?}");
+    // Each one known by their own address, not by nginx's.
+    let server = &behind.server;
+    eventually("the server names each person by their own address", || {
+        let log = server.log.lock().unwrap();
+        let named: HashSet<&str> = log
+            .iter()
+            .filter_map(|line| line.split_once(" connected from ")?.1.split_once(" (conn"))
+            .map(|(address, _)| address)
+            .collect();
+        (0..CLASS).all(|i| named.contains(class::address(i).to_string().as_str()))
+    });
+}
+
+/// An operator bans a person through nginx: that person's client address (which only nginx's
+/// `X-Forwarded-For` tells the server) is refused with 403 through nginx, whatever address the
+/// client claims, while people at other addresses stay in and newcomers from them get in.
+#[test]
+fn nginx_a_ban_refuses_that_client_address_and_no_other() {
+    let test = "nginx_a_ban_refuses_that_client_address_and_no_other";
+    let Some(behind) = behind_nginx(test, Flags::with_secrets(), Vec::new()) else {
+        return;
+    };
+    let (nginx, server) = (&behind.nginx, &behind.server);
+    let client = behind.cert.client();
+    let enter = |i: usize, name: &str, operator: bool| {
+        let path = format!("/?username={name}");
+        let mut ws = client
+            .wss_from(class::address(i), nginx.https, &path)
+            .expect("the socket opens through nginx");
+        assert_eq!(read_frame(&mut ws)["type"], "locked");
+        let mut hello = json!({"type": "hello", "code": CODE});
+        if operator {
+            hello["operator"] = TOKEN.into();
+        }
+        ws.send(Message::text(hello.to_string())).unwrap();
+        let welcome = next_of(&mut ws, "welcome");
+        // Absent for all but operators.
+        let marked = welcome["user"]["operator"].as_bool().unwrap_or(false);
+        assert_eq!(marked, operator, "{welcome}");
+        (ws, welcome["user"]["id"].as_str().unwrap().to_owned())
+    };
+    let (mut teacher, _) = enter(0, "Teacher", true);
+    let (mut pupil, pupil_id) = enter(1, "Pupil", false);
+    let (mut classmate, _) = enter(2, "Classmate", false);
+
+    let ban = json!({"type": "ban", "user": pupil_id, "minutes": 5, "reason": "abuse"});
+    teacher.send(Message::text(ban.to_string())).unwrap();
+    let kicked = next_of(&mut pupil, "kicked");
+    assert_eq!(kicked["reason"], "abuse");
+    let in_five_minutes = cyberchat::protocol::now_ms() + 5 * 60_000;
+    let until = kicked["until"].as_u64().expect("a ban says until when");
+    assert!(until.abs_diff(in_five_minutes) < 60_000, "{kicked}");
+    assert_eq!(close_code(&mut pupil), Some(4001));
+    let left = next_of(&mut classmate, "left");
+    assert_eq!(
+        (&left["user"]["id"], &left["kicked"]),
+        (&json!(pupil_id), &json!(true))
+    );
+
+    // Back through nginx from the banned address: refused, and told until when; a claim to be
+    // another address changes nothing (nginx appends the real one, which the server reads).
+    let claims: [&[(&str, &str)]; 2] = [&[], &[("X-Forwarded-For", "127.0.1.99")]];
+    for claim in claims {
+        let back = client.wss_from_with(class::address(1), nginx.https, "/?username=Pupil", claim);
+        match back {
+            Err(tungstenite::Error::Http(answer)) => {
+                assert_eq!(answer.status().as_u16(), 403, "{claim:?}");
+                let body = String::from_utf8_lossy(answer.body().as_deref().unwrap_or_default());
+                assert!(body.contains("banned") && body.contains("until"), "{body}");
+            }
+            other => panic!(
+                "the banned address, claiming {claim:?}, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+    assert!(
+        server
+            .logged(&format!(
+                "from {}: refused: banned until",
+                class::address(1)
+            ))
+            .is_some(),
+        "the server's log names the banned client's own address"
+    );
+    // Everyone else: a newcomer from another address enters, and those in stay in.
+    let (_newcomer, _) = enter(3, "Newcomer", false);
+    teacher
+        .send(Message::text(
+            json!({"type": "message", "text": "still here"}).to_string(),
+        ))
+        .unwrap();
+    assert_eq!(next_of(&mut classmate, "message")["text"], "still here");
+}
+
+#[test]
+fn nginx_the_page_in_a_locked_chat_with_operators_in_chromium() {
+    let test = "nginx_the_page_in_a_locked_chat_with_operators_in_chromium";
+    let Some(behind) = behind_nginx(test, Flags::with_secrets(), Vec::new()) else {
+        return;
+    };
+    let page = format!("{}/client.html", behind.nginx.origin());
+    let env = [
+        ("CYBERCHAT_PAGE", page),
+        ("CYBERCHAT_CODE", CODE.to_owned()),
+        ("CYBERCHAT_TOKEN", TOKEN.to_owned()),
+    ];
+    if common::chromium::run(test, "operators.mjs", &env).is_none() {
+        return;
+    }
+    // The invite link's secrets travelled in frames only: no request line held them.
+    let access_log = behind.nginx.access_log();
+    assert!(access_log.contains("GET /client.html"), "{access_log}");
+    for secret in [CODE, TOKEN] {
+        for spelling in [secret.to_owned(), common::percent_encode(secret)] {
+            assert!(!access_log.contains(&spelling), "nginx logged {spelling}");
+            let logged = behind.server.logged(&spelling);
+            assert!(logged.is_none(), "the server logged {logged:?}");
+        }
+    }
 }
 
 /// nginx closes a socket that stays silent for `proxy_read_timeout`; the server's pings keep a
@@ -305,8 +484,8 @@ const STAND_IN_METRICS: &str = "# HELP cyberchat_users_online People in the chat
 
 /// Checks the harness and `deploy/prometheus.yml`, not the server: a real Prometheus, started
 /// from the file, scrapes a stand-in `/metrics` (a listener in this test serving a fixed
-/// text) and the value comes back through Prometheus' query API. Pointed at the server's own
-/// `/metrics`, the same steps check the server.
+/// text), asking for `/metrics`, and the value comes back through Prometheus' query API. The
+/// next test points it at the server's own.
 #[test]
 fn prometheus_from_deploy_scrapes_metrics_and_answers_queries() {
     let test = "prometheus_from_deploy_scrapes_metrics_and_answers_queries";
@@ -329,6 +508,56 @@ fn prometheus_from_deploy_scrapes_metrics_and_answers_queries() {
             .all(|h| h.starts_with("GET /metrics HTTP/1.1\r\n")),
         "Prometheus asks for /metrics: {heads:?}"
     );
+}
+
+/// The real Prometheus, from `deploy/prometheus.yml`, scrapes the server's own `/metrics`, and
+/// `cyberchat_users_online` read back through Prometheus' query API is the number of people in
+/// the chat, and follows them as they leave: a connection still waiting for its room code is
+/// counted among the chat door's connections, never among the people. `promtool` finds
+/// nothing to say of the server's exposition, which holds neither the code nor the token.
+#[test]
+fn prometheus_from_deploy_reads_the_servers_own_users_online() {
+    let test = "prometheus_from_deploy_reads_the_servers_own_users_online";
+    let server = unit_server(
+        "https://chat.example.org",
+        &TempDir::new("data"),
+        Flags::with_secrets(),
+    );
+    const PEOPLE: usize = 5;
+    let mut people: Vec<Client> = (0..PEOPLE)
+        .map(|i| {
+            let mut person = common::connect(server.addr, &format!("/?username=p{i}"));
+            assert_eq!(person.recv()["type"], "locked");
+            person.send(json!({"type": "hello", "code": CODE}));
+            person.recv_type("welcome");
+            person
+        })
+        .collect();
+    let mut waiting = common::connect(server.addr, "/?username=Late");
+    assert_eq!(waiting.recv()["type"], "locked");
+
+    let exposition = common::get(server.addr, "/metrics").1;
+    let Some(checked) = promtool_check_metrics(test, &exposition) else {
+        return;
+    };
+    assert_eq!(checked, Ok(()), "promtool on the server's /metrics");
+    for secret in [CODE, TOKEN] {
+        assert!(!exposition.contains(secret), "/metrics holds a secret");
+    }
+    let Some(prometheus) = Prometheus::start(test, server.addr) else {
+        return;
+    };
+    let within = Duration::from_secs(15);
+    prometheus.value_becomes("up{job=\"cyberchat\"}", 1.0, within);
+    let online = "cyberchat_users_online{job=\"cyberchat\"}";
+    prometheus.value_becomes(online, PEOPLE as f64, within);
+    let chat_door = "cyberchat_connections{door=\"chat\",job=\"cyberchat\"}";
+    prometheus.value_becomes(chat_door, (PEOPLE + 1) as f64, within);
+    people.truncate(PEOPLE - 2);
+    prometheus.value_becomes(online, (PEOPLE - 2) as f64, within);
+    drop(waiting);
+    drop(people);
+    prometheus.value_becomes(online, 0.0, within);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -409,12 +638,17 @@ fn unit_server(origin: &str, data: &TempDir, flags: Flags) -> ServerProcess {
     ];
     replace.extend(flags.leave_out.iter().map(|flag| (*flag, None)));
     let unit = deploy::unit_flags(&replace);
+    let env = match flags.env {
+        [] => Vec::new(),
+        values => deploy::unit_environment(values),
+    };
+    let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     let flags: Vec<&str> = unit
         .iter()
         .map(String::as_str)
         .chain(flags.add.iter().copied())
         .collect();
-    ServerProcess::start(&flags, &[], None)
+    ServerProcess::start(&flags, &env, None)
 }
 
 /// A class of [`CLASS`] opening the chat at once through the TLS proxy at `proxy`, each from
@@ -604,4 +838,29 @@ fn say<S: Read + Write>(ws: &mut WebSocket<S>, text: &str) -> Value {
             return frame;
         }
     }
+}
+
+/// Skips frames until one of type `kind`.
+fn next_of<S: Read + Write>(ws: &mut WebSocket<S>, kind: &str) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        assert!(Instant::now() < deadline, "no {kind} within {DEADLINE:?}");
+        let frame = read_frame(ws);
+        if frame["type"] == kind {
+            return frame;
+        }
+    }
+}
+
+/// Reads until the server's close frame: its code (`None`: the stream ended without one).
+fn close_code<S: Read + Write>(ws: &mut WebSocket<S>) -> Option<u16> {
+    let deadline = Instant::now() + DEADLINE;
+    while Instant::now() < deadline {
+        match ws.read() {
+            Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
 }

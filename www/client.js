@@ -148,6 +148,7 @@
   Attention.initNotifications();
   View.renderUsers();
   View.renderChannels();
+  Access.showOperator();
   // While connected, this window holds its name against the browser's other windows.
   setInterval(() => {
     if (Room.me && Connection.isConnected()) Settings.markNameInUse(Room.me.username);

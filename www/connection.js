@@ -1,4 +1,6 @@
 // Connection: the WebSocket: connects with our name and channel, reconnects with backoff, sends.
+// It never reconnects by itself once an operator removed us (4001) or the server refused us
+// (4003): Access says so, and the person's Connect starts again.
 'use strict';
 
 const Connection = (() => {
@@ -14,10 +16,14 @@ const Connection = (() => {
   let retryTimer = null;
   let started = false; // connect() was called: we have a name to go in with
 
-  function connect() {
+  // `asked`: the person asked for it (Connect, a room code typed): it goes ahead even where
+  // Access would hold the page back by itself (a ban this browser remembers).
+  function connect({ asked = false } = {}) {
     started = true;
     clearTimeout(retryTimer);
     retryTimer = null;
+    if (!asked && Access.holdBack()) return;
+    Access.onConnecting();
     View.setStatus('Connecting…', 'connecting');
 
     // Name and channel travel in the query, so after a reconnect we are back where we were.
@@ -41,7 +47,11 @@ const Connection = (() => {
     const handshakeTimer = setTimeout(() => {
       if (socket.readyState === WebSocket.CONNECTING) socket.close();
     }, HANDSHAKE_TIMEOUT_MS);
-    socket.addEventListener('open', () => clearTimeout(handshakeTimer));
+    let opened = false; // the server answered the handshake with its 101
+    socket.addEventListener('open', () => {
+      opened = true;
+      clearTimeout(handshakeTimer);
+    });
 
     socket.addEventListener('message', (event) => {
       if (socket !== ws) return; // a late frame from a socket we already gave up
@@ -54,13 +64,24 @@ const Connection = (() => {
       if (frame && typeof frame.type === 'string') Frames.handle(frame);
     });
 
-    socket.addEventListener('close', () => {
+    socket.addEventListener('close', (event) => {
       clearTimeout(handshakeTimer);
       if (socket !== ws) return; // we closed it on purpose (e.g. the address changed)
       ws = null;
       connected = false;
       Typing.reset();
       Cursors.clear();
+      Moderation.reset(); // a mute ends with its connection
+      if (Access.onClosed(event.code, event.reason, opened)) return; // it said why, and we stop
+      // A refused handshake reaches a browser as a bare 1006: it cannot tell a server that is
+      // down from one that refuses this address, and says so.
+      if (!opened) {
+        View.showNotice(
+          'Cannot reach the chat at ' + serverUrl + '. Either it is down, or it refuses this ' +
+            'page (a ban by an operator, or an origin it does not allow): a browser is not told which. ' +
+            'This page keeps trying.',
+        );
+      }
       scheduleReconnect();
     });
     // An `error` event is always followed by `close`, which does the work.
@@ -91,18 +112,32 @@ const Connection = (() => {
   }
 
   // Drop the current socket (without triggering a retry) and connect to `url` right away;
-  // before the first connect (no name yet), only remember it.
+  // before the first connect (no name yet), only remember it. The person asked for it.
   function changeServer(url) {
     serverUrl = url;
     if (!started) return;
+    drop('changing server');
+    backoff = BACKOFF_START_S;
+    connect({ asked: true });
+  }
+
+  // No more tries until the person asks: the heading says `status`, the notice `why`.
+  function stop(status, why) {
+    drop('not going in');
+    clearTimeout(retryTimer);
+    retryTimer = null;
+    View.setStatus(status, 'disconnected');
+    View.showNotice(why);
+  }
+
+  // Closes the current socket, if any, without its close scheduling a retry.
+  function drop(reason) {
     const old = ws;
     ws = null;
     connected = false;
-    if (old) old.close(1000, 'changing server');
-    backoff = BACKOFF_START_S;
+    if (old) old.close(1000, reason);
     Typing.reset();
     Cursors.clear();
-    connect();
   }
 
   // False (and nothing sent) unless we are connected and welcomed.
@@ -112,11 +147,21 @@ const Connection = (() => {
     return true;
   }
 
+  // A `hello` (the room code, the operator token) goes as soon as the socket is open: a locked
+  // connection has had no welcome. False if there is no open socket.
+  function sendHello(frame) {
+    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+    ws.send(JSON.stringify(frame));
+    return true;
+  }
+
   return {
     connect,
     changeServer,
+    stop,
     welcomed,
     send,
+    sendHello,
     isConnected: () => connected,
     hasStarted: () => started,
     serverUrl: () => serverUrl,

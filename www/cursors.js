@@ -20,7 +20,7 @@ const Cursors = (() => {
       clearTimeout(timer);
       timer = null;
       pending = null;
-      Connection.send({ type: 'state', state: {} });
+      if (!Room.isMuted()) Connection.send({ type: 'state', state: {} });
       clear();
     }
   }
@@ -29,7 +29,7 @@ const Cursors = (() => {
   // position when the interval is over. Positions are fractions of the viewport, so people
   // with different window sizes see the pointer at the same relative place.
   function onPointerMove(event) {
-    if (!on) return;
+    if (!on || Room.isMuted()) return; // a muted pointer would only be refused
     pending = {
       x: Math.round((event.clientX / window.innerWidth) * 10000) / 10000,
       y: Math.round((event.clientY / window.innerHeight) * 10000) / 10000,

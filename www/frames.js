@@ -31,7 +31,11 @@ const Frames = (() => {
         }
         View.renderUsers();
         updateChannelCount(f.channel, f.count);
-        View.addSystem(f.text || Room.displayName(f.user) + ' has left the chat');
+        View.addSystem(
+          f.kicked === true
+            ? Room.displayName(f.user) + ' was removed by an operator'
+            : f.text || Room.displayName(f.user) + ' has left the chat',
+        );
         break;
       case 'renamed':
         onRenamed(f);
@@ -50,7 +54,20 @@ const Frames = (() => {
         View.renderChannels();
         break;
       case 'error':
-        View.showError(f.message || f.code || 'Something went wrong', f.code);
+        if (!Access.onError(f)) View.showError(f.message || f.code || 'Something went wrong', f.code);
+        break;
+      // Who may enter, and operators.
+      case 'locked':
+        Access.onLocked();
+        break;
+      case 'operator':
+        onOperator(f);
+        break;
+      case 'muted':
+        Moderation.onMuted(f);
+        break;
+      case 'kicked':
+        Access.onKicked(f);
         break;
       default:
         // Unknown frame types are ignored: the protocol may grow new ones.
@@ -61,7 +78,9 @@ const Frames = (() => {
   // The first frame on every connection, and again after each join: who we are, where,
   // with whom, and the channel's recent history.
   function onWelcome(f) {
+    const first = !Connection.isConnected(); // the first of this socket, not after a join
     Connection.welcomed();
+    if (first) Moderation.reset();
 
     Room.me = f.user;
     Room.myIds.add(f.user.id);
@@ -88,6 +107,7 @@ const Frames = (() => {
     View.showChannel(f.channel);
     View.renderUsers();
     View.renderChannels();
+    Access.onWelcome(f, first);
 
     // The channel list with counts is only sent on request (or when channels come and go).
     Connection.send({ type: 'channels' });
@@ -110,6 +130,21 @@ const Frames = (() => {
     Typing.renamed(f.user);
     Cursors.draw(f.user.id);
     View.addSystem(f.text || f.old + ' is now known as ' + f.user.username);
+  }
+
+  // `operator`: someone in our channel, maybe us, holds the operator token now.
+  function onOperator(f) {
+    if (!f.user) return;
+    const u = Room.users.get(f.user.id);
+    if (u) u.operator = true;
+    if (Room.isMe(f.user.id)) {
+      Room.me.operator = true;
+      Access.showOperator();
+      View.addSystem('You are an operator now: each person in the list has Kick, Mute and Ban');
+    } else {
+      View.addSystem(Room.displayName(f.user) + ' is an operator now');
+    }
+    View.renderUsers();
   }
 
   // Where a message from someone else says "@" and our name (our own never count).

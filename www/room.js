@@ -6,15 +6,20 @@ const Room = {
   // changes when they pick another one, never to a guest name the server handed out.
   wantedName: Settings.name,
   channel: Settings.channel,
-  me: null, // { id, username } from the last welcome
+  me: null, // { id, username, operator? } from the last welcome
   myIds: new Set(), // every id we had in this page: own messages stay "own" after a reconnect
-  users: new Map(), // id -> { id, username, state } for the current channel
+  users: new Map(), // id -> { id, username, operator?, state, mutedUntil? } in our channel
   channelList: [], // [{ name, count }] from the last `channels` frame
+  mutedUntil: 0, // an operator muted us until this `ts` (0: never, or lifted)
 
   // The name to connect with. Someone who never chose one keeps the guest name they had, so
   // after a reconnect we are back as who we were.
   nameForQuery() {
     return Room.wantedName || (Room.me && Room.me.username) || '';
+  },
+
+  isMuted() {
+    return Room.mutedUntil > Date.now();
   },
 
   isMe(id) {

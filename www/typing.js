@@ -63,9 +63,10 @@ const Typing = (() => {
       stop();
     }
   }
+  // Muted, we say nothing, not even that we stopped: the server would refuse it.
   function stop() {
     clearTimeout(idleTimer);
-    if (amTyping) Connection.send({ type: 'typing', typing: false });
+    if (amTyping && !Room.isMuted()) Connection.send({ type: 'typing', typing: false });
     amTyping = false;
   }
 

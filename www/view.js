@@ -1,4 +1,5 @@
-// View: draws the page (status, messages, people, channels, name, errors) as text, never as HTML.
+// View: draws the page (status, messages, people, channels, name, notices, errors) as text, never
+// as HTML.
 //
 // Golden rule of the client: text that came from the network is NEVER inserted as HTML.
 // We only ever use textContent and createElement, so a message like
@@ -23,6 +24,8 @@ const View = (() => {
     channelTitle: $('channel-title'),
     messages: $('messages'),
     error: $('error'),
+    notice: $('notice'),
+    input: $('input'),
   };
 
   const STATUS_KINDS = ['connected', 'connecting', 'disconnected', 'waiting'];
@@ -162,7 +165,11 @@ const View = (() => {
     el.usersChannel.textContent = '#' + channel;
   }
 
+  // Each person: a dot, the name, "operator" for an operator (a word, not a colour), "muted
+  // until" while muted, "(you)", and for an operator the kick, mute and ban buttons. The list
+  // is drawn anew on every change: a button that had the focus gives it to its successor.
   function renderUsers() {
+    const focus = focusedAction();
     const list = [...Room.users.values()].sort((a, b) =>
       a.username.localeCompare(b.username, undefined, { sensitivity: 'base' }),
     );
@@ -178,6 +185,9 @@ const View = (() => {
         name.className = 'name';
         name.textContent = u.username;
         li.append(dot, name);
+        if (u.operator) li.append(tag('role', 'operator'));
+        const muted = Moderation.mutedUntil(u);
+        if (muted) li.append(tag('muted-tag', 'muted until ' + formatUntil(muted)));
         if (Room.isMe(u.id)) {
           li.classList.add('me');
           const you = document.createElement('span');
@@ -185,11 +195,42 @@ const View = (() => {
           you.textContent = ' (you)';
           li.append(you);
         }
+        const controls = Moderation.controlsFor(u);
+        if (controls) li.append(controls);
         return li;
       }),
     );
     el.userCount.textContent = String(Room.users.size);
     el.sidebarToggle.textContent = 'People (' + Room.users.size + ') & channels';
+    if (focus) focusPerson(focus.id, focus.action, focus.index);
+  }
+
+  function tag(className, text) {
+    const t = document.createElement('span');
+    t.className = 'tag ' + className;
+    t.textContent = text;
+    return t;
+  }
+
+  // The person's button the focus is on, if it is in the list.
+  function focusedAction() {
+    const b = document.activeElement;
+    if (!b || !el.users.contains(b) || !b.dataset.action) return null;
+    const li = b.closest('li');
+    return { id: li.dataset.id, action: b.dataset.action, index: [...el.users.children].indexOf(li) };
+  }
+
+  // Focus `action`'s button on the person `id`; if they are gone, on the one who took their
+  // place in the list (`index`), else the message box: the keyboard is never left nowhere.
+  function focusPerson(id, action, index = -1) {
+    const selector = 'button[data-action="' + CSS.escape(action) + '"]';
+    const row = el.users.querySelector('li[data-id="' + CSS.escape(id) + '"]');
+    const buttons = [...el.users.querySelectorAll(selector)];
+    const mine = row && row.querySelector(selector);
+    const next =
+      mine || buttons.find((b) => [...el.users.children].indexOf(b.closest('li')) >= index) || buttons.at(-1);
+    if (next) next.focus();
+    else if (!el.input.disabled) el.input.focus();
   }
 
   function renderChannels() {
@@ -223,7 +264,30 @@ const View = (() => {
     );
   }
 
-  // ---- Errors, shown next to the input ----
+  // ---- Times, notices and errors ----
+
+  // An end (a mute's, a ban's) for a person: "14:05" today, "Tue 14:05" within the week, else
+  // a date too. Rounded up to the minute: at the time shown, it is over.
+  function formatUntil(ts) {
+    const when = new Date(Math.ceil(ts / 60000) * 60000);
+    const hm = { hour: '2-digit', minute: '2-digit' };
+    if (when.toDateString() === new Date().toDateString()) return when.toLocaleTimeString([], hm);
+    if (Math.abs(when - Date.now()) < 6 * 86400000) {
+      return when.toLocaleString([], { weekday: 'short', ...hm });
+    }
+    return when.toLocaleString([], { dateStyle: 'medium', timeStyle: 'short' });
+  }
+
+  // What stays said until it changes (removed, refused, muted), unlike an error.
+  function showNotice(text) {
+    el.notice.textContent = text;
+    el.notice.hidden = false;
+  }
+  function hideNotice() {
+    el.notice.hidden = true;
+    el.notice.textContent = '';
+  }
+
 
   function showError(text, code) {
     el.error.textContent = text;
@@ -255,5 +319,9 @@ const View = (() => {
     renderChannels,
     showError,
     hideError,
+    formatUntil,
+    showNotice,
+    hideNotice,
+    focusPerson,
   };
 })();

@@ -12,7 +12,7 @@ use super::outside;
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 /// However the browser misbehaves, a script ends within this.
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 const INSTALL: &str = "apt-get install -y chromium nodejs npm && npm ci --prefix tests/e2e";
 
 /// Runs `node tests/e2e/{script}` with `env` (and `CHROMIUM`); its output, or `None` (after

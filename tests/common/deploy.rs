@@ -139,3 +139,36 @@ pub fn unit_flags(replace: &[(&str, Option<&str>)]) -> Vec<String> {
     }
     out
 }
+
+/// The environment `deploy/cyberchat.service` gives the server (`EnvironmentFile=`, installed
+/// from `deploy/cyberchat.env.example`), each variable with the value `values` gives it: the
+/// test's own secrets in place of the example's.
+///
+/// # Panics
+/// When a variable in `values` is not set in the file (commented out, or misspelt), or the
+/// file sets one that `values` does not name: the unit and the test must not drift apart.
+pub fn unit_environment(values: &[(&str, &str)]) -> Vec<(String, String)> {
+    let text = read("cyberchat.env.example");
+    let set: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(name, _)| name.trim()))
+        .collect();
+    for name in &set {
+        assert!(
+            values.iter().any(|(n, _)| n == name),
+            "deploy/cyberchat.env.example sets {name}, which the test gives no value"
+        );
+    }
+    values
+        .iter()
+        .map(|(name, value)| {
+            assert!(
+                set.contains(name),
+                "deploy/cyberchat.env.example does not set {name}"
+            );
+            (name.to_string(), value.to_string())
+        })
+        .collect()
+}

@@ -297,6 +297,19 @@ pub fn status_and_body(answer: &str) -> (u16, String) {
     (status, body)
 }
 
+/// `text` with every byte but letters, digits and `-._~` written `%XX`: as a URL's query value
+/// or fragment must carry it.
+pub fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// `GET /stats` as JSON.
 pub fn stats(addr: SocketAddr) -> Value {
     let (status, body) = get(addr, "/stats");

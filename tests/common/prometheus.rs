@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::deploy::{self, Rewrite};
 use super::temp::TempDir;
-use super::{DEADLINE, outside, status_and_body};
+use super::{DEADLINE, outside, percent_encode, status_and_body};
 
 /// A running Prometheus; stopped when dropped.
 pub struct Prometheus {
@@ -100,6 +100,24 @@ impl Prometheus {
         }
     }
 
+    /// Waits until the instant query `expr` (one series) answers `expected`, as Prometheus
+    /// scrapes every second.
+    ///
+    /// # Panics
+    /// When it does not within `within`, with the last value it answered.
+    pub fn value_becomes(&self, expr: &str, expected: f64, within: Duration) {
+        let deadline = Instant::now() + within;
+        let mut last = self.value(expr, within);
+        while last != expected {
+            assert!(
+                Instant::now() < deadline,
+                "{expr}: {last}, not {expected}, after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            last = self.value(expr, within);
+        }
+    }
+
     /// The instant query `expr` through `/api/v1/query`, as JSON.
     pub fn query(&self, expr: &str) -> Value {
         let (status, body) = self.get(&format!("/api/v1/query?query={}", percent_encode(expr)));
@@ -140,18 +158,6 @@ impl Drop for Prometheus {
             eprintln!("prometheus's log:\n{}", self.log());
         }
     }
-}
-
-/// `text` as a URL query value: letters, digits and `-._~` as they are, the rest `%XX`.
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// What `promtool check metrics` says of `exposition` (Prometheus' text format): `Ok` when

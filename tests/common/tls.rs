@@ -184,6 +184,21 @@ impl TlsClient {
     ) -> Result<WebSocket<TlsStream>, tungstenite::Error> {
         wss_over(self.connect_from(from, addr)?, path_and_query)
     }
+
+    /// Like [`TlsClient::wss_from`], with `headers` added to the request (what a client may
+    /// claim, such as its own `X-Forwarded-For`).
+    ///
+    /// # Errors
+    /// As [`TlsClient::wss_from`].
+    pub fn wss_from_with(
+        &self,
+        from: Ipv4Addr,
+        addr: SocketAddr,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<WebSocket<TlsStream>, tungstenite::Error> {
+        wss_over_with(self.connect_from(from, addr)?, path_and_query, headers)
+    }
 }
 
 /// The WebSocket handshake (`wss://localhost:PORT{path_and_query}`) on a TLS connection.
@@ -194,8 +209,24 @@ pub fn wss_over(
     stream: TlsStream,
     path_and_query: &str,
 ) -> Result<WebSocket<TlsStream>, tungstenite::Error> {
+    wss_over_with(stream, path_and_query, &[])
+}
+
+/// Like [`wss_over`], with `headers` added to the request.
+fn wss_over_with(
+    stream: TlsStream,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> Result<WebSocket<TlsStream>, tungstenite::Error> {
     let port = stream.sock.peer_addr()?.port();
-    let request = format!("wss://{HOST}:{port}{path_and_query}").into_client_request()?;
+    let mut request = format!("wss://{HOST}:{port}{path_and_query}").into_client_request()?;
+    for (name, value) in headers {
+        let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+            .expect("a valid header name");
+        request
+            .headers_mut()
+            .insert(name, value.parse().expect("a valid header value"));
+    }
     let (ws, _) = tungstenite::client(request, stream).map_err(|e| match e {
         tungstenite::HandshakeError::Failure(e) => e,
         tungstenite::HandshakeError::Interrupted(_) => panic!("blocking handshake interrupted"),

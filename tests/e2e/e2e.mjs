@@ -15,11 +15,11 @@
 // Output: one "ok - name" or "FAIL - name" line per check, then "N passed, N failed".
 // Exit status: 0 only if every check passed.
 
-import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { assert, check, finish, launch, watchdog } from './harness.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '..', '..');
@@ -28,7 +28,6 @@ const SCREENSHOT = path.join(ROOT, 'target', 'e2e-screenshot.png');
 const SERVER = process.env.CYBERCHAT_URL || 'ws://127.0.0.1:1337/';
 // The same server over plain HTTP, to check the page it serves itself.
 const HTTP = SERVER.replace(/^ws/, 'http');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const RESTART = process.env.CYBERCHAT_NO_RESTART !== '1';
 // The server keeps history across restarts only with a data dir; the runner tells us.
 const PERSISTENT = process.env.CYBERCHAT_PERSISTENT === '1';
@@ -36,28 +35,6 @@ const PERSISTENT = process.env.CYBERCHAT_PERSISTENT === '1';
 const WAIT = 5000; // deadline for anything that should happen "at once"
 const CONNECTED = 'Connected to Cyber Chat';
 const XSS = '<img src=x onerror=alert(1)>';
-
-// ---- tiny test harness ---------------------------------------------------------------
-
-let passed = 0;
-let failed = 0;
-
-async function check(name, fn) {
-  const started = Date.now();
-  try {
-    await fn();
-    passed += 1;
-    console.log(`ok - ${name} (${Date.now() - started} ms)`);
-  } catch (err) {
-    failed += 1;
-    const msg = String((err && err.message) || err).split('\n').slice(0, 6).join('\n    ');
-    console.log(`FAIL - ${name}\n    ${msg}`);
-  }
-}
-
-function assert(cond, message) {
-  if (!cond) throw new Error(message);
-}
 
 // ---- stdin lines from the runner -----------------------------------------------------
 
@@ -248,28 +225,10 @@ async function hasClass(locator, name) {
 
 // ---- the checks ----------------------------------------------------------------------
 
-// Playwright gives the browser a fresh, temporary profile (user-data-dir) of its own and
-// deletes it on close; each person below also gets an isolated context.
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  headless: true,
-  args: [
-    '--headless',
-    '--no-sandbox',
-    '--disable-gpu',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--disable-quic',
-  ],
-});
-
+// Each person below gets an isolated browser context of their own.
+const browser = await launch(['--disable-quic']);
 // A hard stop for the whole script, in case something hangs outside a check's deadline.
-const watchdog = setTimeout(() => {
-  console.log('FAIL - e2e script took more than 90 s, giving up');
-  process.exit(1);
-}, 90000);
+const stop = watchdog('the e2e script', 90);
 
 let alice;
 let bob;
@@ -772,7 +731,7 @@ try {
     assert(dialogs === 0, `${dialogs} dialog(s) fired`);
   });
 } finally {
-  clearTimeout(watchdog);
+  clearTimeout(stop);
   await browser.close().catch(() => {});
   rl.close();
 }
@@ -794,5 +753,4 @@ async function screenshotSideBySide(left, right) {
   }
 }
 
-console.log(`e2e: ${passed} passed, ${failed} failed`);
-process.exit(failed === 0 ? 0 : 1);
+finish('e2e: ');

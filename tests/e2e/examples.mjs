@@ -10,33 +10,20 @@
 // CYBERCHAT_NOT_YET lists (one a line) the parts the runner expects not to work: those are
 // given a short wait, since what works here works at once, and the run stays quick.
 
-import { chromium } from 'playwright-core';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { launch } from './harness.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const CLIENT = pathToFileURL(path.join(HERE, '..', '..', 'www', 'client.html')).href;
 const SERVER = process.env.CYBERCHAT_URL || 'ws://127.0.0.1:1337/';
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const WAIT = 5000; // what works here works at once: a part that takes longer does not work
 const NOT_YET_WAIT = 1000;
 const notYet = new Set((process.env.CYBERCHAT_NOT_YET || '').split('\n').filter(Boolean));
 let wait = WAIT; // for the part being tried
 const CONNECTED = 'Connected to Cyber Chat';
 
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  headless: true,
-  args: [
-    '--headless',
-    '--no-sandbox',
-    '--disable-gpu',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-  ],
-});
+const browser = await launch();
 const watchdog = setTimeout(() => {
   console.log('fails - the whole run: more than 60 s');
   process.exit(1);

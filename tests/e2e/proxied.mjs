@@ -8,10 +8,9 @@
 // Output: one "ok - name" or "FAIL - name" line per check, then "N passed, N failed".
 // Exit status: 0 only if every check passed.
 
-import { chromium } from 'playwright-core';
+import { assert, check, finish, launch, watchdog } from './harness.mjs';
 
 const PAGE = process.env.CYBERCHAT_PAGE;
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const WAIT = 10000; // through a proxy, on a busy machine: generous, never slept
 const CONNECTED = 'Connected to Cyber Chat';
 if (!PAGE) {
@@ -21,31 +20,8 @@ if (!PAGE) {
 const expectedSocket = new URL('/', PAGE);
 expectedSocket.protocol = 'wss:';
 
-let passed = 0;
-let failed = 0;
-async function check(name, fn) {
-  try {
-    await fn();
-    passed += 1;
-    console.log(`ok - ${name}`);
-  } catch (err) {
-    failed += 1;
-    console.log(`FAIL - ${name}\n    ${String((err && err.message) || err).split('\n')[0]}`);
-  }
-}
-function assert(cond, message) {
-  if (!cond) throw new Error(message);
-}
-
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--ignore-certificate-errors'],
-});
-const watchdog = setTimeout(() => {
-  console.log('FAIL - proxied.mjs took more than 60 s, giving up');
-  process.exit(1);
-}, 60000);
+const browser = await launch(['--ignore-certificate-errors']);
+const stop = watchdog('proxied.mjs', 60);
 
 // Each person in a browser context of their own, as two browsers; page.sockets lists the
 // address of every WebSocket the page opened, and page.failures what it could not load.
@@ -104,8 +80,7 @@ try {
     assert(failures.length === 0, failures.join('; '));
   });
 } finally {
-  clearTimeout(watchdog);
+  clearTimeout(stop);
   await browser.close();
 }
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(failed === 0 && passed > 0 ? 0 : 1);
+finish();

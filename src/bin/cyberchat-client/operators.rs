@@ -23,7 +23,7 @@ impl Session {
             .unwrap_or("this chat needs a room code");
         match self.code.clone() {
             Some(code) => {
-                self.note(&format!("* {text}: giving the code from --code"));
+                self.note(&format!("* {text}: giving the room code"));
                 self.hello(Some(&code));
             }
             None => self.note(&format!("* {text}: type /code CODE")),

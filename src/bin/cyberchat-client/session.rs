@@ -43,7 +43,7 @@ pub struct Session {
     pub room: Room,
     /// Set once we have sent our close frame: how long we still wait for the reply.
     pub quitting: Option<Instant>,
-    /// The room code to give when the chat is locked (`--code`).
+    /// The room code to give when the chat is locked (`--code`, or the last `/code`).
     pub code: Option<String>,
     /// The operator token to give (`--operator`, `/op`).
     pub operator: Option<String>,
@@ -189,7 +189,11 @@ impl Session {
             (Some("send"), "") => self.note("! usage: /send JSON"),
             (Some("send"), frame) => self.send(Message::text(frame)),
             (Some("code"), "") => self.note("! usage: /code CODE"),
-            (Some("code"), code) => self.hello(Some(code)),
+            (Some("code"), code) => {
+                // Kept, so that a reconnect into the locked chat gives it again.
+                self.code = Some(code.to_owned());
+                self.hello(Some(code));
+            }
             (Some("op"), "") => self.note("! usage: /op TOKEN"),
             (Some("op"), token) => {
                 self.operator = Some(token.to_owned());
@@ -274,6 +278,10 @@ impl Session {
             "joined" => {
                 let ours = format!("{} has joined the chat", username(&frame));
                 say(&format!("* {}", told(&frame, ours)));
+            }
+            // The server's text for a kick is the plain "has left"; the flag says more.
+            "left" if frame["kicked"] == true => {
+                say(&format!("* {} was removed by an operator", username(&frame)));
             }
             "left" => {
                 let ours = format!("{} has left the chat", username(&frame));
