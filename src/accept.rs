@@ -3,6 +3,7 @@
 //! or refuses it with a 503 written without waiting. It never waits on a client.
 
 use std::fs::File;
+use std::io::ErrorKind;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub fn run(listener: &TcpListener, context: &Arc<Context>) {
     loop {
         let (stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
+            // Stopped and resumed (Ctrl-Z and `fg`): nothing failed, so nothing is logged.
+            Err(err) if err.kind() == ErrorKind::Interrupted => continue,
             Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                 drop(reserve.take());
                 if let Ok((stream, _)) = listener.accept() {

@@ -196,7 +196,7 @@ impl Read for ReadOnly<'_> {
             self.socket.set_read_timeout(Some(left))?;
             self.keepalive.armed = left;
         }
-        let read = self.socket.read(buf)?;
+        let read = read_on(self.socket, buf)?;
         self.keepalive.read_since_message += read;
         if self.keepalive.read_since_message > self.keepalive.max_read_since_message {
             return Err(io::Error::other("too many bytes without a whole message"));
@@ -370,7 +370,7 @@ fn classify(err: Error) -> Ended {
 /// not turn our close into a reset; or until [`DRAIN_LIMIT`] bytes once the close is out and
 /// the peer has acknowledged all we sent (a reset then loses nothing), or
 /// [`DRAIN_LIMIT_UNDELIVERED`] bytes whatever it has received.
-fn drain(mut socket: &TcpStream, deadline: Instant, close_sent: impl Fn() -> bool) {
+fn drain(socket: &TcpStream, deadline: Instant, close_sent: impl Fn() -> bool) {
     let mut scratch = [0u8; 1024];
     let mut drained = 0;
     while drained < DRAIN_LIMIT_UNDELIVERED {
@@ -381,9 +381,22 @@ fn drain(mut socket: &TcpStream, deadline: Instant, close_sent: impl Fn() -> boo
         if left.is_zero() || socket.set_read_timeout(Some(left)).is_err() {
             return;
         }
-        match socket.read(&mut scratch) {
+        match read_on(socket, &mut scratch) {
             Ok(0) | Err(_) => return,
             Ok(n) => drained += n,
+        }
+    }
+}
+
+/// One `read` that a stop signal cannot end. A socket with a read timeout (every one here has
+/// one) fails with `EINTR` when the process is stopped and resumed, even with no signal
+/// handler (see signal(7)): a Ctrl-Z and `fg`, a debugger attaching, a frozen container. That
+/// is no reason to drop the client, so the read is simply made again.
+fn read_on(mut socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match socket.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            read => return read,
         }
     }
 }
