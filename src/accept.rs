@@ -15,7 +15,7 @@ use log::{error, warn};
 
 use crate::capacity::{Handshake, READER_STACK};
 use crate::connection::ConnId;
-use crate::connection::socket::{read_without_waiting, send_without_waiting};
+use crate::connection::socket::{fix_buffers, read_without_waiting, send_without_waiting};
 use crate::doors::{self, Context};
 use crate::throttle::Throttle;
 
@@ -106,6 +106,8 @@ fn spawn_connection(
 ) {
     // Chat frames are small and latency matters: never let Nagle hold one back.
     let _ = socket.set_nodelay(true);
+    // And the kernel holds no more for one client than it needs (see `SEND_BUFFER`).
+    fix_buffers(&socket);
     let thread_socket = Arc::clone(&socket);
     let thread_context = Arc::clone(context);
     let spawned = thread::Builder::new()

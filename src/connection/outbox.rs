@@ -27,7 +27,7 @@ use log::debug;
 use tungstenite::Bytes;
 
 use super::queue::{OutboundQueue, Pen, Pushed};
-use super::socket::send_without_waiting;
+use super::socket::{Watch, abort, send_slices_without_waiting, send_without_waiting};
 use super::writer;
 #[cfg(doc)]
 use super::{BEHIND, MAX_QUEUED_BYTES, MAX_QUEUED_FRAMES};
@@ -40,6 +40,23 @@ pub struct Outbox {
     queue: Arc<OutboundQueue>,
     /// The connection's socket, for the fast path and so that a slow reader can be cut off.
     socket: Option<Arc<TcpStream>>,
+}
+
+/// What became of a write the hub offered ([`Outbox::write`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The outbox took the first `taken` bytes, whole frames only: written, but for the rest
+    /// of the last one when `rest` (it goes out, before anything else, once the socket has
+    /// room). Frames past `taken` were not taken: the socket is full. `sent`: bytes the
+    /// socket took in this call, the rest of an earlier frame included.
+    Taken {
+        taken: usize,
+        rest: bool,
+        sent: usize,
+    },
+    /// Someone else is writing (a writer thread, the reader's pong) or frames wait in the
+    /// queue: nothing was taken; try again later.
+    Busy,
 }
 
 /// Reads a detached outbox's queue, as a writer would (for the hub's tests).
@@ -165,6 +182,100 @@ impl Outbox {
         self.push(Outbound::Close(Bytes::new()))
     }
 
+    /// The hub's write: frames end to end in `slices` (shared buffers: nothing is copied),
+    /// each frame ending at one of `ends` (offsets from the start, increasing, the last one
+    /// the whole length; no frame spans two slices). One vectored `send` that never waits,
+    /// after the rest of an earlier frame if one was left; a frame the socket takes only part
+    /// of is taken whole, its rest kept in the pen. A detached outbox takes everything, or
+    /// nothing once its limits are reached, as a socket that is full.
+    pub fn write(&self, slices: &[Bytes], ends: &[usize]) -> Written {
+        let Some(socket) = self.socket.as_deref() else {
+            return self.write_detached(slices, ends);
+        };
+        let Some(mut pen) = self.queue.hub_pen() else {
+            return Written::Busy;
+        };
+        let (finished, rest_sent) = pen.finish(socket);
+        if !finished || ends.is_empty() {
+            return Written::Taken {
+                taken: 0,
+                rest: !finished,
+                sent: rest_sent,
+            };
+        }
+        let sent = send_slices_without_waiting(socket, slices);
+        let whole = ends.partition_point(|&end| end <= sent);
+        let before = whole.checked_sub(1).map_or(0, |i| ends[i]);
+        if whole == ends.len() || sent == before {
+            return Written::Taken {
+                taken: before,
+                rest: false,
+                sent: rest_sent + sent,
+            };
+        }
+        pen.leave_rest(rest_of(slices, sent, ends[whole]));
+        Written::Taken {
+            taken: ends[whole],
+            rest: true,
+            sent: rest_sent + sent,
+        }
+    }
+
+    fn write_detached(&self, slices: &[Bytes], ends: &[usize]) -> Written {
+        let nothing = Written::Taken {
+            taken: 0,
+            rest: false,
+            sent: 0,
+        };
+        if ends.is_empty() {
+            return nothing;
+        }
+        let mut joined = Vec::with_capacity(ends.last().copied().unwrap_or(0));
+        slices.iter().for_each(|s| joined.extend_from_slice(s));
+        let taken = joined.len();
+        let item = Outbound::Frame(Bytes::from(joined));
+        match self.queue.push_frames(item, ends.len(), false) {
+            Ok(_) => Written::Taken {
+                taken,
+                rest: false,
+                sent: taken,
+            },
+            Err(_) => nothing,
+        }
+    }
+
+    /// Asks `watch` to tell `token` once this client's socket has room (nothing, for an
+    /// outbox without one).
+    pub fn watch(&self, watch: &Watch, token: u64) -> bool {
+        self.socket.as_deref().is_some_and(|socket| {
+            watch.arm(socket, token);
+            true
+        })
+    }
+
+    /// Takes this client's socket out of `watch`.
+    pub fn unwatch(&self, watch: &Watch) {
+        if let Some(socket) = self.socket.as_deref() {
+            watch.forget(socket);
+        }
+    }
+
+    /// Frames and bytes waiting for this client inside the server: queued, and the rest of a
+    /// frame in the pen.
+    pub fn backlog(&self) -> (usize, usize) {
+        (self.queued(), self.queued_bytes() + self.queue.rest_bytes())
+    }
+
+    /// Charges this client `bytes` for an answer to its requests (see [`crate::capacity::Tab`]).
+    pub fn charge(&self, bytes: usize) {
+        self.queue.tab().charge(bytes);
+    }
+
+    /// How long this client's reader must wait before reading its next request.
+    pub fn owing(&self) -> std::time::Duration {
+        self.queue.tab().owing()
+    }
+
     /// The socket and the pen, if the fast path may write now (see [`OutboundQueue::idle_pen`]).
     fn fast_path(&self) -> Option<(&TcpStream, Pen<'_>)> {
         let socket = self.socket.as_deref()?;
@@ -193,6 +304,26 @@ impl Outbox {
             let _ = socket.shutdown(Shutdown::Both);
         }
     }
+
+    /// Cuts off a client that does not read: as [`Outbox::cut_off`], and the socket is reset
+    /// when it closes, so that the kernel frees at once what the client left unread.
+    pub fn abort(&self) {
+        if let Some(socket) = &self.socket {
+            abort(socket);
+        }
+    }
+}
+
+/// The rest of the frame that ends at `end`, from `sent` on: within one slice.
+fn rest_of(slices: &[Bytes], sent: usize, end: usize) -> Bytes {
+    let mut start = 0;
+    for slice in slices {
+        if sent < start + slice.len() {
+            return slice.slice(sent - start..end - start);
+        }
+        start += slice.len();
+    }
+    Bytes::new()
 }
 
 impl QueuedFrames {
