@@ -184,7 +184,7 @@ impl Outbox {
 
     /// The hub's write: frames end to end in `slices` (shared buffers: nothing is copied),
     /// each frame ending at one of `ends` (offsets from the start, increasing, the last one
-    /// the whole length; no frame spans two slices). One vectored `send` that never waits,
+    /// the whole length). One vectored `send` that never waits,
     /// after the rest of an earlier frame if one was left; a frame the socket takes only part
     /// of is taken whole, its rest kept in the pen. A detached outbox takes everything, or
     /// nothing once its limits are reached, as a socket that is full.
@@ -227,7 +227,7 @@ impl Outbox {
             rest: false,
             sent: 0,
         };
-        if ends.is_empty() {
+        if ends.is_empty() || self.queue.stalled() {
             return nothing;
         }
         let mut joined = Vec::with_capacity(ends.last().copied().unwrap_or(0));
@@ -314,22 +314,33 @@ impl Outbox {
     }
 }
 
-/// The rest of the frame that ends at `end`, from `sent` on: within one slice.
+/// The rest of the frame that ends at `end`, from `sent` on: a slice of one buffer, or, for a
+/// frame of several slices, those pieces joined.
 fn rest_of(slices: &[Bytes], sent: usize, end: usize) -> Bytes {
-    let mut start = 0;
+    let (mut start, mut pieces) = (0, Vec::new());
     for slice in slices {
-        if sent < start + slice.len() {
-            return slice.slice(sent - start..end - start);
+        let (from, to) = (sent.max(start), end.min(start + slice.len()));
+        if from < to {
+            pieces.push(slice.slice(from - start..to - start));
         }
         start += slice.len();
     }
-    Bytes::new()
+    match pieces.len() {
+        1 => pieces.remove(0),
+        _ => Bytes::from(pieces.concat()),
+    }
 }
 
 impl QueuedFrames {
     /// Takes the next queued item, if any, and counts it as written.
     pub fn take(&self) -> Option<Outbound> {
         self.queue.take_one()
+    }
+
+    /// While `stalled`, the outbox takes no write, as a socket whose buffer is full: what
+    /// a client that stopped reading looks like to the hub.
+    pub fn stall(&self, stalled: bool) {
+        self.queue.set_stalled(stalled);
     }
 }
 

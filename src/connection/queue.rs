@@ -97,6 +97,8 @@ pub struct OutboundQueue {
     rest: AtomicUsize,
     /// What this client's requests have cost in answers.
     tab: Tab,
+    /// A queue with no socket takes no write while set (see `QueuedFrames::stall`).
+    stalled: AtomicBool,
     /// `None` for a queue with no socket (the hub's tests): nothing is written, ever.
     budget: Option<Arc<OutboundBudget>>,
 }
@@ -153,6 +155,7 @@ impl OutboundQueue {
             closed: AtomicBool::new(false),
             rest: AtomicUsize::new(0),
             tab: Tab::default(),
+            stalled: AtomicBool::new(false),
             budget,
         }
     }
@@ -324,6 +327,15 @@ impl OutboundQueue {
     /// Bytes of the rest of a frame the hub left in the pen.
     pub fn rest_bytes(&self) -> usize {
         self.rest.load(Ordering::Acquire)
+    }
+
+    /// Whether a queue with no socket takes no write for now.
+    pub fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
+    }
+
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::Relaxed);
     }
 
     /// The connection's tab (see [`Tab`]).

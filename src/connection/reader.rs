@@ -279,9 +279,8 @@ impl Reader {
                 self.send(Bytes::from_static(PING))?;
                 self.keepalive.next_ping = now + self.keepalive.interval;
             }
-            // The next frame is read once the client has paid: for its control frames, with
-            // their pace, and for the answers to its requests, with its tab.
-            let resume = self.keepalive.next_control().max(now + self.outbox.owing());
+            // After a burst of control frames, the next frame is read only at their pace.
+            let resume = self.keepalive.next_control();
             if resume > now {
                 let until = resume.min(self.keepalive.due());
                 thread::sleep(until.saturating_duration_since(now));

@@ -12,6 +12,7 @@ use super::presence::Presence;
 use super::rounds::Turn;
 use super::{ConnId, Hub};
 use crate::connection::Outbox;
+use crate::connection::frame::text_frame_around;
 use crate::protocol::{ChannelCount, DEFAULT_CHANNEL, ServerFrame, WELCOME_TEXT, encode};
 
 /// How often the server-wide `channels` list may go out. Every client gets it whenever a
@@ -136,8 +137,9 @@ impl Hub {
         let removed = self.leave(conn, &old);
         let created = self.enter(conn, &channel);
         if let Some(user) = self.users.get_mut(&conn) {
+            let after = user.seen.log;
             user.own
-                .extend(owed.into_iter().map(|frame| (user.seen.log, frame)));
+                .extend(owed.into_iter().map(|frame| (after, vec![frame])));
         }
         self.welcome(conn);
         if removed || created {
@@ -226,23 +228,27 @@ impl Hub {
                 }
             }
         }
+        // The history is the channel's, shared by every welcome to it: the frame is made
+        // around it, and only the rest is written for each.
+        let history = self.histories.json_of(&name);
         let (Some(user), Some(ch)) = (self.users.get(&conn), self.channels.get(&name)) else {
             return;
         };
         let members = ch.members.iter().filter_map(|(c, _)| self.users.get(c));
         let mut users: Vec<_> = members.map(|member| &*member.listing).collect();
         users.extend(self.peers.listings(&ch.remote));
-        let history = self.histories.of(&user.channel).collect();
-        let frame = encode(&ServerFrame::Welcome {
+        let json = ServerFrame::Welcome {
             text: WELCOME_TEXT,
             user: user.as_ref(),
             channel: &user.channel,
             users,
-            history,
+            history: Vec::new(),
             online: self.online(),
-        });
-        user.outbox.charge(frame.len());
-        self.send_to(conn, frame);
+        }
+        .to_json();
+        let frame = around(&json, r#","history":[]"#, history);
+        user.outbox.charge(frame.iter().map(Bytes::len).sum());
+        self.send_slices_to(conn, frame);
     }
 
     /// The channel list as it is now, encoded once per change; and its version.
@@ -300,4 +306,12 @@ impl Hub {
             self.wake(&name);
         }
     }
+}
+
+/// The text frame of `json` with `value` put in place of the empty array of `field` (written
+/// `,"name":[]`, its last occurrence): three slices, the middle one `value` itself.
+fn around(json: &str, field: &str, value: Bytes) -> Vec<Bytes> {
+    let at = json.rfind(field).expect("the field is there") + field.len() - 2;
+    let (before, after) = (&json[..at], &json[at + 2..]);
+    text_frame_around(before.as_bytes(), value, after.as_bytes())
 }

@@ -36,6 +36,11 @@ impl Hub {
 
     /// Owes `frame` to one user, after what its channel's log holds so far.
     pub(super) fn send_to(&mut self, conn: ConnId, frame: Bytes) {
+        self.send_slices_to(conn, vec![frame]);
+    }
+
+    /// Owes one user a frame made of several slices of shared buffers.
+    pub(super) fn send_slices_to(&mut self, conn: ConnId, frame: Vec<Bytes>) {
         let Some(user) = self.users.get_mut(&conn) else {
             return;
         };
@@ -68,7 +73,7 @@ impl Hub {
             let upto = (*after).clamp(at, end);
             ch.log.add_to(write, at, upto, conn, lags_since);
             at = upto;
-            write.frame(frame.clone(), Mark::Own);
+            write.frame_of(frame, Mark::Own);
         }
         ch.log.add_to(write, at, end, conn, lags_since);
         ch.newest.add_to(write, conn, user.seen.newest);
@@ -143,7 +148,9 @@ impl Hub {
             return (0, 0);
         };
         let log = (self.channels.get(&user.channel)).map_or((0, 0), |ch| ch.log.lag(user.seen.log));
-        let own = user.own.iter().map(|(_, frame)| frame.len()).sum::<usize>();
+        let own = (user.own.iter().flat_map(|(_, frame)| frame))
+            .map(Bytes::len)
+            .sum::<usize>();
         let (queued, queued_bytes) = user.outbox.backlog();
         (log.0 + user.own.len() + queued, log.1 + own + queued_bytes)
     }
@@ -212,7 +219,7 @@ impl Hub {
             return Vec::new();
         };
         let Some(ch) = self.channels.get(&user.channel) else {
-            return user.own.drain(..).map(|(_, frame)| frame).collect();
+            return user.own.drain(..).map(|(_, frame)| joined(frame)).collect();
         };
         let (end, lags_since) = (ch.log.end(), user.lagging.then_some(user.seen.log));
         let (mut at, mut owed) = (user.seen.log, Vec::new());
@@ -220,7 +227,7 @@ impl Hub {
             let upto = after.clamp(at, end);
             owed.extend(ch.log.frames(at, upto, conn, lags_since));
             at = upto;
-            owed.push(frame);
+            owed.push(joined(frame));
         }
         owed.extend(ch.log.frames(at, end, conn, lags_since));
         user.seen.log = end;
@@ -280,6 +287,14 @@ impl Hub {
         (self.other_doors.values())
             .chain(self.peers.waiting_outboxes())
             .for_each(close_going_away);
+    }
+}
+
+/// A frame of several slices as one.
+fn joined(mut frame: Vec<Bytes>) -> Bytes {
+    match frame.len() {
+        1 => frame.remove(0),
+        _ => Bytes::from(frame.concat()),
     }
 }
 

@@ -92,7 +92,7 @@ impl Hub {
             return;
         };
         if ch.newest.mark(sender, kind)
-            && let Some(due) = ch.newest.due(ch.members.len(), now)
+            && let Some(due) = ch.newest.due(ch.members.len(), self.newest_pace, now)
         {
             self.wake_at(channel, due);
         }
@@ -124,7 +124,7 @@ impl Hub {
         let Some(ch) = self.channels.get_mut(channel) else {
             return false;
         };
-        match ch.newest.due(ch.members.len(), now) {
+        match ch.newest.due(ch.members.len(), self.newest_pace, now) {
             Some(due) if due <= now || now_anyway => {}
             Some(due) => {
                 self.wake_at(channel, due);

@@ -51,8 +51,9 @@
 //!
 //! **Answers are paid for.** What a request makes the server send (a `welcome` with a
 //! channel's history, a channel list, the presence a `join` tells two channels) is charged to
-//! its sender's tab ([`crate::capacity::Tab`]); its reader stops reading while the tab is over,
-//! so a legal request cannot make the server send more than that for one client.
+//! its sender's tab ([`crate::capacity::Tab`]), and a `join` or `channels` that finds the tab
+//! over its limit is refused with `rate_limited`: a legal request cannot make the server send
+//! more than the tab allows for one client.
 //!
 //! [`Hub::handle`] is a plain state machine, so the unit tests drive it with events and read
 //! what it wrote for whom, no sockets involved. Each part of the table is a file:
@@ -121,7 +122,7 @@ use crate::capacity::OutboundBudget;
 use crate::capacity::memory::Trim;
 use crate::connection::{ConnId, Outbox};
 use crate::history::{Histories, Store};
-use crate::protocol::{ChatRequest, DEFAULT_CHANNEL};
+use crate::protocol::{ChatError, ChatRequest, DEFAULT_CHANNEL, ErrorCode};
 
 /// How long the hub applies events before it plays a round: events are cheap, but a `join`
 /// into a crowded channel builds a welcome of hundreds of kilobytes, and a queue full of
@@ -164,6 +165,8 @@ pub struct Hub {
     now: Instant,
     /// Memory let go of, to give back to the system now and then.
     trim: Trim,
+    /// How often every channel publishes its newest frames, instead of its own pace (tests).
+    newest_pace: Option<Duration>,
     /// The server's budget for what waits for its clients, shared with their outboxes.
     outbound: Option<Arc<OutboundBudget>>,
     /// The other servers, with `--redis` (see `peers.rs`).
@@ -194,6 +197,7 @@ impl Hub {
             channel_list: ChannelList::default(),
             now: Instant::now(),
             trim: Trim::default(),
+            newest_pace: None,
             outbound: None,
             peers: Peers::default(),
             stop: Arc::new(AtomicBool::new(false)),
@@ -281,6 +285,13 @@ impl Hub {
     pub fn with_outbound(mut self, budget: Arc<OutboundBudget>) -> Hub {
         self.outbound = Some(budget);
         self
+    }
+
+    /// Makes every channel publish its newest `state` and `typing` at most every `pace`,
+    /// whatever its size, so that tests see them coalesced in small channels too.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn pace_newest(&mut self, pace: Duration) {
+        self.newest_pace = Some(pace);
     }
 
     /// The flag that makes [`Hub::run`] stop before its next event (see `stop`).
@@ -372,6 +383,15 @@ impl Hub {
             return;
         };
         debug!("conn {conn} ({:?}): {request:?}", user.username);
+        // What costs the server far more than the request, while its sender's tab is over,
+        // is refused (see `capacity::Tab`).
+        if matches!(request, ChatRequest::Join { .. } | ChatRequest::Channels)
+            && !user.outbox.owing().is_zero()
+        {
+            let owing = user.outbox.owing();
+            self.send_to(conn, over_the_tab(owing));
+            return;
+        }
         match request {
             ChatRequest::Message { text } => self.message(conn, &text),
             ChatRequest::Rename { username } => self.rename(conn, username),
@@ -391,6 +411,15 @@ impl Hub {
         }
         self.send_to(conn, frame);
     }
+}
+
+/// The refusal of a costly request while its sender's tab is over.
+fn over_the_tab(owing: Duration) -> Bytes {
+    let message = format!(
+        "slow down: joining and listing channels send a lot; try again in {:.1} s",
+        owing.as_secs_f64()
+    );
+    ChatError::new(ErrorCode::RateLimited, message).to_frame()
 }
 
 /// A connection that registered while the hub was stopping still gets its 1001.

@@ -87,14 +87,19 @@ impl Newest {
 
     /// When the marked senders are to be published, in a channel of `members` (none marked:
     /// `None`).
-    pub(super) fn due(&self, members: usize, now: Instant) -> Option<Instant> {
+    /// `pace`: the hub's own pace for every channel, if it has one (tests).
+    pub(super) fn due(
+        &self,
+        members: usize,
+        pace: Option<Duration>,
+        now: Instant,
+    ) -> Option<Instant> {
         if self.pending.is_empty() {
             return None;
         }
-        Some(
-            self.published_at
-                .map_or(now, |at| at + every(members, self.mean)),
-        )
+        Some(self.published_at.map_or(now, |at| {
+            at + pace.unwrap_or_else(|| every(members, self.mean))
+        }))
     }
 
     /// Takes the marked senders, to be published.

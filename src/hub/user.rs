@@ -30,8 +30,8 @@ pub(super) struct User {
     /// How far they have been served.
     pub(super) seen: Seen,
     /// Their own frames (a `welcome`, an `error`), each after the frames of the channel's log
-    /// before the number it holds.
-    pub(super) own: VecDeque<(u64, Bytes)>,
+    /// before the number it holds; a frame is one slice or several (see `Hub::welcome`).
+    pub(super) own: VecDeque<(u64, Vec<Bytes>)>,
     /// They asked for the channel list and have not had it yet.
     pub(super) list_asked: bool,
     /// Their socket did not take everything last time: while so, presence pairs they never

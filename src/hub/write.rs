@@ -17,7 +17,8 @@ pub(super) enum Mark {
     List(u64),
 }
 
-/// Frames end to end, in slices: the write a client is given in one `send`.
+/// Frames end to end, in slices: the write a client is given in one `send`. A slice holds whole
+/// frames, or a frame is several slices.
 #[derive(Debug, Default)]
 pub(super) struct Write {
     pub(super) slices: Vec<Bytes>,
@@ -60,6 +61,16 @@ impl Write {
     pub(super) fn frame(&mut self, frame: Bytes, mark: Mark) {
         let len = frame.len();
         self.add(frame, [(len, mark)]);
+    }
+
+    /// Adds one frame made of several slices (a `welcome` around a channel's shared history).
+    pub(super) fn frame_of(&mut self, slices: &[Bytes], mark: Mark) {
+        for slice in slices {
+            self.len += slice.len();
+            self.slices.push(slice.clone());
+        }
+        self.ends.push(self.len);
+        self.marks.push(mark);
     }
 
     /// The marks of the whole frames in the first `taken` bytes.
