@@ -19,8 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::process::ServerProcess;
-use common::{Client, client_frame, connect, connect_from, tcp_from, upgrade_request};
+use common::process::{Sampler, ServerProcess};
+use common::{
+    Client, client_frame, connect, connect_from, handshake, tcp_from, tcp_with, upgrade_request,
+};
+use cyberchat::capacity::tab::{ANSWER_BYTES_BURST, ANSWER_BYTES_PER_SECOND};
 use serde_json::json;
 use tungstenite::Message;
 
@@ -192,10 +195,20 @@ fn pair_was_served(pair: thread::JoinHandle<(Vec<Duration>, Vec<String>, usize)>
     assert!(worst < FROZEN, "the quiet pair was frozen for {worst:?}");
 }
 
-#[test]
-fn legal_a_crowds_cursors_never_freeze_a_quiet_channel() {
-    // Each member moves a cursor with a state of about a kilobyte 19 times a second: inside
-    // the rate limit, and 700 MB a second of writes if every move went to every member.
+/// What a crowd member sends, 19 times a second.
+#[derive(Clone, Copy, PartialEq)]
+enum Moves {
+    /// A state of about a kilobyte: a cursor, padded to the most a state may be.
+    State,
+    /// `typing` true and false in turn.
+    Typing,
+}
+
+/// N members of `#crowd` each send `moves` at just under the rate limit: inside every limit,
+/// and, for states, 1 GB a second of writes if every move went to every member. The quiet pair
+/// must not be frozen, nobody may be dropped, and two members who look at what they are sent
+/// must see every member's cursor move (or typing change) again and again.
+fn crowd_never_freezes_a_quiet_channel(moves: Moves) {
     const CROWD: usize = 300;
     const SENDING: Duration = Duration::from_secs(5);
     let server = ServerProcess::start(&[], &[], None);
@@ -232,8 +245,13 @@ fn legal_a_crowds_cursors_never_freeze_a_quiet_channel() {
                 let pad = "x".repeat(900);
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let state = json!({"type": "state", "state": {"m": i, "n": n, "pad": pad}});
-                    let frame = state.to_string();
+                    let frame = match moves {
+                        Moves::State => {
+                            json!({"type": "state", "state": {"m": i, "n": n, "pad": pad}})
+                        }
+                        Moves::Typing => json!({"type": "typing", "typing": n.is_multiple_of(2)}),
+                    };
+                    let frame = frame.to_string();
                     let frame = client_frame(0x81, frame.len() as u64, frame.as_bytes(), true);
                     if member.write_all(&frame).is_err() {
                         return false;
@@ -245,21 +263,20 @@ fn legal_a_crowds_cursors_never_freeze_a_quiet_channel() {
             })
         })
         .collect();
-    // The watchers see the crowd's cursors move: each sender's state, again and again.
+    // The watchers see the crowd move: each sender's frames, again and again.
     let looking = Instant::now() + SENDING;
     let watched: Vec<_> = (watchers.into_iter())
         .map(|mut watcher| {
             thread::spawn(move || {
-                let mut moves: HashMap<u64, u64> = HashMap::new();
+                let mut seen: HashMap<String, u64> = HashMap::new();
                 while Instant::now() < looking {
                     let frame = watcher.recv();
-                    if frame["type"] == "state"
-                        && let Some(m) = frame["state"]["m"].as_u64()
-                    {
-                        *moves.entry(m).or_default() += 1;
+                    if frame["type"] == "state" || frame["type"] == "typing" {
+                        let who = frame["user"]["username"].as_str().unwrap_or("").to_owned();
+                        *seen.entry(who).or_default() += 1;
                     }
                 }
-                (moves, watcher)
+                (seen, watcher)
             })
         })
         .collect();
@@ -270,15 +287,15 @@ fn legal_a_crowds_cursors_never_freeze_a_quiet_channel() {
     }
     pair_was_served(pair);
     for (i, watching) in watched.into_iter().enumerate() {
-        let (moves, _watcher) = watching.join().expect("a watcher stayed connected");
-        let moving = moves.values().filter(|n| **n >= 2).count();
+        let (seen, _watcher) = watching.join().expect("a watcher stayed connected");
+        let moving = seen.values().filter(|n| **n >= 2).count();
         eprintln!(
-            "watcher {i} saw {} senders move, {moving} of them at least twice",
-            moves.len()
+            "watcher {i} saw {} senders, {moving} of them at least twice",
+            seen.len()
         );
         assert!(
             moving >= CROWD * 9 / 10,
-            "watcher {i} saw only {moving} of {CROWD} cursors move"
+            "watcher {i} saw only {moving} of {CROWD} move"
         );
     }
     for drained in drains {
@@ -288,4 +305,303 @@ fn legal_a_crowds_cursors_never_freeze_a_quiet_channel() {
         server.logged("dropping").is_none(),
         "nobody in the crowd was dropped"
     );
+}
+
+#[test]
+fn legal_a_crowds_cursors_never_freeze_a_quiet_channel() {
+    crowd_never_freezes_a_quiet_channel(Moves::State);
+}
+
+#[test]
+fn legal_a_crowd_typing_never_freezes_a_quiet_channel() {
+    crowd_never_freezes_a_quiet_channel(Moves::Typing);
+}
+
+/// Sends `frame` (JSON) as a masked text frame on a socket written by hand.
+fn send_json(stream: &mut TcpStream, frame: &serde_json::Value) -> std::io::Result<()> {
+    let text = frame.to_string();
+    stream.write_all(&client_frame(
+        0x81,
+        text.len() as u64,
+        text.as_bytes(),
+        true,
+    ))
+}
+
+/// Fills `#channel`'s history: 100 messages of 2,000 four-byte characters, about 800 KB, from
+/// a few members (each inside its own rate limit).
+fn fill_history(addr: SocketAddr, channel: &str) {
+    let text = "😀".repeat(2000);
+    let mut seeders: Vec<Client> = (0..4)
+        .map(|i| {
+            let from = Ipv4Addr::new(127, 5, 0, 1 + i);
+            connect_from(
+                from,
+                addr,
+                &format!("/?username=seeder{i}&channel={channel}"),
+            )
+        })
+        .collect();
+    for seeder in &mut seeders {
+        seeder.recv_type("welcome");
+        for _ in 0..25 {
+            seeder.send(json!({"type": "message", "text": text}));
+        }
+    }
+    let last = seeders.last_mut().unwrap();
+    let mut seen = 0;
+    while seen < 100 {
+        match last.recv()["type"].as_str() {
+            Some("message") => seen += 1,
+            Some("error") => panic!("a seeder was refused"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn legal_joins_into_a_full_history_never_freeze_a_quiet_channel() {
+    // Each `join` into #full is answered with a welcome of about 800 KB: 60 members hopping 19
+    // times a second would make the server write 900 MB a second, were it not charged to them.
+    const HOPPERS: usize = 60;
+    const HOPPING: Duration = Duration::from_secs(5);
+    let server = ServerProcess::start(&[], &[], None);
+    let addr = server.addr;
+    fill_history(addr, "full");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = Sampler::start(server.child.id());
+    let pair = quiet_pair(addr, Duration::from_millis(100), Arc::clone(&stop));
+    let started = Instant::now();
+    let hoppers: Vec<_> = (0..HOPPERS)
+        .map(|i| {
+            let mut hopper = raw_member(crowd_address(i), addr, &format!("username=h{i}"));
+            let drained = drain(hopper.try_clone().unwrap(), Arc::clone(&stop));
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                for channel in ["full", "lobby"].iter().cycle() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    // A hopper the server no longer reads waits here, as TCP makes it.
+                    if send_json(&mut hopper, &json!({"type": "join", "channel": channel})).is_err()
+                    {
+                        return None;
+                    }
+                    thread::sleep(Duration::from_millis(1000 / 19));
+                }
+                Some(drained)
+            })
+        })
+        .collect();
+    thread::sleep(HOPPING);
+    stop.store(true, Ordering::Relaxed);
+    pair_was_served(pair);
+    let most = sampler.most();
+    let mut read = 0;
+    for hopper in hoppers {
+        let drained = hopper.join().unwrap().expect("a hopper was cut off");
+        read += drained.join().unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "the hoppers read {} MB in {secs:.1} s; the server's RSS peaked at {} MB",
+        read >> 20,
+        most.rss_kib >> 10
+    );
+    // What they were sent was charged to them: at most their tabs' burst and what the tabs
+    // pay off meanwhile (and the refusals, and what they told each other), half again for slack.
+    let tabs = ANSWER_BYTES_BURST as f64 + ANSWER_BYTES_PER_SECOND as f64 * secs;
+    let allowed = 1.5 * HOPPERS as f64 * tabs;
+    assert!(
+        (read as f64) < allowed,
+        "the hoppers were sent {} MB, more than their tabs allow ({} MB)",
+        read >> 20,
+        allowed as u64 >> 20
+    );
+    assert!(most.rss_kib < 100 << 10, "RSS {} MiB", most.rss_kib >> 10);
+}
+
+#[test]
+fn legal_channel_lists_of_many_channels_never_freeze_a_quiet_channel() {
+    // 500 channels with the longest names, and 50 members asking for the list 19 times a second:
+    // 30 KB an answer, 30 MB a second, were it not charged to them.
+    const CHANNELS: usize = 500;
+    const ASKERS: usize = 50;
+    let server = ServerProcess::start(&[], &[], None);
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let holders: Vec<_> = (0..CHANNELS)
+        .map(|i| {
+            let channel = format!("{i:0>32}");
+            let holder = raw_member(crowd_address(i), addr, &format!("channel={channel}"));
+            drain(holder, Arc::clone(&stop))
+        })
+        .collect();
+    let sampler = Sampler::start(server.child.id());
+    let pair = quiet_pair(addr, Duration::from_millis(100), Arc::clone(&stop));
+    let askers: Vec<_> = (0..ASKERS)
+        .map(|i| {
+            let mut asker = raw_member(crowd_address(CHANNELS + i), addr, "channel=askers");
+            let drained = drain(asker.try_clone().unwrap(), Arc::clone(&stop));
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if send_json(&mut asker, &json!({"type": "channels"})).is_err() {
+                        return None;
+                    }
+                    thread::sleep(Duration::from_millis(1000 / 19));
+                }
+                Some(drained)
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    pair_was_served(pair);
+    let most = sampler.most();
+    let mut read = 0;
+    for asker in askers {
+        let drained = asker.join().unwrap().expect("an asker was cut off");
+        read += drained.join().unwrap();
+    }
+    holders.into_iter().for_each(|h| drop(h.join()));
+    eprintln!(
+        "the askers read {} MB; the server's RSS peaked at {} MB",
+        read >> 20,
+        most.rss_kib >> 10
+    );
+    assert!(most.rss_kib < 200 << 10, "RSS {} MiB", most.rss_kib >> 10);
+}
+
+#[test]
+fn legal_a_ping_flood_from_many_connections_never_freezes_a_quiet_channel() {
+    // Pings are not rate limited: 200 connections from one address write them as fast as TCP
+    // takes them, and never read.
+    const FLOODERS: usize = 200;
+    let server = ServerProcess::start(&[], &[], None);
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let from = Ipv4Addr::new(127, 2, 0, 1);
+    let flooders: Vec<_> = (0..FLOODERS)
+        .map(|i| {
+            let mut flooder = raw_member(from, addr, &format!("username=p{i}&channel=pings"));
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let ping = client_frame(0x89, 125, &[7u8; 125], true);
+                let burst: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 64).collect();
+                flooder
+                    .set_write_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    match flooder.write(&burst) {
+                        Ok(_) => {}
+                        Err(e)
+                            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                        Err(_) => return false,
+                    }
+                }
+                true
+            })
+        })
+        .collect();
+    let pair = quiet_pair(addr, Duration::from_millis(100), Arc::clone(&stop));
+    thread::sleep(Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    pair_was_served(pair);
+    for flooder in flooders {
+        assert!(flooder.join().unwrap(), "a ping flooder was cut off");
+    }
+}
+
+/// `TCP: … orphan N … mem N` of `/proc/net/sockstat`: sockets closed with data still unsent,
+/// and the pages all TCP sockets hold, machine-wide.
+fn kernel_tcp() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    let line = stat.lines().find(|l| l.starts_with("TCP:")).unwrap_or("");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let field = |name: &str| {
+        let at = words.iter().position(|w| *w == name)?;
+        words.get(at + 1)?.parse().ok()
+    };
+    (field("orphan").unwrap_or(0), field("mem").unwrap_or(0))
+}
+
+#[test]
+fn legal_slow_readers_are_cut_off_and_give_back_their_memory() {
+    // 150 members with a 4 KiB receive buffer who never read, in a channel where 10 others
+    // each say 8 KB 19 times a second: each is soon more than the slow-reader limit behind.
+    const SLOW: usize = 150;
+    const TALKERS: usize = 10;
+    let server = ServerProcess::start(&[], &[], None);
+    let addr = server.addr;
+    let before = server.usage().rss_kib;
+    let (orphans_before, _) = kernel_tcp();
+    let stop = Arc::new(AtomicBool::new(false));
+    let slow: Vec<TcpStream> = (0..SLOW)
+        .map(|i| {
+            let stream = tcp_with(crowd_address(i), addr, Some(4096)).expect("connect");
+            let path = format!("/?username=slow{i}&channel=busy");
+            handshake(stream, addr, &path, &[]).unwrap().ws.into_inner()
+        })
+        .collect();
+    let pair = quiet_pair(addr, Duration::from_millis(100), Arc::clone(&stop));
+    let sampler = Sampler::start(server.child.id());
+    let text = "😀".repeat(2000);
+    let talkers: Vec<_> = (0..TALKERS)
+        .map(|i| {
+            let from = Ipv4Addr::new(127, 5, 1, 1 + i as u8);
+            let mut talker = connect_from(from, addr, &format!("/?username=t{i}&channel=busy"));
+            talker.recv_type("welcome");
+            let mut stream = talker.ws.get_ref().try_clone().unwrap();
+            let (stop, text) = (Arc::clone(&stop), text.clone());
+            let talking = thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = send_json(&mut stream, &json!({"type": "message", "text": text}));
+                    thread::sleep(Duration::from_millis(1000 / 19));
+                }
+            });
+            // The talkers read everything, and count the slow readers' `left`.
+            let listening = thread::spawn(move || {
+                let (mut left, give_up) = (0, Instant::now() + Duration::from_secs(30));
+                while left < SLOW && Instant::now() < give_up {
+                    if talker.recv()["type"] == "left" {
+                        left += 1;
+                    }
+                }
+                left
+            });
+            (talking, listening)
+        })
+        .collect();
+    let (talking, listening): (Vec<_>, Vec<_>) = talkers.into_iter().unzip();
+    let lefts: Vec<usize> = listening.into_iter().map(|t| t.join().unwrap()).collect();
+    stop.store(true, Ordering::Relaxed);
+    talking.into_iter().for_each(|t| t.join().unwrap());
+    assert!(
+        lefts.iter().all(|l| *l == SLOW),
+        "every slow reader was cut off: {lefts:?}"
+    );
+    pair_was_served(pair);
+    let most = sampler.most();
+    // Cut off with a reset: the kernel keeps no orphaned socket holding what they never read.
+    thread::sleep(Duration::from_millis(500));
+    let (orphans, _) = kernel_tcp();
+    thread::sleep(Duration::from_secs(3)); // the server gives memory back
+    let after = server.usage().rss_kib;
+    eprintln!(
+        "RSS {} MB, at most {} MB, {} MB after; orphaned sockets {orphans_before} then {orphans}",
+        before >> 10,
+        most.rss_kib >> 10,
+        after >> 10
+    );
+    assert!(
+        orphans < orphans_before + SLOW as u64 / 4,
+        "{orphans} orphaned sockets hold what the slow readers never read"
+    );
+    assert!(
+        after < before + (40 << 10),
+        "the server kept {} MB after the slow readers were gone",
+        (after - before) >> 10
+    );
+    drop(slow);
 }
