@@ -182,21 +182,26 @@ impl Outbox {
         self.push(Outbound::Close(Bytes::new()))
     }
 
-    /// The hub's write: frames end to end in `slices` (shared buffers: nothing is copied),
-    /// each frame ending at one of `ends` (offsets from the start, increasing, the last one
-    /// the whole length). One vectored `send` that never waits,
-    /// after the rest of an earlier frame if one was left; a frame the socket takes only part
-    /// of is taken whole, its rest kept in the pen. A detached outbox takes everything, or
-    /// nothing once its limits are reached, as a socket that is full.
-    pub fn write(&self, slices: &[Bytes], ends: &[usize]) -> Written {
+    /// The hub's write: `frames` frames end to end in `slices` (shared buffers: nothing is
+    /// copied); `bounds(n)` says, of the first `n` bytes, how many are whole frames and where
+    /// the frame `n` cuts ends. One vectored `send` that never waits, after the rest of an
+    /// earlier frame if one was left; a frame the socket takes only part of is taken whole,
+    /// its rest kept in the pen. A detached outbox takes everything, or nothing once its
+    /// limits are reached, as a socket that is full.
+    pub fn write(
+        &self,
+        slices: &[Bytes],
+        frames: usize,
+        bounds: impl Fn(usize) -> (usize, usize),
+    ) -> Written {
         let Some(socket) = self.socket.as_deref() else {
-            return self.write_detached(slices, ends);
+            return self.write_detached(slices, frames);
         };
         let Some(mut pen) = self.queue.hub_pen() else {
             return Written::Busy;
         };
         let (finished, rest_sent) = pen.finish(socket);
-        if !finished || ends.is_empty() {
+        if !finished || frames == 0 {
             return Written::Taken {
                 taken: 0,
                 rest: !finished,
@@ -204,37 +209,36 @@ impl Outbox {
             };
         }
         let sent = send_slices_without_waiting(socket, slices);
-        let whole = ends.partition_point(|&end| end <= sent);
-        let before = whole.checked_sub(1).map_or(0, |i| ends[i]);
-        if whole == ends.len() || sent == before {
+        let (whole, cut) = bounds(sent);
+        if cut == whole {
             return Written::Taken {
-                taken: before,
+                taken: whole,
                 rest: false,
                 sent: rest_sent + sent,
             };
         }
-        pen.leave_rest(rest_of(slices, sent, ends[whole]));
+        pen.leave_rest(rest_of(slices, sent, cut));
         Written::Taken {
-            taken: ends[whole],
+            taken: cut,
             rest: true,
             sent: rest_sent + sent,
         }
     }
 
-    fn write_detached(&self, slices: &[Bytes], ends: &[usize]) -> Written {
+    fn write_detached(&self, slices: &[Bytes], frames: usize) -> Written {
         let nothing = Written::Taken {
             taken: 0,
             rest: false,
             sent: 0,
         };
-        if ends.is_empty() || self.queue.stalled() {
+        if frames == 0 || self.queue.stalled() {
             return nothing;
         }
-        let mut joined = Vec::with_capacity(ends.last().copied().unwrap_or(0));
+        let mut joined = Vec::with_capacity(slices.iter().map(Bytes::len).sum());
         slices.iter().for_each(|s| joined.extend_from_slice(s));
         let taken = joined.len();
         let item = Outbound::Frame(Bytes::from(joined));
-        match self.queue.push_frames(item, ends.len(), false) {
+        match self.queue.push_frames(item, frames, false) {
             Ok(_) => Written::Taken {
                 taken,
                 rest: false,

@@ -84,7 +84,9 @@ impl Hub {
             (user.seen.log, user.seen.newest) = (end, ch.newest.version());
             return 0;
         }
-        let (taken, rest, sent) = match user.outbox.write(&write.slices, &write.ends) {
+        let bounds = |sent| write.bounds(sent);
+        let written = user.outbox.write(&write.slices, write.frames(), bounds);
+        let (taken, rest, sent) = match written {
             Written::Taken { taken, rest, sent } => (taken, rest, sent),
             Written::Busy => {
                 let outbox = user.outbox.clone();
@@ -93,7 +95,7 @@ impl Hub {
             }
         };
         for mark in write.taken(taken) {
-            match *mark {
+            match mark {
                 Mark::Log(next) => user.seen.log = next,
                 Mark::Own => drop(user.own.pop_front()),
                 Mark::Newest(version) => user.seen.newest = version,
@@ -119,8 +121,10 @@ impl Hub {
         if user.lagging {
             let outbox = user.outbox.clone();
             self.park(conn, &outbox, true);
+            // Only a member that could not take what it was offered is behind: one that took
+            // it all is not, however long it waited for its turn.
+            self.check_lag(conn);
         }
-        self.check_lag(conn);
         taken
     }
 
@@ -133,8 +137,9 @@ impl Hub {
 
     /// Marks `conn` to be dropped if more waits for it than a slow reader may have: more
     /// than [`MAX_QUEUED_FRAMES`] frames or [`MAX_QUEUED_BYTES`] bytes, counting its place in
-    /// its channel's log, its own frames, and its outbox (a single frame larger than the
-    /// limit may still wait for a client with nothing else).
+    /// its channel's log (presence in bytes only: see `Log::lag`), its own frames, and its
+    /// outbox (a single frame larger than the limit may still wait for a client with nothing
+    /// else).
     pub(super) fn check_lag(&mut self, conn: ConnId) {
         let (frames, bytes) = self.lag_of(conn);
         if frames > MAX_QUEUED_FRAMES || (frames > 1 && bytes > MAX_QUEUED_BYTES) {

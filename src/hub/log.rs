@@ -22,10 +22,9 @@ pub(super) struct Log {
     entries: VecDeque<Entry>,
     /// How many of the last entries are not joined into a shared buffer yet.
     loose: usize,
-    /// Bytes of every frame ever appended.
+    /// Bytes of every frame ever appended, and how many of those were presence.
     bytes: u64,
-    /// The `joined` of each pair still in the log (both ends appended), in increasing order.
-    pairs: Vec<u64>,
+    presences: u64,
 }
 
 #[derive(Debug)]
@@ -34,8 +33,9 @@ struct Entry {
     buffer: Bytes,
     start: usize,
     end: usize,
-    /// Bytes of every frame before this one.
+    /// Bytes of every frame before this one, and how many of those were presence.
     offset: u64,
+    presences_before: u64,
     /// The member this frame is not for, if any.
     except: Option<ConnId>,
     /// For a `joined` or `left`: the number of the other end of its pair, once both are in.
@@ -50,17 +50,28 @@ impl Log {
 
     /// Appends a frame for every member (but `except`); returns its number.
     pub(super) fn append(&mut self, frame: Bytes, except: Option<ConnId>) -> u64 {
+        self.push(frame, except, false)
+    }
+
+    /// Appends a `joined` or `left`; returns its number.
+    pub(super) fn append_presence(&mut self, frame: Bytes) -> u64 {
+        self.push(frame, None, true)
+    }
+
+    fn push(&mut self, frame: Bytes, except: Option<ConnId>, presence: bool) -> u64 {
         let len = frame.len();
         self.entries.push_back(Entry {
             buffer: frame,
             start: 0,
             end: len,
             offset: self.bytes,
+            presences_before: self.presences,
             except,
             pair: None,
         });
         self.loose += 1;
         self.bytes += len as u64;
+        self.presences += u64::from(presence);
         self.end() - 1
     }
 
@@ -72,8 +83,6 @@ impl Log {
         };
         self.entries[j].pair = Some(left);
         self.entries[l].pair = Some(joined);
-        let at = self.pairs.partition_point(|&p| p < joined);
-        self.pairs.insert(at, joined);
     }
 
     fn index(&self, number: u64) -> Option<usize> {
@@ -181,15 +190,18 @@ impl Log {
             .map(|(_, e)| e.buffer.slice(e.start..e.end))
     }
 
-    /// Frames and bytes past `from`: what a member whose cursor is there is behind by, the
-    /// pairs it would skip not counted.
+    /// What a member whose cursor is at `from` is behind by: the frames past it that are not
+    /// presence, and the bytes of all of them. Presence counts only in bytes: it is small and
+    /// shared, and a class arriving at once is thousands of `joined`, which must not be what
+    /// drops a member on a slow link (and those of people who came and went it skips).
     pub(super) fn lag(&self, from: u64) -> (usize, usize) {
         let Some(start) = self.index(from) else {
             return (0, 0);
         };
-        let skipped = 2 * (self.pairs.len() - self.pairs.partition_point(|&p| p < from));
-        let frames = (self.entries.len() - start).saturating_sub(skipped);
-        let bytes = self.bytes - self.entries[start].offset;
+        let entry = &self.entries[start];
+        let presences = self.presences - entry.presences_before;
+        let frames = (self.entries.len() - start).saturating_sub(presences as usize);
+        let bytes = self.bytes - entry.offset;
         (frames, usize::try_from(bytes).unwrap_or(usize::MAX))
     }
 
@@ -204,8 +216,6 @@ impl Log {
             self.first += 1;
         }
         self.loose = self.loose.min(self.entries.len());
-        let gone = self.pairs.partition_point(|&p| p < self.first);
-        self.pairs.drain(..gone);
         if self.entries.is_empty() {
             self.first = self.first.max(keep);
         }

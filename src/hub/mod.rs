@@ -22,13 +22,13 @@
 //! of shared buffers: frames appended to a log between two writes are joined once, and every
 //! member that keeps up gets them as one slice of that buffer.
 //!
-//! **One round** ([`Hub::run`], `rounds.rs`): the hub applies every event waiting in its queue
-//! (for [`APPLY_FOR`] at most), then lets each channel with members to serve take a turn: it
-//! serves its members until it has spent [`rounds::QUANTUM`] bytes (a write counts at least
-//! [`rounds::WRITE_COST`]), and one with more to do goes to the back of the line, its
-//! overspending carried over (deficit round robin). So a quiet channel's message waits at most
-//! one round: the events ahead of it, and one quantum of each busy channel's writes, however
-//! many members those have. A crowded channel's pass over its members takes many rounds; a
+//! **One round** (`rounds.rs`): each channel with members to serve takes a turn, serving its
+//! members until it has spent [`rounds::QUANTUM`] bytes (a write counts at least
+//! [`rounds::WRITE_COST`]); one with more to do goes to the back of the line, its overspending
+//! carried over (deficit round robin). [`Hub::run`] applies the events waiting in its queue
+//! (for [`APPLY_FOR`] at most), then plays rounds (for [`SERVE_FOR`] at most), and so on. So a
+//! quiet channel's message waits at most the events ahead of it and one round: one quantum of
+//! each busy channel's writes, however many members those have. A crowded channel's pass over its members takes many rounds; a
 //! member served late in a pass gets whatever arrived meanwhile in the same write.
 //!
 //! **Newest only.** `state` and `typing` say how someone is *now*, so a member needs the newest
@@ -124,10 +124,13 @@ use crate::connection::{ConnId, Outbox};
 use crate::history::{Histories, Store};
 use crate::protocol::{ChatError, ChatRequest, DEFAULT_CHANNEL, ErrorCode};
 
-/// How long the hub applies events before it plays a round: events are cheap, but a `join`
+/// How long the hub applies events before it plays rounds: events are cheap, but a `join`
 /// into a crowded channel builds a welcome of hundreds of kilobytes, and a queue full of
-/// those must not hold every channel's round back.
+/// those must not hold every channel's turn back.
 pub const APPLY_FOR: Duration = Duration::from_millis(2);
+/// How long it then plays rounds before it looks at its queue again: as long, so that a busy
+/// server splits its time evenly between taking events in and writing them out.
+pub const SERVE_FOR: Duration = APPLY_FOR;
 
 /// The state machine behind the hub thread. See the module docs.
 #[derive(Debug)]
@@ -299,16 +302,17 @@ impl Hub {
         Arc::clone(&self.stop)
     }
 
-    /// Wakes what is due at the hub's time and plays one round; with `until_done`, rounds
-    /// until no channel has members to serve.
+    /// Wakes what is due at the hub's time and plays rounds for [`SERVE_FOR`] at most (with
+    /// `until_done`, until no channel has members to serve).
     fn play(&mut self, until_done: bool) {
         self.wake_parked(false);
         self.fire_timers(false);
         if self.channel_list.due().is_some_and(|due| due <= self.now) {
             self.send_channels();
         }
+        let until = Instant::now() + SERVE_FOR;
         self.round();
-        while until_done && self.has_turns() {
+        while self.has_turns() && (until_done || Instant::now() < until) {
             self.round();
         }
     }

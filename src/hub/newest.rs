@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use tungstenite::Bytes;
 
+use std::sync::Arc;
+
 use super::ConnId;
-use super::write::{Mark, Write};
+use super::write::{Table, Write};
 
 /// The bytes a second a channel's `state` and `typing` frames may cost to write, all senders
 /// together, when every member sends at the rate limit: a channel of N people whose frames are
@@ -62,12 +64,15 @@ pub(super) struct Newest {
     behind: HashMap<u64, Batch>,
 }
 
-/// Frames end to end, and each one's length, version and sender.
+/// Frames end to end, those published after version `after`: where each ends and its version
+/// (the table a write's run refers to), and which are whose.
 #[derive(Debug, Default, Clone)]
 struct Batch {
     after: u64,
     buffer: Bytes,
-    frames: Vec<(usize, u64, ConnId)>,
+    table: Arc<Table>,
+    /// Each sender's frames in the batch (a state, a typing), by index.
+    senders: HashMap<ConnId, Vec<usize>>,
 }
 
 impl Newest {
@@ -124,7 +129,7 @@ impl Newest {
             self.published.insert(self.version, (key.0, frame));
         }
         self.batch = self.since(after);
-        self.mean = self.batch.buffer.len() / self.batch.frames.len().max(1);
+        self.mean = self.batch.buffer.len() / self.batch.table.ends.len().max(1);
         self.behind.clear();
     }
 
@@ -132,15 +137,18 @@ impl Newest {
     fn since(&self, after: u64) -> Batch {
         let frames = self.published.range(after + 1..);
         let mut buffer = Vec::with_capacity(frames.clone().map(|(_, (_, f))| f.len()).sum());
-        let mut list = Vec::new();
-        for (version, (sender, frame)) in frames {
+        let (mut table, mut senders) = (Table::default(), HashMap::<ConnId, Vec<usize>>::new());
+        for (i, (version, (sender, frame))) in frames.enumerate() {
             buffer.extend_from_slice(frame);
-            list.push((frame.len(), *version, *sender));
+            table.ends.push(buffer.len());
+            table.versions.push(*version);
+            senders.entry(*sender).or_default().push(i);
         }
         Batch {
             after,
             buffer: Bytes::from(buffer),
-            frames: list,
+            table: Arc::new(table),
+            senders,
         }
     }
 
@@ -185,36 +193,35 @@ impl Newest {
         self.behind.clear();
     }
 
-    /// Adds to `write` what `member`, at version `seen`, has not had, its own frames cut out.
+    /// Adds to `write` what `member`, at version `seen`, has not had, its own frames cut out:
+    /// the rest of the last publication, as slices of its buffer, or, for a member further
+    /// behind, the newest of each sender since (joined once for all members that far behind).
     pub(super) fn add_to(&mut self, write: &mut Write, member: ConnId, seen: u64) {
         if seen >= self.version {
             return;
         }
-        if seen != self.batch.after && !self.behind.contains_key(&seen) {
+        if seen < self.batch.after && !self.behind.contains_key(&seen) {
             let batch = self.since(seen);
             self.behind.insert(seen, batch);
         }
-        let batch = if seen == self.batch.after {
+        let batch = if seen >= self.batch.after {
             &self.batch
         } else {
             &self.behind[&seen]
         };
-        // Runs of frames not the member's own, each one slice of the batch.
-        let (mut at, mut run_start, mut run) = (0, 0, Vec::new());
-        for &(len, version, sender) in &batch.frames {
-            if sender == member {
-                if !run.is_empty() {
-                    write.add(batch.buffer.slice(run_start..at), run.drain(..));
-                }
-                run_start = at + len;
-            } else {
-                run.push((len, Mark::Newest(version)));
-            }
-            at += len;
+        let table = &batch.table;
+        let start = table.versions.partition_point(|v| *v <= seen);
+        let own = batch
+            .senders
+            .get(&member)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut from = start;
+        for &skip in own.iter().filter(|i| **i >= start) {
+            write.run(&batch.buffer, table, from, skip);
+            from = skip + 1;
         }
-        if !run.is_empty() {
-            write.add(batch.buffer.slice(run_start..at), run);
-        }
+        write.run(&batch.buffer, table, from, table.ends.len());
     }
 }
 

@@ -57,7 +57,7 @@ impl Hub {
         if let Some(user) = self.users.get(&about) {
             user.outbox.charge(frame.len() * others);
         }
-        let number = ch.log.append(frame, None);
+        let number = ch.log.append_presence(frame);
         let due = ch.presence.due(self.now);
         self.wake_at(channel, due);
         Some(number)

@@ -307,15 +307,17 @@ impl Hub {
         parked.sweep_at.get_or_insert(self.now + SWEEP_EVERY);
     }
 
-    /// `conn` is parked no more (served again, or gone).
-    pub(super) fn unpark(&mut self, conn: ConnId, outbox: &Outbox) {
-        if self.parked.members.remove(&conn) {
-            if let Some(watch) = &self.parked.watch {
-                outbox.unwatch(watch);
-            }
-            if let Some(user) = self.users.get_mut(&conn) {
-                user.parked = false;
-            }
+    /// `conn` is parked no more: to be served again (its socket stays in the watch, disarmed
+    /// once it has fired, armed again if it is parked again), or gone (`forget`: out of the
+    /// watch).
+    pub(super) fn unpark(&mut self, conn: ConnId, outbox: &Outbox, forget: bool) {
+        if forget && let Some(watch) = &self.parked.watch {
+            outbox.unwatch(watch);
+        }
+        if self.parked.members.remove(&conn)
+            && let Some(user) = self.users.get_mut(&conn)
+        {
+            user.parked = false;
         }
         if self.parked.members.is_empty() {
             self.parked.sweep_at = None;
@@ -328,7 +330,7 @@ impl Hub {
             let Some(outbox) = self.users.get(&conn).map(|u| u.outbox.clone()) else {
                 continue;
             };
-            self.unpark(conn, &outbox);
+            self.unpark(conn, &outbox, false);
             self.urge(conn);
         }
     }

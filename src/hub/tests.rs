@@ -690,16 +690,23 @@ fn step7_shutdown_writes_held_presence_before_closing() {
     let alex = c.connect(0, "Alex");
     let (slow, slow_outbox) = connect_stuck(&mut c, 1, "Slow"); // told at once
     slow.frames();
-    let _kim = c.connect(2, "Kim"); // held
+    let kim = c.connect(2, "Kim"); // held
     alex.frames();
     while slow_outbox.push(Outbound::Frame(Bytes::new())).is_ok() {}
-    // Writing out Kim's arrival overflows Slow, whose `left` must still come before 1001.
+    // Kim speaks as the server stops: her arrival, held, goes out first, then her message,
+    // which overflows Slow, whose `left` must still come before 1001.
+    c.hub.now = c.at(3);
+    let request = protocol::parse_request(r#"{"type":"message","text":"bye"}"#).unwrap();
+    c.hub.apply(Event::Request {
+        conn: kim.conn,
+        request,
+    });
     assert!(!c.hub.handle_at(Event::Shutdown, c.at(3)));
-    assert_eq!(alex.types(), ["joined", "left", "close"]);
+    assert_eq!(alex.types(), ["joined", "message", "left", "close"]);
 }
 
 #[test]
-fn step2_held_presence_counts_frame_by_frame_against_a_slow_reader() {
+fn step4_presence_churn_never_drops_a_member_that_stopped_reading_but_messages_do() {
     let mut c = Clocked::new();
     // Someone stays in #x so that moving there never creates or removes a channel.
     let (anchor_outbox, inbox) = Outbox::detached();
@@ -715,8 +722,11 @@ fn step2_held_presence_counts_frame_by_frame_against_a_slow_reader() {
             channel,
         },
     );
-    let (stuck, _stuck_outbox) = connect_stuck(&mut c, 0, "Stuck"); // never reads again
+    let stuck = c.connect(0, "Stuck");
     let movers: Vec<Client> = (0..10).map(|i| c.connect(1, &format!("m{i}"))).collect();
+    c.tick(500);
+    stuck.frames();
+    stuck.inbox.stall(true); // it reads no more
     let mut ms = 1000;
     for _ in 0..60 {
         for m in &movers {
@@ -733,16 +743,34 @@ fn step2_held_presence_counts_frame_by_frame_against_a_slow_reader() {
             m.frames();
         }
     }
-    // 60 windows of ten moves each owe Stuck far more than the queue's limit in frames.
-    let owed = stuck.frames().len();
+    // 60 windows of ten moves each are 1,200 presence frames Stuck has not taken: presence
+    // counts only in bytes, and it is still here.
+    assert_eq!(c.hub.stats().online, 12, "Stuck is still connected");
+    // Messages are another matter: past 1024 of them, it is dropped.
+    for i in 0..MAX_QUEUED_FRAMES {
+        ms += 1;
+        c.send(
+            ms,
+            &movers[0],
+            &format!(r#"{{"type":"message","text":"{i}"}}"#),
+        );
+        movers.iter().for_each(|m| drop(m.frames()));
+    }
+    assert_eq!(
+        c.hub.stats().online,
+        12,
+        "1024 messages behind is the limit, not over it"
+    );
+    c.send(
+        ms + 1,
+        &movers[0],
+        r#"{"type":"message","text":"one more"}"#,
+    );
+    c.tick(ms + 1000); // the sweep finds it
     assert_eq!(
         c.hub.stats().online,
         11,
-        "Stuck, owed {owed} frames, is still connected"
-    );
-    assert!(
-        owed <= MAX_QUEUED_FRAMES,
-        "{owed} frames were queued for Stuck"
+        "Stuck, more than 1024 messages behind, is gone"
     );
 }
 
@@ -1138,7 +1166,7 @@ fn step2_a_quiet_channel_is_served_between_the_turns_of_a_crowded_one() {
         .iter()
         .chain([&ada, &bo])
         .for_each(|m| drop(m.frames()));
-    // Both messages arrive in one batch, the crowd's first; then a single round is played.
+    // Both messages arrive together, the crowd's first; then one round is played.
     c.hub.now = c.at(2000);
     for (who, text) in [(&crowd[0], "to the crowd"), (&ada, "to the quiet")] {
         let request = protocol::parse_request(&format!(r#"{{"type":"message","text":"{text}"}}"#));
@@ -1147,7 +1175,7 @@ fn step2_a_quiet_channel_is_served_between_the_turns_of_a_crowded_one() {
             request: request.unwrap(),
         });
     }
-    c.hub.play(false);
+    c.hub.round();
     assert_eq!(
         bo.frames()[0]["text"],
         "to the quiet",

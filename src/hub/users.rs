@@ -159,7 +159,7 @@ impl Hub {
         let Some(user) = self.users.remove(&conn) else {
             return;
         };
-        self.unpark(conn, &user.outbox);
+        self.unpark(conn, &user.outbox, true);
         // What a connection held (its buffers, its thread's share of malloc) is given back to
         // the system once enough have gone (see `capacity::memory`).
         self.trim.freed(HELD_PER_USER);

@@ -2,6 +2,8 @@
 //! of, nothing copied, and what each frame in it is, so that once the socket has taken part of
 //! it the hub knows which frames the client now has and where to carry on.
 
+use std::sync::Arc;
+
 use tungstenite::Bytes;
 
 /// What a frame of a write is: once it is taken, the client's places move past it.
@@ -17,27 +19,49 @@ pub(super) enum Mark {
     List(u64),
 }
 
+/// Frames end to end in one shared buffer: where each ends, and each one's version. A run of
+/// them goes into a write as one slice and one piece, however many frames it holds.
+#[derive(Debug, Default)]
+pub(super) struct Table {
+    pub(super) ends: Vec<usize>,
+    pub(super) versions: Vec<u64>,
+}
+
+/// What part of a write is.
+#[derive(Debug)]
+enum Piece {
+    /// One frame, ending there (from the start of the write).
+    Frame { end: usize, mark: Mark },
+    /// Frames `from..to` of a table, whose buffer's first byte would be at `origin` of the
+    /// write.
+    Run {
+        origin: usize,
+        table: Arc<Table>,
+        from: usize,
+        to: usize,
+    },
+}
+
 /// Frames end to end, in slices: the write a client is given in one `send`. A slice holds whole
 /// frames, or a frame is several slices.
 #[derive(Debug, Default)]
 pub(super) struct Write {
     pub(super) slices: Vec<Bytes>,
-    /// Where each frame ends, from the start of the write.
-    pub(super) ends: Vec<usize>,
-    marks: Vec<Mark>,
+    pieces: Vec<Piece>,
+    frames: usize,
     len: usize,
 }
 
 impl Write {
     pub(super) fn clear(&mut self) {
         self.slices.clear();
-        self.ends.clear();
-        self.marks.clear();
+        self.pieces.clear();
+        self.frames = 0;
         self.len = 0;
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.frames == 0
     }
 
     /// Bytes in the write.
@@ -45,13 +69,19 @@ impl Write {
         self.len
     }
 
+    /// Frames in the write.
+    pub(super) fn frames(&self) -> usize {
+        self.frames
+    }
+
     /// Adds a slice holding whole frames, each given by its length and mark.
     pub(super) fn add(&mut self, slice: Bytes, frames: impl IntoIterator<Item = (usize, Mark)>) {
         let start = self.len;
         for (len, mark) in frames {
             self.len += len;
-            self.ends.push(self.len);
-            self.marks.push(mark);
+            self.frames += 1;
+            let end = self.len;
+            self.pieces.push(Piece::Frame { end, mark });
         }
         debug_assert_eq!(self.len - start, slice.len(), "a slice holds whole frames");
         self.slices.push(slice);
@@ -69,12 +99,74 @@ impl Write {
             self.len += slice.len();
             self.slices.push(slice.clone());
         }
-        self.ends.push(self.len);
-        self.marks.push(mark);
+        self.frames += 1;
+        let end = self.len;
+        self.pieces.push(Piece::Frame { end, mark });
     }
 
-    /// The marks of the whole frames in the first `taken` bytes.
-    pub(super) fn taken(&self, taken: usize) -> &[Mark] {
-        &self.marks[..self.ends.partition_point(|&end| end <= taken)]
+    /// Adds frames `from..to` of `table`, whose frames are end to end in `buffer`, as one slice.
+    pub(super) fn run(&mut self, buffer: &Bytes, table: &Arc<Table>, from: usize, to: usize) {
+        if from >= to {
+            return;
+        }
+        let begin = from.checked_sub(1).map_or(0, |i| table.ends[i]);
+        let end = table.ends[to - 1];
+        self.slices.push(buffer.slice(begin..end));
+        let origin = self.len - begin;
+        let table = Arc::clone(table);
+        self.pieces.push(Piece::Run {
+            origin,
+            table,
+            from,
+            to,
+        });
+        self.len += end - begin;
+        self.frames += to - from;
+    }
+
+    /// Of the first `sent` bytes: the bytes of the whole frames among them, and the end of the
+    /// frame `sent` cuts (the same, when it cuts none).
+    pub(super) fn bounds(&self, sent: usize) -> (usize, usize) {
+        let mut whole = 0;
+        for piece in &self.pieces {
+            match piece {
+                Piece::Frame { end, .. } if *end <= sent => whole = *end,
+                Piece::Frame { end, .. } => return (whole, *end),
+                Piece::Run {
+                    origin,
+                    table,
+                    from,
+                    to,
+                } => {
+                    let ends = &table.ends[*from..*to];
+                    let taken = ends.partition_point(|end| origin + end <= sent);
+                    if taken > 0 {
+                        whole = origin + ends[taken - 1];
+                    }
+                    if taken < ends.len() {
+                        return (whole, origin + ends[taken]);
+                    }
+                }
+            }
+        }
+        (whole, whole)
+    }
+
+    /// The marks of the whole frames in the first `taken` bytes: a run's frames give one, the
+    /// last one's.
+    pub(super) fn taken(&self, taken: usize) -> impl Iterator<Item = Mark> + '_ {
+        self.pieces.iter().map_while(move |piece| match piece {
+            Piece::Frame { end, mark } => (*end <= taken).then_some(*mark),
+            Piece::Run {
+                origin,
+                table,
+                from,
+                to,
+            } => {
+                let ends = &table.ends[*from..*to];
+                let whole = ends.partition_point(|end| origin + end <= taken);
+                (whole > 0).then(|| Mark::Newest(table.versions[from + whole - 1]))
+            }
+        })
     }
 }
