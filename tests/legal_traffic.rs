@@ -605,3 +605,148 @@ fn legal_slow_readers_are_cut_off_and_give_back_their_memory() {
     );
     drop(slow);
 }
+
+/// Reads the server's frames off a raw socket, a few kilobytes at a time: text frames as JSON.
+struct SlowSocket {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl SlowSocket {
+    /// Reads at most `bytes` now (waiting up to 100 ms for them); `false` once the server has
+    /// closed the connection.
+    fn read(&mut self, bytes: usize) -> bool {
+        let mut chunk = vec![0u8; bytes];
+        self.stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        match self.stream.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buffer.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e) => matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        }
+    }
+
+    /// The whole text frames read so far, as JSON.
+    fn frames(&mut self) -> Vec<serde_json::Value> {
+        let mut frames = Vec::new();
+        loop {
+            let b = &self.buffer;
+            if b.len() < 2 {
+                return frames;
+            }
+            let (len, start) = match b[1] & 0x7f {
+                126 if b.len() >= 4 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
+                127 if b.len() >= 10 => (
+                    u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                126 | 127 => return frames,
+                n => (usize::from(n), 2),
+            };
+            if b.len() < start + len {
+                return frames;
+            }
+            if b[0] == 0x81 {
+                frames.push(serde_json::from_slice(&b[start..start + len]).unwrap());
+            }
+            self.buffer.drain(..start + len);
+        }
+    }
+}
+
+#[test]
+fn legal_presence_churn_never_drops_a_member_on_a_slow_link() {
+    // 200 arrivals a second into #lobby, each leaving a second later, with the longest names:
+    // 100 KB a second of `joined` and `left`. The phone reads 15 KB a second.
+    const ARRIVALS_PER_S: u64 = 200;
+    const CHURN: Duration = Duration::from_secs(10);
+    let server = ServerProcess::start(&[], &[], None);
+    let addr = server.addr;
+    let stream = tcp_with(Ipv4Addr::new(127, 6, 0, 1), addr, Some(16 * 1024)).expect("connect");
+    let phone = handshake(stream, addr, "/?username=phone&channel=lobby", &[]).unwrap();
+    let mut phone = SlowSocket {
+        stream: phone.ws.into_inner(),
+        buffer: Vec::new(),
+    };
+    let from = Ipv4Addr::new(127, 6, 0, 2);
+    let mut talker = connect_from(from, addr, "/?username=talker&channel=lobby");
+    talker.recv_type("welcome");
+    let stop = Arc::new(AtomicBool::new(false));
+    let marking = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let mut marks = 0;
+            while !stop.load(Ordering::Relaxed) {
+                talker.send(json!({"type": "message", "text": format!("mark {marks}")}));
+                marks += 1;
+                thread::sleep(Duration::from_millis(250));
+            }
+            marks
+        })
+    };
+    let churning = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let mut arrivals = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // From addresses of their own: one address may arrive only so fast.
+                let from = Ipv4Addr::new(127, 7, (n % 20) as u8, 1 + (n / 20 % 200) as u8);
+                let name = format!("{n:x>32}");
+                arrivals.push(thread::spawn(move || {
+                    let query = format!("username={}&channel=lobby", &name[name.len() - 32..]);
+                    let member = raw_member(from, addr, &query);
+                    thread::sleep(Duration::from_secs(1));
+                    drop(member);
+                }));
+                n += 1;
+                thread::sleep(Duration::from_micros(1_000_000 / ARRIVALS_PER_S));
+            }
+            arrivals.into_iter().for_each(|a| drop(a.join()));
+            n
+        })
+    };
+    // The phone reads 1.5 KB every 100 ms while the churn goes on.
+    let mut marks_seen = Vec::new();
+    let mut presence = 0;
+    let churn_ends = Instant::now() + CHURN;
+    let tally = |frames: Vec<serde_json::Value>, marks: &mut Vec<u64>, presence: &mut u64| {
+        for frame in frames {
+            match frame["type"].as_str() {
+                Some("joined" | "left") => *presence += 1,
+                Some("message") => {
+                    let text = frame["text"].as_str().unwrap_or("");
+                    if let Some(n) = text.strip_prefix("mark ") {
+                        marks.push(n.parse::<u64>().unwrap());
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+    while Instant::now() < churn_ends {
+        assert!(phone.read(1536), "the phone was cut off during the churn");
+        tally(phone.frames(), &mut marks_seen, &mut presence);
+        thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let marks = marking.join().unwrap();
+    let arrived = churning.join().unwrap();
+    // Then it reads at full speed: every mark comes, in order.
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while marks_seen.len() < marks as usize && Instant::now() < give_up {
+        assert!(phone.read(64 * 1024), "the phone was cut off");
+        tally(phone.frames(), &mut marks_seen, &mut presence);
+    }
+    eprintln!(
+        "{arrived} arrivals; the phone read {presence} presence frames and {} of {marks} marks",
+        marks_seen.len()
+    );
+    let expected: Vec<u64> = (0..marks).collect();
+    assert_eq!(marks_seen, expected, "every marked message, in order");
+    assert!(server.logged("dropping").is_none(), "nobody was dropped");
+}
