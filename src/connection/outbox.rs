@@ -26,7 +26,7 @@ use std::sync::Arc;
 use log::debug;
 use tungstenite::Bytes;
 
-use super::queue::{OutboundQueue, Pen, Pushed};
+use super::queue::{OutboundQueue, Pen, Pushed, Way};
 use super::socket::{Watch, abort, send_slices_without_waiting, send_without_waiting};
 use super::writer;
 #[cfg(doc)]
@@ -99,14 +99,31 @@ impl Outbox {
     pub fn push(&self, item: Outbound) -> Result<(), Undeliverable> {
         let pushed = self.queue.push(item, self.socket.is_some())?;
         if let (Pushed::StartWriter, Some(socket)) = (pushed, &self.socket)
-            && let Err(err) = writer::start(&self.queue, socket)
+            && !self.start_writer(socket)
         {
-            debug!("cannot start a writer thread: {err}");
-            self.queue.stop();
-            self.cut_off();
             return Err(Undeliverable::Full);
         }
         Ok(())
+    }
+
+    /// Starts the writer thread counted as running; if it cannot be had, the client is cut
+    /// off. Returns whether it started.
+    fn start_writer(&self, socket: &Arc<TcpStream>) -> bool {
+        if let Err(err) = writer::start(&self.queue, socket) {
+            debug!("cannot start a writer thread: {err}");
+            self.queue.stop();
+            self.cut_off();
+            return false;
+        }
+        true
+    }
+
+    /// The hub lets this client go (it is closed): whatever is queued for it goes out with a
+    /// writer thread of its own, since nobody else will write it.
+    pub fn hand_over(&self) {
+        if let (Pushed::StartWriter, Some(socket)) = (self.queue.hand_over(), &self.socket) {
+            self.start_writer(socket);
+        }
     }
 
     /// Sends an encoded frame: written at once if the socket takes it without waiting and
@@ -200,11 +217,28 @@ impl Outbox {
         let Some(mut pen) = self.queue.hub_pen() else {
             return Written::Busy;
         };
-        let (finished, rest_sent) = pen.finish(socket);
-        if !finished || frames == 0 {
+        let rest_sent = match pen.clear_way(socket) {
+            Way::Clear(sent) => sent,
+            Way::Blocked(sent) => {
+                return Written::Taken {
+                    taken: 0,
+                    rest: true,
+                    sent,
+                };
+            }
+            Way::Writer => return Written::Busy,
+            Way::StartWriter => {
+                drop(pen);
+                if let Some(socket) = &self.socket {
+                    self.start_writer(socket);
+                }
+                return Written::Busy;
+            }
+        };
+        if frames == 0 {
             return Written::Taken {
                 taken: 0,
-                rest: !finished,
+                rest: false,
                 sent: rest_sent,
             };
         }

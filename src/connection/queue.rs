@@ -126,6 +126,19 @@ pub struct Waited<'a> {
     items: MutexGuard<'a, Items>,
 }
 
+/// What is in the hub's way before it can write ([`Pen::clear_way`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Nothing: this much of what was waiting was written.
+    Clear(usize),
+    /// The socket is full again: this much was written.
+    Blocked(usize),
+    /// A writer thread runs for this connection.
+    Writer,
+    /// A close frame waits: a writer thread must be started for it, counted as running.
+    StartWriter,
+}
+
 /// What a writer took from the queue with one [`Waited::take_batch`].
 #[derive(Debug, Clone, Copy)]
 pub struct Batch {
@@ -222,8 +235,25 @@ impl OutboundQueue {
         if !writable || self.budget.is_none() {
             return Ok(Pushed::Queued); // detached: a `QueuedFrames` reads it
         }
+        // The hub left the rest of a frame in the pen: it writes this after that rest, once the
+        // socket has room, and no thread need wait for it. (The hub clears `rest` before it
+        // looks at the queue, under this lock: it cannot miss what is pushed here.)
+        if self.rest.load(Ordering::Acquire) > 0 {
+            return Ok(Pushed::Queued);
+        }
         queue.writer = true;
         Ok(Pushed::StartWriter)
+    }
+
+    /// Whoever wrote for this client will not any more (the hub let it go): if frames are
+    /// queued and no writer runs, one must be started for them.
+    pub fn hand_over(&self) -> Pushed {
+        let mut queue = self.lock();
+        if queue.items.is_empty() || queue.writer || self.budget.is_none() {
+            return Pushed::Queued;
+        }
+        queue.writer = true;
+        Pushed::StartWriter
     }
 
     /// A place in the budget for this queue's writer thread, if there is room for one.
@@ -271,15 +301,12 @@ impl OutboundQueue {
         })
     }
 
-    /// The pen for the hub: nothing queued, nobody writing, no close frame sent; the rest of
-    /// a frame may still be in it, which the hub must finish first. Never waits.
+    /// The pen for the hub, if nobody is writing and no close frame was sent; the rest of a
+    /// frame, and frames the reader queued behind it, may still be waiting: the hub writes them
+    /// first ([`Pen::clear_way`]). Never waits.
     pub fn hub_pen(&self) -> Option<Pen<'_>> {
-        if self.queued() != 0 {
-            return None;
-        }
         let unfinished = self.pen.try_lock().ok()?;
-        let free = self.queued() == 0 && !self.close_written();
-        free.then_some(Pen {
+        (!self.close_written()).then_some(Pen {
             queue: self,
             unfinished,
         })
@@ -400,6 +427,36 @@ impl Pen<'_> {
     pub fn leave_rest(&mut self, rest: Bytes) {
         self.queue.rest.store(rest.len(), Ordering::Release);
         *self.unfinished = Some(rest);
+    }
+
+    /// For the hub, before its own write: the rest of a frame left in the pen, then what the
+    /// reader queued meanwhile (a pong, a ping), written as far as the socket takes them now.
+    pub fn clear_way(&mut self, socket: &TcpStream) -> Way {
+        let (finished, mut sent) = self.finish(socket);
+        if !finished {
+            return Way::Blocked(sent);
+        }
+        let mut items = self.queue.lock();
+        if items.writer {
+            return Way::Writer;
+        }
+        while let Some((item, frames)) = items.items.pop_front() {
+            let Outbound::Frame(bytes) = item else {
+                // A close frame is the writer's: it shuts the socket after it.
+                items.items.push_front((item, frames));
+                items.writer = true;
+                return Way::StartWriter;
+            };
+            let written = send_without_waiting(socket, &bytes);
+            sent += written;
+            items.frames -= frames;
+            self.queue.forget(&mut items, bytes.len());
+            if written < bytes.len() {
+                self.leave_rest(bytes.slice(written..));
+                return Way::Blocked(sent);
+            }
+        }
+        Way::Clear(sent)
     }
 
     /// Writes what the socket takes now of a rest left in the pen: whether none is left, and

@@ -253,6 +253,8 @@ impl Hub {
             if outbox.close(close).is_err() {
                 outbox.cut_off();
             }
+            // The hub lets it go: what waits behind the rest of a frame it left needs a writer.
+            outbox.hand_over();
         }
     }
 

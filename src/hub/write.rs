@@ -32,10 +32,11 @@ pub(super) struct Table {
 enum Piece {
     /// One frame, ending there (from the start of the write).
     Frame { end: usize, mark: Mark },
-    /// Frames `from..to` of a table, whose buffer's first byte would be at `origin` of the
-    /// write.
+    /// Frames `from..to` of a table, the first of which starts at `at` of the write and at
+    /// `begin` of the table's buffer.
     Run {
-        origin: usize,
+        at: usize,
+        begin: usize,
         table: Arc<Table>,
         from: usize,
         to: usize,
@@ -112,10 +113,10 @@ impl Write {
         let begin = from.checked_sub(1).map_or(0, |i| table.ends[i]);
         let end = table.ends[to - 1];
         self.slices.push(buffer.slice(begin..end));
-        let origin = self.len - begin;
         let table = Arc::clone(table);
         self.pieces.push(Piece::Run {
-            origin,
+            at: self.len,
+            begin,
             table,
             from,
             to,
@@ -127,24 +128,34 @@ impl Write {
     /// Of the first `sent` bytes: the bytes of the whole frames among them, and the end of the
     /// frame `sent` cuts (the same, when it cuts none).
     pub(super) fn bounds(&self, sent: usize) -> (usize, usize) {
+        let (whole, cut) = self.cut(sent);
+        if whole == sent {
+            (sent, sent)
+        } else {
+            (whole, cut)
+        }
+    }
+
+    fn cut(&self, sent: usize) -> (usize, usize) {
         let mut whole = 0;
         for piece in &self.pieces {
             match piece {
                 Piece::Frame { end, .. } if *end <= sent => whole = *end,
                 Piece::Frame { end, .. } => return (whole, *end),
                 Piece::Run {
-                    origin,
+                    at,
+                    begin,
                     table,
                     from,
                     to,
                 } => {
                     let ends = &table.ends[*from..*to];
-                    let taken = ends.partition_point(|end| origin + end <= sent);
+                    let taken = ends.partition_point(|end| at + end - begin <= sent);
                     if taken > 0 {
-                        whole = origin + ends[taken - 1];
+                        whole = at + ends[taken - 1] - begin;
                     }
                     if taken < ends.len() {
-                        return (whole, origin + ends[taken]);
+                        return (whole, at + ends[taken] - begin);
                     }
                 }
             }
@@ -158,15 +169,45 @@ impl Write {
         self.pieces.iter().map_while(move |piece| match piece {
             Piece::Frame { end, mark } => (*end <= taken).then_some(*mark),
             Piece::Run {
-                origin,
+                at,
+                begin,
                 table,
                 from,
                 to,
             } => {
                 let ends = &table.ends[*from..*to];
-                let whole = ends.partition_point(|end| origin + end <= taken);
+                let whole = ends.partition_point(|end| at + end - begin <= taken);
                 (whole > 0).then(|| Mark::Newest(table.versions[from + whole - 1]))
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step2_a_write_knows_which_frames_a_partial_send_took() {
+        // A frame of 10 bytes, then frames 1..3 of a table of four 100-byte frames: a run that
+        // starts 100 bytes into its buffer.
+        let table = Arc::new(Table {
+            ends: vec![100, 200, 300, 400],
+            versions: vec![7, 8, 9, 10],
+        });
+        let buffer = Bytes::from(vec![0u8; 400]);
+        let mut write = Write::default();
+        write.frame(Bytes::from(vec![1u8; 10]), Mark::Own);
+        write.run(&buffer, &table, 1, 3);
+        assert_eq!((write.len(), write.frames()), (210, 3));
+        assert_eq!(write.slices[1].len(), 200);
+        assert_eq!(write.bounds(5), (0, 10), "the first frame cut");
+        assert_eq!(write.bounds(10), (10, 10));
+        assert_eq!(write.bounds(150), (110, 210), "the run's second frame cut");
+        assert_eq!(write.bounds(210), (210, 210));
+        let marks = |n| write.taken(n).collect::<Vec<_>>();
+        assert_eq!(marks(9), []);
+        assert_eq!(marks(150), [Mark::Own, Mark::Newest(8)]);
+        assert_eq!(marks(210), [Mark::Own, Mark::Newest(9)]);
     }
 }
