@@ -27,7 +27,9 @@ use log::debug;
 use tungstenite::Bytes;
 
 use super::queue::{OutboundQueue, Pen, Pushed, Way};
-use super::socket::{Watch, abort, send_slices_without_waiting, send_without_waiting};
+use super::socket::{
+    Watch, abort, send_slices_without_waiting, send_without_waiting, unacknowledged_bytes,
+};
 use super::writer;
 #[cfg(doc)]
 use super::{BEHIND, MAX_QUEUED_BYTES, MAX_QUEUED_FRAMES};
@@ -302,6 +304,14 @@ impl Outbox {
     /// frame in the pen.
     pub fn backlog(&self) -> (usize, usize) {
         (self.queued(), self.queued_bytes() + self.queue.rest_bytes())
+    }
+
+    /// Bytes written to this client's socket that it has not acknowledged: what the kernel
+    /// holds for it (`SIOCOUTQ`; 0 without a socket).
+    pub fn in_kernel(&self) -> usize {
+        (self.socket.as_deref())
+            .and_then(unacknowledged_bytes)
+            .unwrap_or(0)
     }
 
     /// Charges this client `bytes` for an answer to its requests (see [`crate::capacity::Tab`]).

@@ -147,7 +147,8 @@ impl Hub {
         }
     }
 
-    /// Frames and bytes waiting for `conn` inside the server.
+    /// Frames and bytes waiting for `conn` inside the server, and, while it lags, in the
+    /// kernel's send buffer for it (what it has not acknowledged).
     pub(super) fn lag_of(&self, conn: ConnId) -> (usize, usize) {
         let Some(user) = self.users.get(&conn) else {
             return (0, 0);
@@ -157,7 +158,12 @@ impl Hub {
             .map(Bytes::len)
             .sum::<usize>();
         let (queued, queued_bytes) = user.outbox.backlog();
-        (log.0 + user.own.len() + queued, log.1 + own + queued_bytes)
+        // The kernel's send buffer counts too, while the client lags (one system call).
+        let kernel = if user.lagging { user.outbox.in_kernel() } else { 0 };
+        (
+            log.0 + user.own.len() + queued,
+            log.1 + own + queued_bytes + kernel,
+        )
     }
 
     /// Checks a parked member that has had its chance: one whose socket has taken nothing for
