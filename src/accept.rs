@@ -3,6 +3,7 @@
 //! or refuses it with a 503 written without waiting. It never waits on a client.
 
 use std::fs::File;
+use std::io::ErrorKind;
 use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use log::{error, warn};
 
 use crate::capacity::{Handshake, READER_STACK};
 use crate::connection::ConnId;
-use crate::connection::socket::{read_without_waiting, send_without_waiting};
+use crate::connection::socket::{fix_buffers, read_without_waiting, send_without_waiting};
 use crate::doors::{self, Context};
 use crate::http::forwarded::is_trusted;
 use crate::metrics::Refusal;
@@ -39,6 +40,8 @@ pub fn run(listener: &TcpListener, context: &Arc<Context>) {
     loop {
         let (stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
+            // Stopped and resumed (Ctrl-Z and `fg`): nothing failed, so nothing is logged.
+            Err(err) if err.kind() == ErrorKind::Interrupted => continue,
             Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                 drop(reserve.take());
                 if let Ok((stream, _)) = listener.accept() {
@@ -115,6 +118,8 @@ fn spawn_connection(
 ) {
     // Chat frames are small and latency matters: never let Nagle hold one back.
     let _ = socket.set_nodelay(true);
+    // And the kernel holds no more for one client than it needs (see `SEND_BUFFER`).
+    fix_buffers(&socket);
     let thread_socket = Arc::clone(&socket);
     let thread_context = Arc::clone(context);
     let spawned = thread::Builder::new()

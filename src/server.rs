@@ -89,6 +89,13 @@ impl Server {
             .map_err(with_context(format!("{}:{}", config.host, config.port)))?;
         let addr = listener.local_addr()?;
         let capacity = fit_to_this_machine(&mut config);
+        // A writer that waits this long on a socket that takes nothing gives the client up,
+        // as the reader gives up on a client silent this long.
+        let stall = config
+            .ping_interval
+            .mul_f64(2.5)
+            .max(Duration::from_secs(1));
+        let outbound = OutboundBudget::new(capacity.writers, config.max_queued_bytes, stall);
         let (hub_tx, hub_rx) = mpsc::sync_channel(HUB_QUEUE);
         let (hub, requests) = match &config.redis {
             Some(_) => {
@@ -97,19 +104,13 @@ impl Server {
             }
             None => (Hub::new(store), None),
         };
+        let hub = (hub.with_outbound(Arc::clone(&outbound))).with_waker(hub_tx.clone())?;
         let hub_stop = hub.stop_flag();
         let (bans, metrics) = (hub.bans(), hub.metrics());
         let hub_thread = thread::Builder::new()
             .name("hub".into())
             .spawn(move || hub.run(hub_rx))?;
         let cluster = join_cluster(&config, &hub_tx, requests)?;
-        // A writer that waits this long on a socket that takes nothing gives the client up,
-        // as the reader gives up on a client silent this long.
-        let stall = config
-            .ping_interval
-            .mul_f64(2.5)
-            .max(Duration::from_secs(1));
-        let outbound = OutboundBudget::new(capacity.writers, config.max_queued_bytes, stall);
         let context = Arc::new(Context {
             config,
             hub: hub_tx,

@@ -120,6 +120,10 @@ struct Fake {
     /// On a clock (see [`Clock`]): frames expected and received since the last settle.
     owed: Vec<Value>,
     got: Vec<Value>,
+    /// The step at which it entered its channel (connected, or joined another).
+    entered: u64,
+    /// What it last said of its typing, if anything.
+    typing: Option<bool>,
 }
 
 /// Drives the hub as its thread does, on a made-up clock, so presence may be held back
@@ -240,6 +244,85 @@ fn matches(expected: &Value, actual: &Value) -> bool {
     }
 }
 
+/// `state` and `typing` frames apart from the others, `_step` tags taken off.
+fn split_newest(frames: Vec<Value>) -> (Vec<Value>, Vec<Value>) {
+    let (newest, others): (Vec<Value>, Vec<Value>) = frames
+        .into_iter()
+        .partition(|f| f["type"] == "state" || f["type"] == "typing");
+    (others, newest)
+}
+
+/// What identifies a newest frame's sender and kind, and what it says.
+fn newest_key(frame: &Value) -> (String, String) {
+    let sender = frame["user"]["id"].as_str().unwrap_or("").to_owned();
+    (sender, frame["type"].as_str().unwrap_or("").to_owned())
+}
+
+fn newest_value(frame: &Value) -> &Value {
+    if frame["type"] == "state" {
+        &frame["state"]
+    } else {
+        &frame["typing"]
+    }
+}
+
+/// The coalescing rules for `state` and `typing`: of each sender and kind, a client gets some
+/// of the frames it was owed, in order, never one it was not; the newest one whenever sender
+/// and client have stayed together in the channel since (`present`); and nothing from someone
+/// after their `left`, unless they came back.
+fn check_newest(
+    owed: &[Value],
+    got: &[Value],
+    got_all: &[Value],
+    present: impl Fn(&str, u64) -> bool,
+) -> Result<(), String> {
+    let mut owed_by: BTreeMap<(String, String), Vec<&Value>> = BTreeMap::new();
+    for frame in owed {
+        owed_by.entry(newest_key(frame)).or_default().push(frame);
+    }
+    let mut got_by: BTreeMap<(String, String), Vec<&Value>> = BTreeMap::new();
+    for frame in got {
+        got_by.entry(newest_key(frame)).or_default().push(frame);
+    }
+    for (key, frames) in &got_by {
+        let owed = owed_by.get(key).map(Vec::as_slice).unwrap_or_default();
+        let mut rest = owed.iter();
+        for frame in frames {
+            if !rest.any(|o| newest_value(o) == newest_value(frame)) {
+                return Err(format!(
+                    "{frame} was not owed, or came out of order: {owed:?}"
+                ));
+            }
+        }
+    }
+    for (key, frames) in &owed_by {
+        let last = frames.last().expect("a key has frames");
+        let step = last["_step"].as_u64().unwrap_or(0);
+        if last["_optional"] == true || !present(&key.0, step) {
+            continue;
+        }
+        let got_last = got_by.get(key).and_then(|g| g.last());
+        if got_last.map(|g| newest_value(g)) != Some(newest_value(last)) {
+            return Err(format!("the newest {last} never came: got {got_last:?}"));
+        }
+    }
+    let mut gone: Vec<String> = Vec::new();
+    for frame in got_all {
+        let id = frame["user"]["id"].as_str().unwrap_or("").to_owned();
+        match frame["type"].as_str() {
+            Some("left") => gone.push(id),
+            Some("joined") => gone.retain(|g| *g != id),
+            // A new channel: who is there is what its welcome lists.
+            Some("welcome") => gone.clear(),
+            Some("state" | "typing") if gone.contains(&id) => {
+                return Err(format!("{frame} after its sender left"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Profile {
     /// Many channels, names and joins.
@@ -262,6 +345,11 @@ struct World {
     /// What the sequence exercised: frame types and error codes seen, longest history.
     seen: BTreeMap<String, usize>,
     clock: Option<Clock>,
+    /// The hub publishes `state` and `typing` at a pace of its own (see `Hub::pace_newest`):
+    /// a client may get only the newest of each sender's, and later than the frames around it.
+    coalescing: bool,
+    /// Steps taken so far.
+    step: u64,
 }
 
 type Expected = BTreeMap<ConnId, Vec<Value>>;
@@ -279,11 +367,14 @@ impl World {
             trace: Vec::new(),
             seen: BTreeMap::new(),
             clock: None,
+            coalescing: false,
+            step: 0,
         }
     }
 
     /// Hands the hub an event: at once, or at the clock's next moment.
     fn handle(&mut self, event: Event) -> bool {
+        self.step += 1;
         let Some(clock) = &mut self.clock else {
             return self.hub.handle(event);
         };
@@ -308,12 +399,40 @@ impl World {
         self.hub.tick(clock.start + Duration::from_millis(clock.ms));
         self.hub.check_invariants()?;
         let current = channel_names(&Value::Array(self.channel_list()));
+        let roster: Vec<(ConnId, String, String, u64)> = (self.clients.iter())
+            .map(|(c, f)| (*c, f.id.clone(), f.channel.clone(), f.entered))
+            .collect();
         for (conn, client) in &mut self.clients {
             let late = drain(&client.inbox);
             *self.seen.entry("held, then sent".into()).or_default() += late.len();
             client.got.extend(late);
             let (owed, owed_lists) = split_lists(std::mem::take(&mut client.owed));
             let (got, got_lists) = split_lists(std::mem::take(&mut client.got));
+            let (owed, got) = if self.coalescing {
+                let (owed, owed_newest) = split_newest(owed);
+                let (got_others, got_newest) = split_newest(got.clone());
+                let (me, entered, channel) = (*conn, client.entered, &client.channel);
+                let present = |sender: &str, since: u64| {
+                    roster.iter().any(|(c, id, ch, came)| {
+                        id == sender
+                            && *c != me
+                            && ch == channel
+                            && *came <= since
+                            && entered <= since
+                    })
+                };
+                check_newest(&owed_newest, &got_newest, &got, present)
+                    .map_err(|e| format!("conn {conn} ({:?}), newest frames: {e}", client.name))?;
+                let required = owed_newest
+                    .iter()
+                    .filter(|f| f["_optional"] != true)
+                    .count();
+                let coalesced = required.saturating_sub(got_newest.len());
+                *self.seen.entry("coalesced".into()).or_default() += coalesced;
+                (owed, got_others)
+            } else {
+                (owed, got)
+            };
             let (owed, got) = (normalize(owed), normalize(got));
             let same = owed.len() == got.len() && owed.iter().zip(&got).all(|(w, a)| matches(w, a));
             // Whoever was owed a list got one, the last with the channels as they are now
@@ -403,6 +522,36 @@ impl World {
             .map(|(conn, _)| *conn)
     }
 
+    /// When coalescing: the `state` and `typing` of the others in `conn`'s channel, which a
+    /// newcomer may be sent (those still to be published when it arrived go to it too), as
+    /// frames it may or may not get.
+    fn newest_on_arrival(&self, conn: ConnId) -> Vec<Value> {
+        if !self.coalescing {
+            return Vec::new();
+        }
+        let channel = &self.clients[&conn].channel;
+        let mut frames = Vec::new();
+        for (other, c) in self
+            .clients
+            .iter()
+            .filter(|(o, c)| **o != conn && c.channel == *channel)
+        {
+            let user = self.user(*other);
+            frames.push(json!({"type": "state", "channel": channel, "user": user, "state": c.state, "_optional": true}));
+            if let Some(typing) = c.typing {
+                frames.push(json!({"type": "typing", "channel": channel, "user": user, "typing": typing, "_optional": true}));
+            }
+        }
+        frames
+    }
+
+    /// Marks a newest frame with the step it was owed at, when they are coalesced.
+    fn tag_newest(&self, frame: &mut Value) {
+        if self.coalescing {
+            frame["_step"] = json!(self.step);
+        }
+    }
+
     fn push_all(expected: &mut Expected, to: impl IntoIterator<Item = ConnId>, frame: &Value) {
         for conn in to {
             expected.entry(conn).or_default().push(frame.clone());
@@ -477,6 +626,8 @@ impl World {
                 pending: first,
                 owed: Vec::new(),
                 got: Vec::new(),
+                entered: self.step,
+                typing: None,
             },
         );
         let mut expected = Expected::new();
@@ -488,6 +639,7 @@ impl World {
         });
         Self::push_all(&mut expected, others, &joined);
         let mut mine = vec![self.welcome(conn)];
+        mine.extend(self.newest_on_arrival(conn));
         errors.sort_unstable();
         mine.extend(
             errors
@@ -516,8 +668,13 @@ impl World {
             "frames for a disconnected client: {late:?}"
         );
         // Channel lists may be coalesced: one still owed when it went may never have been sent.
-        let ((mut owed, owed_lists), (got, got_lists)) =
+        let ((mut owed, owed_lists), (mut got, got_lists)) =
             (split_lists(gone.owed), split_lists(gone.got));
+        if self.coalescing {
+            // What was still to be published when it went, it never gets.
+            owed = split_newest(owed).0;
+            got = split_newest(got).0;
+        }
         assert!(
             got_lists.len() <= owed_lists.len() + 1,
             "more channel lists than changes"
@@ -611,29 +768,36 @@ impl World {
                     Self::push_all(&mut expected, others, &left);
                 }
                 let arriving = self.members(&to);
-                self.clients.get_mut(&conn).unwrap().channel = to.clone();
+                let step = self.step;
+                let me = self.clients.get_mut(&conn).unwrap();
+                (me.channel, me.entered) = (to.clone(), step);
                 let joined = json!({
                     "type": "joined", "channel": to, "user": user, "count": arriving.len() + 1,
                     "text": format!("{name} has joined the chat"),
                 });
                 Self::push_all(&mut expected, arriving, &joined);
-                expected.insert(conn, vec![self.welcome(conn)]);
+                let mut mine = vec![self.welcome(conn)];
+                mine.extend(self.newest_on_arrival(conn));
+                expected.insert(conn, mine);
                 if created || removed {
                     let frame = self.channels_frame();
                     Self::push_all(&mut expected, self.everyone(), &frame);
                 }
             }
             ChatRequest::Typing { typing } => {
-                let frame = json!({
+                self.clients.get_mut(&conn).unwrap().typing = Some(typing);
+                let mut frame = json!({
                     "type": "typing", "channel": channel, "user": self.user(conn), "typing": typing,
                 });
+                self.tag_newest(&mut frame);
                 Self::push_all(&mut expected, others, &frame);
             }
             ChatRequest::State { state } => {
                 self.clients.get_mut(&conn).unwrap().state = state.clone();
-                let frame = json!({
+                let mut frame = json!({
                     "type": "state", "channel": channel, "user": self.user(conn), "state": state,
                 });
+                self.tag_newest(&mut frame);
                 Self::push_all(&mut expected, others, &frame);
             }
             ChatRequest::Channels => {
@@ -891,11 +1055,15 @@ fn run_sequence(
     seed: u64,
     steps: usize,
     profile: Profile,
-    clocked: bool,
+    clock: Pace,
 ) -> Result<BTreeMap<String, usize>, String> {
     let mut rng = Rng::new(seed);
     let mut world = World::new();
-    if clocked {
+    if clock == Pace::Coalescing {
+        world.coalescing = true;
+        world.hub.pace_newest(Duration::from_millis(300));
+    }
+    if clock != Pace::None {
         world.clock = Some(Clock {
             start: Instant::now(),
             ms: 0,
@@ -994,9 +1162,18 @@ fn run_sequence(
     Ok(world.seen)
 }
 
+/// How the hub is driven: an event at a time, everything written at once; on a made-up clock;
+/// on a clock with `state` and `typing` coalesced.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Pace {
+    None,
+    Clock,
+    Coalescing,
+}
+
 /// Runs `count` seeded sequences over two threads and returns what they exercised, or the
 /// first failures' reports.
-fn run_sequences(count: u64, clocked: bool) -> Result<BTreeMap<String, usize>, String> {
+fn run_sequences(count: u64, clocked: Pace) -> Result<BTreeMap<String, usize>, String> {
     let base = base_seed();
     // Independent sequences, split over two threads; every 10th is chatty.
     let results: Vec<Result<BTreeMap<String, usize>, String>> = thread::scope(|scope| {
@@ -1079,7 +1256,7 @@ fn assert_covered(coverage: &BTreeMap<String, usize>) {
 
 #[test]
 fn props_hub_random_sequences_keep_every_invariant_and_the_protocol() {
-    let coverage = run_sequences(300, false).unwrap_or_else(|report| panic!("{report}"));
+    let coverage = run_sequences(300, Pace::None).unwrap_or_else(|report| panic!("{report}"));
     eprintln!("hub properties exercised: {coverage:?}");
     assert_covered(&coverage);
 }
@@ -1089,13 +1266,28 @@ fn props_hub_random_sequences_keep_every_invariant_and_the_protocol() {
 /// the same order (compared each time a quiet window has let everything out).
 #[test]
 fn props_hub_on_a_clock_holds_presence_but_never_loses_or_reorders_it() {
-    let coverage = run_sequences(150, true).unwrap_or_else(|report| panic!("{report}"));
+    let coverage = run_sequences(150, Pace::Clock).unwrap_or_else(|report| panic!("{report}"));
     eprintln!("hub properties on a clock exercised: {coverage:?}");
     assert_covered(&coverage);
     let held = coverage.get("held, then sent").copied().unwrap_or(0);
     assert!(
         held >= 100,
         "too little presence was held back: {held} frames"
+    );
+}
+
+/// The same sequences on a clock with every channel publishing `state` and `typing` at most
+/// every 300 ms, as a crowded channel does: each client may get only the newest of each
+/// sender's, later than the frames around it, but everything else exactly as before.
+#[test]
+fn props_hub_coalesces_state_and_typing_but_nothing_else() {
+    let coverage = run_sequences(150, Pace::Coalescing).unwrap_or_else(|report| panic!("{report}"));
+    eprintln!("hub properties, coalescing, exercised: {coverage:?}");
+    assert_covered(&coverage);
+    let coalesced = coverage.get("coalesced").copied().unwrap_or(0);
+    assert!(
+        coalesced >= 100,
+        "too few frames were coalesced: {coalesced}"
     );
 }
 

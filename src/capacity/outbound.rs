@@ -52,6 +52,11 @@ impl OutboundBudget {
         self.max_queued_bytes
     }
 
+    /// How long a client's socket may take nothing before the client is given up.
+    pub fn writer_stall(&self) -> Duration {
+        self.writer_stall
+    }
+
     /// Counts `bytes` more queued, unless the budget is used up and `strict` (the client is
     /// already far behind: see `connection::queue::BEHIND`).
     pub fn reserve(&self, bytes: usize, strict: bool) -> bool {

@@ -21,6 +21,22 @@ pub fn text_frame(payload: &[u8]) -> Bytes {
     encode_frame(OpCode::Data(Data::Text), payload)
 }
 
+/// A text frame whose payload is `before`, `middle` and `after` end to end, as three slices:
+/// the header and `before` in one, `middle` as it is (shared, not copied), `after`.
+pub fn text_frame_around(before: &[u8], middle: Bytes, after: &[u8]) -> Vec<Bytes> {
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    let len = before.len() + middle.len() + after.len();
+    let mut head = Vec::with_capacity(before.len() + 10);
+    header
+        .format(len as u64, &mut head)
+        .expect("writing to a Vec cannot fail");
+    head.extend_from_slice(before);
+    vec![Bytes::from(head), middle, Bytes::copy_from_slice(after)]
+}
+
 /// Wraps bytes in a binary frame (the echo door sends binary messages back unchanged).
 pub fn binary_frame(payload: &[u8]) -> Bytes {
     encode_frame(OpCode::Data(Data::Binary), payload)

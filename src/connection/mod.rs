@@ -37,7 +37,7 @@ pub mod reader;
 pub mod socket;
 pub mod writer;
 
-pub use outbox::{Outbox, QueuedFrames};
+pub use outbox::{Outbox, QueuedFrames, Written};
 pub use queue::{BEHIND, MAX_QUEUED_BYTES, MAX_QUEUED_FRAMES, Outbound, Undeliverable};
 pub use reader::{Ended, Incoming, REFUSED, Reader};
 

@@ -26,8 +26,10 @@ use std::sync::Arc;
 use log::debug;
 use tungstenite::Bytes;
 
-use super::queue::{OutboundQueue, Pen, Pushed};
-use super::socket::send_without_waiting;
+use super::queue::{OutboundQueue, Pen, Pushed, Way};
+use super::socket::{
+    Watch, abort, send_slices_without_waiting, send_without_waiting, unacknowledged_bytes,
+};
 use super::writer;
 #[cfg(doc)]
 use super::{BEHIND, MAX_QUEUED_BYTES, MAX_QUEUED_FRAMES};
@@ -40,6 +42,23 @@ pub struct Outbox {
     queue: Arc<OutboundQueue>,
     /// The connection's socket, for the fast path and so that a slow reader can be cut off.
     socket: Option<Arc<TcpStream>>,
+}
+
+/// What became of a write the hub offered ([`Outbox::write`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The outbox took the first `taken` bytes, whole frames only: written, but for the rest
+    /// of the last one when `rest` (it goes out, before anything else, once the socket has
+    /// room). Frames past `taken` were not taken: the socket is full. `sent`: bytes the
+    /// socket took in this call, the rest of an earlier frame included.
+    Taken {
+        taken: usize,
+        rest: bool,
+        sent: usize,
+    },
+    /// Someone else is writing (a writer thread, the reader's pong) or frames wait in the
+    /// queue: nothing was taken; try again later.
+    Busy,
 }
 
 /// Reads a detached outbox's queue, as a writer would (for the hub's tests).
@@ -82,14 +101,31 @@ impl Outbox {
     pub fn push(&self, item: Outbound) -> Result<(), Undeliverable> {
         let pushed = self.queue.push(item, self.socket.is_some())?;
         if let (Pushed::StartWriter, Some(socket)) = (pushed, &self.socket)
-            && let Err(err) = writer::start(&self.queue, socket)
+            && !self.start_writer(socket)
         {
-            debug!("cannot start a writer thread: {err}");
-            self.queue.stop();
-            self.cut_off();
             return Err(Undeliverable::Full);
         }
         Ok(())
+    }
+
+    /// Starts the writer thread counted as running; if it cannot be had, the client is cut
+    /// off. Returns whether it started.
+    fn start_writer(&self, socket: &Arc<TcpStream>) -> bool {
+        if let Err(err) = writer::start(&self.queue, socket) {
+            debug!("cannot start a writer thread: {err}");
+            self.queue.stop();
+            self.cut_off();
+            return false;
+        }
+        true
+    }
+
+    /// The hub lets this client go (it is closed): whatever is queued for it goes out with a
+    /// writer thread of its own, since nobody else will write it.
+    pub fn hand_over(&self) {
+        if let (Pushed::StartWriter, Some(socket)) = (self.queue.hand_over(), &self.socket) {
+            self.start_writer(socket);
+        }
     }
 
     /// Sends an encoded frame: written at once if the socket takes it without waiting and
@@ -165,6 +201,129 @@ impl Outbox {
         self.push(Outbound::Close(Bytes::new()))
     }
 
+    /// The hub's write: `frames` frames end to end in `slices` (shared buffers: nothing is
+    /// copied); `bounds(n)` says, of the first `n` bytes, how many are whole frames and where
+    /// the frame `n` cuts ends. One vectored `send` that never waits, after the rest of an
+    /// earlier frame if one was left; a frame the socket takes only part of is taken whole,
+    /// its rest kept in the pen. A detached outbox takes everything, or nothing once its
+    /// limits are reached, as a socket that is full.
+    pub fn write(
+        &self,
+        slices: &[Bytes],
+        frames: usize,
+        bounds: impl Fn(usize) -> (usize, usize),
+    ) -> Written {
+        let Some(socket) = self.socket.as_deref() else {
+            return self.write_detached(slices, frames);
+        };
+        let Some(mut pen) = self.queue.hub_pen() else {
+            return Written::Busy;
+        };
+        let rest_sent = match pen.clear_way(socket) {
+            Way::Clear(sent) => sent,
+            Way::Blocked(sent) => {
+                return Written::Taken {
+                    taken: 0,
+                    rest: true,
+                    sent,
+                };
+            }
+            Way::Writer => return Written::Busy,
+            Way::StartWriter => {
+                drop(pen);
+                if let Some(socket) = &self.socket {
+                    self.start_writer(socket);
+                }
+                return Written::Busy;
+            }
+        };
+        if frames == 0 {
+            return Written::Taken {
+                taken: 0,
+                rest: false,
+                sent: rest_sent,
+            };
+        }
+        let sent = send_slices_without_waiting(socket, slices);
+        let (whole, cut) = bounds(sent);
+        if cut == whole {
+            return Written::Taken {
+                taken: whole,
+                rest: false,
+                sent: rest_sent + sent,
+            };
+        }
+        pen.leave_rest(rest_of(slices, sent, cut));
+        Written::Taken {
+            taken: cut,
+            rest: true,
+            sent: rest_sent + sent,
+        }
+    }
+
+    fn write_detached(&self, slices: &[Bytes], frames: usize) -> Written {
+        let nothing = Written::Taken {
+            taken: 0,
+            rest: false,
+            sent: 0,
+        };
+        if frames == 0 || self.queue.stalled() {
+            return nothing;
+        }
+        let mut joined = Vec::with_capacity(slices.iter().map(Bytes::len).sum());
+        slices.iter().for_each(|s| joined.extend_from_slice(s));
+        let taken = joined.len();
+        let item = Outbound::Frame(Bytes::from(joined));
+        match self.queue.push_frames(item, frames, false) {
+            Ok(_) => Written::Taken {
+                taken,
+                rest: false,
+                sent: taken,
+            },
+            Err(_) => nothing,
+        }
+    }
+
+    /// Asks `watch` to tell `token` once this client's socket has room (nothing, for an
+    /// outbox without one).
+    pub fn watch(&self, watch: &Watch, token: u64) -> bool {
+        self.socket.as_deref().is_some_and(|socket| {
+            watch.arm(socket, token);
+            true
+        })
+    }
+
+    /// Takes this client's socket out of `watch`.
+    pub fn unwatch(&self, watch: &Watch) {
+        if let Some(socket) = self.socket.as_deref() {
+            watch.forget(socket);
+        }
+    }
+
+    /// Frames and bytes waiting for this client inside the server: queued, and the rest of a
+    /// frame in the pen.
+    pub fn backlog(&self) -> (usize, usize) {
+        (self.queued(), self.queued_bytes() + self.queue.rest_bytes())
+    }
+
+    /// Bytes written to this client's socket that it has not acknowledged: what the kernel
+    /// holds for it (`SIOCOUTQ`; 0 without a socket).
+    pub fn in_kernel(&self) -> usize {
+        (self.socket.as_deref())
+            .and_then(unacknowledged_bytes)
+            .unwrap_or(0)
+    }
+
+    /// Charges this client `bytes` for an answer to its requests (see [`crate::capacity::Tab`]).
+    pub fn charge(&self, bytes: usize) {
+        self.queue.tab().charge(bytes);
+    }
+
+    /// How long this client's reader must wait before reading its next request.
+    pub fn owing(&self) -> std::time::Duration {
+        self.queue.tab().owing()
+    }
+
     /// The socket and the pen, if the fast path may write now (see [`OutboundQueue::idle_pen`]).
     fn fast_path(&self) -> Option<(&TcpStream, Pen<'_>)> {
         let socket = self.socket.as_deref()?;
@@ -193,12 +352,43 @@ impl Outbox {
             let _ = socket.shutdown(Shutdown::Both);
         }
     }
+
+    /// Cuts off a client that does not read: as [`Outbox::cut_off`], and the socket is reset
+    /// when it closes, so that the kernel frees at once what the client left unread.
+    pub fn abort(&self) {
+        if let Some(socket) = &self.socket {
+            abort(socket);
+        }
+    }
+}
+
+/// The rest of the frame that ends at `end`, from `sent` on: a slice of one buffer, or, for a
+/// frame of several slices, those pieces joined.
+fn rest_of(slices: &[Bytes], sent: usize, end: usize) -> Bytes {
+    let (mut start, mut pieces) = (0, Vec::new());
+    for slice in slices {
+        let (from, to) = (sent.max(start), end.min(start + slice.len()));
+        if from < to {
+            pieces.push(slice.slice(from - start..to - start));
+        }
+        start += slice.len();
+    }
+    match pieces.len() {
+        1 => pieces.remove(0),
+        _ => Bytes::from(pieces.concat()),
+    }
 }
 
 impl QueuedFrames {
     /// Takes the next queued item, if any, and counts it as written.
     pub fn take(&self) -> Option<Outbound> {
         self.queue.take_one()
+    }
+
+    /// While `stalled`, the outbox takes no write, as a socket whose buffer is full: what
+    /// a client that stopped reading looks like to the hub.
+    pub fn stall(&self, stalled: bool) {
+        self.queue.set_stalled(stalled);
     }
 }
 

@@ -4,6 +4,7 @@
 //! done. Every field is private: the queue's invariants are kept in this file alone.
 
 use std::collections::VecDeque;
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -11,7 +12,8 @@ use std::time::Duration;
 use log::warn;
 use tungstenite::Bytes;
 
-use crate::capacity::{OutboundBudget, WriterSlot};
+use super::socket::send_without_waiting;
+use crate::capacity::{OutboundBudget, Tab, WriterSlot};
 use crate::throttle::Throttle;
 
 /// Frames that may wait for one client before it counts as a slow reader and is dropped.
@@ -64,7 +66,9 @@ pub enum Undeliverable {
 /// The queue proper, under [`OutboundQueue::items`].
 #[derive(Debug, Default)]
 struct Items {
-    items: VecDeque<Outbound>,
+    /// Each item, with the number of frames it holds (several when the hub wrote them
+    /// together to a queue that has no socket).
+    items: VecDeque<(Outbound, usize)>,
     /// Frames and bytes queued, or taken by the writer and not yet written.
     frames: usize,
     bytes: usize,
@@ -88,6 +92,13 @@ pub struct OutboundQueue {
     pen: Mutex<Option<Bytes>>,
     /// Set, under the pen, once a close frame is written: nothing may follow it.
     closed: AtomicBool,
+    /// Bytes of the rest the hub left in the pen (see [`Pen::leave_rest`]), which no queued
+    /// item counts.
+    rest: AtomicUsize,
+    /// What this client's requests have cost in answers.
+    tab: Tab,
+    /// A queue with no socket takes no write while set (see `QueuedFrames::stall`).
+    stalled: AtomicBool,
     /// `None` for a queue with no socket (the hub's tests): nothing is written, ever.
     budget: Option<Arc<OutboundBudget>>,
 }
@@ -113,6 +124,19 @@ pub struct Pen<'a> {
 #[derive(Debug)]
 pub struct Waited<'a> {
     items: MutexGuard<'a, Items>,
+}
+
+/// What is in the hub's way before it can write ([`Pen::clear_way`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Nothing: this much of what was waiting was written.
+    Clear(usize),
+    /// The socket is full again: this much was written.
+    Blocked(usize),
+    /// A writer thread runs for this connection.
+    Writer,
+    /// A close frame waits: a writer thread must be started for it, counted as running.
+    StartWriter,
 }
 
 /// What a writer took from the queue with one [`Waited::take_batch`].
@@ -142,6 +166,9 @@ impl OutboundQueue {
             queued: AtomicUsize::new(0),
             pen: Mutex::new(None),
             closed: AtomicBool::new(false),
+            rest: AtomicUsize::new(0),
+            tab: Tab::default(),
+            stalled: AtomicBool::new(false),
             budget,
         }
     }
@@ -158,13 +185,26 @@ impl OutboundQueue {
     /// or [`MAX_QUEUED_BYTES`], or a client already [`BEHIND`] past the server's queued-bytes
     /// budget; [`Undeliverable::Closed`] when the connection is closing.
     pub fn push(&self, item: Outbound, writable: bool) -> Result<Pushed, Undeliverable> {
+        self.push_frames(item, 1, writable)
+    }
+
+    /// Queues an item holding `frames` frames, counted as that many against the limits.
+    ///
+    /// # Errors
+    /// As [`OutboundQueue::push`].
+    pub fn push_frames(
+        &self,
+        item: Outbound,
+        frames: usize,
+        writable: bool,
+    ) -> Result<Pushed, Undeliverable> {
         let size = item.size();
         let mut queue = self.lock();
         if queue.stopped {
             return Err(Undeliverable::Closed);
         }
         let over_bytes = queue.bytes > 0 && queue.bytes + size > MAX_QUEUED_BYTES;
-        if queue.frames >= MAX_QUEUED_FRAMES || over_bytes {
+        if queue.frames + frames > MAX_QUEUED_FRAMES.max(frames) || over_bytes {
             return Err(Undeliverable::Full);
         }
         if let Some(budget) = &self.budget
@@ -182,8 +222,8 @@ impl OutboundQueue {
         if matches!(item, Outbound::Close(_)) {
             queue.stopped = true; // nothing may follow a close frame
         }
-        queue.items.push_back(item);
-        queue.frames += 1;
+        queue.items.push_back((item, frames));
+        queue.frames += frames;
         queue.bytes += size;
         self.queued.store(queue.frames, Ordering::Release);
         if queue.writer {
@@ -195,8 +235,25 @@ impl OutboundQueue {
         if !writable || self.budget.is_none() {
             return Ok(Pushed::Queued); // detached: a `QueuedFrames` reads it
         }
+        // The hub left the rest of a frame in the pen: it writes this after that rest, once the
+        // socket has room, and no thread need wait for it. (The hub clears `rest` before it
+        // looks at the queue, under this lock: it cannot miss what is pushed here.)
+        if self.rest.load(Ordering::Acquire) > 0 {
+            return Ok(Pushed::Queued);
+        }
         queue.writer = true;
         Ok(Pushed::StartWriter)
+    }
+
+    /// Whoever wrote for this client will not any more (the hub let it go): if frames are
+    /// queued and no writer runs, one must be started for them.
+    pub fn hand_over(&self) -> Pushed {
+        let mut queue = self.lock();
+        if queue.items.is_empty() || queue.writer || self.budget.is_none() {
+            return Pushed::Queued;
+        }
+        queue.writer = true;
+        Pushed::StartWriter
     }
 
     /// A place in the budget for this queue's writer thread, if there is room for one.
@@ -244,6 +301,17 @@ impl OutboundQueue {
         })
     }
 
+    /// The pen for the hub, if nobody is writing and no close frame was sent; the rest of a
+    /// frame, and frames the reader queued behind it, may still be waiting: the hub writes them
+    /// first ([`Pen::clear_way`]). Never waits.
+    pub fn hub_pen(&self) -> Option<Pen<'_>> {
+        let unfinished = self.pen.try_lock().ok()?;
+        (!self.close_written()).then_some(Pen {
+            queue: self,
+            unfinished,
+        })
+    }
+
     /// The pen, waiting while someone else writes: for the writer thread.
     pub fn pen(&self) -> Pen<'_> {
         Pen {
@@ -256,17 +324,19 @@ impl OutboundQueue {
     pub fn stop(&self) {
         let mut items = self.lock();
         items.stopped = true;
-        let dropped: Vec<usize> = items.items.drain(..).map(|item| item.size()).collect();
-        items.frames -= dropped.len();
-        self.forget(&mut items, dropped.iter().sum());
+        let dropped: Vec<(usize, usize)> = (items.items.drain(..))
+            .map(|(item, frames)| (item.size(), frames))
+            .collect();
+        items.frames -= dropped.iter().map(|(_, frames)| frames).sum::<usize>();
+        self.forget(&mut items, dropped.iter().map(|(size, _)| size).sum());
     }
 
     /// Takes the next queued item, if any, and counts it as written (for a queue nobody
     /// writes: see `QueuedFrames`).
     pub fn take_one(&self) -> Option<Outbound> {
         let mut items = self.lock();
-        let item = items.items.pop_front()?;
-        items.frames -= 1;
+        let (item, frames) = items.items.pop_front()?;
+        items.frames -= frames;
         self.forget(&mut items, item.size());
         Some(item)
     }
@@ -279,6 +349,25 @@ impl OutboundQueue {
     /// Bytes waiting (or being written) right now.
     pub fn queued_bytes(&self) -> usize {
         self.lock().bytes
+    }
+
+    /// Bytes of the rest of a frame the hub left in the pen.
+    pub fn rest_bytes(&self) -> usize {
+        self.rest.load(Ordering::Acquire)
+    }
+
+    /// Whether a queue with no socket takes no write for now.
+    pub fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
+    }
+
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::Relaxed);
+    }
+
+    /// The connection's tab (see [`Tab`]).
+    pub fn tab(&self) -> &Tab {
+        &self.tab
     }
 
     /// Whether the close frame has gone out whole.
@@ -305,8 +394,8 @@ impl Waited<'_> {
             bytes: 0,
             closing: false,
         };
-        while let Some(item) = self.items.items.pop_front() {
-            taken.frames += 1;
+        while let Some((item, frames)) = self.items.items.pop_front() {
+            taken.frames += frames;
             taken.bytes += item.size();
             match item {
                 Outbound::Frame(frame) => batch.push(frame),
@@ -328,7 +417,61 @@ impl Waited<'_> {
 impl Pen<'_> {
     /// The rest of a frame the fast path began, which must go out before anything else.
     pub fn take_unfinished(&mut self) -> Option<Bytes> {
+        self.queue.rest.store(0, Ordering::Release);
         self.unfinished.take()
+    }
+
+    /// Leaves the rest of a frame the hub wrote only part of, without a writer thread: the hub
+    /// finishes it ([`Pen::finish`]) when the socket has room, unless a writer, started for
+    /// some other frame, does first.
+    pub fn leave_rest(&mut self, rest: Bytes) {
+        self.queue.rest.store(rest.len(), Ordering::Release);
+        *self.unfinished = Some(rest);
+    }
+
+    /// For the hub, before its own write: the rest of a frame left in the pen, then what the
+    /// reader queued meanwhile (a pong, a ping), written as far as the socket takes them now.
+    pub fn clear_way(&mut self, socket: &TcpStream) -> Way {
+        let (finished, mut sent) = self.finish(socket);
+        if !finished {
+            return Way::Blocked(sent);
+        }
+        let mut items = self.queue.lock();
+        if items.writer {
+            return Way::Writer;
+        }
+        while let Some((item, frames)) = items.items.pop_front() {
+            let Outbound::Frame(bytes) = item else {
+                // A close frame is the writer's: it shuts the socket after it.
+                items.items.push_front((item, frames));
+                items.writer = true;
+                return Way::StartWriter;
+            };
+            let written = send_without_waiting(socket, &bytes);
+            sent += written;
+            items.frames -= frames;
+            self.queue.forget(&mut items, bytes.len());
+            if written < bytes.len() {
+                self.leave_rest(bytes.slice(written..));
+                return Way::Blocked(sent);
+            }
+        }
+        Way::Clear(sent)
+    }
+
+    /// Writes what the socket takes now of a rest left in the pen: whether none is left, and
+    /// how much was written.
+    pub fn finish(&mut self, socket: &TcpStream) -> (bool, usize) {
+        let Some(rest) = self.unfinished.take() else {
+            return (true, 0);
+        };
+        let written = send_without_waiting(socket, &rest);
+        if written == rest.len() {
+            self.queue.rest.store(0, Ordering::Release);
+            return (true, written);
+        }
+        self.leave_rest(rest.slice(written..));
+        (false, written)
     }
 
     /// Leaves the rest of a frame the socket took only part of, for the writer to finish.

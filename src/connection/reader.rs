@@ -5,6 +5,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use tungstenite::error::{CapacityError, ProtocolError};
@@ -37,13 +38,16 @@ const DRAIN_LIMIT_UNDELIVERED: usize = 4 * 1024 * 1024;
 /// endless empty fragments, which take no token from the rate limit and would keep this
 /// thread busy for ever.
 const MAX_BYTES_WITHOUT_A_MESSAGE_PER_LIMIT: usize = 16;
-/// Pings are answered one for one up to this many at once: a client may check the line with
-/// a few pings in a row and expect each answered (the Autobahn suite's case 2.10 sends ten).
-const PONG_BURST: u32 = 16;
-/// Past the burst, pongs go out at most this often: a ping flood is answered once per
-/// interval, with the latest ping's payload (RFC 6455, 5.5.3, allows answering only the most
-/// recent), so it costs little more than reading it.
-const PONG_EVERY: Duration = Duration::from_millis(100);
+/// Control frames (pings and pongs) are read one after another up to this many at once: a
+/// client may check the line with a few pings in a row and expect each answered at once (the
+/// Autobahn suite's case 2.10 sends ten).
+const CONTROL_BURST: u32 = 16;
+/// Past the burst, the reader reads the next control frame only this long after the last.
+/// Pings are not rate limited, and each is answered, but a flood of them is read at this pace:
+/// the rest waits in the client's own buffers, and TCP slows that client alone. Without it, a
+/// thousand connections writing pings as fast as TCP takes them kept the server's core busy
+/// reading them, and everyone else waited.
+const CONTROL_EVERY: Duration = Duration::from_millis(100);
 
 /// tungstenite's settings for a connection that accepts messages of up to `max_message_bytes`
 /// ([`MAX_MESSAGE_BYTES`] on both doors), with small buffers.
@@ -128,11 +132,10 @@ struct Keepalive {
     /// `max_read_since_message` the client counts as flooding.
     read_since_message: usize,
     max_read_since_message: usize,
-    /// Pongs are paid for with time, [`PONG_EVERY`] each, up to [`PONG_BURST`] ahead of now
-    /// (a token bucket kept as one instant): how far they are paid for.
-    pongs_paid_until: Instant,
-    /// The payload of a ping not answered yet.
-    owed_pong: Option<Bytes>,
+    /// Control frames are paid for with time, [`CONTROL_EVERY`] each, up to
+    /// [`CONTROL_BURST`] ahead of now (a token bucket kept as one instant): how far they are
+    /// paid for.
+    controls_paid_until: Instant,
     /// When the door wants the connection to end unless it has moved on (see
     /// [`Reader::set_deadline`]).
     deadline: Option<Instant>,
@@ -148,8 +151,7 @@ impl Keepalive {
             armed: Duration::ZERO,
             read_since_message: 0,
             max_read_since_message: MAX_MESSAGE_BYTES * MAX_BYTES_WITHOUT_A_MESSAGE_PER_LIMIT,
-            pongs_paid_until: now,
-            owed_pong: None,
+            controls_paid_until: now,
             deadline: None,
         }
     }
@@ -162,27 +164,20 @@ impl Keepalive {
     /// The next moment the reader must stop reading to do something.
     fn due(&self) -> Instant {
         let due = self.next_ping.min(self.last_heard + self.idle_limit());
-        let due = self.deadline.map_or(due, |deadline| due.min(deadline));
-        match self.owed_pong {
-            Some(_) => due.min(self.next_pong()),
-            None => due,
-        }
+        self.deadline.map_or(due, |deadline| due.min(deadline))
     }
 
-    /// The first moment a pong may go out: once no more than a burst is paid for past it.
-    fn next_pong(&self) -> Instant {
-        let credit = PONG_EVERY * (PONG_BURST - 1);
-        let paid = self.pongs_paid_until;
+    /// The first moment another control frame may be read: once no more than a burst is paid
+    /// for past it.
+    fn next_control(&self) -> Instant {
+        let credit = CONTROL_EVERY * (CONTROL_BURST - 1);
+        let paid = self.controls_paid_until;
         paid.checked_sub(credit).unwrap_or(paid)
     }
 
-    /// Whether a pong may go out now (and if so, pays for it).
-    fn may_pong(&mut self, now: Instant) -> bool {
-        let may = now >= self.next_pong();
-        if may {
-            self.pongs_paid_until = self.pongs_paid_until.max(now) + PONG_EVERY;
-        }
-        may
+    /// A control frame was read at `now`: it is paid for.
+    fn pay_control(&mut self, now: Instant) {
+        self.controls_paid_until = self.controls_paid_until.max(now) + CONTROL_EVERY;
     }
 }
 
@@ -213,7 +208,7 @@ impl Read for ReadOnly<'_> {
             self.socket.set_read_timeout(Some(left))?;
             self.keepalive.armed = left;
         }
-        let read = self.socket.read(buf)?;
+        let read = read_on(self.socket, buf)?;
         self.keepalive.read_since_message += read;
         if self.keepalive.read_since_message > self.keepalive.max_read_since_message {
             return Err(io::Error::other("too many bytes without a whole message"));
@@ -321,9 +316,14 @@ impl Reader {
                 self.send(Bytes::from_static(PING))?;
                 self.keepalive.next_ping = now + self.keepalive.interval;
             }
-            if self.keepalive.owed_pong.is_some() && self.keepalive.may_pong(now) {
-                let payload = self.keepalive.owed_pong.take().expect("checked");
-                self.send(pong_frame(&payload))?;
+            // After a burst of control frames, the next frame is read only at their pace.
+            let resume = self.keepalive.next_control();
+            if resume > now {
+                let until = resume.min(self.keepalive.due());
+                thread::sleep(until.saturating_duration_since(now));
+                // Not reading by choice says nothing of whether the client is silent.
+                self.keepalive.last_heard += until.saturating_duration_since(now);
+                continue;
             }
             let mut stream = ReadOnly {
                 socket: &self.socket,
@@ -344,17 +344,17 @@ impl Reader {
             let now = Instant::now();
             self.keepalive.last_heard = now;
             // Any whole frame tungstenite hands back counts: fragments never do until the
-            // last. (A ping flood costs little more than reading it: see PONG_EVERY.)
+            // last. (A ping flood is read at a pace: see CONTROL_EVERY.)
             self.keepalive.read_since_message = 0;
             match message {
                 Message::Text(text) => return Ok(Incoming::Text(text)),
                 Message::Binary(data) => return Ok(Incoming::Binary(data)),
-                Message::Ping(data) if self.keepalive.may_pong(now) => {
-                    self.keepalive.owed_pong = None;
-                    self.send(pong_frame(&data))?
+                Message::Ping(data) => {
+                    self.keepalive.pay_control(now);
+                    self.send(pong_frame(&data))?;
                 }
-                Message::Ping(data) => self.keepalive.owed_pong = Some(data),
-                Message::Pong(_) | Message::Frame(_) => {}
+                Message::Pong(_) => self.keepalive.pay_control(now),
+                Message::Frame(_) => {}
                 Message::Close(close) => {
                     // Echo the client's code, as RFC 6455 asks (sent by `finish` or the hub).
                     self.peer_close = Some(close_frame(close));
@@ -407,7 +407,7 @@ fn classify(err: Error) -> Ended {
 /// not turn our close into a reset; or until [`DRAIN_LIMIT`] bytes once the close is out and
 /// the peer has acknowledged all we sent (a reset then loses nothing), or
 /// [`DRAIN_LIMIT_UNDELIVERED`] bytes whatever it has received.
-fn drain(mut socket: &TcpStream, deadline: Instant, close_sent: impl Fn() -> bool) {
+fn drain(socket: &TcpStream, deadline: Instant, close_sent: impl Fn() -> bool) {
     let mut scratch = [0u8; 1024];
     let mut drained = 0;
     while drained < DRAIN_LIMIT_UNDELIVERED {
@@ -418,9 +418,22 @@ fn drain(mut socket: &TcpStream, deadline: Instant, close_sent: impl Fn() -> boo
         if left.is_zero() || socket.set_read_timeout(Some(left)).is_err() {
             return;
         }
-        match socket.read(&mut scratch) {
+        match read_on(socket, &mut scratch) {
             Ok(0) | Err(_) => return,
             Ok(n) => drained += n,
+        }
+    }
+}
+
+/// One `read` that a stop signal cannot end. A socket with a read timeout (every one here has
+/// one) fails with `EINTR` when the process is stopped and resumed, even with no signal
+/// handler (see signal(7)): a Ctrl-Z and `fg`, a debugger attaching, a frozen container. That
+/// is no reason to drop the client, so the read is simply made again.
+fn read_on(mut socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match socket.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            read => return read,
         }
     }
 }
@@ -430,23 +443,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn step7_pongs_answer_a_burst_one_for_one_then_one_per_interval() {
+    fn step7_control_frames_are_read_a_burst_at_once_then_one_per_interval() {
         let mut keepalive = Keepalive::new(Duration::from_secs(30));
         let start = Instant::now();
-        let burst = (0..100).filter(|_| keepalive.may_pong(start)).count();
-        assert_eq!(burst, PONG_BURST as usize);
-        keepalive.owed_pong = Some(Bytes::from_static(b"latest"));
-        assert_eq!(
-            keepalive.due(),
-            start + PONG_EVERY,
-            "the owed pong wakes the reader"
-        );
-        assert!(!keepalive.may_pong(start + PONG_EVERY / 2));
-        assert!(keepalive.may_pong(start + PONG_EVERY));
-        assert!(!keepalive.may_pong(start + PONG_EVERY));
+        keepalive.controls_paid_until = start;
+        let mut burst = 0;
+        while keepalive.next_control() <= start {
+            keepalive.pay_control(start);
+            burst += 1;
+        }
+        assert_eq!(burst, CONTROL_BURST);
+        assert_eq!(keepalive.next_control(), start + CONTROL_EVERY);
+        keepalive.pay_control(start + CONTROL_EVERY);
+        assert_eq!(keepalive.next_control(), start + CONTROL_EVERY * 2);
         // A quiet while earns the whole burst back, and no more.
-        let later = start + PONG_EVERY * 100;
-        let burst = (0..100).filter(|_| keepalive.may_pong(later)).count();
-        assert_eq!(burst, PONG_BURST as usize);
+        let later = start + CONTROL_EVERY * 100;
+        let mut burst = 0;
+        while keepalive.next_control() <= later {
+            keepalive.pay_control(later);
+            burst += 1;
+        }
+        assert_eq!(burst, CONTROL_BURST);
     }
 }

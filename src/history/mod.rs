@@ -40,6 +40,7 @@ use std::io;
 use log::debug;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use tungstenite::Bytes;
 
 pub use store::{Fsync, Store};
 
@@ -87,15 +88,23 @@ pub const MAX_HISTORY_BYTES: usize = 256 << 20;
 struct Ring {
     messages: VecDeque<Box<RawValue>>,
     bytes: usize,
+    /// The messages as one JSON array, made when first asked for and kept until they change:
+    /// every `welcome` to the channel shares it.
+    json: Option<Bytes>,
 }
 
 impl Ring {
     fn of(messages: VecDeque<Box<RawValue>>) -> Ring {
         let bytes = messages.iter().map(|m| m.get().len()).sum();
-        Ring { messages, bytes }
+        Ring {
+            messages,
+            bytes,
+            json: None,
+        }
     }
 
     fn pop_oldest(&mut self) -> usize {
+        self.json = None;
         let freed = self.messages.pop_front().map_or(0, |m| m.get().len());
         self.bytes -= freed;
         freed
@@ -197,6 +206,7 @@ impl Histories {
         ring.bytes += json.get().len();
         self.bytes += json.get().len();
         ring.messages.push_back(json);
+        ring.json = None;
         self.keep_within_budget();
         Ok(())
     }
@@ -208,6 +218,20 @@ impl Histories {
             .into_iter()
             .flat_map(|r| &r.messages)
             .map(AsRef::as_ref)
+    }
+
+    /// A channel's last messages as one JSON array (`[]` for none), shared: made once per
+    /// change of the history, however many `welcome`s carry it.
+    pub fn json_of(&mut self, channel: &str) -> Bytes {
+        let Some(ring) = self.rings.get_mut(channel) else {
+            return Bytes::from_static(b"[]");
+        };
+        ring.json
+            .get_or_insert_with(|| {
+                let history: Vec<&RawValue> = ring.messages.iter().map(AsRef::as_ref).collect();
+                Bytes::from(serde_json::to_vec(&history).expect("raw JSON serializes"))
+            })
+            .clone()
     }
 
     /// A channel is created: if its history was forgotten from memory (or never loaded), it is

@@ -6,9 +6,13 @@ use std::time::{Duration, Instant};
 use log::info;
 use tungstenite::Bytes;
 
+use super::log::Log;
+use super::newest::Newest;
 use super::presence::Presence;
+use super::rounds::Turn;
 use super::{ConnId, Hub};
 use crate::connection::Outbox;
+use crate::connection::frame::text_frame_around;
 use crate::protocol::{ChannelCount, DEFAULT_CHANNEL, ServerFrame, WELCOME_TEXT, encode};
 
 /// How often the server-wide `channels` list may go out. Every client gets it whenever a
@@ -17,11 +21,18 @@ use crate::protocol::{ChannelCount, DEFAULT_CHANNEL, ServerFrame, WELCOME_TEXT, 
 /// waits at most this long, and only the newest list is sent.
 pub const CHANNELS_EVERY: Duration = Duration::from_secs(1);
 
-/// When the `channels` list last went to everyone, and whether a change waits to be told.
+/// The server-wide channel list: when it last went to everyone, whether a change waits to be
+/// told, and the list itself, encoded once per change however many ask for it.
 #[derive(Debug, Default)]
 pub(super) struct ChannelList {
     sent_at: Option<Instant>,
     owed: bool,
+    /// Counts every change of what the list says (channels, their counts, who is online).
+    pub(super) version: u64,
+    /// The version every client must have had: that of the last list told to everyone.
+    pub(super) told: u64,
+    /// The list as of a version.
+    encoded: Option<(u64, Bytes)>,
 }
 
 impl ChannelList {
@@ -36,8 +47,14 @@ impl ChannelList {
         self.owed
     }
 
+    /// What the list says changed (a count, or who is online).
+    pub(super) fn touched(&mut self) {
+        self.version += 1;
+    }
+
     /// The list changed at `now`: whether it may go out at once (else it is owed).
     fn changed(&mut self, now: Instant) -> bool {
+        self.touched();
         match self.sent_at {
             Some(at) if now < at + CHANNELS_EVERY => {
                 self.owed = true;
@@ -50,14 +67,21 @@ impl ChannelList {
     fn sent(&mut self, now: Instant) {
         self.owed = false;
         self.sent_at = Some(now);
+        self.told = self.version;
     }
 }
 
-/// A channel's members, each with their outbox so a broadcast needs no lookups.
+/// A channel: its members (each with their outbox, so serving needs no lookups), what they
+/// are owed, and its turn in the rounds.
 #[derive(Debug, Default)]
 pub(super) struct Channel {
     pub(super) members: Vec<(ConnId, Outbox)>,
+    /// `message`, `joined`, `left`, `renamed`: what every member must have (`log.rs`).
+    pub(super) log: Log,
+    /// `state` and `typing`: the newest of each sender (`newest.rs`).
+    pub(super) newest: Newest,
     pub(super) presence: Presence,
+    pub(super) turn: Turn,
     /// The ids of the channel's users on other servers, if there are other servers.
     pub(super) remote: Vec<String>,
 }
@@ -78,8 +102,7 @@ impl Hub {
         };
         if user.channel == channel {
             // Nobody moves, so nobody else is told; the joiner still gets its welcome, as after
-            // every join. (A client asking for welcomes it does not read is stopped by its
-            // outbox's 4 MiB.)
+            // every join (paid for, as every answer: see `capacity::Tab`).
             self.peers.stay(conn);
             self.welcome(conn);
             return;
@@ -105,11 +128,19 @@ impl Hub {
             "{:?} moved from #{} to #{channel}",
             user.username, user.channel
         );
-        let old = std::mem::replace(&mut user.channel, channel.clone());
         // What happened in the old channel while they were there reaches them before they go.
-        self.catch_up(conn, &old);
+        let owed = self.owed_to(conn);
+        let Some(user) = self.users.get_mut(&conn) else {
+            return;
+        };
+        let old = std::mem::replace(&mut user.channel, channel.clone());
         let removed = self.leave(conn, &old);
         let created = self.enter(conn, &channel);
+        if let Some(user) = self.users.get_mut(&conn) {
+            let after = user.seen.log;
+            user.own
+                .extend(owed.into_iter().map(|frame| (after, vec![frame])));
+        }
         self.welcome(conn);
         if removed || created {
             self.channels_changed();
@@ -135,7 +166,15 @@ impl Hub {
             count: ch.count(),
             text: format!("{} has joined the chat", user.username),
         });
-        self.presence(channel, frame, conn);
+        let joined = self.presence(channel, frame, conn);
+        let (Some(user), Some(ch)) = (self.users.get_mut(&conn), self.channels.get(channel)) else {
+            return created;
+        };
+        // Nobody is told of their own arrival: their place is after it.
+        user.seen.log = ch.log.end();
+        user.seen.newest = ch.newest.version();
+        user.joined_at = joined;
+        user.lagging = false;
         created
     }
 
@@ -147,7 +186,9 @@ impl Hub {
         };
         if let Some(pos) = ch.members.iter().position(|(c, _)| *c == conn) {
             ch.members.swap_remove(pos);
+            ch.turn.member_left(pos);
         }
+        ch.newest.forget(conn);
         if ch.count() == 0 && channel != DEFAULT_CHANNEL {
             self.channels.remove(channel);
             let channels = &self.channels;
@@ -158,6 +199,7 @@ impl Hub {
         let Some(user) = self.users.get(&conn) else {
             return false;
         };
+        let joined = user.joined_at;
         let frame = encode(&ServerFrame::Left {
             channel,
             user: user.as_ref(),
@@ -165,34 +207,59 @@ impl Hub {
             text: format!("{} has left the chat", user.username),
             kicked: user.kicked,
         });
-        self.presence(channel, frame, conn);
+        let left = self.presence(channel, frame, conn);
+        if let (Some(joined), Some(left), Some(ch)) = (joined, left, self.channels.get_mut(channel))
+        {
+            ch.log.pair(joined, left);
+        }
         false
     }
 
     /// Sends `conn` its `welcome`: who it is, everyone in its channel, the channel's history.
+    /// Charged to it: a welcome can be most of a megabyte.
     pub(super) fn welcome(&mut self, conn: ConnId) {
-        let Some(user) = self.users.get(&conn) else {
+        let Some(name) = self.users.get(&conn).map(|user| user.channel.clone()) else {
             return;
         };
-        let Some(ch) = self.channels.get(&user.channel) else {
+        // Listings are made again only when someone is welcomed: a state changes often.
+        if let Some(ch) = self.channels.get(&name) {
+            for (member, _) in &ch.members {
+                if let Some(user) = self.users.get_mut(member) {
+                    user.relist();
+                }
+            }
+        }
+        // The history is the channel's, shared by every welcome to it: the frame is made
+        // around it, and only the rest is written for each.
+        let history = self.histories.json_of(&name);
+        let (Some(user), Some(ch)) = (self.users.get(&conn), self.channels.get(&name)) else {
             return;
         };
         let members = ch.members.iter().filter_map(|(c, _)| self.users.get(c));
         let mut users: Vec<_> = members.map(|member| &*member.listing).collect();
         users.extend(self.peers.listings(&ch.remote));
-        let history = self.histories.of(&user.channel).collect();
-        let frame = encode(&ServerFrame::Welcome {
+        let json = ServerFrame::Welcome {
             text: WELCOME_TEXT,
             user: user.as_ref(),
             channel: &user.channel,
             users,
-            history,
+            history: Vec::new(),
             online: self.online(),
-        });
-        self.send_to(conn, frame);
+        }
+        .to_json();
+        let frame = around(&json, r#","history":[]"#, history);
+        user.outbox.charge(frame.iter().map(Bytes::len).sum());
+        self.send_slices_to(conn, frame);
     }
 
-    pub(super) fn channels_frame(&self) -> Bytes {
+    /// The channel list as it is now, encoded once per change; and its version.
+    pub(super) fn channels_frame(&mut self) -> (u64, Bytes) {
+        let version = self.channel_list.version;
+        if let Some((at, frame)) = &self.channel_list.encoded
+            && *at == version
+        {
+            return (version, frame.clone());
+        }
         let channels = self
             .channels
             .iter()
@@ -201,10 +268,21 @@ impl Hub {
                 count: ch.count(),
             })
             .collect();
-        encode(&ServerFrame::Channels {
+        let frame = encode(&ServerFrame::Channels {
             channels,
             online: self.online(),
-        })
+        });
+        self.channel_list.encoded = Some((version, frame.clone()));
+        (version, frame)
+    }
+
+    /// `conn` asked for the channel list: it gets the newest at its next write, one however
+    /// many times it asked meanwhile, charged to it.
+    pub(super) fn ask_channels(&mut self, conn: ConnId) {
+        if let Some(user) = self.users.get_mut(&conn) {
+            user.list_asked = true;
+            self.urge(conn);
+        }
     }
 
     /// Users online, on every server.
@@ -220,12 +298,21 @@ impl Hub {
         }
     }
 
-    /// Sends the channel list to everyone on the server.
+    /// Sends the channel list to everyone on the server: each gets the newest at its next
+    /// write, after what it is owed already.
     pub(super) fn send_channels(&mut self) {
         self.channel_list.sent(self.now);
-        // Everyone gets this frame, so everyone first gets the presence they are owed.
-        self.release_all();
-        let frame = self.channels_frame();
-        self.deliveries.owe_each(self.users.keys().copied(), &frame);
+        let names: Vec<String> = self.channels.keys().cloned().collect();
+        for name in names {
+            self.wake(&name);
+        }
     }
+}
+
+/// The text frame of `json` with `value` put in place of the empty array of `field` (written
+/// `,"name":[]`, its last occurrence): three slices, the middle one `value` itself.
+fn around(json: &str, field: &str, value: Bytes) -> Vec<Bytes> {
+    let at = json.rfind(field).expect("the field is there") + field.len() - 2;
+    let (before, after) = (&json[..at], &json[at + 2..]);
+    text_frame_around(before.as_bytes(), value, after.as_bytes())
 }

@@ -1,202 +1,300 @@
-//! How frames leave the hub (tutorial step 2): owed to clients as events are applied, then each
-//! client given *one* write for everything it is owed, and slow readers dropped, never waited
-//! for.
+//! How frames leave the hub (tutorial step 2): each member, when its turn comes, is given *one*
+//! write of everything it is owed, and a member that cannot keep up is left behind at its
+//! cursor, and dropped past the slow-reader limits, never waited for.
 //!
-//! **Batching.** Frames are not sent the moment an event makes them: they are collected, and
-//! [`Hub::run`] first applies every event already waiting in its queue, then flushes. When
-//! the server is quiet a batch is a single event, so nothing waits; under a flood, one system
-//! call carries many frames.
-//!
-//! [`Deliveries`] decides what is written to whom and when; the hub only tells it what each
-//! event owes, and which outbox a connection has.
+//! A member is owed, in order: its channel's log from its cursor, with its own frames (a
+//! `welcome`, an `error`) each in its place; then the newest `state` and `typing` of the
+//! others it has not had; then the channel list if it asked or a change is to be told. The
+//! write is a vectored `send` of slices of those shared buffers ([`Write`]), made by the
+//! outbox without waiting; whatever the socket took moves the member's places on, frame by
+//! frame, and whatever it did not take is still owed, at the same places, next time.
 
 use log::{info, warn};
 use tungstenite::Bytes;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use super::write::Mark;
 use super::{ConnId, Hub};
 use crate::connection::frame::close_frame;
-use crate::connection::{Outbox, Undeliverable};
+use crate::connection::{BEHIND, MAX_QUEUED_BYTES, MAX_QUEUED_FRAMES, Outbox, Written};
 use crate::metrics::Refusal;
+use crate::throttle::Throttle;
 
-/// Deliveries collected before the hub stops taking more events and writes them out, which
-/// bounds both the memory a batch holds (1.5 MB of entries) and how long its first event
-/// waits. Only a huge busy channel reaches it: with 4,500 members each sending a `state`, 16 Ki
-/// gave each member a write for every 3 or 4 frames, and other channels waited 18-26 s behind
-/// those writes; 64 Ki cut that to 11-12 s with the same peak memory.
-pub(super) const MAX_BATCH_DELIVERIES: usize = 64 * 1024;
-
-/// The frames a batch owes, and the room to write them out.
-#[derive(Debug, Default)]
-pub(super) struct Deliveries {
-    /// Frames owed to clients by the events of this batch, in order.
-    owed: Vec<(ConnId, Bytes)>,
-    /// Reused buffer in which one client's frames are joined for a single write.
-    scratch: Vec<u8>,
-    /// Clients whose queue overflowed while the batch was written; dropped right after.
-    /// (A client whose writer has already stopped is not here: its reader is about to send
-    /// `Event::Disconnect`.)
-    overflowed: Vec<ConnId>,
-}
-
-impl Deliveries {
-    /// Owes `frame` to `conn`, after everything it is already owed.
-    pub(super) fn owe(&mut self, conn: ConnId, frame: Bytes) {
-        self.owed.push((conn, frame));
-    }
-
-    /// Owes one frame to each of `conns`. The frame is shared: each recipient holds a
-    /// reference to the same bytes.
-    pub(super) fn owe_each(&mut self, conns: impl Iterator<Item = ConnId>, frame: &Bytes) {
-        self.owed.extend(conns.map(|conn| (conn, frame.clone())));
-    }
-
-    /// Owes several frames to `conn`, in order.
-    pub(super) fn owe_all<'a>(&mut self, conn: ConnId, frames: impl Iterator<Item = &'a Bytes>) {
-        self.owed.extend(frames.map(|frame| (conn, frame.clone())));
-    }
-
-    /// Deliveries owed in this batch so far.
-    pub(super) fn len(&self) -> usize {
-        self.owed.len()
-    }
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.owed.is_empty()
-    }
-
-    /// Writes out everything owed, each client's frames in order and in one go, to the outbox
-    /// `outbox_of` gives (none: the client is gone, and so are its frames). Clients whose queue
-    /// overflowed are kept for [`Deliveries::next_overflowed`].
-    pub(super) fn write_out<'a>(&mut self, outbox_of: impl Fn(ConnId) -> Option<&'a Outbox>) {
-        // A stable sort groups each client's frames and keeps them in order.
-        self.owed.sort_by_key(|(conn, _)| *conn);
-        for group in self.owed.chunk_by(|a, b| a.0 == b.0) {
-            let conn = group[0].0;
-            let frames = group.iter().map(|(_, frame)| frame);
-            let sent = outbox_of(conn).map(|outbox| outbox.send_all(frames, &mut self.scratch));
-            if sent == Some(Err(Undeliverable::Full)) {
-                self.overflowed.push(conn);
-            }
-        }
-        self.owed.clear();
-    }
-
-    /// A client whose queue overflowed, to be dropped.
-    pub(super) fn next_overflowed(&mut self) -> Option<ConnId> {
-        self.overflowed.pop()
-    }
-
-    /// Gives back the memory a burst took, once it is written out.
-    pub(super) fn trim(&mut self) {
-        // A burst (welcomes with full histories for a crowd) must not pin its peak for good.
-        const KEEP_BYTES: usize = 1 << 20;
-        if self.scratch.capacity() > KEEP_BYTES {
-            self.scratch = Vec::new();
-        }
-        // A full batch is the common case under load: keep room for two (3 MB at most), or the
-        // hub would free and grow the vector again on every batch.
-        if self.owed.capacity() > 2 * MAX_BATCH_DELIVERIES {
-            self.owed = Vec::new();
-        }
-    }
-
-    /// Takes what is owed to `conn` out of the batch and writes it to `outbox` (if it has one),
-    /// then `close`: a close must not overtake the answers to what the client sent before it.
-    pub(super) fn close_after_owed(&mut self, conn: ConnId, outbox: Option<&Outbox>, close: Bytes) {
-        let owed: Vec<Bytes> = self
-            .owed
-            .extract_if(.., |(to, _)| *to == conn)
-            .map(|(_, frame)| frame)
-            .collect();
-        if let Some(outbox) = outbox {
-            // A client too far behind for these is cut off by its outbox; nothing else to do.
-            let _ = outbox.send_all(owed.iter(), &mut self.scratch);
-            let _ = outbox.close(close);
-        }
-    }
-}
+/// Warnings about slow readers dropped, at most one every few seconds.
+static DROPPED: Throttle = Throttle::new();
 
 impl Hub {
-    /// Writes out every frame the batch produced: each client's, in order, in one go. Drops
-    /// clients whose queue overflowed, which tells their channels, which is written out too.
-    pub(super) fn flush(&mut self) {
-        while !self.deliveries.is_empty() {
-            self.metrics.delivered(self.deliveries.len());
-            let users = &self.users;
-            self.deliveries
-                .write_out(|conn| users.get(&conn).map(|user| &user.outbox));
-            self.drop_overflowed();
-        }
-        self.deliveries.trim();
-        self.fanned_out();
-    }
-
-    /// Owes one encoded frame to every member of `channel` (but `except`), after the presence
-    /// the channel holds back (see `presence.rs`).
+    /// Owes one encoded frame to every member of `channel` (but `except`): it goes into the
+    /// channel's log, and a pass over the members begins.
     pub(super) fn broadcast(&mut self, channel: &str, frame: &Bytes, except: Option<ConnId>) {
-        self.release(channel);
-        let Some(ch) = self.channels.get(channel) else {
+        let Some(ch) = self.channels.get_mut(channel) else {
             return;
         };
-        let members = ch.members.iter().filter(|(conn, _)| Some(*conn) != except);
-        self.deliveries
-            .owe_each(members.map(|(conn, _)| *conn), frame);
+        ch.log.append(frame.clone(), except);
+        self.wake(channel);
     }
 
-    /// Owes `frame` to one user, after the presence of their channel they have not had yet.
+    /// Owes `frame` to one user, after what its channel's log holds so far.
     pub(super) fn send_to(&mut self, conn: ConnId, frame: Bytes) {
+        self.send_slices_to(conn, vec![frame]);
+    }
+
+    /// Owes one user a frame made of several slices of shared buffers.
+    pub(super) fn send_slices_to(&mut self, conn: ConnId, frame: Vec<Bytes>) {
         let Some(user) = self.users.get_mut(&conn) else {
             return;
         };
-        if let Some(ch) = self.channels.get(&user.channel) {
-            ch.presence
-                .owe_held(conn, &mut user.presence_seen, &mut self.deliveries);
-        }
-        self.deliveries.owe(conn, frame);
+        let after = (self.channels.get(&user.channel)).map_or(user.seen.log, |ch| ch.log.end());
+        user.own.push_back((after, frame));
+        self.urge(conn);
     }
 
-    /// Writes out everything owed, held presence included. Writing can drop a slow reader,
-    /// and the `left` that makes may be held again, hence the loop (it ends: users only go).
+    /// Serves `conn`: one write of all it is owed (see the module docs), parked if its socket
+    /// does not take it all. Returns the bytes the socket took.
+    pub(super) fn serve(&mut self, conn: ConnId) -> usize {
+        let list = self.list_for(conn);
+        let Some(user) = self.users.get_mut(&conn) else {
+            return 0;
+        };
+        user.urgent = false;
+        let Some(ch) = self.channels.get_mut(&user.channel) else {
+            return 0;
+        };
+        if user.parked {
+            return 0;
+        }
+        ch.log.join_loose();
+        let write = &mut self.write;
+        write.clear();
+        let (from, end) = (user.seen.log, ch.log.end());
+        let lags_since = user.lagging.then_some(from);
+        let mut at = from;
+        for (after, frame) in &user.own {
+            let upto = (*after).clamp(at, end);
+            ch.log.add_to(write, at, upto, conn, lags_since);
+            at = upto;
+            write.frame_of(frame, Mark::Own);
+        }
+        ch.log.add_to(write, at, end, conn, lags_since);
+        ch.newest.add_to(write, conn, user.seen.newest);
+        if let Some((version, frame)) = list {
+            write.frame(frame, Mark::List(version));
+        }
+        if write.is_empty() && !user.lagging {
+            (user.seen.log, user.seen.newest) = (end, ch.newest.version());
+            return 0;
+        }
+        let bounds = |sent| write.bounds(sent);
+        let written = user.outbox.write(&write.slices, write.frames(), bounds);
+        let (taken, rest, sent) = match written {
+            Written::Taken { taken, rest, sent } => (taken, rest, sent),
+            Written::Busy => {
+                let outbox = user.outbox.clone();
+                self.park(conn, &outbox, false);
+                return 0;
+            }
+        };
+        let mut frames = 0;
+        for mark in write.taken(taken) {
+            frames += 1;
+            match mark {
+                Mark::Log(next) => user.seen.log = next,
+                Mark::Own => drop(user.own.pop_front()),
+                Mark::Newest(version) => user.seen.newest = version,
+                Mark::List(version) => {
+                    user.seen.list = version;
+                    if std::mem::take(&mut user.list_asked) {
+                        user.outbox.charge(write.len()); // an answer: paid for (`Tab`)
+                    }
+                }
+            }
+        }
+        let whole = taken == write.len();
+        // A run of newest frames gives one mark; a whole write counts each of its frames.
+        self.metrics
+            .delivered(if whole { write.frames() } else { frames });
+        if whole {
+            // Everything owed was given (or skipped, being its own or a pair it never saw).
+            (user.seen.log, user.seen.newest) = (end, ch.newest.version());
+        }
+        user.lagging = !whole || rest;
+        if sent > 0 || !user.lagging {
+            user.stalled_since = None;
+        } else {
+            user.stalled_since.get_or_insert(self.now);
+        }
+        if user.lagging {
+            let outbox = user.outbox.clone();
+            self.park(conn, &outbox, true);
+            // Only a member that could not take what it was offered is behind: one that took
+            // it all is not, however long it waited for its turn.
+            self.check_lag(conn);
+        }
+        taken
+    }
+
+    /// The channel list, if `conn` is to be given it: it asked, or a change is to be told.
+    fn list_for(&mut self, conn: ConnId) -> Option<(u64, Bytes)> {
+        let user = self.users.get(&conn)?;
+        let wants = user.list_asked || user.seen.list < self.channel_list.told;
+        wants.then(|| self.channels_frame())
+    }
+
+    /// Marks `conn` to be dropped if more waits for it than a slow reader may have: more
+    /// than [`MAX_QUEUED_FRAMES`] frames or [`MAX_QUEUED_BYTES`] bytes, counting its place in
+    /// its channel's log (presence in bytes only: see `Log::lag`), its own frames, and its
+    /// outbox (a single frame larger than the limit may still wait for a client with nothing
+    /// else).
+    pub(super) fn check_lag(&mut self, conn: ConnId) {
+        let (frames, bytes) = self.lag_of(conn);
+        if frames > MAX_QUEUED_FRAMES || (frames > 1 && bytes > MAX_QUEUED_BYTES) {
+            self.overflowed.push(conn);
+        }
+    }
+
+    /// Frames and bytes waiting for `conn` inside the server, and, while it lags, in the
+    /// kernel's send buffer for it (what it has not acknowledged).
+    pub(super) fn lag_of(&self, conn: ConnId) -> (usize, usize) {
+        let Some(user) = self.users.get(&conn) else {
+            return (0, 0);
+        };
+        let log = (self.channels.get(&user.channel)).map_or((0, 0), |ch| ch.log.lag(user.seen.log));
+        let own = (user.own.iter().flat_map(|(_, frame)| frame))
+            .map(Bytes::len)
+            .sum::<usize>();
+        let (queued, queued_bytes) = user.outbox.backlog();
+        // The kernel's send buffer counts too, while the client lags (one system call).
+        let kernel = if user.lagging {
+            user.outbox.in_kernel()
+        } else {
+            0
+        };
+        (
+            log.0 + user.own.len() + queued,
+            log.1 + own + queued_bytes + kernel,
+        )
+    }
+
+    /// Checks a parked member that has had its chance: one whose socket has taken nothing for
+    /// as long as a writer thread would wait ([`OutboundBudget::writer_stall`]) is given up.
+    pub(super) fn check_parked(&mut self, conn: ConnId) {
+        self.check_lag(conn);
+        let stall = self.outbound.as_ref().map(|budget| budget.writer_stall());
+        let stalled = self.users.get(&conn).and_then(|user| user.stalled_since);
+        if let (Some(stall), Some(since)) = (stall, stalled)
+            && self.now >= since + stall
+        {
+            self.overflowed.push(conn);
+        }
+    }
+
+    /// Keeps what waits for every client together within the server's budget
+    /// ([`OutboundBudget::max_queued_bytes`]): past it, the members parked furthest behind,
+    /// [`BEHIND`] or more, are dropped, so a crowd that does not read cannot cost a reader
+    /// who is a moment late.
+    pub(super) fn check_budget(&mut self, parked: &[ConnId]) {
+        let Some(budget) = &self.outbound else {
+            return;
+        };
+        let (queued, max) = (budget.queued_bytes(), budget.max_queued_bytes());
+        let mut behind: Vec<(usize, ConnId)> = (parked.iter())
+            .map(|conn| (self.lag_of(*conn).1, *conn))
+            .collect();
+        let mut total = queued + behind.iter().map(|(bytes, _)| bytes).sum::<usize>();
+        behind.sort_unstable_by(|a, b| b.cmp(a));
+        for (bytes, conn) in behind {
+            if total <= max || bytes < BEHIND {
+                break;
+            }
+            total -= bytes;
+            self.overflowed.push(conn);
+        }
+    }
+
+    /// Drops every client marked as too slow. Telling their channels may make others lag
+    /// more, which the next check finds.
+    pub(super) fn drop_overflowed(&mut self) {
+        while let Some(conn) = self.overflowed.pop() {
+            let Some(user) = self.users.get(&conn) else {
+                continue;
+            };
+            let (frames, bytes) = self.lag_of(conn);
+            // A crowd that stops reading at once must not become a flood of log lines.
+            if let Some(also) = DROPPED.allow() {
+                warn!(
+                    "dropping {:?} (conn {conn}): {frames} frames ({bytes} bytes) wait for it, it \
+                     is not reading ({also} more dropped since the last warning)",
+                    user.username
+                );
+            }
+            user.outbox.abort();
+            self.metrics.refused(Refusal::SlowReader);
+            self.remove_user(conn, "too slow to read");
+        }
+    }
+
+    /// Takes out all `conn` is owed of its channel's log and its own frames, in order, each on
+    /// its own: for a member leaving the channel, or closed.
+    pub(super) fn owed_to(&mut self, conn: ConnId) -> Vec<Bytes> {
+        let Some(user) = self.users.get_mut(&conn) else {
+            return Vec::new();
+        };
+        let Some(ch) = self.channels.get(&user.channel) else {
+            return user.own.drain(..).map(|(_, frame)| joined(frame)).collect();
+        };
+        let (end, lags_since) = (ch.log.end(), user.lagging.then_some(user.seen.log));
+        let (mut at, mut owed) = (user.seen.log, Vec::new());
+        for (after, frame) in user.own.drain(..) {
+            let upto = after.clamp(at, end);
+            owed.extend(ch.log.frames(at, upto, conn, lags_since));
+            at = upto;
+            owed.push(joined(frame));
+        }
+        owed.extend(ch.log.frames(at, end, conn, lags_since));
+        user.seen.log = end;
+        owed
+    }
+
+    /// Queues a connection's close frame behind everything it is owed: a close must not
+    /// overtake the answers to what the client sent before it ended (its own messages,
+    /// `rate_limited` refusals). A client that cannot be told is cut off.
+    pub(super) fn close_after_owed(&mut self, conn: ConnId, close: Bytes) {
+        let owed = self.owed_to(conn);
+        let outbox = (self.users.get(&conn).map(|user| &user.outbox))
+            .or_else(|| self.other_doors.get(&conn))
+            .or_else(|| self.peers.waiting(conn));
+        if let Some(outbox) = outbox {
+            // A client too far behind for these is cut off by its outbox; nothing else to do.
+            let _ = outbox.send_all(owed.iter(), &mut self.scratch);
+            if outbox.close(close).is_err() {
+                outbox.cut_off();
+            }
+            // The hub lets it go: what waits behind the rest of a frame it left needs a writer.
+            outbox.hand_over();
+        }
+    }
+
+    /// Writes out everything owed, held presence, newest frames and channel lists included,
+    /// whatever their time. Writing can drop a slow reader, and the `left` that makes is
+    /// written out too.
     pub(super) fn flush_everything(&mut self) {
+        self.flushing = true;
+        self.wake_parked(true);
         loop {
             if self.channel_list.owed() {
                 self.send_channels();
             }
-            self.release_all();
-            self.flush();
-            if self.holding.is_empty() && !self.channel_list.owed() {
-                return;
+            self.fire_timers(true);
+            while self.has_turns() {
+                self.round();
+            }
+            if self.timers.is_empty() && !self.channel_list.owed() {
+                break;
             }
         }
-    }
-
-    /// Queues a connection's close frame behind everything it is owed, the frames of this batch
-    /// not written yet included: a close must not overtake the answers to what the client sent
-    /// before it ended (its own messages, `rate_limited` refusals).
-    pub(super) fn close_after_owed(&mut self, conn: ConnId, close: Bytes) {
-        let outbox = (self.users.get(&conn).map(|user| &user.outbox))
-            .or_else(|| self.other_doors.get(&conn))
-            .or_else(|| self.peers.waiting(conn));
-        self.deliveries.close_after_owed(conn, outbox, close);
-    }
-
-    /// Drops every client whose queue overflowed. Telling their channels may overflow others,
-    /// hence the loop.
-    fn drop_overflowed(&mut self) {
-        while let Some(conn) = self.deliveries.next_overflowed() {
-            if let Some(user) = self.users.get(&conn) {
-                warn!(
-                    "dropping {:?} (conn {conn}): {} frames queued, it is not reading",
-                    user.username,
-                    user.outbox.queued()
-                );
-                user.outbox.cut_off();
-                self.metrics.refused(Refusal::SlowReader);
-                self.remove_user(conn, "too slow to read");
-            }
-        }
+        self.flushing = false;
+        self.fanned_out(true);
     }
 
     pub(super) fn shutdown(&mut self) {
@@ -206,22 +304,37 @@ impl Hub {
             self.users.len(),
             self.other_doors.len()
         );
-        let outboxes = self.users.values().map(|u| &u.outbox);
-        outboxes
-            .chain(self.other_doors.values())
+        // A member whose socket was full still gets what it is owed before its 1001.
+        let conns: Vec<ConnId> = self.users.keys().copied().collect();
+        for conn in conns {
+            self.close_after_owed(conn, going_away());
+        }
+        (self.other_doors.values())
             .chain(self.peers.waiting_outboxes())
             .for_each(close_going_away);
     }
 }
 
-/// Sends the close frame every client gets when the server stops (1001); a client that cannot
-/// be told is cut off.
-pub(super) fn close_going_away(outbox: &Outbox) {
-    let frame = close_frame(Some(CloseFrame {
+/// A frame of several slices as one.
+fn joined(mut frame: Vec<Bytes>) -> Bytes {
+    match frame.len() {
+        1 => frame.remove(0),
+        _ => Bytes::from(frame.concat()),
+    }
+}
+
+/// The close frame every client gets when the server stops (1001).
+fn going_away() -> Bytes {
+    close_frame(Some(CloseFrame {
         code: CloseCode::Away,
         reason: "server shutting down".into(),
-    }));
-    if outbox.close(frame).is_err() {
+    }))
+}
+
+/// Sends the close frame every client gets when the server stops; a client that cannot be
+/// told is cut off.
+pub(super) fn close_going_away(outbox: &Outbox) {
+    if outbox.close(going_away()).is_err() {
         outbox.cut_off();
     }
 }

@@ -51,6 +51,9 @@ pub enum Event {
     /// With `--redis`: an answer or a stream entry from the threads that talk to the other
     /// servers.
     Peers(ClusterEvent),
+    /// These connections' sockets, full when the hub last wrote to them, have room again
+    /// (from the hub's own waker thread: see `rounds.rs`).
+    Writable(Vec<ConnId>),
 }
 
 /// The body of `GET /stats`.

@@ -1,23 +1,25 @@
 //! What the hub counts for `GET /metrics` (operating it): published into the shared
-//! [`Metrics`](crate::metrics::Metrics) as atomics after every batch, so that a scrape reads
-//! them without asking the hub, and the hub never waits for a scrape.
+//! [`Metrics`](crate::metrics::Metrics) as atomics after every round of writes, so that a
+//! scrape reads them without asking the hub, and the hub never waits for a scrape.
 
 use std::time::Instant;
 
 use super::Hub;
 
 impl Hub {
-    /// A message that arrived at `received` is being fanned out in this batch.
+    /// A message that arrived at `received` is being fanned out.
     pub(super) fn fanning_out(&mut self, received: Instant) {
         self.arrivals.push(received);
     }
 
-    /// The batch is written out: every message fanned out in it has reached its last
-    /// recipient's outbox (written to its socket, or queued for its writer), which ends its
-    /// `cyberchat_delivery_seconds`; and the table's figures are published. Called once a
-    /// batch, where delivery completes: if delivery changes, this call moves with it.
-    pub(super) fn fanned_out(&mut self) {
-        if !self.arrivals.is_empty() {
+    /// The hub has played its rounds and publishes its figures. With `written` (no channel
+    /// has a member left to serve), every message fanned out so far has reached each
+    /// recipient that keeps up (written to its socket, or queued behind a frame it is
+    /// taking), which ends its `cyberchat_delivery_seconds`. A member parked at its cursor
+    /// does not hold the figure back: it is not keeping up. Called where the rounds end: if
+    /// delivery changes, this call moves with it.
+    pub(super) fn fanned_out(&mut self, written: bool) {
+        if written && !self.arrivals.is_empty() {
             let done = Instant::now();
             for received in self.arrivals.drain(..) {
                 let took = done.saturating_duration_since(received);

@@ -39,26 +39,27 @@ impl Hub {
             if channel.count() == 0 && name != DEFAULT_CHANNEL {
                 return Err(format!("empty channel #{name} was kept"));
             }
-            let p = &channel.presence;
-            p.check(name)?;
-            if let Some(due) = p.due()
-                && (!self.holding.holds(name)
-                    || self.holding.release_at().is_none_or(|at| at > due))
-            {
-                return Err(format!("#{name} holds presence that no release is set for"));
-            }
             for (conn, _) in &channel.members {
                 match self.users.get(conn) {
-                    Some(user) if user.presence_seen > p.last() => {
-                        return Err(format!("conn {conn} has seen presence #{name} never sent"));
-                    }
-                    Some(user) if user.channel == *name => seen += 1,
-                    Some(user) => {
+                    Some(user) if user.channel != *name => {
                         return Err(format!(
                             "conn {conn} listed in #{name} but is in #{}",
                             user.channel
                         ));
                     }
+                    Some(user) if !channel.log.holds(user.seen.log) => {
+                        return Err(format!(
+                            "conn {conn} is at {} in #{name}'s log, which is not kept",
+                            user.seen.log
+                        ));
+                    }
+                    Some(user) if user.seen.newest > channel.newest.version() => {
+                        return Err(format!("conn {conn} has seen #{name}'s newest never sent"));
+                    }
+                    Some(user) if user.own.iter().any(|(after, _)| *after > channel.log.end()) => {
+                        return Err(format!("conn {conn} has frames after #{name}'s log's end"));
+                    }
+                    Some(_) => seen += 1,
                     None => return Err(format!("conn {conn} in #{name} is not a user")),
                 }
             }
@@ -77,7 +78,7 @@ impl Hub {
                 self.users.len()
             ));
         }
-        for (conn, user) in &self.users {
+        for (conn, user) in self.users.iter().filter(|(_, user)| user.listed()) {
             let listed: Value = serde_json::from_str(user.listing.get()).unwrap_or_default();
             let mut current =
                 serde_json::json!({"id": user.id, "username": user.username, "state": user.state});
@@ -87,6 +88,8 @@ impl Hub {
             if listed != current {
                 return Err(format!("conn {conn} is listed as {listed}, not {current}"));
             }
+        }
+        for (conn, user) in &self.users {
             if self.names.get(&name_key(&user.username)) != Some(conn) {
                 return Err(format!(
                     "{:?} is not registered to conn {conn}",

@@ -1,25 +1,78 @@
 //! The hub (tutorial steps 2 to 6): one thread that alone owns every user, channel and
-//! message history, and turns events from connections into frames for their outboxes.
+//! message history, turns events from connections into frames, and writes them out fairly.
 //!
 //! Because only this thread touches the table, none of it needs a lock, and every client sees
-//! events in the same order. The hub never waits on a socket: it only hands frames to
-//! [`Outbox`]es, which never block, and a client whose queue is full is dropped (its channel
-//! gets `left` as usual) rather than waited for.
+//! events in the same order. The hub never waits on a socket: every write is one `send` that
+//! takes what the socket takes now, and a client that cannot keep up keeps its place and is
+//! dropped past the slow-reader limits (its channel gets `left` as usual), never waited for.
+//!
+//! ## Applying is cheap, writing is fair
+//!
+//! The hub's work has two halves, and only the second grows with a channel's size.
+//!
+//! **Applying** an event changes the table and records what it owes, at a cost that does not
+//! depend on how many will receive it. A `message`, `joined`, `left` or `renamed` is encoded
+//! once and appended to its channel's **log** (`log.rs`), every member holding a cursor into
+//! it. A `state` or `typing` only marks its sender in the channel's **newest** table
+//! (`newest.rs`). A `welcome`, an `error` or a channel list goes on one member's own queue.
+//!
+//! **Serving** a member is one write of everything it is owed (`delivery.rs`): its log from
+//! its cursor, its own frames each in its place, the newest `state` and `typing` of the others
+//! it has not had, the channel list if it is owed one. The write is a vectored `send` of slices
+//! of shared buffers: frames appended to a log between two writes are joined once, and every
+//! member that keeps up gets them as one slice of that buffer.
+//!
+//! **One round** (`rounds.rs`): each channel with members to serve takes a turn, serving its
+//! members until it has spent [`rounds::QUANTUM`] bytes (a write counts at least
+//! [`rounds::WRITE_COST`]); one with more to do goes to the back of the line, its overspending
+//! carried over (deficit round robin). [`Hub::run`] applies the events waiting in its queue
+//! (for [`APPLY_FOR`] at most), then plays rounds (for [`SERVE_FOR`] at most), and so on. So a
+//! quiet channel's message waits at most the events ahead of it and one round: one quantum of
+//! each busy channel's writes, however many members those have. A crowded channel's pass over its members takes many rounds; a
+//! member served late in a pass gets whatever arrived meanwhile in the same write.
+//!
+//! **Newest only.** `state` and `typing` say how someone is *now*, so a member needs the newest
+//! of each sender, not every one. A channel publishes the newest of each marked sender
+//! together, at once while it is small and less often as it grows ([`newest::every`]), so
+//! that its cursors cost at most [`newest::NEWEST_BUDGET`] bytes a second to write, but never
+//! less than once a second per sender. A publication is one buffer; each member gets a slice
+//! of it with its own frames cut out (two or three slices of one buffer). `message`, `joined`,
+//! `left` and `renamed` are in the log, and reach every member that keeps up, each one, in
+//! order.
+//!
+//! **A slow member costs a cursor, not a copy.** What its socket does not take stays owed at
+//! its place in the shared log; the rest of a frame the socket cut is kept in its outbox, and
+//! the member is *parked* until the kernel says the socket has room (an `epoll` set, waited on
+//! by a thread of the hub's own, which tells the hub). How far behind it is — log frames and
+//! bytes past its cursor, its own frames, what waits in its outbox — is what the slow-reader
+//! limits count. While it lags, a `joined` and the `left` that ends it, both past its cursor,
+//! are skipped together: someone it never saw came and went, and presence churn cannot be what
+//! makes an honest slow member fall behind for good.
+//!
+//! **Answers are paid for.** What a request makes the server send (a `welcome` with a
+//! channel's history, a channel list, the presence a `join` tells two channels) is charged to
+//! its sender's tab ([`crate::capacity::Tab`]), and a `join` or `channels` that finds the tab
+//! over its limit is refused with `rate_limited`: a legal request cannot make the server send
+//! more than the tab allows for one client.
 //!
 //! [`Hub::handle`] is a plain state machine, so the unit tests drive it with events and read
-//! what it queued for whom, no sockets involved. Each part of the table is a file:
+//! what it wrote for whom, no sockets involved. Each part of the table is a file:
 //!
 //! | file | what |
 //! |---|---|
 //! | [`event`] | what connections tell the hub |
-//! | `user.rs` | what the hub keeps of each user |
+//! | `user.rs` | what the hub keeps of each user, and how far each has been served |
 //! | `users.rs` | ids, names (unique under case folding), renames, leaving |
 //! | `channels.rs` | joining, channels, the `welcome`, the `channels` list |
-//! | `messages.rs` | a message's way: its id, its history, everyone in the channel |
+//! | `messages.rs` | a message's way: its id, its history, its channel's log; `state` and `typing` |
 //! | `presence.rs` | `joined`/`left`, held back and written together when a crowd arrives |
-//! | `delivery.rs` | each client one write per batch; slow readers dropped; shutdown |
+//! | `log.rs` | a channel's log of frames every member must have, and their cursors |
+//! | [`newest`] | a channel's newest `state` and `typing` of each sender, and their pace |
+//! | `write.rs` | one member's write: slices of shared buffers, and what each frame is |
+//! | `delivery.rs` | serving one member; the slow-reader limits; closing; shutdown |
+//! | [`rounds`] | whose turn it is: passes, rounds, quanta, parked members |
 //! | `moderation.rs` | operators: `kick`, `mute`, `ban`, and the table of banned addresses |
-//! | `figures.rs` | what the hub counts for `/metrics`, published after every batch |
+//! | `figures.rs` | what the hub counts for `/metrics`, published after every round of writes |
 //! | `invariants.rs` | `/stats` and the checks the tests run |
 //! | `peers.rs` | the other servers, with `--redis`: the questions the steps ask of them, each a one-line call, answered plainly by a server on its own |
 //!
@@ -33,23 +86,28 @@ mod channels;
 mod delivery;
 mod figures;
 mod invariants;
+mod log;
 mod messages;
 mod moderation;
+pub mod newest;
 mod peers;
 mod presence;
+pub mod rounds;
 mod user;
 mod users;
+mod write;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Instant;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
 
-use log::debug;
+use ::log::debug;
 use tungstenite::Bytes;
 
 pub use channels::CHANNELS_EVERY;
@@ -59,15 +117,26 @@ pub use peers::port;
 pub use presence::PRESENCE_WINDOW;
 
 use channels::{Channel, ChannelList};
-use delivery::{Deliveries, MAX_BATCH_DELIVERIES, close_going_away};
+use delivery::close_going_away;
 use peers::{Early, Peers};
-use presence::Holding;
+use rounds::Parked;
 use user::User;
+use write::Write;
 
+use crate::capacity::OutboundBudget;
+use crate::capacity::memory::Trim;
 use crate::connection::{ConnId, Outbox};
 use crate::history::{Histories, Store};
 use crate::metrics::Metrics;
-use crate::protocol::{ChatRequest, DEFAULT_CHANNEL};
+use crate::protocol::{ChatError, ChatRequest, DEFAULT_CHANNEL, ErrorCode};
+
+/// How long the hub applies events before it plays rounds: events are cheap, but a `join`
+/// into a crowded channel builds a welcome of hundreds of kilobytes, and a queue full of
+/// those must not hold every channel's turn back.
+pub const APPLY_FOR: Duration = Duration::from_millis(2);
+/// How long it then plays rounds before it looks at its queue again: as long, so that a busy
+/// server splits its time evenly between taking events in and writing them out.
+pub const SERVE_FOR: Duration = APPLY_FOR;
 
 /// The state machine behind the hub thread. See the module docs.
 #[derive(Debug)]
@@ -85,14 +154,30 @@ pub struct Hub {
     other_doors: HashMap<ConnId, Outbox>,
     messages: u64,
     started: Instant,
-    /// What the events of this batch owe to whom; written out by [`Hub::flush`].
-    deliveries: Deliveries,
-    /// Channels holding presence back, and when the hub must wake up to release it.
-    holding: Holding,
-    /// When the `channels` list may go out next (see [`CHANNELS_EVERY`]).
+    /// Channels with members to serve, in the order of their turns (see `rounds.rs`).
+    line: VecDeque<String>,
+    /// When channels holding work back (presence, newest frames) are due.
+    timers: BinaryHeap<Reverse<(Instant, String)>>,
+    /// Members waiting for room in their socket.
+    parked: Parked,
+    /// Members found too slow to read, to be dropped after the round.
+    overflowed: Vec<ConnId>,
+    /// The write being made for one member, kept for its room.
+    write: Write,
+    /// Room for joining frames for a closing client.
+    scratch: Vec<u8>,
+    /// Writing out everything whatever its time (tests, shutdown).
+    flushing: bool,
+    /// The server-wide `channels` list.
     channel_list: ChannelList,
-    /// The time the current batch is handled at.
+    /// The time the current round is played at.
     now: Instant,
+    /// Memory let go of, to give back to the system now and then.
+    trim: Trim,
+    /// How often every channel publishes its newest frames, instead of its own pace (tests).
+    newest_pace: Option<Duration>,
+    /// The server's budget for what waits for its clients, shared with their outboxes.
+    outbound: Option<Arc<OutboundBudget>>,
     /// The other servers, with `--redis` (see `peers.rs`).
     peers: Peers,
     /// Set by the server when it stops: [`Event::Shutdown`] may wait behind a long queue, and
@@ -117,10 +202,18 @@ impl Hub {
             other_doors: HashMap::new(),
             messages: 0,
             started: Instant::now(),
-            deliveries: Deliveries::default(),
-            holding: Holding::default(),
+            line: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            parked: Parked::default(),
+            overflowed: Vec::new(),
+            write: Write::default(),
+            scratch: Vec::new(),
+            flushing: false,
             channel_list: ChannelList::default(),
             now: Instant::now(),
+            trim: Trim::default(),
+            newest_pace: None,
+            outbound: None,
             peers: Peers::default(),
             stop: Arc::new(AtomicBool::new(false)),
             bans: Arc::new(Bans::default()),
@@ -141,24 +234,36 @@ impl Hub {
     pub fn run(mut self, events: Receiver<Event>) -> Vec<Outbox> {
         let mut closing = Vec::new();
         loop {
-            // Sleep until an event arrives or something held back is due, whichever is first.
-            let first = match self.next_due() {
-                None => match events.recv() {
+            // With members to serve, only what is already waiting; otherwise sleep until an
+            // event arrives or something held back is due, whichever is first.
+            let first = if self.has_turns() {
+                match events.try_recv() {
                     Ok(event) => Some(event),
-                    Err(_) => break,
-                },
-                Some(due) => {
-                    match events.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match self.next_due() {
+                    None => match events.recv() {
                         Ok(event) => Some(event),
-                        Err(RecvTimeoutError::Timeout) => None,
-                        Err(RecvTimeoutError::Disconnected) => break,
+                        Err(_) => break,
+                    },
+                    Some(due) => {
+                        let wait = due.saturating_duration_since(Instant::now());
+                        match events.recv_timeout(wait) {
+                            Ok(event) => Some(event),
+                            Err(RecvTimeoutError::Timeout) => None,
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        }
                     }
                 }
             };
             self.now = Instant::now();
             let (mut next, mut going) = (first, true);
-            // Whatever else is already waiting joins this batch (see the module docs).
-            loop {
+            // Whatever else is already waiting is applied before the round (see the module
+            // docs), for a while at most.
+            let until = self.now + APPLY_FOR;
+            for applied in 1.. {
                 if self.stop.load(Ordering::Relaxed) {
                     // What is still queued is not worth the wait: nobody was promised it yet.
                     closing.extend(next.take().and_then(turn_away));
@@ -169,7 +274,7 @@ impl Hub {
                 if let Some(event) = next.take() {
                     going = self.apply(event);
                 }
-                if !going || self.deliveries.len() >= MAX_BATCH_DELIVERIES {
+                if !going || (applied % 16 == 0 && Instant::now() >= until) {
                     break;
                 }
                 match events.try_recv() {
@@ -177,11 +282,12 @@ impl Hub {
                     Err(_) => break,
                 }
             }
-            self.release_due();
-            self.flush();
             if !going {
                 break;
             }
+            self.now = Instant::now();
+            self.play(false);
+            self.trim.maybe(self.now);
         }
         closing.extend(self.users.into_values().map(|u| u.outbox));
         closing.extend(self.peers.into_outboxes());
@@ -190,6 +296,20 @@ impl Hub {
         closing.extend(events.try_iter().filter_map(turn_away));
         debug!("hub stopped");
         closing
+    }
+
+    /// The same hub, counting what waits for its clients against `budget`, with the outboxes:
+    /// its bytes, and how long a socket may take nothing ([`OutboundBudget::writer_stall`]).
+    pub fn with_outbound(mut self, budget: Arc<OutboundBudget>) -> Hub {
+        self.outbound = Some(budget);
+        self
+    }
+
+    /// Makes every channel publish its newest `state` and `typing` at most every `pace`,
+    /// whatever its size, so that tests see them coalesced in small channels too.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn pace_newest(&mut self, pace: Duration) {
+        self.newest_pace = Some(pace);
     }
 
     /// The flag that makes [`Hub::run`] stop before its next event (see `stop`).
@@ -207,16 +327,26 @@ impl Hub {
         Arc::clone(&self.metrics)
     }
 
-    /// When the hub must wake up without an event: held presence or a channel list is due.
-    fn next_due(&self) -> Option<Instant> {
-        match (self.holding.release_at(), self.channel_list.due()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+    /// Wakes what is due at the hub's time and plays rounds for [`SERVE_FOR`] at most (with
+    /// `until_done`, until no channel has members to serve).
+    fn play(&mut self, until_done: bool) {
+        self.wake_parked(false);
+        self.fire_timers(false);
+        if self.channel_list.due().is_some_and(|due| due <= self.now) {
+            self.send_channels();
         }
+        let until = Instant::now() + SERVE_FOR;
+        self.round();
+        while self.has_turns() && (until_done || Instant::now() < until) {
+            self.round();
+        }
+        let written = !self.has_turns();
+        self.fanned_out(written);
     }
 
-    /// Applies one event and writes out everything it produced, held presence included, so
-    /// the caller sees every frame at once. Returns `false` once the hub should stop.
+    /// Applies one event and writes out everything it produced, held presence and newest
+    /// frames included, so the caller sees every frame at once. Returns `false` once the hub
+    /// should stop.
     pub fn handle(&mut self, event: Event) -> bool {
         self.now = Instant::now();
         let going = self.apply(event);
@@ -224,22 +354,21 @@ impl Hub {
         going
     }
 
-    /// Applies one event as [`Hub::run`] would at time `now`: presence may be held back (see
-    /// [`PRESENCE_WINDOW`]) until [`Hub::tick`] or a later event is at or past its due time.
-    /// Returns `false` once the hub should stop.
+    /// Applies one event as [`Hub::run`] would at time `now`, then plays rounds until no
+    /// channel has members to serve: presence may be held back (see [`PRESENCE_WINDOW`]),
+    /// and newest frames (see [`newest::every`]), until [`Hub::tick`] or a later event is at or
+    /// past their time. Returns `false` once the hub should stop.
     pub fn handle_at(&mut self, event: Event, now: Instant) -> bool {
         self.now = now;
         let going = self.apply(event);
-        self.release_due();
-        self.flush();
+        self.play(true);
         going
     }
 
-    /// Writes out the presence and channel lists that are due at `now`.
+    /// Writes out what is due at `now`.
     pub fn tick(&mut self, now: Instant) {
         self.now = now;
-        self.release_due();
-        self.flush();
+        self.play(true);
     }
 
     /// Applies one event, collecting the frames it produces. Returns `false` to stop.
@@ -278,6 +407,7 @@ impl Hub {
             Event::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }
+            Event::Writable(conns) => self.writable(conns),
             Event::Shutdown => {
                 self.shutdown();
                 return false;
@@ -297,6 +427,15 @@ impl Hub {
         };
         // The kind only: what people write is theirs, not the log's.
         debug!("conn {conn} ({:?}): {}", user.username, request.kind());
+        // What costs the server far more than the request, while its sender's tab is over,
+        // is refused (see `capacity::Tab`).
+        if matches!(request, ChatRequest::Join { .. } | ChatRequest::Channels)
+            && !user.outbox.owing().is_zero()
+        {
+            let owing = user.outbox.owing();
+            self.send_to(conn, over_the_tab(owing));
+            return;
+        }
         if self.refused_for_mute(conn, &request) {
             return;
         }
@@ -306,10 +445,7 @@ impl Hub {
             ChatRequest::Join { channel } => self.join(conn, channel),
             ChatRequest::Typing { typing } => self.typing(conn, typing),
             ChatRequest::State { state } => self.state(conn, state),
-            ChatRequest::Channels => {
-                let frame = self.channels_frame();
-                self.send_to(conn, frame);
-            }
+            ChatRequest::Channels => self.ask_channels(conn),
             ChatRequest::Moderate(moderation) => self.moderate(conn, &moderation),
             // Secrets stay in the chat door, which answers a hello itself.
             ChatRequest::Hello { .. } => {}
@@ -325,6 +461,15 @@ impl Hub {
         }
         self.send_to(conn, frame);
     }
+}
+
+/// The refusal of a costly request while its sender's tab is over.
+fn over_the_tab(owing: Duration) -> Bytes {
+    let message = format!(
+        "slow down: joining and listing channels send a lot; try again in {:.1} s",
+        owing.as_secs_f64()
+    );
+    ChatError::new(ErrorCode::RateLimited, message).to_frame()
 }
 
 /// A connection that registered while the hub was stopping still gets its 1001.

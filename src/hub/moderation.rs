@@ -60,7 +60,7 @@ impl Hub {
             return;
         }
         user.operator = true;
-        user.relist();
+        user.changed();
         self.tell_operator(conn);
     }
 

@@ -704,16 +704,24 @@ fn step7_shutdown_writes_held_presence_before_closing() {
     let alex = c.connect(0, "Alex");
     let (slow, slow_outbox) = connect_stuck(&mut c, 1, "Slow"); // told at once
     slow.frames();
-    let _kim = c.connect(2, "Kim"); // held
+    let kim = c.connect(2, "Kim"); // held
     alex.frames();
     while slow_outbox.push(Outbound::Frame(Bytes::new())).is_ok() {}
-    // Writing out Kim's arrival overflows Slow, whose `left` must still come before 1001.
+    // Kim speaks as the server stops: her arrival, held, goes out first, then her message,
+    // which overflows Slow, whose `left` must still come before 1001.
+    c.hub.now = c.at(3);
+    let request = protocol::parse_request(r#"{"type":"message","text":"bye"}"#).unwrap();
+    c.hub.apply(Event::Request {
+        conn: kim.conn,
+        request,
+        received: std::time::Instant::now(),
+    });
     assert!(!c.hub.handle_at(Event::Shutdown, c.at(3)));
-    assert_eq!(alex.types(), ["joined", "left", "close"]);
+    assert_eq!(alex.types(), ["joined", "message", "left", "close"]);
 }
 
 #[test]
-fn step2_held_presence_counts_frame_by_frame_against_a_slow_reader() {
+fn step4_presence_churn_never_drops_a_member_that_stopped_reading_but_messages_do() {
     let mut c = Clocked::new();
     // Someone stays in #x so that moving there never creates or removes a channel.
     let (anchor_outbox, inbox) = Outbox::detached();
@@ -731,8 +739,11 @@ fn step2_held_presence_counts_frame_by_frame_against_a_slow_reader() {
             operator: false,
         },
     );
-    let (stuck, _stuck_outbox) = connect_stuck(&mut c, 0, "Stuck"); // never reads again
+    let stuck = c.connect(0, "Stuck");
     let movers: Vec<Client> = (0..10).map(|i| c.connect(1, &format!("m{i}"))).collect();
+    c.tick(500);
+    stuck.frames();
+    stuck.inbox.stall(true); // it reads no more
     let mut ms = 1000;
     for _ in 0..60 {
         for m in &movers {
@@ -749,16 +760,34 @@ fn step2_held_presence_counts_frame_by_frame_against_a_slow_reader() {
             m.frames();
         }
     }
-    // 60 windows of ten moves each owe Stuck far more than the queue's limit in frames.
-    let owed = stuck.frames().len();
+    // 60 windows of ten moves each are 1,200 presence frames Stuck has not taken: presence
+    // counts only in bytes, and it is still here.
+    assert_eq!(c.hub.stats().online, 12, "Stuck is still connected");
+    // Messages are another matter: past 1024 of them, it is dropped.
+    for i in 0..MAX_QUEUED_FRAMES {
+        ms += 1;
+        c.send(
+            ms,
+            &movers[0],
+            &format!(r#"{{"type":"message","text":"{i}"}}"#),
+        );
+        movers.iter().for_each(|m| drop(m.frames()));
+    }
+    assert_eq!(
+        c.hub.stats().online,
+        12,
+        "1024 messages behind is the limit, not over it"
+    );
+    c.send(
+        ms + 1,
+        &movers[0],
+        r#"{"type":"message","text":"one more"}"#,
+    );
+    c.tick(ms + 1000); // the sweep finds it
     assert_eq!(
         c.hub.stats().online,
         11,
-        "Stuck, owed {owed} frames, is still connected"
-    );
-    assert!(
-        owed <= MAX_QUEUED_FRAMES,
-        "{owed} frames were queued for Stuck"
+        "Stuck, more than 1024 messages behind, is gone"
     );
 }
 
@@ -1090,4 +1119,195 @@ fn step7_a_stopping_hub_closes_everyone_without_working_through_its_backlog() {
         inbox: late_inbox,
     };
     assert_eq!(late.frames(), [serde_json::json!({ "close": 1001 })]);
+}
+
+impl Clocked {
+    fn connect_to(&mut self, ms: u64, name: &str, channel: &str) -> Client {
+        let (outbox, inbox) = Outbox::detached();
+        let conn = self.next;
+        self.next += 1;
+        let event = Event::Connect {
+            conn,
+            outbox,
+            username: Some(name.to_owned()),
+            channel: Some(channel.to_owned()),
+            address: std::net::Ipv4Addr::LOCALHOST.into(),
+            operator: false,
+        };
+        self.event(ms, event);
+        Client { conn, inbox }
+    }
+}
+
+/// The `x` of each `state` frame among `frames` that `sender` sent.
+fn states_of(frames: &[Value], sender: &str) -> Vec<i64> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "state" && f["user"]["username"] == sender)
+        .filter_map(|f| f["state"]["x"].as_i64())
+        .collect()
+}
+
+#[test]
+fn step6_a_crowded_channel_sends_only_the_newest_state_of_each_sender_and_none_to_itself() {
+    let mut c = Clocked::new();
+    // 400 members publish every few tens of milliseconds (`newest::every`).
+    let crowd: Vec<Client> = (0..400)
+        .map(|i| c.connect_to(0, &format!("m{i}"), "crowd"))
+        .collect();
+    c.tick(1000);
+    crowd.iter().for_each(|m| drop(m.frames()));
+    let (ann, bo) = (&crowd[0], &crowd[1]);
+    // The first move goes out at once; the next three within the pace are one, the newest.
+    for (ms, x) in [(2000, 1), (2001, 2), (2002, 3), (2003, 4)] {
+        c.send(
+            ms,
+            ann,
+            &format!(r#"{{"type":"state","state":{{"x":{x}}}}}"#),
+        );
+    }
+    assert_eq!(states_of(&bo.frames(), "m0"), [1]);
+    c.tick(2000 + newest::every(400, 120).as_millis() as u64 + 1);
+    assert_eq!(states_of(&bo.frames(), "m0"), [4], "the newest only");
+    assert!(ann.frames().is_empty(), "nobody is sent their own state");
+    // Typing too, and each sender's own: another member's frames are not held back by Ann's.
+    c.send(3000, bo, r#"{"type":"typing","typing":true}"#);
+    c.send(3001, bo, r#"{"type":"typing","typing":false}"#);
+    c.tick(3000 + newest::every(400, 120).as_millis() as u64 + 1);
+    let typing: Vec<bool> = (ann.frames().iter())
+        .filter(|f| f["type"] == "typing")
+        .filter_map(|f| f["typing"].as_bool())
+        .collect();
+    assert_eq!(typing, [true, false], "each publication the newest");
+}
+
+#[test]
+fn step2_a_quiet_channel_is_served_between_the_turns_of_a_crowded_one() {
+    let mut c = Clocked::new();
+    let crowd: Vec<Client> = (0..600)
+        .map(|i| c.connect_to(0, &format!("m{i}"), "crowd"))
+        .collect();
+    let ada = c.connect_to(0, "Ada", "quiet");
+    let bo = c.connect_to(0, "Bo", "quiet");
+    c.tick(1000);
+    crowd
+        .iter()
+        .chain([&ada, &bo])
+        .for_each(|m| drop(m.frames()));
+    // Both messages arrive together, the crowd's first; then one round is played.
+    c.hub.now = c.at(2000);
+    for (who, text) in [(&crowd[0], "to the crowd"), (&ada, "to the quiet")] {
+        let request = protocol::parse_request(&format!(r#"{{"type":"message","text":"{text}"}}"#));
+        c.hub.apply(Event::Request {
+            conn: who.conn,
+            request: request.unwrap(),
+            received: std::time::Instant::now(),
+        });
+    }
+    c.hub.round();
+    assert_eq!(
+        bo.frames()[0]["text"],
+        "to the quiet",
+        "one round serves the quiet pair"
+    );
+    let served = crowd.iter().filter(|m| !m.frames().is_empty()).count();
+    assert!(
+        served < crowd.len(),
+        "one round serves only a quantum of the crowd, not all {served}"
+    );
+    // The crowd's pass goes on in the next rounds, and reaches everyone.
+    c.tick(2001);
+    let late = crowd.iter().filter(|m| !m.frames().is_empty()).count();
+    assert_eq!(served + late, crowd.len());
+}
+
+#[test]
+fn step4_a_member_that_lags_skips_who_came_and_went_but_not_who_stayed() {
+    let mut c = Clocked::new();
+    let ada = c.connect(0, "Ada");
+    let slow = c.connect(1, "Slow");
+    c.tick(1000);
+    ada.frames();
+    slow.frames();
+    // Slow stops reading; its socket takes nothing.
+    slow.inbox.stall(true);
+    c.send(2000, &ada, r#"{"type":"message","text":"first"}"#);
+    let kim = c.connect(2001, "Kim");
+    let lee = c.connect(2002, "Lee");
+    c.event(
+        2003,
+        Event::Disconnect {
+            conn: kim.conn,
+            close: None,
+        },
+    );
+    c.send(2004, &ada, r#"{"type":"message","text":"second"}"#);
+    c.tick(3000);
+    assert_eq!(
+        presence_of(&ada.frames()),
+        ["joined Kim 3", "joined Lee 4", "left Kim 3"],
+        "a member that keeps up is told everything"
+    );
+    // Slow reads again: every message, Lee who stayed, and nothing of Kim who came and went.
+    slow.inbox.stall(false);
+    c.tick(4000);
+    let got = slow.frames();
+    let texts: Vec<&str> = got.iter().filter_map(|f| f["text"].as_str()).collect();
+    assert_eq!(
+        texts,
+        ["first", "Lee has joined the chat", "second"],
+        "in order: {got:?}"
+    );
+    assert_eq!(c.hub.stats().online, 3, "Slow is still here");
+    drop(lee);
+}
+
+#[test]
+fn step7_answers_are_charged_to_whoever_asked() {
+    let mut h = Harness::new();
+    let talker = h.connect(Some("Talker"), Some("full"));
+    let text = "é".repeat(2000);
+    for _ in 0..100 {
+        h.send(&talker, &format!(r#"{{"type":"message","text":"{text}"}}"#));
+    }
+    let (outbox, inbox) = Outbox::detached();
+    let hopper = Client { conn: 99, inbox };
+    h.hub.handle(Event::Connect {
+        conn: hopper.conn,
+        outbox: outbox.clone(),
+        username: Some("Hopper".into()),
+        channel: None,
+        address: std::net::Ipv4Addr::LOCALHOST.into(),
+        operator: false,
+    });
+    // A welcome into #full is about 400 KB: the first is free, then joins are refused until
+    // the tab is paid.
+    let mut welcomes = 0;
+    let mut refused = 0;
+    for channel in ["full", "general"].iter().cycle().take(40) {
+        h.send(
+            &hopper,
+            &format!(r#"{{"type":"join","channel":"{channel}"}}"#),
+        );
+        for frame in hopper.frames() {
+            welcomes += usize::from(frame["type"] == "welcome");
+            refused += usize::from(frame["code"] == "rate_limited");
+        }
+    }
+    assert!(
+        outbox.owing() > std::time::Duration::ZERO,
+        "the hopper owes"
+    );
+    assert_eq!(
+        welcomes + refused,
+        41,
+        "each join answered, one way or the other"
+    );
+    assert!(refused > 30, "{refused} joins refused, {welcomes} welcomed");
+    let (talker_outbox, _) = (h.hub.users.get(&talker.conn).unwrap().outbox.clone(), ());
+    assert_eq!(
+        talker_outbox.owing(),
+        std::time::Duration::ZERO,
+        "messages cost nothing"
+    );
 }

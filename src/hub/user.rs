@@ -1,10 +1,13 @@
 //! A user of this server (tutorial step 3): what the hub keeps of each chat connection once it
-//! has a name. How users come, are named and go is `users.rs`.
+//! has a name, and how far it has been served. How users come, are named and go is `users.rs`.
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::time::Instant;
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use tungstenite::Bytes;
 
 use crate::connection::Outbox;
 use crate::protocol::{UserRef, UserWithState};
@@ -17,13 +20,32 @@ pub(super) struct User {
     pub(super) username: String,
     pub(super) channel: String,
     pub(super) state: Map<String, Value>,
+    /// Whether they said they are typing, last.
+    pub(super) typing: bool,
     pub(super) outbox: Outbox,
     /// This user as a `welcome` lists them, serialized once and again only when their name
-    /// or state changes: a welcome lists everyone in the channel, so this is most of it.
+    /// or state has changed since: a welcome lists everyone in the channel, so this is most
+    /// of it.
     pub(super) listing: Box<RawValue>,
-    /// Number of the last presence frame of its channel this user has been given, or needs
-    /// no copy of (its own arrival). See `presence.rs`.
-    pub(super) presence_seen: u64,
+    listing_stale: bool,
+    /// How far they have been served.
+    pub(super) seen: Seen,
+    /// Their own frames (a `welcome`, an `error`), each after the frames of the channel's log
+    /// before the number it holds; a frame is one slice or several (see `Hub::welcome`).
+    pub(super) own: VecDeque<(u64, Vec<Bytes>)>,
+    /// They asked for the channel list and have not had it yet.
+    pub(super) list_asked: bool,
+    /// Their socket did not take everything last time: while so, presence pairs they never
+    /// saw are skipped (see `log.rs`).
+    pub(super) lagging: bool,
+    /// Waiting for room in their socket (see `rounds.rs`).
+    pub(super) parked: bool,
+    /// In their channel's list of members to serve first.
+    pub(super) urgent: bool,
+    /// The number of their `joined` in their channel's log, if others were told of it.
+    pub(super) joined_at: Option<u64>,
+    /// Since when their socket has taken nothing of what they are owed, if it has not.
+    pub(super) stalled_since: Option<Instant>,
     /// Where they connect from, as every per-address rule counts it (a ban is by address).
     pub(super) address: IpAddr,
     /// Gave the operator token: may kick, mute and ban (see `moderation.rs`).
@@ -34,7 +56,53 @@ pub(super) struct User {
     pub(super) kicked: bool,
 }
 
+/// Where a user is in each of the things it is served from.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Seen {
+    /// The next frame of their channel's log they need.
+    pub(super) log: u64,
+    /// The version of the newest `state`/`typing` of their channel they have had.
+    pub(super) newest: u64,
+    /// The version of the channel list they have had.
+    pub(super) list: u64,
+}
+
 impl User {
+    /// A user just named, in no channel yet.
+    pub(super) fn new(
+        id: String,
+        username: String,
+        channel: String,
+        outbox: Outbox,
+        address: IpAddr,
+        operator: bool,
+    ) -> User {
+        let mut user = User {
+            id,
+            username,
+            channel,
+            state: Map::new(),
+            typing: false,
+            outbox,
+            listing: Box::default(),
+            listing_stale: true,
+            seen: Seen::default(),
+            own: VecDeque::new(),
+            list_asked: false,
+            lagging: false,
+            parked: false,
+            urgent: false,
+            joined_at: None,
+            stalled_since: None,
+            address,
+            operator,
+            muted_until: None,
+            kicked: false,
+        };
+        user.relist();
+        user
+    }
+
     pub(super) fn as_ref(&self) -> UserRef<'_> {
         UserRef {
             id: &self.id,
@@ -43,8 +111,16 @@ impl User {
         }
     }
 
-    /// Serializes [`User::listing`] again, after a change of name, state or rank.
+    /// Their name, state or rank changed: their listing is made again when next needed.
+    pub(super) fn changed(&mut self) {
+        self.listing_stale = true;
+    }
+
+    /// Serializes [`User::listing`] again, if their name, state or rank has changed since.
     pub(super) fn relist(&mut self) {
+        if !self.listing_stale {
+            return;
+        }
         let listing = UserWithState {
             id: &self.id,
             username: &self.username,
@@ -52,5 +128,11 @@ impl User {
             state: &self.state,
         };
         self.listing = serde_json::value::to_raw_value(&listing).expect("users always serialize");
+        self.listing_stale = false;
+    }
+
+    /// Whether [`User::listing`] is as they are now.
+    pub(super) fn listed(&self) -> bool {
+        !self.listing_stale
     }
 }

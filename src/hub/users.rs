@@ -4,7 +4,6 @@
 use std::net::IpAddr;
 
 use log::info;
-use serde_json::Map;
 use uuid::Uuid;
 
 use super::peers::{Arrival, Change};
@@ -15,6 +14,10 @@ use crate::protocol::{
     ChatError, DEFAULT_CHANNEL, ErrorCode, ServerFrame, encode, name_key, validate_channel,
     validate_username,
 };
+
+/// What a connection costs the process, about: its read buffer, tungstenite's state, its
+/// thread's share of malloc's arenas. Only a guess, for when to give memory back.
+const HELD_PER_USER: usize = 64 * 1024;
 
 impl Hub {
     /// A chat connection's handshake is done: it gets an id, a name (the query's if it is
@@ -90,20 +93,8 @@ impl Hub {
         } = arrival;
         info!("{username:?} connected from {address} (conn {conn}, id {id}) into #{channel}");
         self.names.insert(name_key(&username), conn);
-        let mut user = User {
-            id,
-            username,
-            channel: channel.clone(),
-            state: Map::new(),
-            outbox,
-            listing: Box::default(),
-            presence_seen: 0,
-            address,
-            operator,
-            muted_until: None,
-            kicked: false,
-        };
-        user.relist();
+        let mut user = User::new(id, username, channel.clone(), outbox, address, operator);
+        user.seen.list = self.channel_list.version;
         self.users.insert(conn, user);
         let created = self.enter(conn, &channel);
         self.welcome(conn);
@@ -144,7 +135,7 @@ impl Hub {
             return;
         };
         let old = std::mem::replace(&mut user.username, username);
-        user.relist();
+        user.changed();
         info!("{old:?} renamed to {:?} (conn {conn})", user.username);
         if self.names.get(&name_key(&old)) == Some(&conn) {
             self.names.remove(&name_key(&old));
@@ -158,6 +149,8 @@ impl Hub {
         });
         let channel = user.channel.clone();
         self.broadcast(&channel, &frame, None);
+        // Their cursor and typing go out again under the new name (see `messages.rs`).
+        self.republish(conn);
     }
 
     /// Tells the other servers how `conn` now is (moved, or a new state).
@@ -177,6 +170,10 @@ impl Hub {
         let Some(user) = self.users.remove(&conn) else {
             return;
         };
+        self.unpark(conn, &user.outbox, true);
+        // What a connection held (its buffers, its thread's share of malloc) is given back to
+        // the system once enough have gone (see `capacity::memory`).
+        self.trim.freed(HELD_PER_USER);
         self.names.remove(&name_key(&user.username));
         info!("{:?} left (conn {conn}): {why}", user.username);
         self.peers.tell(Change::Left(&user));

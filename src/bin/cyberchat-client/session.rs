@@ -281,7 +281,10 @@ impl Session {
             }
             // The server's text for a kick is the plain "has left"; the flag says more.
             "left" if frame["kicked"] == true => {
-                say(&format!("* {} was removed by an operator", username(&frame)));
+                say(&format!(
+                    "* {} was removed by an operator",
+                    username(&frame)
+                ));
             }
             "left" => {
                 let ours = format!("{} has left the chat", username(&frame));
