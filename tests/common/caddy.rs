@@ -3,7 +3,7 @@
 //! Caddy's own local authority, and every file it keeps (its authority's key, certificates,
 //! autosaved config) in a directory of the test's, never the host's.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::deploy::{self, Rewrite};
 use super::outside;
 use super::temp::TempDir;
-use super::tls::HOST;
+use super::tls::{HOST, TlsClient};
 
 /// A Caddy whose ports are chosen; it runs once [`Caddy::run`] is called.
 pub struct Caddy {
@@ -96,6 +96,17 @@ impl Caddy {
             assert!(
                 Instant::now() < deadline,
                 "caddy issued no certificate; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Logged is not yet served: for a moment after, a handshake still meets an internal
+        // error alert. Ready is when one succeeds.
+        let client = TlsClient::trusting(&self.authority());
+        while let Err(err) = client.connect_from(Ipv4Addr::LOCALHOST, self.https) {
+            assert!(
+                Instant::now() < deadline,
+                "caddy never completed a TLS handshake ({err}); its log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
