@@ -50,7 +50,7 @@ use tungstenite::Bytes;
 
 pub use channels::CHANNELS_EVERY;
 pub use event::{ChannelStat, Event, Stats};
-pub use peers::port;
+pub use peers::{link, port};
 pub use presence::PRESENCE_WINDOW;
 
 use channels::{Channel, ChannelList};

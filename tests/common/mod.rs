@@ -6,6 +6,7 @@ pub mod example;
 pub mod process;
 pub mod redis;
 pub mod rng;
+pub mod stall;
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};

@@ -7,16 +7,33 @@
 //! server's users answer `{'REAPED'}` when the server is no longer in `<p>:servers`: another
 //! server took it for dead, and its users must be registered again. Numbers go out through
 //! `string.format('%d')`: Lua's own conversion writes large ones as `1e+14`.
+//!
+//! Two streams: `<p>:msgs` holds the chat messages, each with the id of the message before it
+//! (`p`), so that a reader can tell when it missed some; `<p>:events` holds everything else,
+//! each entry numbered by `<p>:evn` (`n`), for the same reason. The lengths they keep are
+//! [`MESSAGES_KEPT`] and [`EVENTS_KEPT`] (written into the scripts; a test checks).
 
 use redis::Script;
 
-/// What every script begins with: the key helper and the epoch check.
+/// Messages `<p>:msgs` keeps, about (`MAXLEN ~`): how far behind a server may fall and still
+/// deliver every message. Beyond it, it shows its clients the channels' histories again.
+pub const MESSAGES_KEPT: usize = 100_000;
+/// Presence and typing entries `<p>:events` keeps, about: a server further behind takes a
+/// new view of every server's users instead (presence says what is, so nothing is lost).
+pub const EVENTS_KEPT: usize = 10_000;
+
+/// What every script begins with: the key helper, the epoch check, and `announce`, which
+/// appends an entry to `<p>:events`, numbered.
 macro_rules! prologue {
     () => {
         r"
 local p, me = ARGV[1], ARGV[2]
 local function key(...) return table.concat({p, ...}, ':') end
 if redis.call('GET', key('epoch')) ~= ARGV[3] then return {'EPOCH'} end
+local function announce(...)
+  local n = string.format('%d', redis.call('INCR', key('evn')))
+  redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*', 'n', n, ...)
+end
 "
     };
 }
@@ -43,9 +60,9 @@ local function remove_server(s)
       redis.call('HDEL', key('names'), k)
     end
   end
-  redis.call('DEL', key('users', s), key('alive', s))
+  redis.call('DEL', key('users', s), key('alive', s), key('fence', s))
   redis.call('SREM', key('servers'), s)
-  redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*', 'k', 'gone', 's', s)
+  announce('k', 'gone', 's', s)
 end
 "
     };
@@ -63,12 +80,26 @@ end
     };
 }
 
-/// Joining (or joining again): `prefix, server, new epoch, ttl ms, floor` → the epoch, which
-/// is the new one only if Redis had none.
+/// Joining (or joining again): `prefix, server, new epoch, ttl ms, floor, new fence, then
+/// old fences` → `{epoch, then for each old fence the last message sent under it that ran, or
+/// -1 when Redis no longer knows}`, or `{'STALE'}`. The epoch is the new one only if Redis had
+/// none.
+///
+/// The fence: each connection of the publisher has one, a number greater than the one
+/// before, and every message it sends carries it and a number of its own; `PUBLISH` runs only
+/// under the current fence, and notes its number. So once this script has set a new fence, no
+/// message sent on an older connection can run any more (whatever is still in a socket
+/// somewhere), and for those whose answer never came, the number noted says which ran. A
+/// `HELLO` that Redis runs late, from a connection given up, finds a newer fence: it changes
+/// nothing (`STALE`).
 const HELLO: &str = concat!(
     r"
 local p, me = ARGV[1], ARGV[2]
 local function key(...) return table.concat({p, ...}, ':') end
+local fence = key('fence', me)
+if tonumber(redis.call('HGET', fence, 'gen') or '0') >= tonumber(ARGV[6]) then
+  return {'STALE'}
+end
 local epoch = redis.call('GET', key('epoch'))
 if not epoch then
   epoch = ARGV[3]
@@ -80,15 +111,30 @@ end
 raise_floor(tonumber(ARGV[5]))
 redis.call('SADD', key('servers'), me)
 redis.call('SET', key('alive', me), '1', 'PX', ARGV[4])
-return epoch
+local out, keep = {epoch}, {gen = true}
+for i = 7, #ARGV do
+  local f = 'ran:' .. ARGV[i]
+  keep[f] = true
+  table.insert(out, redis.call('HGET', fence, f) or '-1')
+end
+redis.call('HSET', fence, 'gen', ARGV[6], 'ran:' .. ARGV[6], '0')
+keep['ran:' .. ARGV[6]] = true
+for _, f in ipairs(redis.call('HKEYS', fence)) do
+  if not keep[f] then redis.call('HDEL', fence, f) end
+end
+return out
 "
 );
 
-/// `…, floor, channel, tail` → `{'OK', id}`: numbers a message, keeps it in the channel's
-/// history and appends it to the stream.
+/// `…, floor, channel, tail, fence, number` → `{'OK', id}`, or `{'VOID'}` when the fence is
+/// not the current one (see `HELLO`): numbers a message, keeps it in the channel's history and
+/// appends it to `<p>:msgs` with the id of the message before it.
 const PUBLISH: &str = concat!(
     prologue!(),
     r#"
+local fence = key('fence', me)
+if redis.call('HGET', fence, 'gen') ~= ARGV[7] then return {'VOID'} end
+redis.call('HSET', fence, 'ran:' .. ARGV[7], ARGV[8])
 local id = redis.call('INCR', key('id'))
 local floor = tonumber(ARGV[4])
 if id <= floor then
@@ -96,48 +142,41 @@ if id <= floor then
   redis.call('SET', key('id'), string.format('%d', id))
 end
 local n = string.format('%d', id)
+local before = redis.call('GET', key('last')) or '0'
+redis.call('SET', key('last'), n)
 local m = '{"type":"message","id":' .. n .. ',' .. ARGV[6]
 redis.call('XADD', key('history', ARGV[5]), 'MAXLEN', '100', '*', 'id', n, 'm', m)
-redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*',
-  'k', 'msg', 's', me, 'id', n, 'c', ARGV[5], 'm', m)
+redis.call('XADD', key('msgs'), 'MAXLEN', '~', '100000', '*',
+  'id', n, 'p', before, 's', me, 'c', ARGV[5], 'm', m)
 return {'OK', n}
 "#
 );
 
-/// `…, user id, record, channel or ''` → `{'OK', history?}`: stores and announces a user;
-/// with a channel, also returns its history (newest first).
+/// `…, user id, record` → `{'OK'}`: stores and announces a user.
 const UPSERT: &str = concat!(
     prologue!(),
     registered!(),
     r"
 redis.call('HSET', key('users', me), ARGV[4], ARGV[5])
-redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*', 'k', 'up', 's', me, 'u', ARGV[5])
-if ARGV[6] ~= '' then
-  return {'OK', redis.call('XREVRANGE', key('history', ARGV[6]), '+', '-', 'COUNT', 100)}
-end
+announce('k', 'up', 's', me, 'u', ARGV[5])
 return {'OK'}
 "
 );
 
-/// `…, user id, channel or '', then (key, record) pairs` → `{'OK', index, history}`: the
-/// first candidate name that is free is claimed, and the user stored and announced with it.
+/// `…, user id, then (key, record) pairs` → `{'OK', index}` or `{'TAKEN'}`: the first
+/// candidate name that is free is claimed, and the user stored and announced with it.
 const CLAIM: &str = concat!(
     prologue!(),
     registered!(),
     r"
 local owner = me .. ' ' .. ARGV[4]
-for i = 6, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local held = redis.call('HGET', key('names'), ARGV[i])
   if not held or held == owner then
     redis.call('HSET', key('names'), ARGV[i], owner)
     redis.call('HSET', key('users', me), ARGV[4], ARGV[i + 1])
-    redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*',
-      'k', 'up', 's', me, 'u', ARGV[i + 1])
-    local history = {}
-    if ARGV[5] ~= '' then
-      history = redis.call('XREVRANGE', key('history', ARGV[5]), '+', '-', 'COUNT', 100)
-    end
-    return {'OK', string.format('%d', (i - 6) / 2), history}
+    announce('k', 'up', 's', me, 'u', ARGV[i + 1])
+    return {'OK', string.format('%d', (i - 5) / 2)}
   end
 end
 return {'TAKEN'}
@@ -162,7 +201,7 @@ if old then
 end
 redis.call('HSET', key('names'), ARGV[5], owner)
 redis.call('HSET', key('users', me), ARGV[4], ARGV[6])
-redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*', 'k', 'up', 's', me, 'u', ARGV[6])
+announce('k', 'up', 's', me, 'u', ARGV[6])
 return {'OK'}
 "
 );
@@ -178,7 +217,7 @@ if redis.call('HGET', key('names'), k) == me .. ' ' .. ARGV[4] then
   redis.call('HDEL', key('names'), k)
 end
 redis.call('HDEL', key('users', me), ARGV[4])
-redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*', 'k', 'rm', 's', me, 'u', ARGV[4])
+announce('k', 'rm', 's', me, 'u', ARGV[4])
 return {'OK'}
 "
 );
@@ -187,8 +226,7 @@ return {'OK'}
 const TYPING: &str = concat!(
     prologue!(),
     r"
-redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*',
-  'k', 'typing', 's', me, 'c', ARGV[4], 'u', ARGV[5], 't', ARGV[6])
+announce('k', 'typing', 's', me, 'c', ARGV[4], 'u', ARGV[5], 't', ARGV[6])
 return {'OK'}
 "
 );
@@ -231,8 +269,7 @@ while i <= #ARGV do
   table.insert(chosen, string.format('%d', won))
   i = i + 2 + 2 * n
 end
-redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*',
-  'k', 'sync', 's', me, 'u', '[' .. table.concat(records, ',') .. ']')
+announce('k', 'sync', 's', me, 'u', '[' .. table.concat(records, ',') .. ']')
 return {'OK', chosen}
 "
 );
@@ -266,16 +303,19 @@ return {'OK'}
 "
 );
 
-/// `prefix` → `{epoch or '', last stream id, id counter, then (server, record) pairs}`: every
-/// live server's users and the stream position they are current at, read at once; every
-/// message up to the id counter is before that position.
+/// `prefix` → `{epoch or '', position in msgs, position in events, the last message id, the
+/// last events number, then (server, record) pairs}`: every live server's users and the
+/// streams' positions they are current at, read at once.
 const SNAPSHOT: &str = r"
 local p = ARGV[1]
 local function key(...) return table.concat({p, ...}, ':') end
-local last = '0-0'
-local top = redis.call('XREVRANGE', key('events'), '+', '-', 'COUNT', 1)
-if #top > 0 then last = top[1][1] end
-local out = {redis.call('GET', key('epoch')) or '', last, redis.call('GET', key('id')) or '0'}
+local function top(stream)
+  local newest = redis.call('XREVRANGE', key(stream), '+', '-', 'COUNT', 1)
+  if #newest > 0 then return newest[1][1] end
+  return '0-0'
+end
+local out = {redis.call('GET', key('epoch')) or '', top('msgs'), top('events'),
+  redis.call('GET', key('last')) or '0', redis.call('GET', key('evn')) or '0'}
 for _, s in ipairs(redis.call('SMEMBERS', key('servers'))) do
   if redis.call('EXISTS', key('alive', s)) == 1 then
     for _, record in ipairs(redis.call('HVALS', key('users', s))) do
@@ -319,19 +359,30 @@ impl Scripts {
         }
     }
 
-    /// Every script the publisher runs (loaded on every connection, for `EVALSHA`).
-    pub fn all(&self) -> [&Script; 10] {
-        [
-            &self.hello,
-            &self.publish,
-            &self.upsert,
-            &self.claim,
-            &self.rename,
-            &self.leave,
-            &self.typing,
-            &self.register,
-            &self.heartbeat,
-            &self.bye,
-        ]
+    /// Adds to `pipe` the loading of every script the publisher and the heartbeat run (on
+    /// every connection, for `EVALSHA`): one round trip for all.
+    pub fn load_all(pipe: &mut redis::Pipeline) {
+        let all = [
+            HELLO, PUBLISH, UPSERT, CLAIM, RENAME, LEAVE, TYPING, REGISTER, HEARTBEAT, BYE,
+        ];
+        for code in all {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(code).ignore();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scripts_keep_what_the_constants_say() {
+        assert!(PUBLISH.contains(&format!("'MAXLEN', '~', '{MESSAGES_KEPT}'")));
+        let events = format!("'MAXLEN', '~', '{EVENTS_KEPT}'");
+        for script in [
+            UPSERT, CLAIM, RENAME, LEAVE, TYPING, REGISTER, HEARTBEAT, BYE,
+        ] {
+            assert!(script.contains(&events));
+        }
     }
 }
