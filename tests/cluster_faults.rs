@@ -489,3 +489,30 @@ fn cluster_faults_a_busy_server_keeps_its_heartbeat_its_history_and_its_messages
         most.rss_kib
     );
 }
+
+#[test]
+fn cluster_faults_a_redis_hung_longer_than_a_heartbeat_lives_takes_no_server_for_dead() {
+    let Some(redis) = Redis::start("cluster_faults_a_redis_hung_longer") else {
+        return;
+    };
+    let (a, b) = (member(&redis.url(), &[]), member(&redis.url(), &[]));
+    let mut watcher = connect(a.addr, "/?username=watcher");
+    watcher.recv_type("welcome");
+    let mut bo = connect(b.addr, "/?username=Bo");
+    bo.recv_type("welcome");
+    eventually("Bo seen on A", || stats(a.addr)["online"] == 2);
+    // Every heartbeat key outlives its 10 s while Redis hangs: nobody could beat.
+    redis.freeze(true);
+    thread::sleep(Duration::from_secs(12));
+    redis.freeze(false);
+    let watch_until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < watch_until {
+        if let Some(frame) = next_frame(&mut watcher, Duration::from_millis(200)) {
+            assert_ne!(frame["type"], "left", "{frame}");
+        }
+    }
+    assert_eq!(stats(a.addr)["online"], 2);
+    for server in [&a, &b] {
+        assert_eq!(server.logged("took this server for dead"), None);
+    }
+}

@@ -48,7 +48,8 @@ if redis.call('SISMEMBER', key('servers'), me) == 0 then return {'REAPED'} end
 }
 
 /// Removes server `s`'s users and names and says so (`gone`); used for the dead and for
-/// oneself on shutdown.
+/// oneself on shutdown. Its fence (see `HELLO`) is kept an hour: a server taken for dead
+/// while cut off may come back and ask which of its messages ran.
 macro_rules! remove_server {
     () => {
         r"
@@ -60,9 +61,29 @@ local function remove_server(s)
       redis.call('HDEL', key('names'), k)
     end
   end
-  redis.call('DEL', key('users', s), key('alive', s), key('fence', s))
+  redis.call('DEL', key('users', s), key('alive', s))
+  redis.call('PEXPIRE', key('fence', s), 3600000)
   redis.call('SREM', key('servers'), s)
   announce('k', 'gone', 's', s)
+end
+"
+    };
+}
+
+/// Notes that a server is alive now (`<p>:beat`, Redis's clock). When nobody did for half
+/// `ttl` (Redis itself hung, or every server was cut off from it), nobody is taken for dead for
+/// one `ttl` (`<p>:grace`): every server gets the time to beat again.
+macro_rules! beat {
+    () => {
+        r"
+local function beat(ttl)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local last = tonumber(redis.call('GET', key('beat')) or '0')
+  redis.call('SET', key('beat'), string.format('%d', now))
+  if last > 0 and now - last > ttl / 2 then
+    redis.call('SET', key('grace'), '1', 'PX', string.format('%d', ttl))
+  end
 end
 "
     };
@@ -107,10 +128,12 @@ if not epoch then
 end
 ",
     raise_floor!(),
+    beat!(),
     r"
 raise_floor(tonumber(ARGV[5]))
 redis.call('SADD', key('servers'), me)
 redis.call('SET', key('alive', me), '1', 'PX', ARGV[4])
+beat(tonumber(ARGV[4]))
 local out, keep = {epoch}, {gen = true}
 for i = 7, #ARGV do
   local f = 'ran:' .. ARGV[i]
@@ -118,6 +141,7 @@ for i = 7, #ARGV do
   table.insert(out, redis.call('HGET', fence, f) or '-1')
 end
 redis.call('HSET', fence, 'gen', ARGV[6], 'ran:' .. ARGV[6], '0')
+redis.call('PERSIST', fence)
 keep['ran:' .. ARGV[6]] = true
 for _, f in ipairs(redis.call('HKEYS', fence)) do
   if not keep[f] then redis.call('HDEL', fence, f) end
@@ -237,6 +261,7 @@ return {'OK'}
 const REGISTER: &str = concat!(
     prologue!(),
     raise_floor!(),
+    beat!(),
     r"
 local old = redis.call('HGETALL', key('users', me))
 for i = 1, #old, 2 do
@@ -248,6 +273,7 @@ end
 redis.call('DEL', key('users', me))
 redis.call('SADD', key('servers'), me)
 redis.call('SET', key('alive', me), '1', 'PX', ARGV[4])
+beat(tonumber(ARGV[4]))
 raise_floor(tonumber(ARGV[5]))
 local chosen, records = {}, {}
 local i = 6
@@ -275,13 +301,16 @@ return {'OK', chosen}
 );
 
 /// `…, ttl ms` → `{'OK', reaped}`: refreshes this server's heartbeat and removes every server
-/// whose heartbeat has expired.
+/// whose heartbeat has expired, unless in grace (see `beat`).
 const HEARTBEAT: &str = concat!(
     prologue!(),
     registered!(),
     remove_server!(),
+    beat!(),
     r"
 redis.call('SET', key('alive', me), '1', 'PX', ARGV[4])
+beat(tonumber(ARGV[4]))
+if redis.call('EXISTS', key('grace')) == 1 then return {'OK', '0'} end
 local reaped = 0
 for _, s in ipairs(redis.call('SMEMBERS', key('servers'))) do
   if s ~= me and redis.call('EXISTS', key('alive', s)) == 0 then
@@ -299,6 +328,7 @@ const BYE: &str = concat!(
     remove_server!(),
     r"
 remove_server(me)
+redis.call('DEL', key('fence', me))
 return {'OK'}
 "
 );
