@@ -147,7 +147,7 @@ usage:
                               [--drain 60] [--settle 3] [--pair-every-ms 50] [--rx-threads N] [--json] [--pin CPU]
   cyberchat-bench faults [--server-bin target/release/cyberchat] [--fault none|stall|freeze] [--fault-at 8] [--fault-secs 8]
                          [--servers 2] [--crowd 0] [--crowd-rate 19] [--state-bytes 0] [--crowd-channels 1] [--hoppers 0] [--hoppers-on 1]
-                         [--history-kib 800] [--probes 100] [--senders 4] [--secs 30] [--patience 120] [--drain 15]
+                         [--history-kib 800] [--probes 100] [--senders 4] [--secs 30] [--patience 120] [--drain 30]
                          [--settle 5] [--json]   (several servers on a Redis of its own; see src/faults/mod.rs)
   cyberchat-bench suite  [--server-bin target/release/cyberchat] [--repeat 3]
                          [--only flood,rate100,c1000,idle10k,crowd300,crowd1000,crowd3000,cluster-flood,cluster-rate100,

@@ -76,7 +76,8 @@ pub struct FaultOpts {
     pub probes: usize,
     pub senders: usize,
     pub secs: f64,
-    /// How long a sender waits for an answer; how long observers wait after the probes.
+    /// How long a sender waits for an answer; how long everyone waits after the window for
+    /// the last answers and copies.
     pub patience: f64,
     pub drain: f64,
     /// How long after the load left the RSS is sampled again.
@@ -109,7 +110,7 @@ impl FaultOpts {
             senders: a.get(&["--senders"], 4)?,
             secs: a.get(&["--secs"], 30.0)?,
             patience: a.get(&["--patience"], 120.0)?,
-            drain: a.get(&["--drain"], 15.0)?,
+            drain: a.get(&["--drain"], 30.0)?,
             settle: a.get(&["--settle"], 5.0)?,
             json: a.flag(&["--json"]),
         };
@@ -340,6 +341,7 @@ pub fn run(o: &FaultOpts) -> Result<FaultResult, String> {
         count,
         every: o.secs / count as f64,
         begin,
+        end: begin + o.secs,
         patience: o.patience,
     };
     let mut senders = Vec::new();
@@ -458,10 +460,26 @@ pub fn run(o: &FaultOpts) -> Result<FaultResult, String> {
         .map(|(i, s)| {
             let ob = &observers[i];
             let live: HashSet<&str> = ob.live.iter().map(|(_, t)| t.as_str()).collect();
-            let missing = accepted
-                .keys()
-                .filter(|t| !live.contains(*t) && !ob.resynced.contains(**t))
-                .count();
+            let mut gone: Vec<(u64, &str)> = accepted
+                .iter()
+                .filter(|(t, _)| !live.contains(*t) && !ob.resynced.contains(**t))
+                .map(|(t, id)| (*id, *t))
+                .collect();
+            gone.sort_unstable();
+            let missing = gone.len();
+            if missing > 0 {
+                notes.push(format!(
+                    "{} never got (id, text): {:?}",
+                    names[i],
+                    &gone[..missing.min(10)]
+                ));
+                if std::env::var("FAULTS_DEBUG").is_ok() {
+                    notes.push(format!("{} got: {:?}", names[i], ob.live));
+                    for s in &all {
+                        notes.push(format!("sent {} at {:.1}: {:?}", s.text, s.at, s.answer));
+                    }
+                }
+            }
             let order_errors = ob.live.windows(2).filter(|w| w[1].0 <= w[0].0).count();
             if ob.closed {
                 notes.push(format!("the observer on {} was disconnected", names[i]));

@@ -233,6 +233,8 @@ pub struct Schedule {
     pub count: usize,
     pub every: f64,
     pub begin: f64,
+    /// Nothing is sent from then on (a sender behind its schedule skips the rest).
+    pub end: f64,
     /// How long a sender waits for an answer before it counts none.
     pub patience: f64,
 }
@@ -273,7 +275,7 @@ pub fn send(
                     copies(&frame, &refused, &mut log);
                 }
             }
-            if clock.stop.load(Relaxed) || client.closed {
+            if clock.stop.load(Relaxed) || client.closed || clock.secs() >= schedule.end {
                 break;
             }
             let text = format!("{tag}{index}:{k}");
