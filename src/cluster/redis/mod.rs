@@ -29,8 +29,6 @@ use crate::hub::Event;
 use crate::hub::link::ClusterRequests;
 use crate::hub::port::Kept;
 
-pub use scripts::{EVENTS_KEPT, MESSAGES_KEPT};
-
 /// How long opening a connection to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the publisher waits for an answer before taking Redis for away (a slow Redis is

@@ -11,16 +11,10 @@
 //! Two streams: `<p>:msgs` holds the chat messages, each with the id of the message before it
 //! (`p`), so that a reader can tell when it missed some; `<p>:events` holds everything else,
 //! each entry numbered by `<p>:evn` (`n`), for the same reason. The lengths they keep are
-//! [`MESSAGES_KEPT`] and [`EVENTS_KEPT`] (written into the scripts; a test checks).
+//! [`MESSAGES_KEPT`](crate::cluster::MESSAGES_KEPT) and
+//! [`EVENTS_KEPT`](crate::cluster::EVENTS_KEPT) (written into the scripts; a test checks).
 
 use redis::Script;
-
-/// Messages `<p>:msgs` keeps, about (`MAXLEN ~`): how far behind a server may fall and still
-/// deliver every message. Beyond it, it shows its clients the channels' histories again.
-pub const MESSAGES_KEPT: usize = 100_000;
-/// Presence and typing entries `<p>:events` keeps, about: a server further behind takes a
-/// new view of every server's users instead (presence says what is, so nothing is lost).
-pub const EVENTS_KEPT: usize = 10_000;
 
 /// What every script begins with: the key helper, the epoch check, and `announce`, which
 /// appends an entry to `<p>:events`, numbered.
@@ -404,6 +398,7 @@ impl Scripts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::{EVENTS_KEPT, MESSAGES_KEPT};
 
     #[test]
     fn the_scripts_keep_what_the_constants_say() {
