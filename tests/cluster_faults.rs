@@ -516,3 +516,49 @@ fn cluster_faults_a_redis_hung_longer_than_a_heartbeat_lives_takes_no_server_for
         assert_eq!(server.logged("took this server for dead"), None);
     }
 }
+
+#[test]
+fn cluster_faults_a_server_further_behind_than_redis_keeps_shows_its_clients_what_they_missed() {
+    let Some(redis) = Redis::start("cluster_faults_a_server_further_behind") else {
+        return;
+    };
+    let proxy = StallProxy::start(redis.port);
+    let a = member(&redis.url(), &[]);
+    let b = member(&proxy.url(), &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let observers = vec![
+        observer(a.addr, "watchA", &stop),
+        observer(b.addr, "watchB", &stop),
+    ];
+    let mut alex = connect(a.addr, &format!("/?username=alex&channel={PROBE}"));
+    alex.recv_type("welcome");
+    eventually("everyone seen on B", || stats(b.addr)["online"] == 3);
+    let mut sent = Vec::new();
+    let mut say = |alex: &mut Client, text: String| {
+        let id = alex.say(&text)["id"].as_u64().unwrap();
+        sent.push((text, Answer::Accepted(id)));
+    };
+    for i in 0..5 {
+        say(&mut alex, format!("before {i}"));
+    }
+    // B's link hangs while the stream moves on further than Redis keeps it: here, the test
+    // trims it away (a real one takes 100,000 messages).
+    thread::sleep(Duration::from_millis(500));
+    proxy.stall(true);
+    for i in 0..5 {
+        say(&mut alex, format!("while B hangs {i}"));
+    }
+    assert!(
+        redis
+            .command("XTRIM cyberchat:msgs MAXLEN 0")
+            .starts_with(':')
+    );
+    proxy.stall(false);
+    let seen = collect(observers, &stop);
+    check(&sent, &[("A", &seen[0]), ("B", &seen[1])]);
+    assert!(
+        seen[1].resynced.contains("while B hangs 0"),
+        "B's clients were not shown what they missed: {:?}",
+        seen[1]
+    );
+}

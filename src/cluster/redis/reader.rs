@@ -27,8 +27,9 @@ use crate::hub::port::{ClusterEvent, UserRecord};
 const BLOCK: Duration = Duration::from_millis(1000);
 /// Entries read at once, at most.
 const COUNT: usize = 1000;
-/// How often the epoch is checked while reading.
-const EPOCH_EVERY: Duration = Duration::from_secs(1);
+/// How often the epoch is checked while reading, and messages trimmed unread looked for when
+/// none came.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Pause before trying a Redis that is away again.
 const RETRY: Duration = Duration::from_millis(200);
 
@@ -198,7 +199,7 @@ impl StreamReader {
 
     /// Reads entries until the server stops, the epoch changes or Redis fails.
     fn read(&mut self, con: &mut Connection) -> redis::RedisResult<Stop> {
-        let mut epoch_at = Instant::now() + EPOCH_EVERY;
+        let mut check_at = Instant::now() + CHECK_EVERY;
         let (msgs, events) = (self.keys.msgs(), self.keys.events());
         loop {
             if self.stop.load(Ordering::SeqCst) {
@@ -226,14 +227,41 @@ impl StreamReader {
                     return Ok(Stop::Done);
                 }
             }
-            if Instant::now() >= epoch_at {
-                epoch_at = Instant::now() + EPOCH_EVERY;
-                let epoch: Option<String> = redis::cmd("GET").arg(self.keys.epoch()).query(con)?;
-                if epoch.as_deref() != Some(self.epoch.as_str()) {
-                    return Ok(Stop::Again);
+            if Instant::now() >= check_at {
+                check_at = Instant::now() + CHECK_EVERY;
+                if let Some(stop) = self.check(con)? {
+                    return Ok(stop);
                 }
             }
         }
+    }
+
+    /// Checks the epoch, and whether messages published after the last one read were all
+    /// trimmed before this server read them (a gap at the next entry shows the others; this
+    /// shows them when no message comes after). `Some` when reading must stop.
+    fn check(&mut self, con: &mut Connection) -> redis::RedisResult<Option<Stop>> {
+        let answer: Vec<String> = self
+            .scripts
+            .check
+            .arg(&self.keys.prefix)
+            .arg(&self.msgs_at)
+            .invoke(con)?;
+        if answer.first().map(String::as_str) != Some(self.epoch.as_str()) {
+            return Ok(Some(Stop::Again));
+        }
+        let last: u64 = answer.get(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let unread = answer.get(2).is_some_and(|n| n != "0");
+        if last > self.last_message && !unread {
+            let lost = ClusterEvent::Lost {
+                after: self.last_message,
+                before: last + 1,
+            };
+            self.last_message = last;
+            if self.hub.send(Event::Peers(lost)).is_err() {
+                return Ok(Some(Stop::Done));
+            }
+        }
+        Ok(None)
     }
 
     /// Hands the hub messages read from `<p>:msgs`, and says so first when some before them

@@ -351,6 +351,17 @@ end
 return out
 ";
 
+/// `prefix, position in msgs` → `{epoch or '', the last message id, 1 if msgs has an entry
+/// after the position else 0}`, read at once: when messages were published after the last
+/// one read and none is left to read, they were trimmed unread.
+const CHECK: &str = r"
+local p = ARGV[1]
+local function key(...) return table.concat({p, ...}, ':') end
+local next = redis.call('XRANGE', key('msgs'), '(' .. ARGV[2], '+', 'COUNT', 1)
+return {redis.call('GET', key('epoch')) or '', redis.call('GET', key('last')) or '0',
+  string.format('%d', #next)}
+";
+
 /// Every script, hashed once.
 pub struct Scripts {
     pub hello: Script,
@@ -364,6 +375,7 @@ pub struct Scripts {
     pub heartbeat: Script,
     pub bye: Script,
     pub snapshot: Script,
+    pub check: Script,
 }
 
 impl Scripts {
@@ -380,6 +392,7 @@ impl Scripts {
             heartbeat: Script::new(HEARTBEAT),
             bye: Script::new(BYE),
             snapshot: Script::new(SNAPSHOT),
+            check: Script::new(CHECK),
         }
     }
 

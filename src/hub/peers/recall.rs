@@ -109,6 +109,8 @@ impl Hub {
         let Some(cluster) = self.peers.cluster_mut() else {
             return;
         };
+        // They will never come live: the histories read now show them.
+        cluster.last_id = cluster.last_id.max(before.saturating_sub(1));
         let live: Vec<String> = self
             .channels
             .iter()

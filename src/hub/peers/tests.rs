@@ -405,6 +405,25 @@ fn cluster_a_loss_shows_the_members_of_a_channel_that_lost_messages_what_they_mi
         quiet.frames().is_empty(),
         "#quiet lost nothing: it is not disturbed"
     );
+    // Lost with nothing after them (10 and 11 trimmed, and quiet since): shown all the same.
+    c.tell(ClusterEvent::Lost {
+        after: 9,
+        before: 12,
+    });
+    c.recalled();
+    let kept = [7, 9, 10, 11].map(|id| (id, message(id, "general", "…")));
+    c.tell(ClusterEvent::Recalled {
+        channel: "general".into(),
+        history: Some(kept.into()),
+    });
+    let welcome = ada.frames().pop().expect("a resync welcome");
+    let ids: Vec<u64> = welcome["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [7, 9, 10, 11]);
 }
 
 #[test]
