@@ -376,12 +376,13 @@ fn cluster_faults_a_slow_then_hung_redis_costs_bounded_memory_and_keeps_no_messa
          slow, and was accepted {after:?} after it came back",
         most.rss_kib
     );
+    // A round trip takes 200 ms here; the bounds leave room for a busy machine.
     assert!(
-        waited < Duration::from_secs(2),
+        waited < Duration::from_secs(5),
         "a message waited {waited:?} behind the cursors"
     );
     assert!(
-        after < Duration::from_secs(4),
+        after < Duration::from_secs(8),
         "a message was accepted only {after:?} after Redis came back"
     );
     assert!(
