@@ -86,7 +86,7 @@ impl Hub {
         }
         // With several servers, the channel's history may have to be read from them first.
         let history_held = self.histories.holds(&channel);
-        if self.peers.join_later(conn, user, &channel, history_held) {
+        if self.peers.join_later(conn, &channel, history_held) {
             return;
         }
         self.move_to(conn, channel);
@@ -171,25 +171,28 @@ impl Hub {
 
     /// Sends `conn` its `welcome`: who it is, everyone in its channel, the channel's history.
     pub(super) fn welcome(&mut self, conn: ConnId) {
-        let Some(user) = self.users.get(&conn) else {
-            return;
-        };
-        let Some(ch) = self.channels.get(&user.channel) else {
-            return;
-        };
+        if let Some(frame) = self.welcome_frame(conn, false) {
+            self.send_to(conn, frame);
+        }
+    }
+
+    /// The `welcome` of `conn`; with `resync`, one that replaces what it was shown.
+    pub(super) fn welcome_frame(&self, conn: ConnId, resync: bool) -> Option<Bytes> {
+        let user = self.users.get(&conn)?;
+        let ch = self.channels.get(&user.channel)?;
         let members = ch.members.iter().filter_map(|(c, _)| self.users.get(c));
         let mut users: Vec<_> = members.map(|member| &*member.listing).collect();
         users.extend(self.peers.listings(&ch.remote));
         let history = self.histories.of(&user.channel).collect();
-        let frame = encode(&ServerFrame::Welcome {
+        Some(encode(&ServerFrame::Welcome {
             text: WELCOME_TEXT,
             user: user.as_ref(),
             channel: &user.channel,
             users,
             history,
             online: self.online(),
-        });
-        self.send_to(conn, frame);
+            resync,
+        }))
     }
 
     pub(super) fn channels_frame(&self) -> Bytes {

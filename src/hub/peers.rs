@@ -9,14 +9,20 @@
 //! | file | what |
 //! |---|---|
 //! | `peers/port.rs` | the requests the hub makes and the answers it gets (the Redis adapter, `src/cluster/`, serves them) |
+//! | `peers/link.rs` | what waits to be sent to Redis, coalesced and within a budget |
 //! | `peers/clustered.rs` | the clustered half of each question below: what is asked of Redis |
 //! | `peers/answers.rs` | what the hub does with each answer and each entry of the stream |
+//! | `peers/recall.rs` | the channels' histories read from Redis, kept current, set right after a loss |
 //! | `peers/remote.rs` | the other servers' users, as this hub sees them |
 
 mod answers;
 mod clustered;
+pub mod link;
 pub mod port;
+mod recall;
 mod remote;
+#[cfg(test)]
+mod tests;
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -162,18 +168,13 @@ impl Peers {
             .map_or(Publish::Here, |c| c.publish(conn, user, text))
     }
 
-    /// Whether `user`'s move into `channel` must wait for the channel's history from the
+    /// Whether `conn`'s move into `channel` must wait for the channel's history from the
     /// other servers (then it is asked for, and the move is done when it comes).
-    pub(super) fn join_later(
-        &mut self,
-        conn: ConnId,
-        user: &User,
-        channel: &str,
-        history_held: bool,
-    ) -> bool {
+    /// `history_held`: whether this server holds some of it.
+    pub(super) fn join_later(&mut self, conn: ConnId, channel: &str, history_held: bool) -> bool {
         match self {
             Peers::Alone => false,
-            Peers::Clustered(cluster) => cluster.join_later(conn, user, channel, history_held),
+            Peers::Clustered(cluster) => cluster.join_later(conn, channel, history_held),
         }
     }
 

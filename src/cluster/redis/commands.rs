@@ -22,17 +22,10 @@ impl Publisher {
         let json = |record: &UserRecord| serde_json::to_string(record).expect("records serialize");
         match request {
             ClusterRequest::Claim {
-                record,
-                candidates,
-                history,
-                ..
+                record, candidates, ..
             } => {
                 let mut cmd = self.call(&self.scripts.claim);
-                cmd.arg(&record.id).arg(if *history {
-                    record.channel.as_str()
-                } else {
-                    ""
-                });
+                cmd.arg(&record.id);
                 for candidate in candidates {
                     let named = UserRecord {
                         username: candidate.username.clone(),
@@ -43,14 +36,9 @@ impl Publisher {
                 }
                 cmd
             }
-            ClusterRequest::Update { record, answer } => {
+            ClusterRequest::Update { record } => {
                 let mut cmd = self.call(&self.scripts.upsert);
-                let channel = if answer.is_some() {
-                    &record.channel
-                } else {
-                    ""
-                };
-                cmd.arg(&record.id).arg(json(record)).arg(channel);
+                cmd.arg(&record.id).arg(json(record));
                 cmd
             }
             ClusterRequest::Rename { record, .. } => {
@@ -67,6 +55,7 @@ impl Publisher {
                 channel,
                 user,
                 typing,
+                ..
             } => {
                 let mut cmd = self.call(&self.scripts.typing);
                 cmd.arg(channel)
@@ -79,16 +68,7 @@ impl Publisher {
                 unnumbered,
                 floor,
                 ..
-            } => {
-                self.floor = self.floor.max(*floor);
-                let mut cmd = self.call(&self.scripts.publish);
-                cmd.arg(self.floor).arg(channel).arg(unnumbered);
-                cmd
-            }
-            ClusterRequest::Recall { channel } => {
-                let key = self.keys.history(channel);
-                redis::Cmd::xrevrange_count(key, "+", "-", crate::history::HISTORY_LEN)
-            }
+            } => self.publish_command(channel, unnumbered, *floor).0,
             ClusterRequest::Register { users, floor } => {
                 self.floor = self.floor.max(*floor);
                 let mut cmd = self.call(&self.scripts.register);
@@ -107,5 +87,24 @@ impl Publisher {
                 cmd
             }
         }
+    }
+
+    /// The command that publishes a message, under this connection's fence, and its number
+    /// there (see `publisher.rs`).
+    pub(super) fn publish_command(
+        &mut self,
+        channel: &str,
+        unnumbered: &str,
+        floor: u64,
+    ) -> (redis::Cmd, u64) {
+        self.floor = self.floor.max(floor);
+        self.number += 1;
+        let mut cmd = self.call(&self.scripts.publish);
+        cmd.arg(self.floor)
+            .arg(channel)
+            .arg(unnumbered)
+            .arg(&self.fence)
+            .arg(self.number);
+        (cmd, self.number)
     }
 }
