@@ -85,10 +85,6 @@ pub(super) enum Publish {
 
 /// What the other servers must be told of one of this server's users.
 #[derive(Debug, Clone, Copy)]
-#[expect(
-    dead_code,
-    reason = "moderation's variants are read by the Redis adapter's side, which does not carry them yet"
-)]
 pub(super) enum Change<'a> {
     /// The user is somewhere new, or has a new state.
     Updated(&'a User),
@@ -110,16 +106,39 @@ pub(super) enum Change<'a> {
     Banned { address: IpAddr, until: u64 },
 }
 
+/// Where a user who is not on this server is, as an operator's request about them needs to
+/// know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Elsewhere {
+    /// Online nowhere.
+    Nowhere,
+    /// On another server, which can be told ([`Change::Moderate`]).
+    There,
+    /// On another server, and an operator: nobody may kick, mute or ban them.
+    Operator,
+    /// On another server, which cannot be told now (Redis is away).
+    Unreachable,
+}
+
 impl Peers {
     /// Whether a user on another server holds `username` (under case folding).
     pub(super) fn hold_name(&self, username: &str) -> bool {
         self.cluster().is_some_and(|c| c.holds_name(username))
     }
 
-    /// Whether the user with this id is on another server: then an operator's kick, mute or
-    /// ban of them is told to the other servers ([`Change::Moderate`]) rather than done here.
-    pub(super) fn elsewhere(&self, id: &str) -> bool {
-        self.cluster().is_some_and(|c| c.remote.contains_key(id))
+    /// Where the user with this id is, when not on this server: an operator's kick, mute or
+    /// ban of someone on another server is told to the other servers ([`Change::Moderate`]),
+    /// and the one that has them does it.
+    pub(super) fn elsewhere(&self, id: &str) -> Elsewhere {
+        let Some(cluster) = self.cluster() else {
+            return Elsewhere::Nowhere;
+        };
+        match cluster.remote.get(id) {
+            None => Elsewhere::Nowhere,
+            Some(user) if user.record.operator => Elsewhere::Operator,
+            Some(_) if !cluster.up => Elsewhere::Unreachable,
+            Some(_) => Elsewhere::There,
+        }
     }
 
     /// Whether this server reaches the other servers (`None`: there are none), for

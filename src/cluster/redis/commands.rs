@@ -4,6 +4,7 @@
 use super::publisher::Publisher;
 use crate::cluster::ALIVE_TTL;
 use crate::hub::port::{ClusterRequest, UserRecord};
+use crate::protocol::now_ms;
 
 impl Publisher {
     /// `EVALSHA` of `script` with the arguments every script takes first.
@@ -46,9 +47,30 @@ impl Publisher {
                 cmd.arg(&record.id).arg(&record.key).arg(json(record));
                 cmd
             }
-            ClusterRequest::Leave { id } => {
+            ClusterRequest::Leave { id, kicked } => {
                 let mut cmd = self.call(&self.scripts.leave);
-                cmd.arg(id);
+                cmd.arg(id).arg(if *kicked { "1" } else { "0" });
+                cmd
+            }
+            ClusterRequest::Moderate { by, action } => {
+                let mut cmd = self.call(&self.scripts.moderate);
+                let action = serde_json::to_string(action).expect("orders serialize");
+                cmd.arg(by).arg(action);
+                cmd
+            }
+            ClusterRequest::Muted {
+                channel,
+                user,
+                until,
+                ..
+            } => {
+                let mut cmd = self.call(&self.scripts.muted);
+                cmd.arg(channel).arg(user).arg(until);
+                cmd
+            }
+            ClusterRequest::Ban { address, until } => {
+                let mut cmd = self.call(&self.scripts.ban);
+                cmd.arg(address.to_string()).arg(until).arg(now_ms());
                 cmd
             }
             ClusterRequest::Typing {

@@ -173,6 +173,10 @@ impl Keys {
     pub(super) fn epoch(&self) -> String {
         format!("{}:epoch", self.prefix)
     }
+
+    pub(super) fn bans(&self) -> String {
+        format!("{}:bans", self.prefix)
+    }
 }
 
 /// A connection whose every answer has a deadline.

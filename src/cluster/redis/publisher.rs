@@ -400,7 +400,10 @@ impl Publisher {
             }
             ClusterRequest::Update { .. }
             | ClusterRequest::Leave { .. }
-            | ClusterRequest::Typing { .. } => {}
+            | ClusterRequest::Typing { .. }
+            | ClusterRequest::Moderate { .. }
+            | ClusterRequest::Muted { .. }
+            | ClusterRequest::Ban { .. } => {}
         }
     }
 
@@ -431,11 +434,18 @@ impl Publisher {
                 answer: RenameAnswer::Away,
             },
             ClusterRequest::Publish { conn, .. } => ClusterEvent::PublishFailed { conn },
-            // Registered again at the next join; announced by the `sync` it makes.
+            // Registered again at the next join; announced by the `sync` it makes. (Bans are
+            // sent again then too; an order to another server is lost, and said so.)
             ClusterRequest::Register { .. }
             | ClusterRequest::Update { .. }
             | ClusterRequest::Leave { .. }
-            | ClusterRequest::Typing { .. } => return,
+            | ClusterRequest::Typing { .. }
+            | ClusterRequest::Muted { .. }
+            | ClusterRequest::Ban { .. } => return,
+            ClusterRequest::Moderate { action, .. } => {
+                warn!("Redis failed an operator's order, which was not carried out: {action:?}");
+                return;
+            }
         };
         self.tell(event);
     }

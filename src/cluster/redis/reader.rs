@@ -3,7 +3,8 @@
 //! as an event, however far behind it fell. It takes a view of every server's users when it
 //! starts, when Redis lost its data (then it reads the new streams from their start) and when
 //! presence entries it had not read were trimmed away; when messages it had not read were
-//! trimmed away, it tells the hub which (`ClusterEvent::Lost`). Each message entry names the
+//! trimmed away, it tells the hub which (`ClusterEvent::Lost`). With each view it reads the
+//! bans in force (`<p>:bans`), so a server that starts later refuses them too. Each message entry names the
 //! message before it, and each presence entry is numbered, so a gap is seen at the entry
 //! after it (Redis 7.0's `XINFO` does not say when `MAXLEN` trimmed a stream).
 
@@ -22,6 +23,7 @@ use super::scripts::Scripts;
 use super::{Keys, connect};
 use crate::hub::Event;
 use crate::hub::port::{ClusterEvent, UserRecord};
+use crate::protocol::{ChatRequest, parse_request};
 
 /// How long one `XREAD` waits for entries: also how long stopping can take.
 const BLOCK: Duration = Duration::from_millis(1000);
@@ -194,6 +196,14 @@ impl StreamReader {
             records,
             before: read_on.then_some(view.last_message),
         });
+        // Read after the view: a ban made between the two is in both, and banning twice
+        // changes nothing.
+        let bans: Vec<(String, u64)> = redis::cmd("HGETALL").arg(self.keys.bans()).query(con)?;
+        for (address, until) in bans {
+            if let Ok(address) = address.parse() {
+                self.send(ClusterEvent::Banned { address, until });
+            }
+        }
         Ok(view)
     }
 
@@ -327,8 +337,8 @@ impl StreamReader {
         Ok(false)
     }
 
-    /// A stream entry as a hub event; `None` for this server's own presence (the hub has
-    /// it already) and for what cannot be read.
+    /// A stream entry as a hub event; `None` for this server's own entries (the hub has done
+    /// what they say already) and for what cannot be read.
     fn decode(&self, entry: &StreamId) -> Option<ClusterEvent> {
         let get = |name: &str| entry.get::<String>(name);
         let kind = get("k")?;
@@ -344,6 +354,7 @@ impl StreamReader {
             "rm" => ClusterEvent::Remove {
                 server,
                 id: get("u")?,
+                kicked: get("x").is_some_and(|x| x == "1"),
             },
             "sync" => ClusterEvent::Sync {
                 server,
@@ -354,6 +365,23 @@ impl StreamReader {
                 channel: get("c")?,
                 user: RawValue::from_string(get("u")?).ok()?,
                 typing: get("t")? == "1",
+            },
+            // The operator's request, checked again as any client's is.
+            "mod" => match parse_request(&get("m")?) {
+                Ok(ChatRequest::Moderate(action)) => ClusterEvent::Moderate {
+                    by: get("b")?,
+                    action,
+                },
+                _ => return None,
+            },
+            "muted" => ClusterEvent::Muted {
+                channel: get("c")?,
+                user: RawValue::from_string(get("u")?).ok()?,
+                until: get("until")?.parse().ok()?,
+            },
+            "ban" => ClusterEvent::Banned {
+                address: get("a")?.parse().ok()?,
+                until: get("until")?.parse().ok()?,
             },
             other => {
                 debug!("an entry of unknown kind {other:?} in the stream: skipped");

@@ -224,7 +224,7 @@ return {'OK'}
 "
 );
 
-/// `…, user id` → `{'OK'}`: a user left; their name is free.
+/// `…, user id, '1' if kicked else '0'` → `{'OK'}`: a user left; their name is free.
 const LEAVE: &str = concat!(
     prologue!(),
     r"
@@ -235,7 +235,7 @@ if redis.call('HGET', key('names'), k) == me .. ' ' .. ARGV[4] then
   redis.call('HDEL', key('names'), k)
 end
 redis.call('HDEL', key('users', me), ARGV[4])
-announce('k', 'rm', 's', me, 'u', ARGV[4])
+announce('k', 'rm', 's', me, 'u', ARGV[4], 'x', ARGV[5])
 return {'OK'}
 "
 );
@@ -245,6 +245,46 @@ const TYPING: &str = concat!(
     prologue!(),
     r"
 announce('k', 'typing', 's', me, 'c', ARGV[4], 'u', ARGV[5], 't', ARGV[6])
+return {'OK'}
+"
+);
+
+/// `…, operator's id, order` → `{'OK'}`: an operator's kick, mute or ban (`order`, as the
+/// operator's request) of a user on another server, announced for that server to carry out.
+const MODERATE: &str = concat!(
+    prologue!(),
+    r"
+announce('k', 'mod', 's', me, 'b', ARGV[4], 'm', ARGV[5])
+return {'OK'}
+"
+);
+
+/// `…, channel, user, until` → `{'OK'}`: a user was muted (until 0: unmuted), announced.
+const MUTED: &str = concat!(
+    prologue!(),
+    r"
+announce('k', 'muted', 's', me, 'c', ARGV[4], 'u', ARGV[5], 'until', ARGV[6])
+return {'OK'}
+"
+);
+
+/// `…, address, until, now` → `{'OK'}`: bans a client address until `until` (a longer ban
+/// there stays) in `<p>:bans`, which a server reads when it takes a view, and announces it.
+/// Bans over by `now` are dropped; the hash expires with its last ban.
+const BAN: &str = concat!(
+    prologue!(),
+    r"
+local bans, now = key('bans'), tonumber(ARGV[6])
+if tonumber(ARGV[5]) > tonumber(redis.call('HGET', bans, ARGV[4]) or '0') then
+  redis.call('HSET', bans, ARGV[4], ARGV[5])
+end
+local all, last = redis.call('HGETALL', bans), 0
+for i = 1, #all, 2 do
+  local ends = tonumber(all[i + 1])
+  if ends <= now then redis.call('HDEL', bans, all[i]) else last = math.max(last, ends) end
+end
+if last > 0 then redis.call('PEXPIREAT', bans, string.format('%d', last)) end
+announce('k', 'ban', 's', me, 'a', ARGV[4], 'until', ARGV[5])
 return {'OK'}
 "
 );
@@ -371,6 +411,9 @@ pub struct Scripts {
     pub rename: Script,
     pub leave: Script,
     pub typing: Script,
+    pub moderate: Script,
+    pub muted: Script,
+    pub ban: Script,
     pub register: Script,
     pub heartbeat: Script,
     pub bye: Script,
@@ -388,6 +431,9 @@ impl Scripts {
             rename: Script::new(RENAME),
             leave: Script::new(LEAVE),
             typing: Script::new(TYPING),
+            moderate: Script::new(MODERATE),
+            muted: Script::new(MUTED),
+            ban: Script::new(BAN),
             register: Script::new(REGISTER),
             heartbeat: Script::new(HEARTBEAT),
             bye: Script::new(BYE),
@@ -400,7 +446,8 @@ impl Scripts {
     /// every connection, for `EVALSHA`): one round trip for all.
     pub fn load_all(pipe: &mut redis::Pipeline) {
         let all = [
-            HELLO, PUBLISH, UPSERT, CLAIM, RENAME, LEAVE, TYPING, REGISTER, HEARTBEAT, BYE,
+            HELLO, PUBLISH, UPSERT, CLAIM, RENAME, LEAVE, TYPING, MODERATE, MUTED, BAN, REGISTER,
+            HEARTBEAT, BYE,
         ];
         for code in all {
             pipe.cmd("SCRIPT").arg("LOAD").arg(code).ignore();
@@ -418,7 +465,7 @@ mod tests {
         assert!(PUBLISH.contains(&format!("'MAXLEN', '~', '{MESSAGES_KEPT}'")));
         let events = format!("'MAXLEN', '~', '{EVENTS_KEPT}'");
         for script in [
-            UPSERT, CLAIM, RENAME, LEAVE, TYPING, REGISTER, HEARTBEAT, BYE,
+            UPSERT, CLAIM, RENAME, LEAVE, TYPING, MODERATE, MUTED, BAN, REGISTER, HEARTBEAT, BYE,
         ] {
             assert!(script.contains(&events));
         }

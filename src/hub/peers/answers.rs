@@ -46,7 +46,7 @@ impl Hub {
             ClusterEvent::Registered { renamed } => self.registered(renamed),
             ClusterEvent::Message { id, channel, json } => self.ordered_message(id, &channel, json),
             ClusterEvent::Upsert { server, record } => self.remote_upsert(server, record),
-            ClusterEvent::Remove { id, .. } => self.remote_remove(&id),
+            ClusterEvent::Remove { id, kicked, .. } => self.remote_remove(&id, kicked),
             ClusterEvent::Sync { server, records } => self.remote_sync(server, records),
             ClusterEvent::Gone { server } => self.remote_gone(&server),
             ClusterEvent::Snapshot { records, before } => {
@@ -60,6 +60,13 @@ impl Hub {
                 user,
                 typing,
             } => self.remote_typing(&channel, &user, typing),
+            ClusterEvent::Moderate { by, action } => self.moderated_elsewhere(&by, &action),
+            ClusterEvent::Muted {
+                channel,
+                user,
+                until,
+            } => self.remote_muted(&channel, &user, until),
+            ClusterEvent::Banned { address, until } => self.bans.ban(address, until),
         }
     }
 
@@ -92,6 +99,10 @@ impl Hub {
             users,
             floor: cluster.last_id,
         });
+        // Bans made while Redis was away (or whose sending failed) reach the others now.
+        for (address, until) in self.bans.current() {
+            cluster.link.send(ClusterRequest::Ban { address, until });
+        }
     }
 
     /// Redis answered the claim of a new user's name: it is admitted, unless its channel's
@@ -103,7 +114,10 @@ impl Hub {
         let Some(waiting) = cluster.waiting.get_mut(&conn) else {
             // Gone before its name was settled: the name is free again.
             if let Some(link) = cluster.up_link().filter(|_| name.is_some()) {
-                link.send(ClusterRequest::Leave { id: id.to_owned() });
+                link.send(ClusterRequest::Leave {
+                    id: id.to_owned(),
+                    kicked: false,
+                });
             }
             return;
         };

@@ -167,6 +167,7 @@ impl Clustered {
             key: first.key.clone(),
             channel: arrival.channel.clone(),
             state: Map::new(),
+            operator: arrival.operator,
         };
         link.send(ClusterRequest::Claim {
             conn,
@@ -282,10 +283,21 @@ impl Clustered {
             }
             Change::Left(user) => link.send(ClusterRequest::Leave {
                 id: user.id.clone(),
+                kicked: user.kicked,
             }),
-            // Moderation across servers is the Redis adapter's to carry: until it does, a
-            // kick, mute or ban acts on this server's users only (docs/reference.md).
-            Change::Moderate { .. } | Change::Muted(_) | Change::Banned { .. } => {}
+            Change::Moderate { by, moderation } => link.send(ClusterRequest::Moderate {
+                by: by.id.clone(),
+                action: moderation.clone(),
+            }),
+            Change::Muted(user) => link.send(ClusterRequest::Muted {
+                id: user.id.clone(),
+                channel: user.channel.clone(),
+                user: serde_json::to_string(&user.as_ref()).expect("users serialize"),
+                until: user.muted_until.unwrap_or(0),
+            }),
+            Change::Banned { address, until } => {
+                link.send(ClusterRequest::Ban { address, until });
+            }
         }
     }
 
@@ -348,5 +360,6 @@ pub(super) fn record(user: &User) -> UserRecord {
         key: name_key(&user.username),
         channel: user.channel.clone(),
         state: user.state.clone(),
+        operator: user.operator,
     }
 }

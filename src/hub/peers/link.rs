@@ -9,6 +9,9 @@
 //!   newest `typing`; a `leave` drops the rest. So presence waiting for Redis takes at most a
 //!   record or two per user, however fast cursors move, and a backlog of it never stands in
 //!   front of a message (each round trip takes every message waiting, then some users).
+//! - **Operators' orders** (a kick, mute or ban of another server's user, a ban) wait in the
+//!   order they were given, at most [`MAX_ORDERS`] (operators are few, and rate-limited like
+//!   everyone), and go before everything about users.
 //! - **History reads** go to a thread and a connection of their own ([`ClusterLink::recall`]),
 //!   so a join into a long history never delays a message either; the hub asks once per
 //!   channel, however many are waiting for it.
@@ -17,6 +20,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
+
+use log::warn;
 
 use super::port::ClusterRequest;
 
@@ -29,6 +34,10 @@ pub const MAX_QUEUED_BYTES: usize = 4 << 20;
 /// Users whose requests one round trip carries at most: what waits longer is coalesced.
 const USERS_PER_ROUND: usize = 512;
 
+/// Operators' orders that may wait for Redis; past this (Redis hung while operators kept
+/// acting) the oldest are dropped, and that is logged.
+pub const MAX_ORDERS: usize = 1024;
+
 /// Past this many slots, an empty queue gives its memory back.
 const SHRINK_PAST: usize = 1024;
 
@@ -38,6 +47,7 @@ struct Queue {
     register: Option<ClusterRequest>,
     publishes: VecDeque<ClusterRequest>,
     publish_bytes: usize,
+    orders: VecDeque<ClusterRequest>,
     /// Each user's requests, and the order in which users came to have some.
     users: HashMap<String, Pending>,
     order: VecDeque<String>,
@@ -52,6 +62,7 @@ struct Pending {
     update: Option<ClusterRequest>,
     rename: Option<ClusterRequest>,
     typing: Option<ClusterRequest>,
+    muted: Option<ClusterRequest>,
     leave: Option<ClusterRequest>,
 }
 
@@ -65,6 +76,7 @@ impl Pending {
             self.update,
             self.rename,
             self.typing,
+            self.muted,
             self.leave,
         ];
         out.extend(all.into_iter().flatten());
@@ -102,6 +114,7 @@ pub struct ClusterRequests {
 pub struct Taken {
     pub register: Option<ClusterRequest>,
     pub publishes: Vec<ClusterRequest>,
+    /// Operators' orders first, then what is about users.
     pub users: Vec<ClusterRequest>,
 }
 
@@ -165,10 +178,20 @@ impl Queue {
                 self.register = Some(request);
                 return;
             }
+            ClusterRequest::Moderate { .. } | ClusterRequest::Ban { .. } => {
+                if self.orders.len() >= MAX_ORDERS {
+                    let dropped = self.orders.pop_front();
+                    warn!("too many operators' orders wait for Redis: dropped {dropped:?}");
+                }
+                self.orders.push_back(request);
+                return;
+            }
             ClusterRequest::Claim { record, .. }
             | ClusterRequest::Update { record }
             | ClusterRequest::Rename { record, .. } => record.id.clone(),
-            ClusterRequest::Leave { id } | ClusterRequest::Typing { id, .. } => id.clone(),
+            ClusterRequest::Leave { id, .. }
+            | ClusterRequest::Typing { id, .. }
+            | ClusterRequest::Muted { id, .. } => id.clone(),
         };
         let pending = self.users.entry(user).or_insert_with_key(|user| {
             self.order.push_back(user.clone());
@@ -179,6 +202,7 @@ impl Queue {
             ClusterRequest::Update { .. } => pending.update = Some(request),
             ClusterRequest::Rename { .. } => pending.rename = Some(request),
             ClusterRequest::Typing { .. } => pending.typing = Some(request),
+            ClusterRequest::Muted { .. } => pending.muted = Some(request),
             // Nothing else of a user who left matters; a claim never sent need not be.
             ClusterRequest::Leave { .. } => {
                 *pending = Pending {
@@ -186,7 +210,10 @@ impl Queue {
                     ..Pending::default()
                 };
             }
-            ClusterRequest::Publish { .. } | ClusterRequest::Register { .. } => {}
+            ClusterRequest::Publish { .. }
+            | ClusterRequest::Register { .. }
+            | ClusterRequest::Moderate { .. }
+            | ClusterRequest::Ban { .. } => {}
         }
     }
 
@@ -194,7 +221,7 @@ impl Queue {
         let mut taken = Taken {
             register: self.register.take(),
             publishes: self.publishes.drain(..).collect(),
-            users: Vec::new(),
+            users: self.orders.drain(..).collect(),
         };
         self.publish_bytes = 0;
         for _ in 0..USERS_PER_ROUND {
@@ -222,8 +249,12 @@ impl ClusterRequests {
     /// the hub is gone and nothing waits.
     pub fn take(&self, wait: Duration) -> Option<Taken> {
         let mut queue = self.shared.lock();
-        let empty =
-            |q: &Queue| q.register.is_none() && q.publishes.is_empty() && q.order.is_empty();
+        let empty = |q: &Queue| {
+            q.register.is_none()
+                && q.publishes.is_empty()
+                && q.orders.is_empty()
+                && q.order.is_empty()
+        };
         if empty(&queue) && !queue.closed {
             queue = self
                 .shared

@@ -4,11 +4,14 @@
 //! imports the hub, as the doors do, and the hub never imports the adapter: this file and
 //! `link.rs` are the whole of what the two share.
 
+use std::net::IpAddr;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::connection::ConnId;
+use crate::protocol::Moderation;
 
 /// A user as the cluster stores and announces them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,6 +23,10 @@ pub struct UserRecord {
     pub channel: String,
     #[serde(default)]
     pub state: Map<String, Value>,
+    /// Whether they gave the operator token: an operator elsewhere may not kick, mute or ban
+    /// them.
+    #[serde(default)]
+    pub operator: bool,
 }
 
 /// A name a user may get, in the order they are tried.
@@ -49,9 +56,9 @@ pub enum ClusterRequest {
     /// Take the record's name (if free) and announce it. Answered by [`ClusterEvent::Renamed`]
     /// (only the newest rename of a user waiting to be sent is kept, and answered).
     Rename { conn: ConnId, record: UserRecord },
-    /// A user left: release their name, remove and announce. What else of theirs waits to be
-    /// sent is dropped.
-    Leave { id: String },
+    /// A user left (`kicked`: removed by an operator): release their name, remove and
+    /// announce. What else of theirs waits to be sent is dropped.
+    Leave { id: String, kicked: bool },
     /// Someone is typing: announced, not stored. `id` is theirs; `user` is
     /// `{"id","username"}`. Only the newest of a user waiting to be sent is kept.
     Typing {
@@ -69,6 +76,21 @@ pub enum ClusterRequest {
         unnumbered: String,
         floor: u64,
     },
+    /// An operator here asks for a kick, mute or ban of another server's user (`by`: the
+    /// operator's id): announced, and done by the server that has them.
+    Moderate { by: String, action: Moderation },
+    /// A user here was muted until `until` (0: unmuted): announced, not stored, for their
+    /// channel's members elsewhere. `user` is as frames show them. Only the newest of a user
+    /// waiting to be sent is kept.
+    Muted {
+        id: String,
+        channel: String,
+        user: String,
+        until: u64,
+    },
+    /// A client address banned until `until` (a `ts`): kept in `<p>:bans` for servers that
+    /// start later, and announced.
+    Ban { address: IpAddr, until: u64 },
     /// Register every user of this server again (after Redis was away), each with the names
     /// it may get. Answered by [`ClusterEvent::Registered`].
     Register {
@@ -135,8 +157,12 @@ pub enum ClusterEvent {
     Lost { after: u64, before: u64 },
     /// Another server's user, as they now are.
     Upsert { server: String, record: UserRecord },
-    /// Another server's user left.
-    Remove { server: String, id: String },
+    /// Another server's user left (`kicked`: removed by an operator).
+    Remove {
+        server: String,
+        id: String,
+        kicked: bool,
+    },
     /// All of another server's users.
     Sync {
         server: String,
@@ -151,6 +177,19 @@ pub enum ClusterEvent {
         records: Vec<(String, UserRecord)>,
         before: Option<u64>,
     },
+    /// An operator on another server asks for a kick, mute or ban of a user, who may be one of
+    /// this server's (`by`: the operator's id).
+    Moderate { by: String, action: Moderation },
+    /// Someone on another server was muted until `until` (0: unmuted). `user` is as frames
+    /// show them.
+    Muted {
+        channel: String,
+        user: Box<RawValue>,
+        until: u64,
+    },
+    /// A client address is banned until `until`: from the stream, or from `<p>:bans` when the
+    /// reader takes a view.
+    Banned { address: IpAddr, until: u64 },
     /// Someone on another server is typing. `user` is `{"id","username"}`.
     Typing {
         channel: String,

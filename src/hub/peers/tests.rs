@@ -204,6 +204,7 @@ fn cluster_the_hub_delivers_only_what_comes_back_and_counts_other_servers() {
         key: "bo".into(),
         channel: "general".into(),
         state: serde_json::Map::new(),
+        operator: false,
     };
     let upsert = |record: &UserRecord| ClusterEvent::Upsert {
         server: "s2".into(),
@@ -443,6 +444,7 @@ fn cluster_the_link_keeps_the_newest_of_each_user_and_sends_messages_first() {
         key: id.into(),
         channel: "general".into(),
         state: json!({"x": x}).as_object().unwrap().clone(),
+        operator: false,
     };
     for x in 0..10_000 {
         for user in ["a", "b", "c"] {
@@ -455,7 +457,10 @@ fn cluster_the_link_keeps_the_newest_of_each_user_and_sends_messages_first() {
         conn: 1,
         record: record("a", 0),
     });
-    link.send(ClusterRequest::Leave { id: "c".into() });
+    link.send(ClusterRequest::Leave {
+        id: "c".into(),
+        kicked: false,
+    });
     link.send(ClusterRequest::Publish {
         conn: 1,
         channel: "general".into(),
@@ -470,7 +475,7 @@ fn cluster_the_link_keeps_the_newest_of_each_user_and_sends_messages_first() {
         .map(|r| match r {
             ClusterRequest::Update { record } => format!("{} at {}", record.id, record.state["x"]),
             ClusterRequest::Rename { record, .. } => format!("{} renamed", record.id),
-            ClusterRequest::Leave { id } => format!("{id} left"),
+            ClusterRequest::Leave { id, .. } => format!("{id} left"),
             other => format!("{other:?}"),
         })
         .collect();
@@ -491,4 +496,121 @@ fn cluster_the_link_keeps_the_newest_of_each_user_and_sends_messages_first() {
     // The hub gone, the publisher stops once nothing waits.
     drop(link);
     assert!(requests.take(Duration::ZERO).is_none());
+}
+
+#[test]
+fn cluster_an_operators_request_goes_to_the_users_server_which_carries_it_out() {
+    let mut c = Cluster::new();
+    let ada = c.arrive("Ada", "general", Vec::new());
+    c.hub.handle(Event::Promote { conn: ada.conn });
+    let promoted = c.asked();
+    assert!(
+        promoted
+            .iter()
+            .any(|r| matches!(r, ClusterRequest::Update { record } if record.operator)),
+        "the other servers are told Ada is an operator: {promoted:?}"
+    );
+    let remote = |id: &str, operator: bool| ClusterEvent::Upsert {
+        server: "s2".into(),
+        record: UserRecord {
+            id: id.into(),
+            username: id.into(),
+            key: id.into(),
+            channel: "general".into(),
+            state: serde_json::Map::new(),
+            operator,
+        },
+    };
+    c.tell(remote("bo", false));
+    c.tell(remote("op2", true));
+    ada.frames();
+    // About another server's user: sent on, for that server to do; about an operator there,
+    // refused here.
+    c.send(&ada, r#"{"type":"kick","user":"bo","reason":"spam"}"#);
+    c.send(&ada, r#"{"type":"kick","user":"op2"}"#);
+    assert_eq!(ada.frames()[0]["code"], "forbidden");
+    let asked = c.asked();
+    let ada_id = c.hub.users[&ada.conn].id.clone();
+    assert!(
+        matches!(&asked[..], [ClusterRequest::Moderate { by, action }]
+            if *by == ada_id && action.user() == "bo"),
+        "{asked:?}"
+    );
+    // Redis away: refused, and nothing is sent.
+    c.tell(ClusterEvent::Down);
+    c.send(&ada, r#"{"type":"mute","user":"bo","minutes":5}"#);
+    assert_eq!(ada.frames()[0]["code"], "unavailable");
+    c.tell(ClusterEvent::Up);
+    c.asked();
+
+    // This server's user, asked from elsewhere: kicked here, told everywhere as kicked.
+    let cy = c.arrive("Cy", "general", Vec::new());
+    let cy_id = c.hub.users[&cy.conn].id.clone();
+    c.asked();
+    ada.frames();
+    cy.frames();
+    let order = |json: &str| match protocol::parse_request(json).unwrap() {
+        protocol::ChatRequest::Moderate(action) => action,
+        other => panic!("{other:?}"),
+    };
+    c.tell(ClusterEvent::Moderate {
+        by: "op2".into(),
+        action: order(&format!(
+            r#"{{"type":"mute","user":"{cy_id}","minutes":5}}"#
+        )),
+    });
+    assert_eq!(cy.frames()[0]["type"], "muted");
+    let asked = c.asked();
+    assert!(
+        matches!(&asked[..], [ClusterRequest::Muted { id, until, .. }] if *id == cy_id && *until > 0),
+        "{asked:?}"
+    );
+    c.tell(ClusterEvent::Moderate {
+        by: "op2".into(),
+        action: order(&format!(r#"{{"type":"kick","user":"{cy_id}"}}"#)),
+    });
+    assert_eq!(cy.frames()[0]["type"], "kicked");
+    let left: Vec<Value> = ada
+        .frames()
+        .into_iter()
+        .filter(|f| f["type"] == "left")
+        .collect();
+    assert_eq!(left[0]["kicked"], true);
+    let asked = c.asked();
+    assert!(
+        matches!(&asked[..], [ClusterRequest::Leave { id, kicked: true }] if *id == cy_id),
+        "{asked:?}"
+    );
+    // An order about an operator here is not carried out, whoever sent it.
+    c.tell(ClusterEvent::Moderate {
+        by: "op2".into(),
+        action: order(&format!(r#"{{"type":"kick","user":"{ada_id}"}}"#)),
+    });
+    assert!(c.hub.users.contains_key(&ada.conn));
+
+    // Another server's user kicked there, and a ban made there: told here.
+    c.tell(ClusterEvent::Remove {
+        server: "s2".into(),
+        id: "bo".into(),
+        kicked: true,
+    });
+    let left = ada.frames();
+    assert_eq!(
+        (left[0]["type"].clone(), left[0]["kicked"].clone()),
+        ("left".into(), true.into())
+    );
+    let address: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+    let until = protocol::now_ms() + 60_000;
+    c.tell(ClusterEvent::Banned { address, until });
+    assert_eq!(c.hub.bans.until(address), Some(until));
+    // And bans made while Redis was away are sent again when it is back.
+    c.tell(ClusterEvent::Down);
+    c.tell(ClusterEvent::Up);
+    let asked = c.asked();
+    assert!(
+        asked
+            .iter()
+            .any(|r| matches!(r, ClusterRequest::Ban { address: a, until: u } if *a == address && *u == until)),
+        "{asked:?}"
+    );
 }
