@@ -35,7 +35,7 @@ use crate::connection::Outbox;
 use crate::doors::Context;
 use crate::doors::guesses::Guesses;
 use crate::history::Store;
-use crate::hub::port::{ClusterLink, ClusterRequests};
+use crate::hub::link::{ClusterLink, ClusterRequests};
 use crate::hub::{Event, Hub};
 
 /// The log target of the `listening on ws://HOST:PORT` line, which the reference says is always

@@ -2,6 +2,8 @@
 'use strict';
 
 const Frames = (() => {
+  const RESYNCED = 'Some messages did not reach you live: the recent messages are shown again.';
+
   function handle(f) {
     switch (f.type) {
       case 'welcome':
@@ -102,6 +104,9 @@ const Frames = (() => {
 
     View.clearMessages();
     for (const m of f.history || []) View.addMessage(m, false, mentionsOfMe(m));
+    // A welcome again, in the same channel, from a server that could not deliver some
+    // messages live (it fell too far behind the other servers): the history above holds them.
+    if (f.resync === true) View.addSystem(RESYNCED);
     View.scrollToBottom();
 
     View.showChannel(f.channel);

@@ -105,9 +105,11 @@
 mod args;
 mod attack;
 mod fanout;
+mod faults;
 mod hist;
 mod idle;
 mod poll;
+mod procs;
 mod report;
 mod suite;
 mod sys;
@@ -134,15 +136,19 @@ usage:
                          [--server-pid PID] [--no-raise-limits] [--json] [--pin CPU]
   cyberchat-bench sweep  [--url …] [-c 100] [-s 10] [--rates 10,30,100,300,1000,3000] [--secs 5] [--warmup 1]
                          [--svg FILE] [--server-pid PID] [--json] [--pin CPU]
-  cyberchat-bench crowd  [--url …] [-n 1000] [-r 19] [--kind state|typing] [--channel crowd]   (a server at its default --max-rate)
+  cyberchat-bench crowd  [--url …] [-n 1000] [-r 19] [--kind state|typing] [--channel crowd] [--channels 1] [--state-bytes 0]   (a server at its default --max-rate)
   cyberchat-bench attack --kind join-hop     [-n 300] [-r 19] [--history-kib 800]
                          --kind channels     [-k 3000] [-n 100] [-r 19] [--name-len 32]
                          --kind ping-flood   [-n 200] [--from 127.2.0.1] [--per-channel 50] [--payload 125]
                          --kind slow-readers [-n 1200] [--talkers 10] [-r 19] [--text-len 1000] [--rcvbuf 4096] [--bytes-per-s 1]
                          --kind phone        [--arrivals 200] [--dwell-ms 1000] [--kib-per-s 80] [--rcvbuf 65536] [--tick-ms 250] [--name-len 0]
-                         --kind crowd        [-n 1000] [-r 19] [--frames state|typing]
+                         --kind crowd        [-n 1000] [-r 19] [--frames state|typing] [--channels 1] [--state-bytes 0]
                  all of them: [--url …] [--server-pid PID] [--warmup 2] [--secs 10 (crowd), 40 (phone), 20]
                               [--drain 60] [--settle 3] [--pair-every-ms 50] [--rx-threads N] [--json] [--pin CPU]
+  cyberchat-bench faults [--server-bin target/release/cyberchat] [--fault none|stall|freeze] [--fault-at 8] [--fault-secs 8]
+                         [--servers 2] [--crowd 0] [--crowd-rate 19] [--state-bytes 0] [--crowd-channels 1] [--hoppers 0] [--hoppers-on 1]
+                         [--history-kib 800] [--probes 100] [--senders 4] [--secs 30] [--patience 120] [--drain 30]
+                         [--settle 5] [--json]   (several servers on a Redis of its own; see src/faults/mod.rs)
   cyberchat-bench suite  [--server-bin target/release/cyberchat] [--repeat 3]
                          [--only flood,rate100,c1000,idle10k,crowd300,crowd1000,crowd3000,cluster-flood,cluster-rate100,
                                  join-hop,channels,ping-flood,ping-flood1000,slow-readers,phone,crowd-typing1000]
@@ -179,6 +185,7 @@ fn main() -> ExitCode {
         "suite" => suite_cmd(Args::new(argv)),
         "crowd" => attack_cmd(Some("crowd"), Args::new(argv)),
         "attack" => attack_cmd(None, Args::new(argv)),
+        "faults" => faults_cmd(Args::new(argv)),
         other => Err(Failure::Usage(format!("unknown command {other:?}"))),
     };
     match outcome {
@@ -316,6 +323,22 @@ fn attack_cmd(kind: Option<&str>, mut a: Args) -> Result<(), Failure> {
     Ok(())
 }
 
+fn faults_cmd(mut a: Args) -> Result<(), Failure> {
+    let opts = faults::FaultOpts::parse(&mut a, default_server_bin())?;
+    a.finish()?;
+    let result = faults::run(&opts).map_err(Failure::Run)?;
+    faults::print(&result, opts.json);
+    Ok(())
+}
+
+/// The server next to this bench (`target/release/cyberchat`).
+fn default_server_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| Some(p.parent()?.join("cyberchat")))
+        .unwrap_or_else(|| PathBuf::from("target/release/cyberchat"))
+}
+
 fn sweep_cmd(mut a: Args) -> Result<(), Failure> {
     let json = a.flag(&["--json"]);
     pin(&mut a)?;
@@ -337,10 +360,7 @@ fn suite_cmd(mut a: Args) -> Result<(), Failure> {
     let json = a.flag(&["--json"]);
     let no_pin = a.flag(&["--no-pin"]);
     let raise_limits = !a.flag(&["--no-raise-limits"]);
-    let default_bin = std::env::current_exe()
-        .ok()
-        .and_then(|p| Some(p.parent()?.join("cyberchat")))
-        .unwrap_or_else(|| PathBuf::from("target/release/cyberchat"));
+    let default_bin = default_server_bin();
     let opts = SuiteOpts {
         server_bin: a.get(&["--server-bin"], default_bin)?,
         repeat: a.get(&["--repeat"], 3)?,

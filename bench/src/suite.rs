@@ -1,17 +1,15 @@
 //! `sweep` (p99 against offered load, with an SVG chart) and `suite` (the scenarios,
 //! repeated against a fresh, pinned server each time, medians in markdown).
 
-use std::fs::File;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::attack::{self, Attack, AttackResult, Common, crowd::CrowdOpts};
 use crate::fanout::{self, FanoutOpts, FanoutResult};
 use crate::idle::{self, IdleOpts, IdleResult};
+use crate::procs::{RedisProc, ServerProc};
 use crate::report::{self, Point, median};
 use crate::sys;
 use crate::ws::Target;
@@ -129,138 +127,6 @@ pub const ATTACK_SCENARIOS: [&str; 7] = [
 /// Flood and rate100 on a cluster of two servers and a Redis (all three pinned where the
 /// server goes): the senders on one server, every receiver on the other. Run with `--only`.
 pub const CLUSTER_SCENARIOS: [&str; 2] = ["cluster-flood", "cluster-rate100"];
-
-/// A `redis-server` for the cluster scenarios, without persistence; killed when dropped.
-struct RedisProc {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl RedisProc {
-    fn start(cpu: Option<&str>) -> Result<RedisProc, String> {
-        let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!("cyberchat-bench-redis-{port}"));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut cmd = match cpu {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", cpu, "redis-server"]);
-                c
-            }
-            None => Command::new("redis-server"),
-        };
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd.spawn().map_err(|e| {
-            format!("cannot start redis-server (apt-get install redis-server): {e}")
-        })?;
-        let redis = RedisProc { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() >= deadline {
-                return Err("redis-server did not listen within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(redis)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for RedisProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> Result<u16, String> {
-    Ok(TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free port: {e}"))?
-        .port())
-}
-
-/// A server started for one run, killed when dropped.
-struct ServerProc {
-    child: Child,
-    target: Target,
-    log: PathBuf,
-}
-
-impl ServerProc {
-    /// Starts `bin` with `args` (and `--log-level warn`) on a free port.
-    fn start(bin: &Path, cpu: Option<&str>, args: &[&str]) -> Result<ServerProc, String> {
-        let port = free_port()?;
-        let log = std::env::temp_dir().join(format!(
-            "cyberchat-bench-server-{}-{port}.log",
-            std::process::id()
-        ));
-        let log_file = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let mut cmd = match cpu {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", cpu]).arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
-        cmd.args(["--port", &port.to_string(), "--log-level", "warn"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        let target = Target::parse(&format!("ws://127.0.0.1:{port}/"))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if sys::stats(target.addr).is_ok() {
-                return Ok(ServerProc { child, target, log });
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(format!("the server exited ({status}): {}", tail.trim()));
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                return Err("the server did not answer /stats within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let warnings = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines = warnings.lines().count();
-        if lines > 0 {
-            // Closing a run's clients makes some: the server still writes to sockets being closed.
-            eprintln!(
-                "note: the server logged {lines} warnings (some come from closing the run's clients), the first: {}",
-                warnings.lines().next().unwrap_or("")
-            );
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
 
 /// The fanout rows need senders the rate limit does not throttle.
 const UNTHROTTLED: [&str; 2] = ["--max-rate", "0"];

@@ -109,7 +109,7 @@ impl Hub {
         }
         // With several servers, the channel's history may have to be read from them first.
         let history_held = self.histories.holds(&channel);
-        if self.peers.join_later(conn, user, &channel, history_held) {
+        if self.peers.join_later(conn, &channel, history_held) {
             return;
         }
         self.move_to(conn, channel);
@@ -218,9 +218,19 @@ impl Hub {
     /// Sends `conn` its `welcome`: who it is, everyone in its channel, the channel's history.
     /// Charged to it: a welcome can be most of a megabyte.
     pub(super) fn welcome(&mut self, conn: ConnId) {
-        let Some(name) = self.users.get(&conn).map(|user| user.channel.clone()) else {
+        let Some(frame) = self.welcome_frame(conn, false) else {
             return;
         };
+        if let Some(user) = self.users.get(&conn) {
+            user.outbox.charge(frame.iter().map(Bytes::len).sum());
+        }
+        self.send_slices_to(conn, frame);
+    }
+
+    /// The `welcome` of `conn`, as slices around its channel's history; with `resync`, one
+    /// that replaces what it was shown.
+    pub(super) fn welcome_frame(&mut self, conn: ConnId, resync: bool) -> Option<Vec<Bytes>> {
+        let name = self.users.get(&conn)?.channel.clone();
         // Listings are made again only when someone is welcomed: a state changes often.
         if let Some(ch) = self.channels.get(&name) {
             for (member, _) in &ch.members {
@@ -232,9 +242,7 @@ impl Hub {
         // The history is the channel's, shared by every welcome to it: the frame is made
         // around it, and only the rest is written for each.
         let history = self.histories.json_of(&name);
-        let (Some(user), Some(ch)) = (self.users.get(&conn), self.channels.get(&name)) else {
-            return;
-        };
+        let (user, ch) = (self.users.get(&conn)?, self.channels.get(&name)?);
         let members = ch.members.iter().filter_map(|(c, _)| self.users.get(c));
         let mut users: Vec<_> = members.map(|member| &*member.listing).collect();
         users.extend(self.peers.listings(&ch.remote));
@@ -245,11 +253,10 @@ impl Hub {
             users,
             history: Vec::new(),
             online: self.online(),
+            resync,
         }
         .to_json();
-        let frame = around(&json, r#","history":[]"#, history);
-        user.outbox.charge(frame.iter().map(Bytes::len).sum());
-        self.send_slices_to(conn, frame);
+        Some(around(&json, r#","history":[]"#, history))
     }
 
     /// The channel list as it is now, encoded once per change; and its version.

@@ -113,7 +113,7 @@ use tungstenite::Bytes;
 pub use channels::CHANNELS_EVERY;
 pub use event::{ChannelStat, Event, Stats};
 pub use moderation::Bans;
-pub use peers::port;
+pub use peers::{link, port};
 pub use presence::PRESENCE_WINDOW;
 
 use channels::{Channel, ChannelList};

@@ -5,15 +5,20 @@
 //!
 //! The chat door checks the token (the secret never reaches the hub) and sends
 //! [`Event::Promote`](super::Event::Promote); everything after that is here.
+//!
+//! With several servers, an operator's request about a user on another server goes to the
+//! other servers (`peers`), and the server that has the user does it, as if its own operator
+//! had asked: its user's `kicked` and close, the `left` and `muted` its channel gets
+//! everywhere. A ban is told to every server, each of which adds it to its own table.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use log::info;
+use log::{debug, info};
 use tungstenite::protocol::CloseFrame;
 
-use super::peers::Change;
+use super::peers::{Change, Elsewhere};
 use super::{ConnId, Hub};
 use crate::capacity::source_of;
 use crate::connection::frame::close_frame;
@@ -47,6 +52,14 @@ impl Bans {
         let bans = self.until.lock().unwrap_or_else(|e| e.into_inner());
         let ends = *bans.get(&source_of(address))?;
         (ends > now_ms()).then_some(ends)
+    }
+
+    /// Every ban in force: the address (an IPv6 /64 as its first address) and until when.
+    pub fn current(&self) -> Vec<(IpAddr, u64)> {
+        let now = now_ms();
+        let bans = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        let current = bans.iter().filter(|(_, ends)| **ends > now);
+        current.map(|(address, ends)| (*address, *ends)).collect()
     }
 }
 
@@ -90,26 +103,68 @@ impl Hub {
             return;
         }
         let id = moderation.user();
-        let Some(target) = self.users.iter().find(|(_, u)| u.id == id).map(|(c, _)| *c) else {
-            if self.peers.elsewhere(id) {
-                self.peers.tell(Change::Moderate { by, moderation });
-            } else {
-                let refusal =
-                    ChatError::new(ErrorCode::UnknownUser, "nobody with that id is online");
-                self.send_to(conn, refusal.to_frame());
-            }
-            return;
-        };
-        if self.users[&target].operator {
-            let refusal = ChatError::new(
+        let refusal = match self.user_with_id(id) {
+            Some(target) if self.users[&target].operator => ChatError::new(
                 ErrorCode::Forbidden,
                 "operators cannot kick, mute or ban operators",
-            );
-            self.send_to(conn, refusal.to_frame());
+            ),
+            Some(target) => {
+                let (by, whom) = (&by.username, &self.users[&target].username);
+                info!("{by:?} (conn {conn}) asks to {moderation:?} {whom:?} (conn {target})");
+                self.act(target, moderation);
+                return;
+            }
+            None => match self.peers.elsewhere(id) {
+                Elsewhere::There => {
+                    info!(
+                        "{:?} (conn {conn}) asks another server to {moderation:?}",
+                        by.username
+                    );
+                    self.peers.tell(Change::Moderate { by, moderation });
+                    return;
+                }
+                Elsewhere::Operator => ChatError::new(
+                    ErrorCode::Forbidden,
+                    "operators cannot kick, mute or ban operators",
+                ),
+                Elsewhere::Unreachable => ChatError::new(
+                    ErrorCode::Unavailable,
+                    "that user is on another server, which cannot be reached right now (Redis \
+                     is away), so nothing was done; try again in a moment",
+                ),
+                Elsewhere::Nowhere => {
+                    ChatError::new(ErrorCode::UnknownUser, "nobody with that id is online")
+                }
+            },
+        };
+        self.send_to(conn, refusal.to_frame());
+    }
+
+    /// An operator on another server (`by`: their id) asks for `moderation`: done if the user
+    /// is here and no operator. (That server refused it already if it knew them to be one; a
+    /// user who left or became one meanwhile is skipped, as a request that came too late.)
+    pub(super) fn moderated_elsewhere(&mut self, by: &str, moderation: &Moderation) {
+        let Some(target) = self.user_with_id(moderation.user()) else {
+            return; // on another server, or gone
+        };
+        let whom = &self.users[&target].username;
+        if self.users[&target].operator {
+            debug!("{moderation:?} of operator {whom:?} from another server: not done");
             return;
         }
-        let (by, whom) = (&by.username, &self.users[&target].username);
-        info!("{by:?} (conn {conn}) asks to {moderation:?} {whom:?} (conn {target})");
+        info!(
+            "an operator on another server ({by}) asks to {moderation:?} {whom:?} (conn {target})"
+        );
+        self.act(target, moderation);
+    }
+
+    /// The connection of this server's user with this id.
+    fn user_with_id(&self, id: &str) -> Option<ConnId> {
+        self.users.iter().find(|(_, u)| u.id == id).map(|(c, _)| *c)
+    }
+
+    /// Does what `moderation` asks to `target`, whom nothing protects.
+    fn act(&mut self, target: ConnId, moderation: &Moderation) {
         match moderation {
             Moderation::Kick { reason, .. } => self.kick(target, reason.as_deref(), None),
             Moderation::Mute { minutes, .. } => self.mute(target, *minutes),

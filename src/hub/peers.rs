@@ -9,14 +9,20 @@
 //! | file | what |
 //! |---|---|
 //! | `peers/port.rs` | the requests the hub makes and the answers it gets (the Redis adapter, `src/cluster/`, serves them) |
+//! | `peers/link.rs` | what waits to be sent to Redis, coalesced and within a budget |
 //! | `peers/clustered.rs` | the clustered half of each question below: what is asked of Redis |
 //! | `peers/answers.rs` | what the hub does with each answer and each entry of the stream |
+//! | `peers/recall.rs` | the channels' histories read from Redis, kept current, set right after a loss |
 //! | `peers/remote.rs` | the other servers' users, as this hub sees them |
 
 mod answers;
 mod clustered;
+pub mod link;
 pub mod port;
+mod recall;
 mod remote;
+#[cfg(test)]
+mod tests;
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -79,10 +85,6 @@ pub(super) enum Publish {
 
 /// What the other servers must be told of one of this server's users.
 #[derive(Debug, Clone, Copy)]
-#[expect(
-    dead_code,
-    reason = "moderation's variants are read by the Redis adapter's side, which does not carry them yet"
-)]
 pub(super) enum Change<'a> {
     /// The user is somewhere new, or has a new state.
     Updated(&'a User),
@@ -104,16 +106,39 @@ pub(super) enum Change<'a> {
     Banned { address: IpAddr, until: u64 },
 }
 
+/// Where a user who is not on this server is, as an operator's request about them needs to
+/// know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Elsewhere {
+    /// Online nowhere.
+    Nowhere,
+    /// On another server, which can be told ([`Change::Moderate`]).
+    There,
+    /// On another server, and an operator: nobody may kick, mute or ban them.
+    Operator,
+    /// On another server, which cannot be told now (Redis is away).
+    Unreachable,
+}
+
 impl Peers {
     /// Whether a user on another server holds `username` (under case folding).
     pub(super) fn hold_name(&self, username: &str) -> bool {
         self.cluster().is_some_and(|c| c.holds_name(username))
     }
 
-    /// Whether the user with this id is on another server: then an operator's kick, mute or
-    /// ban of them is told to the other servers ([`Change::Moderate`]) rather than done here.
-    pub(super) fn elsewhere(&self, id: &str) -> bool {
-        self.cluster().is_some_and(|c| c.remote.contains_key(id))
+    /// Where the user with this id is, when not on this server: an operator's kick, mute or
+    /// ban of someone on another server is told to the other servers ([`Change::Moderate`]),
+    /// and the one that has them does it.
+    pub(super) fn elsewhere(&self, id: &str) -> Elsewhere {
+        let Some(cluster) = self.cluster() else {
+            return Elsewhere::Nowhere;
+        };
+        match cluster.remote.get(id) {
+            None => Elsewhere::Nowhere,
+            Some(user) if user.record.operator => Elsewhere::Operator,
+            Some(_) if !cluster.up => Elsewhere::Unreachable,
+            Some(_) => Elsewhere::There,
+        }
     }
 
     /// Whether this server reaches the other servers (`None`: there are none), for
@@ -162,18 +187,13 @@ impl Peers {
             .map_or(Publish::Here, |c| c.publish(conn, user, text))
     }
 
-    /// Whether `user`'s move into `channel` must wait for the channel's history from the
+    /// Whether `conn`'s move into `channel` must wait for the channel's history from the
     /// other servers (then it is asked for, and the move is done when it comes).
-    pub(super) fn join_later(
-        &mut self,
-        conn: ConnId,
-        user: &User,
-        channel: &str,
-        history_held: bool,
-    ) -> bool {
+    /// `history_held`: whether this server holds some of it.
+    pub(super) fn join_later(&mut self, conn: ConnId, channel: &str, history_held: bool) -> bool {
         match self {
             Peers::Alone => false,
-            Peers::Clustered(cluster) => cluster.join_later(conn, user, channel, history_held),
+            Peers::Clustered(cluster) => cluster.join_later(conn, channel, history_held),
         }
     }
 

@@ -113,6 +113,10 @@ pub enum ServerFrame<'a> {
         /// Earlier `message` frames, kept as the JSON they were sent as.
         history: Vec<&'a RawValue>,
         online: usize,
+        /// Sent again to someone already in the channel, because messages may not have
+        /// reached them live: what they were shown is replaced by this. Absent otherwise.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        resync: bool,
     },
     Message {
         id: u64,

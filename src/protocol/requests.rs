@@ -42,12 +42,15 @@ impl fmt::Debug for Presented {
     }
 }
 
-/// An operator's request about another user, by their id.
-#[derive(Debug, Clone, PartialEq)]
+/// An operator's request about another user, by their id. It serializes as the request a
+/// client sends, which is how it travels to the other servers (with `--redis`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
 pub enum Moderation {
     /// Out now, with `kicked` and a close with 4001; they may come back.
     Kick {
         user: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
     /// Their `message`, `typing` and `state` refused for `minutes` (0 lifts a mute).
@@ -56,6 +59,7 @@ pub enum Moderation {
     Ban {
         user: String,
         minutes: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
 }

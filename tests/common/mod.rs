@@ -13,6 +13,7 @@ pub mod process;
 pub mod prometheus;
 pub mod redis;
 pub mod rng;
+pub mod stall;
 pub mod temp;
 pub mod tls;
 

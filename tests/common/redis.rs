@@ -83,8 +83,21 @@ impl Redis {
         }
     }
 
+    /// `SIGSTOP` (`true`) or `SIGCONT` (`false`): Redis hangs with every connection open, and
+    /// then runs what waited in its sockets.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(child) = &self.child {
+            let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: kill(2) on the test's own child; a wrong pid only fails.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+
     /// `kill -9`: everything it held is lost.
     pub fn kill(&mut self) {
+        self.freeze(false);
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

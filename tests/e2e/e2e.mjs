@@ -726,6 +726,19 @@ try {
     await waitSystem(alice, 'Erin has left the chat');
   });
 
+  await check('a welcome marked resync replaces the messages shown and says so', async () => {
+    // What a server of several sends when it fell too far behind to deliver messages live.
+    await alice.evaluate(() => {
+      const m = { type: 'message', id: 1e9, channel: Room.channel, user: { id: 'x', username: 'Zed' },
+        text: 'a message you missed', ts: Date.now() };
+      Frames.handle({ type: 'welcome', text: 'Welcome to Cyber Chat', user: Room.me, channel: Room.channel,
+        users: [...Room.users.values()], history: [m], online: 1, resync: true });
+    });
+    await waitMessage(alice, 'Zed', 'a message you missed');
+    await waitSystem(alice, 'Some messages did not reach you live: the recent messages are shown again.');
+    assert((await messageTexts(alice)).length === 1, 'the old list was not replaced');
+  });
+
   await check('no JavaScript errors and no dialogs in any page', async () => {
     assert(pageErrors.length === 0, pageErrors.join('; '));
     assert(dialogs === 0, `${dialogs} dialog(s) fired`);

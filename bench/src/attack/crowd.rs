@@ -29,6 +29,10 @@ pub struct CrowdOpts {
     pub rate: f64,
     pub frames: Frames,
     pub channel: String,
+    /// Channels the members are spread over (`<channel>-0`, `-1`, …); 1: all in `channel`.
+    pub channels: usize,
+    /// A state's size, about: past its cursor, a `"z"` string pads it (0: none).
+    pub state_bytes: usize,
 }
 
 impl CrowdOpts {
@@ -38,11 +42,13 @@ impl CrowdOpts {
             rate: 19.0,
             frames: Frames::State,
             channel: "crowd".into(),
+            channels: 1,
+            state_bytes: 0,
         }
     }
 
     /// `-n N`, `--rate R`, `--frames state|typing` (`--kind` too, from the `crowd` command),
-    /// `--channel NAME`.
+    /// `--channel NAME`, `--channels K`, `--state-bytes B`.
     pub fn parse(a: &mut Args) -> Result<CrowdOpts, String> {
         let d = CrowdOpts::new(1000);
         let frames = match a.value(&["--frames", "--kind"])?.as_deref() {
@@ -55,13 +61,27 @@ impl CrowdOpts {
             rate: a.get(&["-r", "--rate"], d.rate)?,
             frames,
             channel: a.get(&["--channel"], d.channel)?,
+            channels: a.get(&["--channels"], 1)?,
+            state_bytes: a.get(&["--state-bytes"], 0)?,
         };
-        if o.clients < 2 || !(o.rate > 0.0 && o.rate.is_finite()) {
+        if o.state_bytes > MAX_STATE {
+            return Err(format!(
+                "--state-bytes: at most {MAX_STATE} (the server's limit for a state)"
+            ));
+        }
+        if o.clients < 2 || o.channels == 0 || !(o.rate > 0.0 && o.rate.is_finite()) {
             return Err("a crowd needs -n of at least 2 and a positive --rate".into());
         }
         Ok(o)
     }
 }
+
+/// The largest `--state-bytes`: the largest state the server takes.
+const MAX_STATE: usize = 1024;
+/// What a padded state's cursor and the padding's key take at most, so that a state padded
+/// to `--state-bytes` never passes it: `{"k":` and a 9-digit run, `,"s":` and a member,
+/// `,"t":` and up to 20 digits of nanoseconds, `,"x":`, `,"y":`, `,"z":""` and `}`.
+const CURSOR_BYTES: usize = 86;
 
 /// Members are named `m0`, `m1`, …, so a `state` or `typing` frame says who sent it.
 const NAME: &[u8] = b"m";
@@ -70,6 +90,8 @@ struct Shared {
     run: u32,
     clients: usize,
     frames: Frames,
+    /// What pads each state (`,"z":"…"`), empty for none.
+    pad: String,
     layout: Layout,
     /// Members that have seen every member arrive.
     ready: AtomicUsize,
@@ -80,8 +102,9 @@ struct Shared {
 /// A member as its receiving thread holds it.
 struct Member {
     shared: Arc<Shared>,
-    /// The most members its channel was seen to have.
+    /// The most members its channel was seen to have, and how many it will have.
     members: usize,
+    expected: usize,
     ready: bool,
     /// The senders whose frames it got during the window, one bit each.
     seen: Vec<u64>,
@@ -132,7 +155,7 @@ impl Role for Member {
             });
         } else if let Kind::Joined(count) = classify(head) {
             self.members = self.members.max(count);
-            if !self.ready && self.members >= shared.clients {
+            if !self.ready && self.members >= self.expected {
                 self.ready = true;
                 shared.ready.fetch_add(1, Relaxed);
             }
@@ -200,10 +223,11 @@ fn frame(shared: &Shared, member: usize, seq: u64, now: u64, out: &mut Vec<u8>) 
     let _ = match shared.frames {
         Frames::State => write!(
             out,
-            r#"{{"type":"state","state":{{"k":{},"s":{member},"t":{now},"x":{},"y":{}}}}}"#,
+            r#"{{"type":"state","state":{{"k":{},"s":{member},"t":{now},"x":{},"y":{}{}}}}}"#,
             shared.run,
             (seq * 37 + member as u64 * 11) % 1920,
-            (seq * 23 + member as u64 * 7) % 1080
+            (seq * 23 + member as u64 * 7) % 1080,
+            shared.pad
         ),
         Frames::Typing => write!(
             out,
@@ -213,31 +237,50 @@ fn frame(shared: &Shared, member: usize, seq: u64, now: u64, out: &mut Vec<u8>) 
     };
 }
 
+/// The padding that brings a state to about `bytes`, never past it.
+fn pad(bytes: usize) -> String {
+    match bytes.checked_sub(CURSOR_BYTES) {
+        Some(n) if n > 0 => format!(r#","z":"{}""#, "z".repeat(n)),
+        _ => String::new(),
+    }
+}
+
 pub fn run(o: &CrowdOpts, c: &Common) -> Result<AttackResult, String> {
     check_files(o.clients + 2)?;
     let channel = o.channel.clone();
-    let mut run = Run::begin(c, |name| name == channel)?;
+    let spread = format!("{channel}-");
+    let ours = |name: &str| name == channel || o.channels > 1 && name.starts_with(&spread);
+    let mut run = Run::begin(c, ours)?;
     let shared = Arc::new(Shared {
         run: run.run,
         clients: o.clients,
         frames: o.frames,
-        layout: Layout::new(o.frames, &o.channel),
+        pad: pad(o.state_bytes),
+        // Spread over channels, frames are searched rather than read in one layout.
+        layout: Layout::new(o.frames, if o.channels > 1 { "" } else { &o.channel }),
         ready: AtomicUsize::new(0),
         refused: swarm::counter(),
         errors: swarm::counter(),
     });
-    let query = |i: usize| format!("channel={}&username=m{i}", o.channel);
+    let channel_of = |i: usize| match o.channels {
+        1 => o.channel.clone(),
+        k => format!("{}-{}", o.channel, i % k),
+    };
+    // Members in the channel of member `i`.
+    let expected = |i: usize| (o.clients + o.channels - 1 - i % o.channels) / o.channels;
+    let query = |i: usize| format!("channel={}&username=m{i}", channel_of(i));
     let conns = swarm::connect(c, o.clients, &query, Source::default())?;
     let words = o.clients.div_ceil(64);
     let peers = swarm::peers(conns, u64::from(run.run), |conn| {
         // Its welcome listed who was there before it: the last to arrive is ready at once.
-        let ready = conn.members >= o.clients;
+        let ready = conn.members >= expected(conn.index);
         if ready {
             shared.ready.fetch_add(1, Relaxed);
         }
         Member {
             shared: Arc::clone(&shared),
             members: conn.members,
+            expected: expected(conn.index),
             ready,
             seen: vec![0; words],
         }

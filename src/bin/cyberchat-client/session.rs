@@ -263,6 +263,14 @@ impl Session {
         // The server's own sentence when it sends one; ours otherwise.
         let told = |v: &Value, ours: String| v["text"].as_str().map_or(ours, str::to_owned);
         match kind {
+            // Sent again by a server that fell too far behind the others to deliver some
+            // messages live: the channel's last messages, those it missed among them.
+            "welcome" if frame["resync"] == true => {
+                say("* some messages did not reach you live: the recent messages again");
+                for message in frame["history"].as_array().into_iter().flatten() {
+                    say(&message_line(message));
+                }
+            }
             "welcome" => {
                 say(&format!(
                     "* welcome: you are {} in #{} ({} online)",

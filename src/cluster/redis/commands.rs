@@ -4,6 +4,7 @@
 use super::publisher::Publisher;
 use crate::cluster::ALIVE_TTL;
 use crate::hub::port::{ClusterRequest, UserRecord};
+use crate::protocol::now_ms;
 
 impl Publisher {
     /// `EVALSHA` of `script` with the arguments every script takes first.
@@ -22,17 +23,10 @@ impl Publisher {
         let json = |record: &UserRecord| serde_json::to_string(record).expect("records serialize");
         match request {
             ClusterRequest::Claim {
-                record,
-                candidates,
-                history,
-                ..
+                record, candidates, ..
             } => {
                 let mut cmd = self.call(&self.scripts.claim);
-                cmd.arg(&record.id).arg(if *history {
-                    record.channel.as_str()
-                } else {
-                    ""
-                });
+                cmd.arg(&record.id);
                 for candidate in candidates {
                     let named = UserRecord {
                         username: candidate.username.clone(),
@@ -43,14 +37,9 @@ impl Publisher {
                 }
                 cmd
             }
-            ClusterRequest::Update { record, answer } => {
+            ClusterRequest::Update { record } => {
                 let mut cmd = self.call(&self.scripts.upsert);
-                let channel = if answer.is_some() {
-                    &record.channel
-                } else {
-                    ""
-                };
-                cmd.arg(&record.id).arg(json(record)).arg(channel);
+                cmd.arg(&record.id).arg(json(record));
                 cmd
             }
             ClusterRequest::Rename { record, .. } => {
@@ -58,15 +47,37 @@ impl Publisher {
                 cmd.arg(&record.id).arg(&record.key).arg(json(record));
                 cmd
             }
-            ClusterRequest::Leave { id } => {
+            ClusterRequest::Leave { id, kicked } => {
                 let mut cmd = self.call(&self.scripts.leave);
-                cmd.arg(id);
+                cmd.arg(id).arg(if *kicked { "1" } else { "0" });
+                cmd
+            }
+            ClusterRequest::Moderate { by, action } => {
+                let mut cmd = self.call(&self.scripts.moderate);
+                let action = serde_json::to_string(action).expect("orders serialize");
+                cmd.arg(by).arg(action);
+                cmd
+            }
+            ClusterRequest::Muted {
+                channel,
+                user,
+                until,
+                ..
+            } => {
+                let mut cmd = self.call(&self.scripts.muted);
+                cmd.arg(channel).arg(user).arg(until);
+                cmd
+            }
+            ClusterRequest::Ban { address, until } => {
+                let mut cmd = self.call(&self.scripts.ban);
+                cmd.arg(address.to_string()).arg(until).arg(now_ms());
                 cmd
             }
             ClusterRequest::Typing {
                 channel,
                 user,
                 typing,
+                ..
             } => {
                 let mut cmd = self.call(&self.scripts.typing);
                 cmd.arg(channel)
@@ -79,16 +90,7 @@ impl Publisher {
                 unnumbered,
                 floor,
                 ..
-            } => {
-                self.floor = self.floor.max(*floor);
-                let mut cmd = self.call(&self.scripts.publish);
-                cmd.arg(self.floor).arg(channel).arg(unnumbered);
-                cmd
-            }
-            ClusterRequest::Recall { channel } => {
-                let key = self.keys.history(channel);
-                redis::Cmd::xrevrange_count(key, "+", "-", crate::history::HISTORY_LEN)
-            }
+            } => self.publish_command(channel, unnumbered, *floor).0,
             ClusterRequest::Register { users, floor } => {
                 self.floor = self.floor.max(*floor);
                 let mut cmd = self.call(&self.scripts.register);
@@ -107,5 +109,24 @@ impl Publisher {
                 cmd
             }
         }
+    }
+
+    /// The command that publishes a message, under this connection's fence, and its number
+    /// there (see `publisher.rs`).
+    pub(super) fn publish_command(
+        &mut self,
+        channel: &str,
+        unnumbered: &str,
+        floor: u64,
+    ) -> (redis::Cmd, u64) {
+        self.floor = self.floor.max(floor);
+        self.number += 1;
+        let mut cmd = self.call(&self.scripts.publish);
+        cmd.arg(self.floor)
+            .arg(channel)
+            .arg(unnumbered)
+            .arg(&self.fence)
+            .arg(self.number);
+        (cmd, self.number)
     }
 }

@@ -1,10 +1,14 @@
-//! The two threads that talk to Redis (see [`crate::cluster`] for the design): starting them,
-//! their connections, and reading Redis's answers.
+//! The four threads that talk to Redis, each on a connection of its own (see
+//! [`crate::cluster`] for the design): starting them, their connections, and reading Redis's
+//! answers.
 //!
-//! Both feed the hub's mpsc queue of events as connection threads do, and the hub reaches
-//! the publisher only through an unbounded mpsc queue, so the hub never waits on Redis.
+//! They feed the hub's mpsc queue of events as connection threads do, and the hub reaches
+//! them only through its link (`hub::link`), which never waits, so the hub never waits on
+//! Redis.
 
 mod commands;
+mod heartbeat;
+mod history;
 mod publisher;
 mod reader;
 mod scripts;
@@ -22,7 +26,8 @@ use redis::{Client, Connection, FromRedisValue, ParsingError, Value};
 use serde_json::value::RawValue;
 
 use crate::hub::Event;
-use crate::hub::port::{ClusterRequests, Kept};
+use crate::hub::link::ClusterRequests;
+use crate::hub::port::Kept;
 
 /// How long opening a connection to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -52,9 +57,10 @@ pub fn check_url(url: &str) -> Result<(), String> {
     Client::open(url).map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// Starts the publisher (taking `requests`) and the reader for the hub behind `hub`, and waits (at most
-/// 3 s) until both have joined the cluster or found Redis away, so that the first
-/// client is served with the other servers' users in view.
+/// Starts the publisher (taking `requests`), the heartbeat, the history reader and the stream
+/// reader for the hub behind `hub`, and waits (at most 3 s) until the publisher and the
+/// stream reader have joined the cluster or found Redis away, so that the first client is
+/// served with the other servers' users in view.
 ///
 /// # Errors
 /// When the URL is not one, or a thread cannot be started.
@@ -62,7 +68,7 @@ pub fn start(
     url: &str,
     prefix: &str,
     hub: SyncSender<Event>,
-    requests: ClusterRequests,
+    mut requests: ClusterRequests,
 ) -> io::Result<Running> {
     let client = Client::open(url).map_err(|e| io::Error::other(format!("--redis: {e}")))?;
     let server = uuid::Uuid::new_v4().simple().to_string();
@@ -73,15 +79,51 @@ pub fn start(
     };
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel();
-    let publisher = publisher::Publisher::new(client.clone(), keys.clone(), hub.clone());
+    let membership = Arc::new(Membership::default());
+    let mut threads = Vec::new();
+    let recalls = requests.take_recalls();
+    let publisher = publisher::Publisher::new(
+        client.clone(),
+        keys.clone(),
+        hub.clone(),
+        Arc::clone(&membership),
+    );
     let ready = ready_tx.clone();
-    let publisher = thread::Builder::new()
-        .name("redis-publisher".into())
-        .spawn(move || publisher.run(&requests, ready))?;
+    threads.push(
+        thread::Builder::new()
+            .name("redis-publisher".into())
+            .spawn(move || publisher.run(&requests, ready))?,
+    );
+    let heartbeat = heartbeat::Heartbeat {
+        client: client.clone(),
+        keys: keys.clone(),
+        membership,
+        stop: Arc::clone(&stop),
+    };
+    threads.push(
+        thread::Builder::new()
+            .name("redis-heartbeat".into())
+            .spawn(move || heartbeat.run())?,
+    );
+    if let Some(recalls) = recalls {
+        let history = history::HistoryReader {
+            client: client.clone(),
+            keys: keys.clone(),
+            hub: hub.clone(),
+            stop: Arc::clone(&stop),
+        };
+        threads.push(
+            thread::Builder::new()
+                .name("redis-history".into())
+                .spawn(move || history.run(&recalls))?,
+        );
+    }
     let reader = reader::StreamReader::new(client, keys, hub, Arc::clone(&stop));
-    let reader = thread::Builder::new()
-        .name("redis-reader".into())
-        .spawn(move || reader.run(ready_tx))?;
+    threads.push(
+        thread::Builder::new()
+            .name("redis-reader".into())
+            .spawn(move || reader.run(ready_tx))?,
+    );
     let deadline = Instant::now() + JOIN_TIMEOUT;
     for _ in 0..2 {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -91,13 +133,14 @@ pub fn start(
     }
     Ok(Running {
         stop,
-        threads: Mutex::new(vec![publisher, reader]),
+        threads: Mutex::new(threads),
     })
 }
 
 impl Running {
     /// Stops the threads once the hub is gone: the publisher says this server's users are
-    /// gone (its request queue closed with the hub), the reader ends within a `BLOCK`.
+    /// gone (its link closed with the hub), the reader ends within a `BLOCK`, the others
+    /// within a moment.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
@@ -119,12 +162,20 @@ impl Keys {
         format!("{}:events", self.prefix)
     }
 
+    pub(super) fn msgs(&self) -> String {
+        format!("{}:msgs", self.prefix)
+    }
+
     pub(super) fn history(&self, channel: &str) -> String {
         format!("{}:history:{channel}", self.prefix)
     }
 
     pub(super) fn epoch(&self) -> String {
         format!("{}:epoch", self.prefix)
+    }
+
+    pub(super) fn bans(&self) -> String {
+        format!("{}:bans", self.prefix)
     }
 }
 
@@ -164,15 +215,32 @@ impl ScriptAnswer {
     pub(super) fn get<T: FromRedisValue>(&self, n: usize) -> Option<T> {
         redis::from_redis_value_ref(self.rest.get(n)?).ok()
     }
+}
 
-    /// The channel history the script returned `n` places after its word (`XREVRANGE`'s
-    /// entries, newest first), oldest first; taken out of the answer rather than copied.
-    pub(super) fn history(&mut self, n: usize) -> Vec<Kept> {
-        let Some(value) = self.rest.get_mut(n) else {
-            return Vec::new();
-        };
-        let entries = redis::from_redis_value(std::mem::replace(value, Value::Nil));
-        entries.map_or_else(|_| Vec::new(), history_of)
+/// What the publisher and the heartbeat thread share: the epoch this server joined (the
+/// heartbeat needs it), and the heartbeat's finding that the server must join again.
+#[derive(Debug, Default)]
+pub(super) struct Membership {
+    epoch: Mutex<Option<String>>,
+    rejoin: Mutex<Option<&'static str>>,
+}
+
+impl Membership {
+    pub(super) fn joined(&self, epoch: &str) {
+        *self.epoch.lock().unwrap_or_else(|e| e.into_inner()) = Some(epoch.to_owned());
+    }
+
+    pub(super) fn epoch(&self) -> Option<String> {
+        self.epoch.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The heartbeat found the server must join again, and why.
+    pub(super) fn ask_rejoin(&self, why: &'static str) {
+        *self.rejoin.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    pub(super) fn rejoin_asked(&self) -> Option<&'static str> {
+        self.rejoin.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 

@@ -1,23 +1,45 @@
-//! The publisher thread: runs the hub's requests against Redis (each a script, those waiting
-//! sent together in one pipeline), refreshes this server's heartbeat, and joins the cluster
-//! again whenever Redis was away, lost its data, or took this server for dead.
+//! The publisher thread: runs the hub's requests against Redis (each a script; what waits is
+//! sent together in one pipeline, messages first), and joins the cluster again whenever Redis
+//! was away, lost its data, or took this server for dead.
+//!
+//! **A refusal is certain.** A message is answered `unavailable` only when it never ran and
+//! never will: refused before it was sent, or refused by its script. When a pipeline times
+//! out, Redis may still run what it holds of it later, so those messages get no answer yet:
+//! they are *unresolved*. The next connection's `HELLO` sets a new fence (see `scripts.rs`),
+//! after which none of them can run any more, and says which of them ran: those come back
+//! through the stream like any other, the others are refused then.
 
-use std::sync::mpsc::{RecvTimeoutError, Sender, SyncSender};
+use std::sync::Arc;
+use std::sync::mpsc::{Sender, SyncSender};
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use redis::{Client, Connection, Pipeline, Value};
 
 use super::scripts::Scripts;
-use super::{ANSWER_TIMEOUT, Keys, ScriptAnswer, connect, history_of};
+use super::{ANSWER_TIMEOUT, Keys, Membership, ScriptAnswer, connect};
 use crate::cluster::{ALIVE_TTL, HEARTBEAT_EVERY};
+use crate::connection::ConnId;
 use crate::hub::Event;
-use crate::hub::port::{ClusterEvent, ClusterRequest, ClusterRequests};
+use crate::hub::link::{ClusterRequests, RoundTrip};
+use crate::hub::port::{ClusterEvent, ClusterRequest, RenameAnswer};
 
-/// Requests sent to Redis in one round trip, at most.
-const MAX_BATCH: usize = 256;
 /// How long to wait between two attempts to reach a Redis that is away.
 const RETRY: Duration = Duration::from_millis(500);
+/// How long the publisher waits for requests before it looks at what else it must do.
+const IDLE: Duration = Duration::from_millis(100);
+/// How long the publisher may go without hearing from Redis before it asks (`PING`), so that
+/// a Redis gone while nobody writes is noticed (`/metrics`' `cyberchat_redis_up`, the page's
+/// refusals) as soon as one that goes mid-batch.
+const CHECK_EVERY: Duration = HEARTBEAT_EVERY;
+
+/// A message sent under fence `fence` as number `number`, whose answer never came.
+#[derive(Debug)]
+struct Unresolved {
+    fence: String,
+    number: u64,
+    conn: ConnId,
+}
 
 pub(super) struct Publisher {
     pub(super) client: Client,
@@ -25,15 +47,24 @@ pub(super) struct Publisher {
     pub(super) hub: SyncSender<Event>,
     pub(super) scripts: Scripts,
     pub(super) con: Option<Connection>,
+    membership: Arc<Membership>,
     /// The epoch this server joined: a script that finds another answers `EPOCH`.
     pub(super) epoch: String,
     /// What the hub was last told: Redis up or not.
-    pub(super) up: bool,
+    up: bool,
     /// The highest message id this server has seen: ids given out stay above it.
     pub(super) floor: u64,
-    pub(super) retry_at: Instant,
+    retry_at: Instant,
+    /// When Redis last answered on this connection.
+    heard_at: Instant,
     /// Whether the failure to reach Redis was already logged.
-    pub(super) warned: bool,
+    warned: bool,
+    /// This connection's fence (each join's greater than the one before), and the number of
+    /// the last message sent under it.
+    pub(super) fence: String,
+    pub(super) number: u64,
+    fences: u64,
+    unresolved: Vec<Unresolved>,
 }
 
 /// What an answer says besides its result.
@@ -43,21 +74,34 @@ enum Verdict {
     Rejoin(&'static str),
     /// The connection cannot be used any more.
     Lost(String),
+    /// The script failed (an error from Redis): it did not do what was asked.
+    Failed,
 }
 
 impl Publisher {
-    pub(super) fn new(client: Client, keys: Keys, hub: SyncSender<Event>) -> Publisher {
+    pub(super) fn new(
+        client: Client,
+        keys: Keys,
+        hub: SyncSender<Event>,
+        membership: Arc<Membership>,
+    ) -> Publisher {
         Publisher {
             client,
             keys,
             hub,
             scripts: Scripts::new(),
             con: None,
+            membership,
             epoch: String::new(),
             up: false,
             floor: 0,
             retry_at: Instant::now(),
+            heard_at: Instant::now(),
             warned: false,
+            fence: String::new(),
+            number: 0,
+            fences: 0,
+            unresolved: Vec::new(),
         }
     }
 
@@ -66,78 +110,122 @@ impl Publisher {
     pub(super) fn run(mut self, requests: &ClusterRequests, ready: Sender<()>) {
         self.join();
         let _ = ready.send(());
-        let mut beat_at = Instant::now() + HEARTBEAT_EVERY;
         loop {
-            let wait = beat_at.saturating_duration_since(Instant::now());
-            let mut batch = Vec::new();
-            match requests.receiver.recv_timeout(wait) {
-                Ok(request) => batch.push(request),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            if let Some(why) = self.membership.rejoin_asked() {
+                self.rejoin(why);
             }
-            while !batch.is_empty() && batch.len() < MAX_BATCH {
-                match requests.receiver.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
-                }
+            // Redis away: tried again even with nothing to send, so that unresolved messages
+            // are settled and the hub hears it is back.
+            if self.con.is_none() && Instant::now() >= self.retry_at {
+                self.join();
             }
-            for _ in &batch {
-                requests.taken();
-            }
-            if !batch.is_empty() {
-                self.run_batch(batch);
-            }
-            if Instant::now() >= beat_at {
-                self.beat();
-                beat_at = Instant::now() + HEARTBEAT_EVERY;
+            match requests.take(IDLE) {
+                None => break,
+                Some(taken) if taken.is_empty() => self.check(),
+                Some(taken) => self.run_batch(taken),
             }
         }
         self.bye();
+    }
+
+    /// With nothing to send for [`CHECK_EVERY`], asks Redis whether it is there.
+    fn check(&mut self) {
+        if self.con.is_none() || self.heard_at.elapsed() < CHECK_EVERY {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING");
+        match self.query(&pipe) {
+            Ok(_) => self.heard_at = Instant::now(),
+            Err(why) => self.away(&why),
+        }
     }
 
     fn tell(&self, event: ClusterEvent) {
         let _ = self.hub.send(Event::Peers(event));
     }
 
-    /// Connects and joins the cluster (a new epoch if Redis has none), then tells the hub.
+    /// Connects and joins the cluster (a new epoch if Redis has none) under a new fence,
+    /// settles the unresolved messages, then tells the hub.
     fn join(&mut self) {
         self.con = None;
         let candidate = uuid::Uuid::new_v4().simple().to_string();
+        self.fences += 1;
+        let fence = self.fences.to_string();
+        let mut old: Vec<String> = self.unresolved.iter().map(|u| u.fence.clone()).collect();
+        old.sort_unstable();
+        old.dedup();
+        // The scripts loaded and `HELLO` run in one round trip.
+        let mut pipe = redis::pipe();
+        Scripts::load_all(&mut pipe);
+        let hello = pipe
+            .cmd("EVALSHA")
+            .arg(self.scripts.hello.get_hash())
+            .arg(0)
+            .arg(&self.keys.prefix)
+            .arg(&self.keys.server)
+            .arg(&candidate)
+            .arg(ALIVE_TTL.as_millis() as u64)
+            .arg(self.floor)
+            .arg(&fence);
+        for f in &old {
+            hello.arg(f);
+        }
         let joined = connect(&self.client, ANSWER_TIMEOUT).and_then(|mut con| {
-            let epoch: String = self
-                .scripts
-                .hello
-                .arg(&self.keys.prefix)
-                .arg(&self.keys.server)
-                .arg(&candidate)
-                .arg(ALIVE_TTL.as_millis() as u64)
-                .arg(self.floor)
-                .invoke(&mut con)?;
-            for script in self.scripts.all() {
-                script.load(&mut con)?;
-            }
-            Ok((con, epoch))
+            let (answer,): (Vec<String>,) = pipe.query(&mut con)?;
+            Ok((con, answer))
         });
-        match joined {
-            Ok((con, epoch)) => {
-                if !self.epoch.is_empty() && self.epoch != epoch {
-                    warn!(
-                        "Redis lost its data (its epoch changed): joining again, message ids go \
-                         on above {}",
-                        self.floor
-                    );
-                }
-                self.epoch = epoch;
-                self.con = Some(con);
-                self.warned = false;
-                if !self.up {
-                    info!("Redis is reachable: joined the cluster");
-                }
-                self.up = true;
-                // Always, after every join: the hub registers its users again.
-                self.tell(ClusterEvent::Up);
+        let (con, answer) = match joined {
+            Ok((_, answer)) if answer.first().is_some_and(|w| w == "STALE") => {
+                return self.away("Redis knows a newer connection of this server");
             }
-            Err(err) => self.away(&err.to_string()),
+            Ok(joined) => joined,
+            Err(err) => return self.away(&err.to_string()),
+        };
+        let epoch = answer.first().cloned().unwrap_or_default();
+        let ran: Vec<(&str, i64)> = old
+            .iter()
+            .zip(answer.iter().skip(1))
+            .map(|(f, n)| (f.as_str(), n.parse().unwrap_or(-1)))
+            .collect();
+        self.settle(&ran);
+        if !self.epoch.is_empty() && self.epoch != epoch {
+            warn!(
+                "Redis lost its data (its epoch changed): joining again, message ids go on \
+                 above {}",
+                self.floor
+            );
+        }
+        self.membership.joined(&epoch);
+        self.epoch = epoch;
+        self.fence = fence;
+        self.number = 0;
+        self.con = Some(con);
+        self.heard_at = Instant::now();
+        self.warned = false;
+        if !self.up {
+            info!("Redis is reachable: joined the cluster");
+        }
+        self.up = true;
+        // Always, after every join: the hub registers its users again.
+        self.tell(ClusterEvent::Up);
+    }
+
+    /// The unresolved messages, now that `ran` says, for each old fence, the last number that
+    /// ran under it (-1: Redis no longer knows, having lost its data, and no message of it can
+    /// run any more): those that did not run are refused.
+    fn settle(&mut self, ran: &[(&str, i64)]) {
+        let unresolved = std::mem::take(&mut self.unresolved);
+        let mut refused = 0;
+        for u in unresolved {
+            let last = ran.iter().find(|(f, _)| *f == u.fence).map_or(-1, |r| r.1);
+            if i64::try_from(u.number).is_ok_and(|n| n > last) {
+                refused += 1;
+                self.tell(ClusterEvent::PublishFailed { conn: u.conn });
+            }
+        }
+        if refused > 0 {
+            info!("{refused} messages sent before Redis stopped answering never ran: refused");
         }
     }
 
@@ -165,31 +253,6 @@ impl Publisher {
         self.join();
     }
 
-    fn beat(&mut self) {
-        if self.con.is_none() {
-            if Instant::now() >= self.retry_at {
-                self.join();
-            }
-            return;
-        }
-        let mut pipe = redis::pipe();
-        let mut call = self.call(&self.scripts.heartbeat);
-        call.arg(ALIVE_TTL.as_millis() as u64);
-        pipe.add_command(call);
-        let answer = self.query(&pipe).map(|mut a| a.pop().unwrap_or(Value::Nil));
-        match answer.map(read_answer) {
-            Ok((Verdict::Fine, answer)) => {
-                let reaped: Option<u64> = answer.get(0);
-                if let Some(n) = reaped.filter(|n| *n != 0) {
-                    info!("{n} servers stopped answering: their users are gone");
-                }
-            }
-            Ok((Verdict::Rejoin(why), _)) => self.rejoin(why),
-            Ok((Verdict::Lost(why), _)) => self.away(&why),
-            Err(why) => self.away(&why),
-        }
-    }
-
     fn bye(&mut self) {
         if self.con.is_none() {
             return;
@@ -206,70 +269,99 @@ impl Publisher {
         pipe.query(con).map_err(|e| e.to_string())
     }
 
-    fn run_batch(&mut self, batch: Vec<ClusterRequest>) {
+    fn run_batch(&mut self, taken: RoundTrip) {
         if self.con.is_none() && Instant::now() >= self.retry_at {
             self.join();
         }
+        let RoundTrip {
+            register,
+            publishes,
+            users,
+        } = taken;
+        let requests: Vec<ClusterRequest> = register.into_iter().chain(users).collect();
         if self.con.is_none() {
-            batch.into_iter().for_each(|r| self.fail(r));
+            // Never sent: refused for certain.
+            for publish in publishes {
+                self.fail(publish);
+            }
+            requests.into_iter().for_each(|r| self.fail(r));
             return;
         }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for request in &batch {
+        let mut sent = Vec::with_capacity(publishes.len());
+        for publish in &publishes {
+            if let ClusterRequest::Publish {
+                channel,
+                unnumbered,
+                floor,
+                ..
+            } = publish
+            {
+                let (cmd, number) = self.publish_command(channel, unnumbered, *floor);
+                pipe.add_command(cmd);
+                sent.push(number);
+            }
+        }
+        for request in &requests {
             pipe.add_command(self.command(request));
         }
+        let total = sent.len() + requests.len();
         let answers = match self.query(&pipe) {
-            Ok(answers) if answers.len() == batch.len() => answers,
-            Ok(_) => {
-                self.away("Redis answered a batch with the wrong number of answers");
-                Vec::new()
+            Ok(answers) if answers.len() == total => {
+                self.heard_at = Instant::now();
+                answers
             }
-            Err(why) => {
-                self.away(&why);
-                Vec::new()
+            outcome => {
+                let why = outcome.err().unwrap_or_else(|| {
+                    "Redis answered a batch with the wrong number of answers".into()
+                });
+                // Redis may still run what it holds: those messages wait for the next fence.
+                for (publish, number) in publishes.into_iter().zip(sent) {
+                    if let ClusterRequest::Publish { conn, .. } = publish {
+                        let fence = self.fence.clone();
+                        self.unresolved.push(Unresolved {
+                            fence,
+                            number,
+                            conn,
+                        });
+                    }
+                }
+                requests.into_iter().for_each(|r| self.fail(r));
+                return self.away(&why);
             }
         };
-        if answers.is_empty() {
-            batch.into_iter().for_each(|r| self.fail(r));
-            return;
-        }
+        let mut answers = answers.into_iter();
         let mut after = Verdict::Fine;
-        for (request, answer) in batch.into_iter().zip(answers) {
-            if let ClusterRequest::Recall { channel } = request {
-                // Not a script's: the entries as `XREVRANGE` gives them.
-                let history =
-                    redis::from_redis_value(answer).map_or_else(|_| Vec::new(), history_of);
-                self.tell(ClusterEvent::Recalled {
-                    channel,
-                    history: Some(history),
-                });
-                continue;
-            }
-            match read_answer(answer) {
-                (Verdict::Fine, answer) => self.answer(request, answer),
-                (other, _) => {
+        let outcomes = publishes.into_iter().chain(requests);
+        for (request, answer) in outcomes.zip(answers.by_ref()) {
+            let (verdict, answer) = read_answer(answer);
+            match verdict {
+                Verdict::Fine if answer.word() == "OK" || answer.word() == "TAKEN" => {
+                    self.answer(request, answer);
+                }
+                Verdict::Fine | Verdict::Failed => self.refuse(request),
+                other => {
                     after = other;
                     self.fail(request);
                 }
             }
         }
         match after {
-            Verdict::Fine => {}
+            Verdict::Fine | Verdict::Failed => {}
             Verdict::Rejoin(why) => self.rejoin(why),
             Verdict::Lost(why) => self.away(&why),
         }
     }
 
     /// Tells the hub what a script answered to `request`.
-    fn answer(&mut self, request: ClusterRequest, mut answer: ScriptAnswer) {
+    fn answer(&mut self, request: ClusterRequest, answer: ScriptAnswer) {
         let taken = answer.word() == "TAKEN";
         match request {
             ClusterRequest::Claim {
                 conn,
                 record,
                 mut candidates,
-                history: wanted,
             } => {
                 let index: Option<usize> = answer.get(0);
                 let name = index.filter(|i| *i < candidates.len());
@@ -277,21 +369,16 @@ impl Publisher {
                     conn,
                     id: record.id,
                     name: name.map(|i| candidates.swap_remove(i)),
-                    history: wanted.then(|| answer.history(1)),
                 });
             }
-            ClusterRequest::Update {
-                record,
-                answer: Some(conn),
-            } => self.tell(ClusterEvent::Moved {
-                conn,
-                channel: record.channel,
-                history: Some(answer.history(0)),
-            }),
             ClusterRequest::Rename { conn, record } => self.tell(ClusterEvent::Renamed {
                 conn,
                 username: record.username,
-                won: Some(!taken),
+                answer: if taken {
+                    RenameAnswer::Taken
+                } else {
+                    RenameAnswer::Won
+                },
             }),
             ClusterRequest::Publish { .. } => {
                 let id: Option<u64> = answer.get(0);
@@ -311,10 +398,25 @@ impl Publisher {
                     .collect();
                 self.tell(ClusterEvent::Registered { renamed });
             }
-            ClusterRequest::Recall { .. }
-            | ClusterRequest::Update { answer: None, .. }
+            ClusterRequest::Update { .. }
             | ClusterRequest::Leave { .. }
-            | ClusterRequest::Typing { .. } => {}
+            | ClusterRequest::Typing { .. }
+            | ClusterRequest::Moderate { .. }
+            | ClusterRequest::Muted { .. }
+            | ClusterRequest::Ban { .. } => {}
+        }
+    }
+
+    /// Redis ran `request`'s script and it did not do what was asked (it failed, or found its
+    /// message's fence old): a message is refused, a rename too.
+    fn refuse(&self, request: ClusterRequest) {
+        match request {
+            ClusterRequest::Rename { conn, record } => self.tell(ClusterEvent::Renamed {
+                conn,
+                username: record.username,
+                answer: RenameAnswer::Failed,
+            }),
+            other => self.fail(other),
         }
     }
 
@@ -325,38 +427,31 @@ impl Publisher {
                 conn,
                 id: record.id,
                 name: None,
-                history: None,
-            },
-            ClusterRequest::Update {
-                record,
-                answer: Some(conn),
-            } => ClusterEvent::Moved {
-                conn,
-                channel: record.channel,
-                history: None,
             },
             ClusterRequest::Rename { conn, record } => ClusterEvent::Renamed {
                 conn,
                 username: record.username,
-                won: None,
+                answer: RenameAnswer::Away,
             },
             ClusterRequest::Publish { conn, .. } => ClusterEvent::PublishFailed { conn },
-            ClusterRequest::Recall { channel } => ClusterEvent::Recalled {
-                channel,
-                history: None,
-            },
-            // Registered again at the next join; announced by the `sync` it makes.
+            // Registered again at the next join; announced by the `sync` it makes. (Bans are
+            // sent again then too; an order to another server is lost, and said so.)
             ClusterRequest::Register { .. }
-            | ClusterRequest::Update { answer: None, .. }
+            | ClusterRequest::Update { .. }
             | ClusterRequest::Leave { .. }
-            | ClusterRequest::Typing { .. } => return,
+            | ClusterRequest::Typing { .. }
+            | ClusterRequest::Muted { .. }
+            | ClusterRequest::Ban { .. } => return,
+            ClusterRequest::Moderate { action, .. } => {
+                warn!("Redis failed an operator's order, which was not carried out: {action:?}");
+                return;
+            }
         };
         self.tell(event);
     }
 }
 
-/// A script's answer, and what it says about the connection and the cluster. A script that
-/// failed answers nothing, which each request reads as it would an empty answer.
+/// A script's answer, and what it says about the connection and the cluster.
 fn read_answer(answer: Value) -> (Verdict, ScriptAnswer) {
     if let Value::ServerError(err) = &answer {
         if err.code() == "NOSCRIPT" {
@@ -364,12 +459,14 @@ fn read_answer(answer: Value) -> (Verdict, ScriptAnswer) {
             return (lost, ScriptAnswer::default());
         }
         error!("a Redis script failed: {err:?}");
-        return (Verdict::Fine, ScriptAnswer::default());
+        return (Verdict::Failed, ScriptAnswer::default());
     }
     let answer: ScriptAnswer = redis::from_redis_value(answer).unwrap_or_default();
     let verdict = match answer.word() {
         "EPOCH" => Verdict::Rejoin("Redis lost its data (its epoch is not ours)"),
         "REAPED" => Verdict::Rejoin("the cluster took this server for dead"),
+        // Never on the current connection, unless Redis lost the fence: a new one is set.
+        "VOID" => Verdict::Rejoin("this server's fence in Redis is not its connection's"),
         _ => Verdict::Fine,
     };
     (verdict, answer)

@@ -1,9 +1,13 @@
-//! The reader thread: reads `<p>:events` with `XREAD BLOCK` on a connection of its own, from
-//! the last entry it saw, and hands each entry to the hub as an event. It takes a view of
-//! every server's users when it starts, when Redis lost its data (then it reads the new
-//! stream from its start) and when entries it had not read were trimmed away.
+//! The reader thread: reads `<p>:msgs` and `<p>:events` with one `XREAD BLOCK` on a
+//! connection of its own, from the last entry it saw in each, and hands each entry to the hub
+//! as an event, however far behind it fell. It takes a view of every server's users when it
+//! starts, when Redis lost its data (then it reads the new streams from their start) and when
+//! presence entries it had not read were trimmed away; when messages it had not read were
+//! trimmed away, it tells the hub which (`ClusterEvent::Lost`). With each view it reads the
+//! bans in force (`<p>:bans`), so a server that starts later refuses them too. Each message entry names the
+//! message before it, and each presence entry is numbered, so a gap is seen at the entry
+//! after it (Redis 7.0's `XINFO` does not say when `MAXLEN` trimmed a stream).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, SyncSender};
@@ -12,20 +16,22 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions};
-use redis::{Client, Connection, Value};
+use redis::{Client, Connection};
 use serde_json::value::RawValue;
 
 use super::scripts::Scripts;
 use super::{Keys, connect};
 use crate::hub::Event;
 use crate::hub::port::{ClusterEvent, UserRecord};
+use crate::protocol::{ChatRequest, parse_request};
 
 /// How long one `XREAD` waits for entries: also how long stopping can take.
 const BLOCK: Duration = Duration::from_millis(1000);
 /// Entries read at once, at most.
 const COUNT: usize = 1000;
-/// How often the epoch is checked while reading.
-const EPOCH_EVERY: Duration = Duration::from_secs(1);
+/// How often the epoch is checked while reading, and messages trimmed unread looked for when
+/// none came.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Pause before trying a Redis that is away again.
 const RETRY: Duration = Duration::from_millis(200);
 
@@ -35,10 +41,23 @@ pub(super) struct StreamReader {
     hub: SyncSender<Event>,
     stop: Arc<AtomicBool>,
     scripts: Scripts,
-    /// The epoch the stream being read belongs to; empty before the first view.
+    /// The epoch the streams being read belong to; empty before the first view.
     epoch: String,
-    /// The last stream entry handed to the hub.
-    last: String,
+    /// Where reading goes on in `<p>:msgs` and in `<p>:events`.
+    msgs_at: String,
+    events_at: String,
+    /// The id of the last message read (or of the last one before the view), and the number
+    /// of the last presence entry read: the next entries must follow them.
+    last_message: u64,
+    last_event: u64,
+}
+
+/// Where a view of every server's users puts the reader.
+struct View {
+    msgs_at: String,
+    events_at: String,
+    last_message: u64,
+    last_event: u64,
 }
 
 /// Why reading stopped.
@@ -63,7 +82,10 @@ impl StreamReader {
             stop,
             scripts: Scripts::new(),
             epoch: String::new(),
-            last: "0-0".into(),
+            msgs_at: "0-0".into(),
+            events_at: "0-0".into(),
+            last_message: 0,
+            last_event: 0,
         }
     }
 
@@ -109,9 +131,9 @@ impl StreamReader {
         }
     }
 
-    /// After (re)connecting: takes a new view if this is the first, if Redis lost its data,
-    /// or if entries after the last one read were trimmed away; else reads on from it.
-    /// `false` when Redis has no epoch yet.
+    /// After (re)connecting: takes a new view if this is the first, or if Redis lost its
+    /// data; else reads on from where it was (what was trimmed meanwhile is found as it
+    /// reads). `false` when Redis has no epoch yet.
     fn catch_up(&mut self, con: &mut Connection) -> redis::RedisResult<bool> {
         let epoch: Option<String> = redis::cmd("GET").arg(self.keys.epoch()).query(con)?;
         let Some(epoch) = epoch else {
@@ -119,31 +141,49 @@ impl StreamReader {
         };
         if epoch != self.epoch {
             let first = self.epoch.is_empty();
-            let from = self.snapshot(con, first)?;
-            if !first {
-                warn!("Redis lost its data: reading its new stream from the start");
+            let view = self.snapshot(con, first)?;
+            if first {
+                self.go_to(view);
+            } else {
+                // This server may have written to the new streams before this view: they
+                // are read whole.
+                warn!("Redis lost its data: reading its new streams from the start");
+                self.go_to(View {
+                    msgs_at: "0-0".into(),
+                    events_at: "0-0".into(),
+                    last_message: 0,
+                    last_event: 0,
+                });
             }
-            // At start, what is in the view is read; after a loss, the new stream is read
-            // whole: this server may have written to it before this view.
-            self.last = if first { from } else { "0-0".into() };
             self.epoch = epoch;
-        } else if self.trimmed_past(con)? {
-            warn!("entries of the stream were trimmed before this server read them: a new view");
-            self.last = self.snapshot(con, true)?;
         }
         Ok(true)
     }
 
-    /// Sends the hub every other server's users; returns the stream position they are at.
-    /// `read_on`: reading goes on from that position, so the messages before it will not be
-    /// read (the hub takes them as delivered, for merging history).
-    fn snapshot(&mut self, con: &mut Connection, read_on: bool) -> redis::RedisResult<String> {
-        // The epoch, the stream position, the id counter, then (server, record) pairs.
+    fn go_to(&mut self, view: View) {
+        self.msgs_at = view.msgs_at;
+        self.events_at = view.events_at;
+        self.last_message = view.last_message;
+        self.last_event = view.last_event;
+    }
+
+    /// Sends the hub every other server's users; returns where the streams were then.
+    /// `read_on`: reading goes on from there, so the messages before it will not be read (the
+    /// hub takes them as delivered, for merging history).
+    fn snapshot(&mut self, con: &mut Connection, read_on: bool) -> redis::RedisResult<View> {
+        // The epoch, the two positions, the last message id and presence number, then
+        // (server, record) pairs.
         let answer: Vec<String> = self.scripts.snapshot.arg(&self.keys.prefix).invoke(con)?;
-        let last = answer.get(1).cloned().unwrap_or_else(|| "0-0".into());
-        let before = answer.get(2).and_then(|n| n.parse().ok());
+        let field = |n: usize, or: &str| answer.get(n).cloned().unwrap_or_else(|| or.into());
+        let number = |n: usize| answer.get(n).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let view = View {
+            msgs_at: field(1, "0-0"),
+            events_at: field(2, "0-0"),
+            last_message: number(3),
+            last_event: number(4),
+        };
         let records = answer
-            .get(3..)
+            .get(5..)
             .unwrap_or_default()
             .chunks_exact(2)
             .filter_map(|pair| {
@@ -154,36 +194,23 @@ impl StreamReader {
             .collect();
         self.send(ClusterEvent::Snapshot {
             records,
-            before: before.filter(|_| read_on),
+            before: read_on.then_some(view.last_message),
         });
-        Ok(last)
-    }
-
-    /// Whether entries after the last one read were deleted (`MAXLEN` trimming), per
-    /// `XINFO STREAM`'s `max-deleted-entry-id`.
-    fn trimmed_past(&self, con: &mut Connection) -> redis::RedisResult<bool> {
-        let info: HashMap<String, Value> = match redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(self.keys.events())
-            .query(con)
-        {
-            Ok(info) => info,
-            Err(err)
-                if err.kind()
-                    == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
-            {
-                return Ok(false); // no stream yet
+        // Read after the view: a ban made between the two is in both, and banning twice
+        // changes nothing.
+        let bans: Vec<(String, u64)> = redis::cmd("HGETALL").arg(self.keys.bans()).query(con)?;
+        for (address, until) in bans {
+            if let Ok(address) = address.parse() {
+                self.send(ClusterEvent::Banned { address, until });
             }
-            Err(err) => return Err(err),
-        };
-        let deleted = info.get("max-deleted-entry-id");
-        let deleted: Option<String> = deleted.and_then(|id| redis::from_redis_value_ref(id).ok());
-        Ok(deleted.is_some_and(|d| stream_id(&d) > stream_id(&self.last)))
+        }
+        Ok(view)
     }
 
     /// Reads entries until the server stops, the epoch changes or Redis fails.
     fn read(&mut self, con: &mut Connection) -> redis::RedisResult<Stop> {
-        let mut epoch_at = Instant::now() + EPOCH_EVERY;
+        let mut check_at = Instant::now() + CHECK_EVERY;
+        let (msgs, events) = (self.keys.msgs(), self.keys.events());
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(Stop::Done);
@@ -191,35 +218,127 @@ impl StreamReader {
             let options = StreamReadOptions::default()
                 .count(COUNT)
                 .block(BLOCK.as_millis() as usize);
-            // Each stream read (there is one) with its entries; nothing when `BLOCK` ran out.
+            // Each stream read with its entries; nothing when `BLOCK` ran out.
             let streams: Option<Vec<(String, StreamRangeReply)>> = redis::cmd("XREAD")
                 .arg(&options)
                 .arg("STREAMS")
-                .arg(self.keys.events())
-                .arg(&self.last)
+                .arg(&msgs)
+                .arg(&events)
+                .arg(&self.msgs_at)
+                .arg(&self.events_at)
                 .query(con)?;
-            for (_, entries) in streams.unwrap_or_default() {
-                for entry in entries.ids {
-                    if let Some(event) = self.decode(&entry)
-                        && self.hub.send(Event::Peers(event)).is_err()
-                    {
-                        return Ok(Stop::Done);
-                    }
-                    self.last = entry.id;
+            for (stream, entries) in streams.unwrap_or_default() {
+                let done = if stream == msgs {
+                    self.messages(entries.ids)
+                } else {
+                    self.presence(con, entries.ids)?
+                };
+                if done {
+                    return Ok(Stop::Done);
                 }
             }
-            if Instant::now() >= epoch_at {
-                epoch_at = Instant::now() + EPOCH_EVERY;
-                let epoch: Option<String> = redis::cmd("GET").arg(self.keys.epoch()).query(con)?;
-                if epoch.as_deref() != Some(self.epoch.as_str()) {
-                    return Ok(Stop::Again);
+            if Instant::now() >= check_at {
+                check_at = Instant::now() + CHECK_EVERY;
+                if let Some(stop) = self.check(con)? {
+                    return Ok(stop);
                 }
             }
         }
     }
 
-    /// A stream entry as a hub event; `None` for this server's own presence (the hub has
-    /// it already) and for what cannot be read.
+    /// Checks the epoch, and whether messages published after the last one read were all
+    /// trimmed before this server read them (a gap at the next entry shows the others; this
+    /// shows them when no message comes after). `Some` when reading must stop.
+    fn check(&mut self, con: &mut Connection) -> redis::RedisResult<Option<Stop>> {
+        let answer: Vec<String> = self
+            .scripts
+            .check
+            .arg(&self.keys.prefix)
+            .arg(&self.msgs_at)
+            .invoke(con)?;
+        if answer.first().map(String::as_str) != Some(self.epoch.as_str()) {
+            return Ok(Some(Stop::Again));
+        }
+        let last: u64 = answer.get(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let unread = answer.get(2).is_some_and(|n| n != "0");
+        if last > self.last_message && !unread {
+            let lost = ClusterEvent::Lost {
+                after: self.last_message,
+                before: last + 1,
+            };
+            self.last_message = last;
+            if self.hub.send(Event::Peers(lost)).is_err() {
+                return Ok(Some(Stop::Done));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Hands the hub messages read from `<p>:msgs`, and says so first when some before them
+    /// were trimmed unread. `true` once the hub is gone.
+    fn messages(&mut self, entries: Vec<StreamId>) -> bool {
+        for entry in entries {
+            let get = |name: &str| entry.get::<String>(name);
+            let id: Option<u64> = get("id").and_then(|id| id.parse().ok());
+            let before: Option<u64> = get("p").and_then(|p| p.parse().ok());
+            if let (Some(id), Some(before)) = (id, before)
+                && before > self.last_message
+            {
+                let lost = ClusterEvent::Lost {
+                    after: self.last_message,
+                    before: id,
+                };
+                if self.hub.send(Event::Peers(lost)).is_err() {
+                    return true;
+                }
+            }
+            let message = (|| {
+                Some(ClusterEvent::Message {
+                    id: id?,
+                    channel: get("c")?,
+                    json: RawValue::from_string(get("m")?).ok()?,
+                })
+            })();
+            if let Some(message) = message
+                && self.hub.send(Event::Peers(message)).is_err()
+            {
+                return true;
+            }
+            self.last_message = id.unwrap_or(self.last_message);
+            self.msgs_at = entry.id;
+        }
+        false
+    }
+
+    /// Hands the hub presence read from `<p>:events`; when entries before them were trimmed
+    /// unread, takes a new view instead and reads on from it. `true` once the hub is gone.
+    fn presence(
+        &mut self,
+        con: &mut Connection,
+        entries: Vec<StreamId>,
+    ) -> redis::RedisResult<bool> {
+        for entry in entries {
+            let n: Option<u64> = entry.get::<String>("n").and_then(|n| n.parse().ok());
+            if n.is_some_and(|n| n != self.last_event + 1) {
+                warn!("presence entries were trimmed before this server read them: a new view");
+                let view = self.snapshot(con, false)?;
+                self.events_at = view.events_at;
+                self.last_event = view.last_event;
+                return Ok(false);
+            }
+            if let Some(event) = self.decode(&entry)
+                && self.hub.send(Event::Peers(event)).is_err()
+            {
+                return Ok(true);
+            }
+            self.last_event = n.unwrap_or(self.last_event);
+            self.events_at = entry.id;
+        }
+        Ok(false)
+    }
+
+    /// A stream entry as a hub event; `None` for this server's own entries (the hub has done
+    /// what they say already) and for what cannot be read.
     fn decode(&self, entry: &StreamId) -> Option<ClusterEvent> {
         let get = |name: &str| entry.get::<String>(name);
         let kind = get("k")?;
@@ -227,11 +346,6 @@ impl StreamReader {
         let own = server == self.keys.server;
         let record = |json: String| serde_json::from_str::<UserRecord>(&json).ok();
         Some(match kind.as_str() {
-            "msg" => ClusterEvent::Message {
-                id: get("id")?.parse().ok()?,
-                channel: get("c")?,
-                json: RawValue::from_string(get("m")?).ok()?,
-            },
             _ if own => return None,
             "up" => ClusterEvent::Upsert {
                 server,
@@ -240,6 +354,7 @@ impl StreamReader {
             "rm" => ClusterEvent::Remove {
                 server,
                 id: get("u")?,
+                kicked: get("x").is_some_and(|x| x == "1"),
             },
             "sync" => ClusterEvent::Sync {
                 server,
@@ -251,6 +366,23 @@ impl StreamReader {
                 user: RawValue::from_string(get("u")?).ok()?,
                 typing: get("t")? == "1",
             },
+            // The operator's request, checked again as any client's is.
+            "mod" => match parse_request(&get("m")?) {
+                Ok(ChatRequest::Moderate(action)) => ClusterEvent::Moderate {
+                    by: get("b")?,
+                    action,
+                },
+                _ => return None,
+            },
+            "muted" => ClusterEvent::Muted {
+                channel: get("c")?,
+                user: RawValue::from_string(get("u")?).ok()?,
+                until: get("until")?.parse().ok()?,
+            },
+            "ban" => ClusterEvent::Banned {
+                address: get("a")?.parse().ok()?,
+                until: get("until")?.parse().ok()?,
+            },
             other => {
                 debug!("an entry of unknown kind {other:?} in the stream: skipped");
                 return None;
@@ -261,10 +393,4 @@ impl StreamReader {
     fn send(&self, event: ClusterEvent) {
         let _ = self.hub.send(Event::Peers(event));
     }
-}
-
-/// A stream id (`<ms>-<seq>`) as numbers, for comparing.
-fn stream_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }

@@ -7,16 +7,27 @@
 //! server's users answer `{'REAPED'}` when the server is no longer in `<p>:servers`: another
 //! server took it for dead, and its users must be registered again. Numbers go out through
 //! `string.format('%d')`: Lua's own conversion writes large ones as `1e+14`.
+//!
+//! Two streams: `<p>:msgs` holds the chat messages, each with the id of the message before it
+//! (`p`), so that a reader can tell when it missed some; `<p>:events` holds everything else,
+//! each entry numbered by `<p>:evn` (`n`), for the same reason. The lengths they keep are
+//! [`MESSAGES_KEPT`](crate::cluster::MESSAGES_KEPT) and
+//! [`EVENTS_KEPT`](crate::cluster::EVENTS_KEPT) (written into the scripts; a test checks).
 
 use redis::Script;
 
-/// What every script begins with: the key helper and the epoch check.
+/// What every script begins with: the key helper, the epoch check, and `announce`, which
+/// appends an entry to `<p>:events`, numbered.
 macro_rules! prologue {
     () => {
         r"
 local p, me = ARGV[1], ARGV[2]
 local function key(...) return table.concat({p, ...}, ':') end
 if redis.call('GET', key('epoch')) ~= ARGV[3] then return {'EPOCH'} end
+local function announce(...)
+  local n = string.format('%d', redis.call('INCR', key('evn')))
+  redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*', 'n', n, ...)
+end
 "
     };
 }
@@ -31,7 +42,8 @@ if redis.call('SISMEMBER', key('servers'), me) == 0 then return {'REAPED'} end
 }
 
 /// Removes server `s`'s users and names and says so (`gone`); used for the dead and for
-/// oneself on shutdown.
+/// oneself on shutdown. Its fence (see `HELLO`) is kept an hour: a server taken for dead
+/// while cut off may come back and ask which of its messages ran.
 macro_rules! remove_server {
     () => {
         r"
@@ -44,8 +56,28 @@ local function remove_server(s)
     end
   end
   redis.call('DEL', key('users', s), key('alive', s))
+  redis.call('PEXPIRE', key('fence', s), 3600000)
   redis.call('SREM', key('servers'), s)
-  redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*', 'k', 'gone', 's', s)
+  announce('k', 'gone', 's', s)
+end
+"
+    };
+}
+
+/// Notes that a server is alive now (`<p>:beat`, Redis's clock). When nobody did for half
+/// `ttl` (Redis itself hung, or every server was cut off from it), nobody is taken for dead for
+/// one `ttl` (`<p>:grace`): every server gets the time to beat again.
+macro_rules! beat {
+    () => {
+        r"
+local function beat(ttl)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local last = tonumber(redis.call('GET', key('beat')) or '0')
+  redis.call('SET', key('beat'), string.format('%d', now))
+  if last > 0 and now - last > ttl / 2 then
+    redis.call('SET', key('grace'), '1', 'PX', string.format('%d', ttl))
+  end
 end
 "
     };
@@ -63,12 +95,26 @@ end
     };
 }
 
-/// Joining (or joining again): `prefix, server, new epoch, ttl ms, floor` → the epoch, which
-/// is the new one only if Redis had none.
+/// Joining (or joining again): `prefix, server, new epoch, ttl ms, floor, new fence, then
+/// old fences` → `{epoch, then for each old fence the last message sent under it that ran, or
+/// -1 when Redis no longer knows}`, or `{'STALE'}`. The epoch is the new one only if Redis had
+/// none.
+///
+/// The fence: each connection of the publisher has one, a number greater than the one
+/// before, and every message it sends carries it and a number of its own; `PUBLISH` runs only
+/// under the current fence, and notes its number. So once this script has set a new fence, no
+/// message sent on an older connection can run any more (whatever is still in a socket
+/// somewhere), and for those whose answer never came, the number noted says which ran. A
+/// `HELLO` that Redis runs late, from a connection given up, finds a newer fence: it changes
+/// nothing (`STALE`).
 const HELLO: &str = concat!(
     r"
 local p, me = ARGV[1], ARGV[2]
 local function key(...) return table.concat({p, ...}, ':') end
+local fence = key('fence', me)
+if tonumber(redis.call('HGET', fence, 'gen') or '0') >= tonumber(ARGV[6]) then
+  return {'STALE'}
+end
 local epoch = redis.call('GET', key('epoch'))
 if not epoch then
   epoch = ARGV[3]
@@ -76,19 +122,37 @@ if not epoch then
 end
 ",
     raise_floor!(),
+    beat!(),
     r"
 raise_floor(tonumber(ARGV[5]))
 redis.call('SADD', key('servers'), me)
 redis.call('SET', key('alive', me), '1', 'PX', ARGV[4])
-return epoch
+beat(tonumber(ARGV[4]))
+local out, keep = {epoch}, {gen = true}
+for i = 7, #ARGV do
+  local f = 'ran:' .. ARGV[i]
+  keep[f] = true
+  table.insert(out, redis.call('HGET', fence, f) or '-1')
+end
+redis.call('HSET', fence, 'gen', ARGV[6], 'ran:' .. ARGV[6], '0')
+redis.call('PERSIST', fence)
+keep['ran:' .. ARGV[6]] = true
+for _, f in ipairs(redis.call('HKEYS', fence)) do
+  if not keep[f] then redis.call('HDEL', fence, f) end
+end
+return out
 "
 );
 
-/// `…, floor, channel, tail` → `{'OK', id}`: numbers a message, keeps it in the channel's
-/// history and appends it to the stream.
+/// `…, floor, channel, tail, fence, number` → `{'OK', id}`, or `{'VOID'}` when the fence is
+/// not the current one (see `HELLO`): numbers a message, keeps it in the channel's history and
+/// appends it to `<p>:msgs` with the id of the message before it.
 const PUBLISH: &str = concat!(
     prologue!(),
     r#"
+local fence = key('fence', me)
+if redis.call('HGET', fence, 'gen') ~= ARGV[7] then return {'VOID'} end
+redis.call('HSET', fence, 'ran:' .. ARGV[7], ARGV[8])
 local id = redis.call('INCR', key('id'))
 local floor = tonumber(ARGV[4])
 if id <= floor then
@@ -96,48 +160,41 @@ if id <= floor then
   redis.call('SET', key('id'), string.format('%d', id))
 end
 local n = string.format('%d', id)
+local before = redis.call('GET', key('last')) or '0'
+redis.call('SET', key('last'), n)
 local m = '{"type":"message","id":' .. n .. ',' .. ARGV[6]
 redis.call('XADD', key('history', ARGV[5]), 'MAXLEN', '100', '*', 'id', n, 'm', m)
-redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*',
-  'k', 'msg', 's', me, 'id', n, 'c', ARGV[5], 'm', m)
+redis.call('XADD', key('msgs'), 'MAXLEN', '~', '100000', '*',
+  'id', n, 'p', before, 's', me, 'c', ARGV[5], 'm', m)
 return {'OK', n}
 "#
 );
 
-/// `…, user id, record, channel or ''` → `{'OK', history?}`: stores and announces a user;
-/// with a channel, also returns its history (newest first).
+/// `…, user id, record` → `{'OK'}`: stores and announces a user.
 const UPSERT: &str = concat!(
     prologue!(),
     registered!(),
     r"
 redis.call('HSET', key('users', me), ARGV[4], ARGV[5])
-redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*', 'k', 'up', 's', me, 'u', ARGV[5])
-if ARGV[6] ~= '' then
-  return {'OK', redis.call('XREVRANGE', key('history', ARGV[6]), '+', '-', 'COUNT', 100)}
-end
+announce('k', 'up', 's', me, 'u', ARGV[5])
 return {'OK'}
 "
 );
 
-/// `…, user id, channel or '', then (key, record) pairs` → `{'OK', index, history}`: the
-/// first candidate name that is free is claimed, and the user stored and announced with it.
+/// `…, user id, then (key, record) pairs` → `{'OK', index}` or `{'TAKEN'}`: the first
+/// candidate name that is free is claimed, and the user stored and announced with it.
 const CLAIM: &str = concat!(
     prologue!(),
     registered!(),
     r"
 local owner = me .. ' ' .. ARGV[4]
-for i = 6, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local held = redis.call('HGET', key('names'), ARGV[i])
   if not held or held == owner then
     redis.call('HSET', key('names'), ARGV[i], owner)
     redis.call('HSET', key('users', me), ARGV[4], ARGV[i + 1])
-    redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*',
-      'k', 'up', 's', me, 'u', ARGV[i + 1])
-    local history = {}
-    if ARGV[5] ~= '' then
-      history = redis.call('XREVRANGE', key('history', ARGV[5]), '+', '-', 'COUNT', 100)
-    end
-    return {'OK', string.format('%d', (i - 6) / 2), history}
+    announce('k', 'up', 's', me, 'u', ARGV[i + 1])
+    return {'OK', string.format('%d', (i - 5) / 2)}
   end
 end
 return {'TAKEN'}
@@ -162,12 +219,12 @@ if old then
 end
 redis.call('HSET', key('names'), ARGV[5], owner)
 redis.call('HSET', key('users', me), ARGV[4], ARGV[6])
-redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*', 'k', 'up', 's', me, 'u', ARGV[6])
+announce('k', 'up', 's', me, 'u', ARGV[6])
 return {'OK'}
 "
 );
 
-/// `…, user id` → `{'OK'}`: a user left; their name is free.
+/// `…, user id, '1' if kicked else '0'` → `{'OK'}`: a user left; their name is free.
 const LEAVE: &str = concat!(
     prologue!(),
     r"
@@ -178,7 +235,7 @@ if redis.call('HGET', key('names'), k) == me .. ' ' .. ARGV[4] then
   redis.call('HDEL', key('names'), k)
 end
 redis.call('HDEL', key('users', me), ARGV[4])
-redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*', 'k', 'rm', 's', me, 'u', ARGV[4])
+announce('k', 'rm', 's', me, 'u', ARGV[4], 'x', ARGV[5])
 return {'OK'}
 "
 );
@@ -187,8 +244,47 @@ return {'OK'}
 const TYPING: &str = concat!(
     prologue!(),
     r"
-redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*',
-  'k', 'typing', 's', me, 'c', ARGV[4], 'u', ARGV[5], 't', ARGV[6])
+announce('k', 'typing', 's', me, 'c', ARGV[4], 'u', ARGV[5], 't', ARGV[6])
+return {'OK'}
+"
+);
+
+/// `…, operator's id, order` → `{'OK'}`: an operator's kick, mute or ban (`order`, as the
+/// operator's request) of a user on another server, announced for that server to carry out.
+const MODERATE: &str = concat!(
+    prologue!(),
+    r"
+announce('k', 'mod', 's', me, 'b', ARGV[4], 'm', ARGV[5])
+return {'OK'}
+"
+);
+
+/// `…, channel, user, until` → `{'OK'}`: a user was muted (until 0: unmuted), announced.
+const MUTED: &str = concat!(
+    prologue!(),
+    r"
+announce('k', 'muted', 's', me, 'c', ARGV[4], 'u', ARGV[5], 'until', ARGV[6])
+return {'OK'}
+"
+);
+
+/// `…, address, until, now` → `{'OK'}`: bans a client address until `until` (a longer ban
+/// there stays) in `<p>:bans`, which a server reads when it takes a view, and announces it.
+/// Bans over by `now` are dropped; the hash expires with its last ban.
+const BAN: &str = concat!(
+    prologue!(),
+    r"
+local bans, now = key('bans'), tonumber(ARGV[6])
+if tonumber(ARGV[5]) > tonumber(redis.call('HGET', bans, ARGV[4]) or '0') then
+  redis.call('HSET', bans, ARGV[4], ARGV[5])
+end
+local all, last = redis.call('HGETALL', bans), 0
+for i = 1, #all, 2 do
+  local ends = tonumber(all[i + 1])
+  if ends <= now then redis.call('HDEL', bans, all[i]) else last = math.max(last, ends) end
+end
+if last > 0 then redis.call('PEXPIREAT', bans, string.format('%d', last)) end
+announce('k', 'ban', 's', me, 'a', ARGV[4], 'until', ARGV[5])
 return {'OK'}
 "
 );
@@ -199,6 +295,7 @@ return {'OK'}
 const REGISTER: &str = concat!(
     prologue!(),
     raise_floor!(),
+    beat!(),
     r"
 local old = redis.call('HGETALL', key('users', me))
 for i = 1, #old, 2 do
@@ -210,6 +307,7 @@ end
 redis.call('DEL', key('users', me))
 redis.call('SADD', key('servers'), me)
 redis.call('SET', key('alive', me), '1', 'PX', ARGV[4])
+beat(tonumber(ARGV[4]))
 raise_floor(tonumber(ARGV[5]))
 local chosen, records = {}, {}
 local i = 6
@@ -231,20 +329,22 @@ while i <= #ARGV do
   table.insert(chosen, string.format('%d', won))
   i = i + 2 + 2 * n
 end
-redis.call('XADD', key('events'), 'MAXLEN', '~', '10000', '*',
-  'k', 'sync', 's', me, 'u', '[' .. table.concat(records, ',') .. ']')
+announce('k', 'sync', 's', me, 'u', '[' .. table.concat(records, ',') .. ']')
 return {'OK', chosen}
 "
 );
 
 /// `…, ttl ms` → `{'OK', reaped}`: refreshes this server's heartbeat and removes every server
-/// whose heartbeat has expired.
+/// whose heartbeat has expired, unless in grace (see `beat`).
 const HEARTBEAT: &str = concat!(
     prologue!(),
     registered!(),
     remove_server!(),
+    beat!(),
     r"
 redis.call('SET', key('alive', me), '1', 'PX', ARGV[4])
+beat(tonumber(ARGV[4]))
+if redis.call('EXISTS', key('grace')) == 1 then return {'OK', '0'} end
 local reaped = 0
 for _, s in ipairs(redis.call('SMEMBERS', key('servers'))) do
   if s ~= me and redis.call('EXISTS', key('alive', s)) == 0 then
@@ -262,20 +362,24 @@ const BYE: &str = concat!(
     remove_server!(),
     r"
 remove_server(me)
+redis.call('DEL', key('fence', me))
 return {'OK'}
 "
 );
 
-/// `prefix` → `{epoch or '', last stream id, id counter, then (server, record) pairs}`: every
-/// live server's users and the stream position they are current at, read at once; every
-/// message up to the id counter is before that position.
+/// `prefix` → `{epoch or '', position in msgs, position in events, the last message id, the
+/// last events number, then (server, record) pairs}`: every live server's users and the
+/// streams' positions they are current at, read at once.
 const SNAPSHOT: &str = r"
 local p = ARGV[1]
 local function key(...) return table.concat({p, ...}, ':') end
-local last = '0-0'
-local top = redis.call('XREVRANGE', key('events'), '+', '-', 'COUNT', 1)
-if #top > 0 then last = top[1][1] end
-local out = {redis.call('GET', key('epoch')) or '', last, redis.call('GET', key('id')) or '0'}
+local function top(stream)
+  local newest = redis.call('XREVRANGE', key(stream), '+', '-', 'COUNT', 1)
+  if #newest > 0 then return newest[1][1] end
+  return '0-0'
+end
+local out = {redis.call('GET', key('epoch')) or '', top('msgs'), top('events'),
+  redis.call('GET', key('last')) or '0', redis.call('GET', key('evn')) or '0'}
 for _, s in ipairs(redis.call('SMEMBERS', key('servers'))) do
   if redis.call('EXISTS', key('alive', s)) == 1 then
     for _, record in ipairs(redis.call('HVALS', key('users', s))) do
@@ -287,6 +391,17 @@ end
 return out
 ";
 
+/// `prefix, position in msgs` → `{epoch or '', the last message id, 1 if msgs has an entry
+/// after the position else 0}`, read at once: when messages were published after the last
+/// one read and none is left to read, they were trimmed unread.
+const CHECK: &str = r"
+local p = ARGV[1]
+local function key(...) return table.concat({p, ...}, ':') end
+local next = redis.call('XRANGE', key('msgs'), '(' .. ARGV[2], '+', 'COUNT', 1)
+return {redis.call('GET', key('epoch')) or '', redis.call('GET', key('last')) or '0',
+  string.format('%d', #next)}
+";
+
 /// Every script, hashed once.
 pub struct Scripts {
     pub hello: Script,
@@ -296,10 +411,14 @@ pub struct Scripts {
     pub rename: Script,
     pub leave: Script,
     pub typing: Script,
+    pub moderate: Script,
+    pub muted: Script,
+    pub ban: Script,
     pub register: Script,
     pub heartbeat: Script,
     pub bye: Script,
     pub snapshot: Script,
+    pub check: Script,
 }
 
 impl Scripts {
@@ -312,26 +431,43 @@ impl Scripts {
             rename: Script::new(RENAME),
             leave: Script::new(LEAVE),
             typing: Script::new(TYPING),
+            moderate: Script::new(MODERATE),
+            muted: Script::new(MUTED),
+            ban: Script::new(BAN),
             register: Script::new(REGISTER),
             heartbeat: Script::new(HEARTBEAT),
             bye: Script::new(BYE),
             snapshot: Script::new(SNAPSHOT),
+            check: Script::new(CHECK),
         }
     }
 
-    /// Every script the publisher runs (loaded on every connection, for `EVALSHA`).
-    pub fn all(&self) -> [&Script; 10] {
-        [
-            &self.hello,
-            &self.publish,
-            &self.upsert,
-            &self.claim,
-            &self.rename,
-            &self.leave,
-            &self.typing,
-            &self.register,
-            &self.heartbeat,
-            &self.bye,
-        ]
+    /// Adds to `pipe` the loading of every script the publisher and the heartbeat run (on
+    /// every connection, for `EVALSHA`): one round trip for all.
+    pub fn load_all(pipe: &mut redis::Pipeline) {
+        let all = [
+            HELLO, PUBLISH, UPSERT, CLAIM, RENAME, LEAVE, TYPING, MODERATE, MUTED, BAN, REGISTER,
+            HEARTBEAT, BYE,
+        ];
+        for code in all {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(code).ignore();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{EVENTS_KEPT, MESSAGES_KEPT};
+
+    #[test]
+    fn the_scripts_keep_what_the_constants_say() {
+        assert!(PUBLISH.contains(&format!("'MAXLEN', '~', '{MESSAGES_KEPT}'")));
+        let events = format!("'MAXLEN', '~', '{EVENTS_KEPT}'");
+        for script in [
+            UPSERT, CLAIM, RENAME, LEAVE, TYPING, MODERATE, MUTED, BAN, REGISTER, HEARTBEAT, BYE,
+        ] {
+            assert!(script.contains(&events));
+        }
     }
 }

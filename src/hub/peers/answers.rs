@@ -4,13 +4,11 @@
 //! delivered here, once Redis has ordered them.
 
 use log::{info, warn};
-use serde_json::value::RawValue;
 
 use super::Early;
 use super::clustered::{Waiting, record};
-use super::port::{Candidate, ClusterEvent, ClusterRequest, Kept};
+use super::port::{Candidate, ClusterEvent, ClusterRequest, RenameAnswer};
 use crate::connection::ConnId;
-use crate::connection::frame::text_frame;
 use crate::hub::Hub;
 use crate::hub::users::taken;
 use crate::protocol::{ChatError, ErrorCode, name_key};
@@ -29,35 +27,26 @@ impl Hub {
                 }
                 cluster.up = false;
             }
-            ClusterEvent::Claimed {
-                conn,
-                id,
-                name,
-                history,
-            } => self.claimed(conn, &id, name, history),
-            ClusterEvent::Moved {
-                conn,
-                channel,
-                history,
-            } => self.moved(conn, &channel, history),
+            ClusterEvent::Claimed { conn, id, name } => self.claimed(conn, &id, name),
             ClusterEvent::Renamed {
                 conn,
                 username,
-                won,
-            } => self.renamed(conn, username, won),
+                answer,
+            } => self.renamed(conn, username, answer),
             ClusterEvent::PublishFailed { conn } => {
                 let refusal = ChatError::new(
                     ErrorCode::Unavailable,
                     "the chat cannot order messages right now (Redis is away), so yours was \
-                     not sent; try again in a moment",
+                     not sent, and never will be; try again in a moment",
                 );
                 self.send_to(conn, refusal.to_frame());
             }
-            ClusterEvent::Recalled { channel, history } => self.merge_history(&channel, history),
+            ClusterEvent::Recalled { channel, history } => self.recalled(&channel, history),
+            ClusterEvent::Lost { after, before } => self.lost(after, before),
             ClusterEvent::Registered { renamed } => self.registered(renamed),
             ClusterEvent::Message { id, channel, json } => self.ordered_message(id, &channel, json),
             ClusterEvent::Upsert { server, record } => self.remote_upsert(server, record),
-            ClusterEvent::Remove { id, .. } => self.remote_remove(&id),
+            ClusterEvent::Remove { id, kicked, .. } => self.remote_remove(&id, kicked),
             ClusterEvent::Sync { server, records } => self.remote_sync(server, records),
             ClusterEvent::Gone { server } => self.remote_gone(&server),
             ClusterEvent::Snapshot { records, before } => {
@@ -71,11 +60,18 @@ impl Hub {
                 user,
                 typing,
             } => self.remote_typing(&channel, &user, typing),
+            ClusterEvent::Moderate { by, action } => self.moderated_elsewhere(&by, &action),
+            ClusterEvent::Muted {
+                channel,
+                user,
+                until,
+            } => self.remote_muted(&channel, &user, until),
+            ClusterEvent::Banned { address, until } => self.bans.ban(address, until),
         }
     }
 
-    /// Redis is back (or there for the first time): every user is registered again, and the
-    /// history of every channel with members here is read again, in case messages were missed.
+    /// Redis is back (or there for the first time): every user is registered again. The
+    /// reader reads on from where it was, so no history needs reading again.
     fn cluster_up(&mut self) {
         let Some(cluster) = self.peers.cluster_mut() else {
             return;
@@ -94,11 +90,6 @@ impl Hub {
                 (*conn, record(user), candidates)
             })
             .collect();
-        let channels = self
-            .channels
-            .iter()
-            .filter(|(_, ch)| !ch.members.is_empty());
-        let channels: Vec<String> = channels.map(|(name, _)| name.clone()).collect();
         info!(
             "Redis is here: registering {} users, messages accepted",
             users.len()
@@ -108,30 +99,48 @@ impl Hub {
             users,
             floor: cluster.last_id,
         });
-        for channel in channels {
-            cluster.link.send(ClusterRequest::Recall { channel });
+        // Bans made while Redis was away (or whose sending failed) reach the others now.
+        for (address, until) in self.bans.current() {
+            cluster.link.send(ClusterRequest::Ban { address, until });
         }
     }
 
-    /// The name of a new user is settled: it gets its welcome, then what it sent meanwhile.
-    fn claimed(
-        &mut self,
-        conn: ConnId,
-        id: &str,
-        name: Option<Candidate>,
-        history: Option<Vec<Kept>>,
-    ) {
+    /// Redis answered the claim of a new user's name: it is admitted, unless its channel's
+    /// history is still being read.
+    fn claimed(&mut self, conn: ConnId, id: &str, name: Option<Candidate>) {
         let Some(cluster) = self.peers.cluster_mut() else {
             return;
         };
-        let Some(Waiting { mut arrival, early }) = cluster.waiting.remove(&conn) else {
+        let Some(waiting) = cluster.waiting.get_mut(&conn) else {
             // Gone before its name was settled: the name is free again.
             if let Some(link) = cluster.up_link().filter(|_| name.is_some()) {
-                link.send(ClusterRequest::Leave { id: id.to_owned() });
+                link.send(ClusterRequest::Leave {
+                    id: id.to_owned(),
+                    kicked: false,
+                });
             }
             return;
         };
-        self.merge_history(&arrival.channel, history);
+        waiting.claimed = Some(name);
+        if !cluster.recalling.contains_key(&waiting.arrival.channel) {
+            self.admit_claimed(conn);
+        }
+    }
+
+    /// A new user whose name is settled, and whose channel's history is here, gets its
+    /// welcome, then what it sent meanwhile.
+    pub(super) fn admit_claimed(&mut self, conn: ConnId) {
+        let Some(cluster) = self.peers.cluster_mut() else {
+            return;
+        };
+        let Some(Waiting {
+            mut arrival,
+            early,
+            claimed: Some(name),
+        }) = cluster.waiting.remove(&conn)
+        else {
+            return;
+        };
         // Redis could not be asked: names unique among those this server knows.
         let free_here = |hub: &Hub, name: &str| hub.holder_of(name).is_none();
         let username = match name {
@@ -155,37 +164,35 @@ impl Hub {
         }
     }
 
-    /// The history of a channel a user asked to join has come: they join it now.
-    fn moved(&mut self, conn: ConnId, channel: &str, history: Option<Vec<Kept>>) {
-        self.merge_history(channel, history);
-        let Some(cluster) = self.peers.cluster_mut() else {
-            return;
-        };
-        if cluster.moving.get(&conn).map(String::as_str) == Some(channel) {
-            cluster.moving.remove(&conn);
-            if self.users.contains_key(&conn) {
-                self.move_to(conn, channel.to_owned());
-            }
-        } else if self.users.contains_key(&conn) {
-            // It asked for somewhere else meanwhile: the others must see where it is.
-            self.announce(conn);
-        }
-    }
-
     /// Redis answered a rename.
-    fn renamed(&mut self, conn: ConnId, username: String, won: Option<bool>) {
+    fn renamed(&mut self, conn: ConnId, username: String, answer: RenameAnswer) {
         if !self.users.contains_key(&conn) {
             return;
         }
         let held_here = self.holder_of(&username).is_some_and(|h| h != conn);
-        if won == Some(false) || held_here {
-            self.send_to(conn, taken(&username).to_frame());
-            if held_here && won == Some(true) {
+        match answer {
+            RenameAnswer::Failed => {
+                let refusal = ChatError::new(
+                    ErrorCode::Unavailable,
+                    "the other servers could not check that name right now; try again",
+                );
+                self.send_to(conn, refusal.to_frame());
+            }
+            RenameAnswer::Taken => self.send_to(conn, taken(&username).to_frame()),
+            _ if held_here => {
+                self.send_to(conn, taken(&username).to_frame());
+                if answer == RenameAnswer::Won {
+                    // Redis gave it the name; it keeps the old one: the others must see that.
+                    self.announce(conn);
+                }
+            }
+            RenameAnswer::Won => {
+                self.rename_now(conn, username);
+                // Records sent meanwhile carried the old name.
                 self.announce(conn);
             }
-            return;
+            RenameAnswer::Away => self.rename_now(conn, username),
         }
-        self.rename_now(conn, username);
     }
 
     /// Users whose name another server's user took while Redis was away get the guest name
@@ -202,44 +209,5 @@ impl Hub {
             self.rename_now(conn, new.username);
             self.send_to(conn, taken(&old).to_frame());
         }
-    }
-
-    /// A chat message as Redis ordered it, read back from the stream (this server's own
-    /// senders' too): kept, counted and delivered to this server's members of its channel. One
-    /// whose id is not above the last delivered is dropped: ids must strictly increase for
-    /// every client.
-    fn ordered_message(&mut self, id: u64, channel: &str, json: Box<RawValue>) {
-        let Some(cluster) = self.peers.cluster_mut() else {
-            return;
-        };
-        if id <= cluster.last_id {
-            warn!(
-                "message {id} in #{channel} from Redis is not above the last delivered ({}): \
-                 Redis lost data; not delivered",
-                cluster.last_id
-            );
-            return;
-        }
-        cluster.last_id = id;
-        let frame = text_frame(json.get().as_bytes());
-        // Kept where it will be shown: a channel that is here, held, or about to be joined.
-        // Any other channel's history is read from Redis when someone joins it.
-        if self.channels.contains_key(channel)
-            || self.histories.holds(channel)
-            || self.peers.cluster().is_some_and(|c| c.awaits(channel))
-        {
-            // No store with --redis: keeping cannot fail.
-            let _ = self.histories.record(channel, id, json);
-        }
-        self.messages += 1;
-        self.broadcast(channel, &frame, None);
-    }
-
-    /// History read from Redis for `channel`: merged with what this hub has kept meanwhile.
-    fn merge_history(&mut self, channel: &str, history: Option<Vec<Kept>>) {
-        let (Some(history), Some(cluster)) = (history, self.peers.cluster()) else {
-            return;
-        };
-        self.histories.merge(channel, history, cluster.last_id);
     }
 }

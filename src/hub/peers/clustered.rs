@@ -2,12 +2,13 @@
 //! clustered half of each question the steps ask `Peers`, which it answers by asking the
 //! publisher thread and never waiting. The answers come back as events (`answers.rs`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Map;
 use serde_json::value::RawValue;
 
-use super::port::{Candidate, ClusterLink, ClusterRequest, UserRecord};
+use super::link::ClusterLink;
+use super::port::{Candidate, ClusterRequest, UserRecord};
 use super::remote::RemoteUser;
 use super::{Arrival, Change, Early, Peers, Publish};
 use crate::connection::{ConnId, Outbox};
@@ -31,17 +32,26 @@ pub(in crate::hub) struct Clustered {
     pub(super) remote_names: HashMap<String, String>,
     /// The highest message id delivered: the floor of the next ones.
     pub(super) last_id: u64,
-    /// Connections whose name is being claimed: no `welcome` yet.
+    /// Connections whose name (or whose channel's history) is not settled: no `welcome` yet.
     pub(super) waiting: HashMap<ConnId, Waiting>,
     /// Users waiting for the history of the channel they asked to join.
     pub(super) moving: HashMap<ConnId, String>,
+    /// Channels whose history was read from Redis and is kept current from the stream: a
+    /// `welcome` to them needs no read.
+    pub(super) read: HashSet<String>,
+    /// Channels whose history is being read (asked once, whoever waits for it), and, when the
+    /// read is to set right what a loss skipped, the ids lost (see `recall.rs`).
+    pub(super) recalling: HashMap<String, Option<(u64, u64)>>,
 }
 
-/// A connection waiting for its name, and what it sent meanwhile.
+/// A connection waiting for its `welcome`, and what it sent meanwhile.
 #[derive(Debug)]
 pub(super) struct Waiting {
     pub(super) arrival: Arrival,
     pub(super) early: Vec<Early>,
+    /// Redis's answer to its claim, once it came: the name won (`None`: Redis could not be
+    /// asked).
+    pub(super) claimed: Option<Option<Candidate>>,
 }
 
 /// A `message` frame before Redis numbers it: without its type and id, which the script puts
@@ -67,6 +77,8 @@ impl Hub {
             last_id: 0,
             waiting: HashMap::new(),
             moving: HashMap::new(),
+            read: HashSet::new(),
+            recalling: HashMap::new(),
         }));
         hub
     }
@@ -111,6 +123,12 @@ impl Hub {
         if let Some(conn) = cluster.moving.keys().find(|c| !self.users.contains_key(c)) {
             return Err(format!("conn {conn} is moving but is not a user"));
         }
+        let waits = |channel: &String| cluster.recalling.contains_key(channel);
+        if let Some((conn, channel)) = cluster.moving.iter().find(|(_, ch)| !waits(ch)) {
+            return Err(format!(
+                "conn {conn} waits for #{channel}, which is not being read"
+            ));
+        }
         Ok(())
     }
 }
@@ -126,8 +144,9 @@ impl Clustered {
         self.remote_names.contains_key(&name_key(username))
     }
 
-    /// A newcomer's name is claimed in Redis first (its `welcome` comes with the answer),
-    /// unless Redis is away: then names are unique among those this server knows.
+    /// A newcomer's name is claimed in Redis first, and its channel's history read if this
+    /// server does not hold it (its `welcome` comes when both are settled), unless Redis is
+    /// away: then names are unique among those this server knows.
     pub(super) fn claim(
         &mut self,
         conn: ConnId,
@@ -148,16 +167,36 @@ impl Clustered {
             key: first.key.clone(),
             channel: arrival.channel.clone(),
             state: Map::new(),
+            operator: arrival.operator,
         };
         link.send(ClusterRequest::Claim {
             conn,
             record,
             candidates,
-            history: !history_held,
         });
-        let early = Vec::new();
-        self.waiting.insert(conn, Waiting { arrival, early });
+        if !self.holds_history(&arrival.channel, history_held) {
+            self.ask_history(&arrival.channel);
+        }
+        let waiting = Waiting {
+            arrival,
+            early: Vec::new(),
+            claimed: None,
+        };
+        self.waiting.insert(conn, waiting);
         None
+    }
+
+    /// Whether this server holds `channel`'s whole history (`held`: it holds some).
+    pub(super) fn holds_history(&self, channel: &str, held: bool) -> bool {
+        held && self.read.contains(channel) && !self.recalling.contains_key(channel)
+    }
+
+    /// Asks Redis for `channel`'s history, unless it is being read already.
+    pub(super) fn ask_history(&mut self, channel: &str) {
+        if !self.recalling.contains_key(channel) {
+            self.recalling.insert(channel.to_owned(), None);
+            self.link.recall(channel);
+        }
     }
 
     /// Keeps what a connection waiting for its name sent meanwhile.
@@ -208,23 +247,13 @@ impl Clustered {
     }
 
     /// The channel's history is read from Redis first, unless this server holds it, and the
-    /// user joins when it comes (`Hub::moved`); the others already see them there.
-    pub(super) fn join_later(
-        &mut self,
-        conn: ConnId,
-        user: &User,
-        channel: &str,
-        history_held: bool,
-    ) -> bool {
-        let Some(link) = self.up_link().filter(|_| !history_held) else {
+    /// user moves when it comes (`Hub::recalled`). A later join replaces this one.
+    pub(super) fn join_later(&mut self, conn: ConnId, channel: &str, history_held: bool) -> bool {
+        self.moving.remove(&conn);
+        if !self.up || self.holds_history(channel, history_held) {
             return false;
-        };
-        let mut record = record(user);
-        record.channel = channel.to_owned();
-        link.send(ClusterRequest::Update {
-            record,
-            answer: Some(conn),
-        });
+        }
+        self.ask_history(channel);
         self.moving.insert(conn, channel.to_owned());
         true
     }
@@ -234,7 +263,7 @@ impl Clustered {
     }
 
     /// Tells the other servers, if Redis can be asked (they hear all of it again, as a
-    /// `sync`, when it is back). Typing is not worth a backlog.
+    /// `sync`, when it is back). The link keeps only the newest of each user's.
     pub(super) fn tell(&self, change: Change) {
         let Some(link) = self.up_link() else {
             return;
@@ -242,23 +271,33 @@ impl Clustered {
         match change {
             Change::Updated(user) => link.send(ClusterRequest::Update {
                 record: record(user),
-                answer: None,
             }),
-            Change::Typing(user, typing) if !link.congested() => {
+            Change::Typing(user, typing) => {
                 let who = serde_json::to_string(&user.as_ref()).expect("users serialize");
                 link.send(ClusterRequest::Typing {
+                    id: user.id.clone(),
                     channel: user.channel.clone(),
                     user: who,
                     typing,
                 });
             }
-            Change::Typing(..) => {}
             Change::Left(user) => link.send(ClusterRequest::Leave {
                 id: user.id.clone(),
+                kicked: user.kicked,
             }),
-            // Moderation across servers is the Redis adapter's to carry: until it does, a
-            // kick, mute or ban acts on this server's users only (docs/reference.md).
-            Change::Moderate { .. } | Change::Muted(_) | Change::Banned { .. } => {}
+            Change::Moderate { by, moderation } => link.send(ClusterRequest::Moderate {
+                by: by.id.clone(),
+                action: moderation.clone(),
+            }),
+            Change::Muted(user) => link.send(ClusterRequest::Muted {
+                id: user.id.clone(),
+                channel: user.channel.clone(),
+                user: serde_json::to_string(&user.as_ref()).expect("users serialize"),
+                until: user.muted_until.unwrap_or(0),
+            }),
+            Change::Banned { address, until } => {
+                link.send(ClusterRequest::Ban { address, until });
+            }
         }
     }
 
@@ -287,12 +326,6 @@ impl Clustered {
 
     pub(super) fn into_outboxes(self: Box<Self>) -> impl Iterator<Item = Outbox> {
         self.waiting.into_values().map(|w| w.arrival.outbox)
-    }
-
-    /// Whether a connection waits for `channel`'s history.
-    pub(super) fn awaits(&self, channel: &str) -> bool {
-        self.moving.values().any(|m| m == channel)
-            || self.waiting.values().any(|w| w.arrival.channel == channel)
     }
 
     /// The names a new user may get, in order: the query's (if valid and free here), then
@@ -327,5 +360,6 @@ pub(super) fn record(user: &User) -> UserRecord {
         key: name_key(&user.username),
         channel: user.channel.clone(),
         state: user.state.clone(),
+        operator: user.operator,
     }
 }

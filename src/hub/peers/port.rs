@@ -1,22 +1,17 @@
 //! The hub's port to the other servers: the requests it makes and the answers and stream
-//! entries it is told of, and the link the requests travel on. These types belong to the hub,
-//! not to the Redis adapter that serves them (`src/cluster/`), so that the adapter imports the
-//! hub, as the doors do, and the hub never imports the adapter: this file is the whole of what
-//! the two share.
+//! entries it is told of (the link the requests travel on is `link.rs`). These types belong to
+//! the hub, not to the Redis adapter that serves them (`src/cluster/`), so that the adapter
+//! imports the hub, as the doors do, and the hub never imports the adapter: this file and
+//! `link.rs` are the whole of what the two share.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::connection::ConnId;
-
-/// ClusterRequests that may wait for the publisher. Past this (a slow Redis), messages and typing
-/// are refused rather than queued without bound; presence is always queued.
-pub const MAX_BACKLOG: usize = 8192;
+use crate::protocol::Moderation;
 
 /// A user as the cluster stores and announces them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +23,10 @@ pub struct UserRecord {
     pub channel: String,
     #[serde(default)]
     pub state: Map<String, Value>,
+    /// Whether they gave the operator token: an operator elsewhere may not kick, mute or ban
+    /// them.
+    #[serde(default)]
+    pub operator: bool,
 }
 
 /// A name a user may get, in the order they are tried.
@@ -44,48 +43,73 @@ pub type Kept = (u64, Box<RawValue>);
 /// as [`ClusterEvent`]s.
 #[derive(Debug)]
 pub enum ClusterRequest {
-    /// Claim the first free name of `candidates` for a new user and announce them (`up`); with
-    /// `history`, also the last messages of its channel. Answered by [`ClusterEvent::Claimed`].
+    /// Claim the first free name of `candidates` for a new user and announce them (`up`).
+    /// Answered by [`ClusterEvent::Claimed`].
     Claim {
         conn: ConnId,
         record: UserRecord,
         candidates: Vec<Candidate>,
-        history: bool,
     },
-    /// A user moved or set a state: store and announce the record. With `answer`, it moved
-    /// into a channel whose history this server does not hold: answered by
-    /// [`ClusterEvent::Moved`] with that history.
-    Update {
-        record: UserRecord,
-        answer: Option<ConnId>,
-    },
-    /// Take the record's name (if free) and announce it. Answered by [`ClusterEvent::Renamed`].
+    /// A user moved or set a state: store and announce the record. Only the newest record
+    /// of a user waiting to be sent is kept.
+    Update { record: UserRecord },
+    /// Take the record's name (if free) and announce it. Answered by [`ClusterEvent::Renamed`]
+    /// (only the newest rename of a user waiting to be sent is kept, and answered).
     Rename { conn: ConnId, record: UserRecord },
-    /// A user left: release their name, remove and announce.
-    Leave { id: String },
-    /// Someone is typing: announced, not stored (at most once).
+    /// A user left (`kicked`: removed by an operator): release their name, remove and
+    /// announce. What else of theirs waits to be sent is dropped.
+    Leave { id: String, kicked: bool },
+    /// Someone is typing: announced, not stored. `id` is theirs; `user` is
+    /// `{"id","username"}`. Only the newest of a user waiting to be sent is kept.
     Typing {
+        id: String,
         channel: String,
         user: String,
         typing: bool,
     },
     /// A chat message: `unnumbered` is its frame after the `"id":N,` the script puts in. A
-    /// failure is answered by [`ClusterEvent::PublishFailed`]; success by the message coming
-    /// back.
+    /// refusal is answered by [`ClusterEvent::PublishFailed`], only once it is certain the
+    /// message never will be delivered; success by the message coming back.
     Publish {
         conn: ConnId,
         channel: String,
         unnumbered: String,
         floor: u64,
     },
-    /// The last messages of a channel. Answered by [`ClusterEvent::Recalled`].
-    Recall { channel: String },
+    /// An operator here asks for a kick, mute or ban of another server's user (`by`: the
+    /// operator's id): announced, and done by the server that has them.
+    Moderate { by: String, action: Moderation },
+    /// A user here was muted until `until` (0: unmuted): announced, not stored, for their
+    /// channel's members elsewhere. `user` is as frames show them. Only the newest of a user
+    /// waiting to be sent is kept.
+    Muted {
+        id: String,
+        channel: String,
+        user: String,
+        until: u64,
+    },
+    /// A client address banned until `until` (a `ts`): kept in `<p>:bans` for servers that
+    /// start later, and announced.
+    Ban { address: IpAddr, until: u64 },
     /// Register every user of this server again (after Redis was away), each with the names
     /// it may get. Answered by [`ClusterEvent::Registered`].
     Register {
         users: Vec<(ConnId, UserRecord, Vec<Candidate>)>,
         floor: u64,
     },
+}
+
+/// What Redis said of a rename.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenameAnswer {
+    /// The name is the user's.
+    Won,
+    /// Someone on another server holds it.
+    Taken,
+    /// Redis could not be asked: the name is settled among this server's users alone.
+    Away,
+    /// Redis answered with an error: the rename is refused.
+    Failed,
 }
 
 /// What the cluster's threads tell the hub.
@@ -95,36 +119,29 @@ pub enum ClusterEvent {
     Up,
     /// The publisher lost Redis: refuse messages until [`ClusterEvent::Up`].
     Down,
-    /// The answer to [`ClusterRequest::Claim`]: the name won, or `None` if Redis could not be asked;
-    /// the channel's history if it was asked for and could be read.
+    /// The answer to [`ClusterRequest::Claim`]: the name won, or `None` if Redis could not be
+    /// asked.
     Claimed {
         conn: ConnId,
         id: String,
         name: Option<Candidate>,
-        history: Option<Vec<Kept>>,
     },
-    /// The answer to [`ClusterRequest::Update`] with an `answer`.
-    Moved {
-        conn: ConnId,
-        channel: String,
-        history: Option<Vec<Kept>>,
-    },
-    /// The answer to [`ClusterRequest::Rename`]: `Some(true)` taken, `Some(false)` held by someone
-    /// else, `None` Redis could not be asked.
+    /// The answer to [`ClusterRequest::Rename`].
     Renamed {
         conn: ConnId,
         username: String,
-        won: Option<bool>,
+        answer: RenameAnswer,
     },
-    PublishFailed {
-        conn: ConnId,
-    },
+    /// A message of `conn`'s will never be delivered: its sender is told `unavailable`.
+    PublishFailed { conn: ConnId },
+    /// The answer to [`ClusterLink::recall`](super::link::ClusterLink::recall): the channel's last messages, or `None` when
+    /// Redis could not be asked.
     Recalled {
         channel: String,
         history: Option<Vec<Kept>>,
     },
-    /// The answer to [`ClusterRequest::Register`]: users whose name was taken meanwhile, with the old
-    /// name and the one they got instead.
+    /// The answer to [`ClusterRequest::Register`]: users whose name was taken meanwhile, with
+    /// the old name and the one they got instead.
     Registered {
         renamed: Vec<(ConnId, String, Candidate)>,
     },
@@ -134,15 +151,17 @@ pub enum ClusterEvent {
         channel: String,
         json: Box<RawValue>,
     },
+    /// The messages after id `after` and before id `before` were trimmed from the stream
+    /// before this server read them (it fell further behind than the stream keeps): what its
+    /// clients were shown must be set right from the channels' histories.
+    Lost { after: u64, before: u64 },
     /// Another server's user, as they now are.
-    Upsert {
-        server: String,
-        record: UserRecord,
-    },
-    /// Another server's user left.
+    Upsert { server: String, record: UserRecord },
+    /// Another server's user left (`kicked`: removed by an operator).
     Remove {
         server: String,
         id: String,
+        kicked: bool,
     },
     /// All of another server's users.
     Sync {
@@ -150,69 +169,31 @@ pub enum ClusterEvent {
         records: Vec<UserRecord>,
     },
     /// Another server and all its users are gone.
-    Gone {
-        server: String,
-    },
-    /// Every other server's users, read at once (at start, or after Redis lost data or the
-    /// reader missed entries): the view is replaced. With `before`, reading goes on after
-    /// every message up to that id: those are never read, and history may show them.
+    Gone { server: String },
+    /// Every other server's users, read at once (at start, after Redis lost data or after the
+    /// reader missed presence entries): the view is replaced. With `before`, reading goes on
+    /// after every message up to that id: those are never read, and history may show them.
     Snapshot {
         records: Vec<(String, UserRecord)>,
         before: Option<u64>,
     },
+    /// An operator on another server asks for a kick, mute or ban of a user, who may be one of
+    /// this server's (`by`: the operator's id).
+    Moderate { by: String, action: Moderation },
+    /// Someone on another server was muted until `until` (0: unmuted). `user` is as frames
+    /// show them.
+    Muted {
+        channel: String,
+        user: Box<RawValue>,
+        until: u64,
+    },
+    /// A client address is banned until `until`: from the stream, or from `<p>:bans` when the
+    /// reader takes a view.
+    Banned { address: IpAddr, until: u64 },
     /// Someone on another server is typing. `user` is `{"id","username"}`.
     Typing {
         channel: String,
         user: Box<RawValue>,
         typing: bool,
     },
-}
-
-/// The hub's end of the link to the publisher thread: an unbounded mpsc queue (the hub never
-/// waits on it) and the count of requests not yet taken, to refuse what a slow Redis cannot
-/// take.
-#[derive(Debug, Clone)]
-pub struct ClusterLink {
-    requests: Sender<ClusterRequest>,
-    backlog: Arc<AtomicUsize>,
-}
-
-impl ClusterLink {
-    /// A link and the publisher's end of it.
-    pub fn new() -> (ClusterLink, ClusterRequests) {
-        let (requests, receiver) = std::sync::mpsc::channel();
-        let backlog = Arc::new(AtomicUsize::new(0));
-        let link = ClusterLink {
-            requests,
-            backlog: Arc::clone(&backlog),
-        };
-        (link, ClusterRequests { receiver, backlog })
-    }
-
-    /// Queues a request; never waits.
-    pub fn send(&self, request: ClusterRequest) {
-        self.backlog.fetch_add(1, Ordering::Relaxed);
-        if self.requests.send(request).is_err() {
-            self.backlog.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Whether the publisher is so far behind that optional requests should be refused.
-    pub fn congested(&self) -> bool {
-        self.backlog.load(Ordering::Relaxed) >= MAX_BACKLOG
-    }
-}
-
-/// The publisher's end of a [`ClusterLink`].
-#[derive(Debug)]
-pub struct ClusterRequests {
-    pub receiver: Receiver<ClusterRequest>,
-    backlog: Arc<AtomicUsize>,
-}
-
-impl ClusterRequests {
-    /// Counts a request as taken off the queue.
-    pub fn taken(&self) {
-        self.backlog.fetch_sub(1, Ordering::Relaxed);
-    }
 }

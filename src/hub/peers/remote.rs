@@ -31,7 +31,7 @@ impl RemoteUser {
         let listing = UserWithState {
             id: &record.id,
             username: &record.username,
-            operator: false,
+            operator: record.operator,
             state: &record.state,
         };
         let listing = serde_json::value::to_raw_value(&listing).expect("users always serialize");
@@ -46,7 +46,7 @@ impl RemoteUser {
         UserRef {
             id: &self.record.id,
             username: &self.record.username,
-            operator: false,
+            operator: self.record.operator,
         }
     }
 }
@@ -69,21 +69,22 @@ impl Hub {
             .remote_names
             .insert(record.key.clone(), record.id.clone());
         let user = RemoteUser::new(server, record);
-        let (channel, username, state) = (
+        let (channel, username, state, operator) = (
             user.record.channel.clone(),
             user.record.username.clone(),
             user.record.state.clone(),
+            user.record.operator,
         );
         cluster.remote.insert(id.clone(), user);
         let who = UserRef {
             id: &id,
             username: &username,
-            operator: false,
+            operator,
         };
         match old {
             None => self.remote_enter(who, &channel),
             Some(old) if old.record.channel != channel => {
-                self.remote_leave(&old, &old.record.channel);
+                self.remote_leave(&old, &old.record.channel, false);
                 self.remote_enter(who, &channel);
             }
             Some(old) => {
@@ -104,12 +105,19 @@ impl Hub {
                     });
                     self.broadcast(&channel, &frame, None);
                 }
+                if operator && !old.record.operator {
+                    let frame = encode(&ServerFrame::Operator {
+                        channel: &channel,
+                        user: who,
+                    });
+                    self.broadcast(&channel, &frame, None);
+                }
             }
         }
     }
 
-    /// Another server's user left.
-    pub(super) fn remote_remove(&mut self, id: &str) {
+    /// Another server's user left (`kicked`: removed by an operator).
+    pub(super) fn remote_remove(&mut self, id: &str, kicked: bool) {
         let Some(cluster) = self.peers.cluster_mut() else {
             return;
         };
@@ -124,14 +132,14 @@ impl Hub {
         {
             cluster.remote_names.remove(&user.record.key);
         }
-        self.remote_leave(&user, &user.record.channel);
+        self.remote_leave(&user, &user.record.channel, kicked);
     }
 
     /// All of `server`'s users: those not among `records` have left.
     pub(super) fn remote_sync(&mut self, server: String, records: Vec<UserRecord>) {
         let keep: HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
         for id in self.remote_ids(|u| u.server == server && !keep.contains(u.record.id.as_str())) {
-            self.remote_remove(&id);
+            self.remote_remove(&id, false);
         }
         for record in records {
             self.remote_upsert(server.clone(), record);
@@ -145,7 +153,7 @@ impl Hub {
             info!("{} users of server {server} are gone with it", gone.len());
         }
         for id in gone {
-            self.remote_remove(&id);
+            self.remote_remove(&id, false);
         }
     }
 
@@ -153,7 +161,7 @@ impl Hub {
     pub(super) fn remote_snapshot(&mut self, records: Vec<(String, UserRecord)>) {
         let keep: HashSet<&str> = records.iter().map(|(_, r)| r.id.as_str()).collect();
         for id in self.remote_ids(|u| !keep.contains(u.record.id.as_str())) {
-            self.remote_remove(&id);
+            self.remote_remove(&id, false);
         }
         debug!("a view of {} users on other servers", records.len());
         for (server, record) in records {
@@ -176,6 +184,27 @@ impl Hub {
             channel,
             user,
             typing,
+        });
+        let frame = text_frame(&json.expect("frames always serialize"));
+        self.broadcast(channel, &frame, None);
+    }
+
+    /// Someone on another server was muted until `until` (0: unmuted), by an operator there or
+    /// anywhere: told to this server's members of the channel.
+    pub(super) fn remote_muted(&mut self, channel: &str, user: &RawValue, until: u64) {
+        #[derive(serde::Serialize)]
+        struct Muted<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            channel: &'a str,
+            user: &'a RawValue,
+            until: u64,
+        }
+        let json = serde_json::to_vec(&Muted {
+            kind: "muted",
+            channel,
+            user,
+            until,
         });
         let frame = text_frame(&json.expect("frames always serialize"));
         self.broadcast(channel, &frame, None);
@@ -210,8 +239,9 @@ impl Hub {
         }
     }
 
-    /// Takes a remote user out of `channel`, and tells its members here.
-    fn remote_leave(&mut self, user: &RemoteUser, channel: &str) {
+    /// Takes a remote user out of `channel`, and tells its members here (`kicked`: that an
+    /// operator removed them).
+    fn remote_leave(&mut self, user: &RemoteUser, channel: &str, kicked: bool) {
         let Some(ch) = self.channels.get_mut(channel) else {
             return;
         };
@@ -231,7 +261,7 @@ impl Hub {
             user: user.as_ref(),
             count: ch.count(),
             text: format!("{} has left the chat", user.record.username),
-            kicked: false,
+            kicked,
         });
         self.presence(channel, frame, REMOTE);
     }
