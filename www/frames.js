@@ -16,6 +16,8 @@ const Frames = (() => {
           // Always scroll to what we just said.
           const li = View.addMessage(f, Room.isMine(f.user), mentions);
           if (li) Attention.onLiveMessage(f, li, mentions.length > 0);
+          // Ours went through: an `unavailable` ("not sent") error shown is no longer true.
+          if (Room.isMine(f.user)) View.hideError('unavailable');
         }
         break;
       case 'joined':

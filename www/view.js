@@ -30,7 +30,11 @@ const View = (() => {
 
   const STATUS_KINDS = ['connected', 'connecting', 'disconnected', 'waiting'];
 
-  const seen = new Set(); // message ids already on screen (no duplicates after a reconnect)
+  // Message ids already on screen, each with who sent it and when: the same message again
+  // (from a history that overlaps what was shown live) is not shown twice, but a new message
+  // given an id already shown (a count that started again, as step 8's after Redis lost its
+  // data) is shown.
+  const seen = new Map();
   let errorTimer = null;
   let statusText = '';
   let unread = 0;
@@ -74,8 +78,9 @@ const View = (() => {
   // `mentions`: [start, end) ranges of the text that mention us, highlighted.
   function addMessage(m, forceScroll, mentions = []) {
     if (typeof m.id === 'number' || typeof m.id === 'string') {
-      if (seen.has(m.id)) return null; // already shown
-      seen.add(m.id);
+      const identity = String(m.ts) + ' ' + String(m.user && m.user.id);
+      if (seen.get(m.id) === identity) return null; // already shown
+      seen.set(m.id, identity);
     }
     const follow = forceScroll || isNearBottom();
 
@@ -297,7 +302,9 @@ const View = (() => {
     clearTimeout(errorTimer);
     errorTimer = setTimeout(hideError, ERROR_VISIBLE_MS);
   }
-  function hideError() {
+  // Hides the error shown; given a `code`, only an error of that code.
+  function hideError(code) {
+    if (code && el.error.dataset.code !== code) return;
     clearTimeout(errorTimer);
     el.error.hidden = true;
     el.error.textContent = '';
