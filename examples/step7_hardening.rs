@@ -615,7 +615,9 @@ fn serve(stream: TcpStream, hub: SyncSender<Event>, limits: Limits, place: Place
     let (welcomed, on_welcome) = mpsc::channel();
     tell_hub(Event::Connected { id, query, outbox: outbox.clone(), welcomed });
     let _ = on_welcome.recv();
-    if let Some(goodbye) = read_requests(&mut ws, id, &outbox, &hub, limits) {
+    let goodbye = read_requests(&mut ws, id, &outbox, &hub, limits);
+    let we_close = goodbye.is_some();
+    if let Some(goodbye) = goodbye {
         outbox.deliver(goodbye);
     }
     tell_hub(Event::Disconnected { id });
@@ -623,7 +625,28 @@ fn serve(stream: TcpStream, hub: SyncSender<Event>, limits: Limits, place: Place
     // once it cannot write).
     drop(outbox);
     let _ = writer.join();
+    if we_close {
+        read_what_is_left(&mut ws.get_mut().stream);
+    }
     drop(place);
+}
+
+/// Reads and drops what a client we closed still sends, for at most a second, until it hangs
+/// up. A socket closed with the client's bytes unread is reset by the kernel, and the reset
+/// can overtake our close frame: a flooder would see 1006 (no close) instead of its 1008.
+fn read_what_is_left(stream: &mut TcpStream) {
+    let until = Instant::now() + Duration::from_secs(1);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut scratch = [0u8; 4096];
+    while Instant::now() < until {
+        match stream.read(&mut scratch) {
+            Ok(0) => return,
+            Err(err) if !matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return;
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Reads the client's frames and hands its requests to the hub until the connection ends;

@@ -1146,6 +1146,8 @@ fn step8_example_without_redis_a_message_is_unavailable_and_then_flows_again() {
     };
     ada.say("before");
     assert_eq!(bob.recv_type("message")["text"], "before");
+    bob.say("me too");
+    assert_eq!(ada.recv_type("message")["text"], "me too");
     redis.kill();
     ada.send(json!({"type": "message", "text": "while away"}));
     let refusal = next_of(&mut ada, "error", &["message"]);
@@ -1176,6 +1178,14 @@ fn step8_example_without_redis_a_message_is_unavailable_and_then_flows_again() {
         "after",
         "the other server reads on"
     );
+    // Bob's server sent nothing while Redis was away, so its publisher still holds a
+    // connection to the Redis that died. A moment later (a person's pace), his first message
+    // must go through all the same: the dead connection is not his message's to discover.
+    thread::sleep(Duration::from_millis(1500));
+    bob.send(json!({"type": "message", "text": "back too"}));
+    let frame = next_of(&mut bob, "message", &["error"]);
+    assert_eq!(frame["text"], "back too", "{frame}");
+    assert_eq!(ada.recv_type("message")["text"], "back too");
 }
 
 // ---------------------------------------------------------------------------------------------

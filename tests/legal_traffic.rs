@@ -88,11 +88,13 @@ fn every_client_survives(signal: libc::c_int) {
 
 #[test]
 fn legal_a_stopped_and_resumed_server_loses_no_connection() {
+    let _turn = one_at_a_time();
     every_client_survives(libc::SIGSTOP);
 }
 
 #[test]
 fn legal_ctrl_z_and_fg_lose_no_connection() {
+    let _turn = one_at_a_time();
     every_client_survives(libc::SIGTSTP);
 }
 
@@ -102,6 +104,14 @@ fn legal_ctrl_z_and_fg_lose_no_connection() {
 /// A freeze, not a measurement: a quiet pair's round trip is a few milliseconds on a server
 /// that keeps its channels apart (the benchmark measures it), and seconds on one that does not.
 const FROZEN: Duration = Duration::from_secs(2);
+
+/// Each test here is a load on a machine of two cores: two at once would measure each other,
+/// not the server, so they take turns.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// A WebSocket upgraded by hand from `from`, the server's answer read: the socket, ready for
 /// frames written and read by hand (what it is sent after the handshake is left unread).
@@ -309,11 +319,13 @@ fn crowd_never_freezes_a_quiet_channel(moves: Moves) {
 
 #[test]
 fn legal_a_crowds_cursors_never_freeze_a_quiet_channel() {
+    let _turn = one_at_a_time();
     crowd_never_freezes_a_quiet_channel(Moves::State);
 }
 
 #[test]
 fn legal_a_crowd_typing_never_freezes_a_quiet_channel() {
+    let _turn = one_at_a_time();
     crowd_never_freezes_a_quiet_channel(Moves::Typing);
 }
 
@@ -361,6 +373,7 @@ fn fill_history(addr: SocketAddr, channel: &str) {
 
 #[test]
 fn legal_joins_into_a_full_history_never_freeze_a_quiet_channel() {
+    let _turn = one_at_a_time();
     // Each `join` into #full is answered with a welcome of about 800 KB: 60 members hopping 19
     // times a second would make the server write 900 MB a second, were it not charged to them.
     const HOPPERS: usize = 60;
@@ -423,6 +436,7 @@ fn legal_joins_into_a_full_history_never_freeze_a_quiet_channel() {
 
 #[test]
 fn legal_channel_lists_of_many_channels_never_freeze_a_quiet_channel() {
+    let _turn = one_at_a_time();
     // 500 channels with the longest names, and 50 members asking for the list 19 times a second:
     // 30 KB an answer, 30 MB a second, were it not charged to them.
     const CHANNELS: usize = 500;
@@ -475,6 +489,7 @@ fn legal_channel_lists_of_many_channels_never_freeze_a_quiet_channel() {
 
 #[test]
 fn legal_a_ping_flood_from_many_connections_never_freezes_a_quiet_channel() {
+    let _turn = one_at_a_time();
     // Pings are not rate limited: 200 connections from one address write them as fast as TCP
     // takes them, and never read.
     const FLOODERS: usize = 200;
@@ -528,6 +543,7 @@ fn kernel_tcp() -> (u64, u64) {
 
 #[test]
 fn legal_slow_readers_are_cut_off_and_give_back_their_memory() {
+    let _turn = one_at_a_time();
     // 150 members with a 4 KiB receive buffer who never read, in a channel where 10 others
     // each say 8 KB 19 times a second: each is soon more than the slow-reader limit behind.
     const SLOW: usize = 150;
@@ -660,6 +676,7 @@ impl SlowSocket {
 
 #[test]
 fn legal_presence_churn_never_drops_a_member_on_a_slow_link() {
+    let _turn = one_at_a_time();
     // 200 arrivals a second into #lobby, each leaving a second later, with the longest names:
     // 100 KB a second of `joined` and `left`. The phone reads 15 KB a second.
     const ARRIVALS_PER_S: u64 = 200;
