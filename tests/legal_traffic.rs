@@ -98,6 +98,56 @@ fn legal_ctrl_z_and_fg_lose_no_connection() {
     every_client_survives(libc::SIGTSTP);
 }
 
+#[test]
+fn legal_a_pause_longer_than_the_idle_limit_drops_no_client_that_answers_pings() {
+    let _turn = one_at_a_time();
+    // Pings every half second, so a client silent for 1.25 s is closed; the pause is 3 s.
+    let server = ServerProcess::start(&["--ping-interval", "0.5"], &[], None);
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Each client reads all the time, so it answers every ping it is sent.
+    let listeners: Vec<_> = (0..5)
+        .map(|i| {
+            let mut client = Client::chat(addr, &format!("awake{i}"));
+            let stop = Arc::clone(&stop);
+            client
+                .ws
+                .get_ref()
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match client.ws.read() {
+                        Ok(Message::Close(frame)) => return (client, Some(format!("{frame:?}"))),
+                        Err(tungstenite::Error::Io(e))
+                            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                        Err(e) => return (client, Some(format!("ended: {e}"))),
+                        Ok(_) => {}
+                    }
+                }
+                (client, None)
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(600));
+    let pid = server.child.id() as libc::pid_t;
+    // SAFETY: kill only sends a signal to the process the test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    // Past another idle limit after the pause: whoever the server took for silent is gone.
+    thread::sleep(Duration::from_millis(2000));
+    stop.store(true, Ordering::Relaxed);
+    let (clients, ended): (Vec<Client>, Vec<Option<String>>) =
+        listeners.into_iter().map(|l| l.join().unwrap()).unzip();
+    let ended: Vec<String> = ended.into_iter().flatten().collect();
+    assert!(
+        ended.is_empty(),
+        "clients that answer every ping were dropped after the pause: {ended:?}"
+    );
+    assert_eq!(common::stats(addr)["online"], clients.len());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Crowds, floods and slow readers: clients that stay inside every limit.
 

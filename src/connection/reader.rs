@@ -161,6 +161,18 @@ impl Keepalive {
         self.interval.mul_f64(2.5)
     }
 
+    /// Keeps a stopped and resumed process (Ctrl-Z and `fg`, a debugger, a frozen container)
+    /// from taking its clients for silent: the clock ran on while nobody sent them pings.
+    /// A ping more than an interval late means this thread could not run, so the client gets
+    /// its whole allowance again and a ping at once. A client that answers every ping is heard
+    /// at least once an interval, so it is never idle unless its ping is 1.5 intervals late.
+    fn after_a_pause(&mut self, now: Instant) {
+        if now > self.next_ping + self.interval {
+            self.last_heard = now;
+            self.next_ping = now;
+        }
+    }
+
     /// The next moment the reader must stop reading to do something.
     fn due(&self) -> Instant {
         let due = self.next_ping.min(self.last_heard + self.idle_limit());
@@ -302,6 +314,7 @@ impl Reader {
     pub fn next_message(&mut self) -> Result<Incoming, Ended> {
         loop {
             let now = Instant::now();
+            self.keepalive.after_a_pause(now);
             if now >= self.keepalive.last_heard + self.keepalive.idle_limit() {
                 return Err(Ended::Idle);
             }
@@ -441,6 +454,23 @@ fn read_on(mut socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step7_a_pause_longer_than_the_idle_limit_gives_the_client_a_ping_and_its_allowance() {
+        let mut keepalive = Keepalive::new(Duration::from_secs(30));
+        let start = keepalive.last_heard;
+        keepalive.next_ping = start + Duration::from_secs(30);
+        // On time, or a little late: nothing changes.
+        keepalive.after_a_pause(start + Duration::from_secs(59));
+        assert_eq!(keepalive.last_heard, start);
+        // Stopped for 80 s: a ping is due now, and silence counts from now.
+        let resumed = start + Duration::from_secs(80);
+        keepalive.after_a_pause(resumed);
+        assert_eq!(
+            (keepalive.last_heard, keepalive.next_ping),
+            (resumed, resumed)
+        );
+    }
 
     #[test]
     fn step7_control_frames_are_read_a_burst_at_once_then_one_per_interval() {
