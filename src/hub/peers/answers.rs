@@ -60,13 +60,24 @@ impl Hub {
                 user,
                 typing,
             } => self.remote_typing(&channel, &user, typing),
-            ClusterEvent::Moderate { by, action } => self.moderated_elsewhere(&by, &action),
+            ClusterEvent::Moderate {
+                by,
+                action,
+                sanction,
+            } => self.moderated_elsewhere(&by, &action, sanction),
             ClusterEvent::Muted {
                 channel,
                 user,
                 until,
-            } => self.remote_muted(&channel, &user, until),
-            ClusterEvent::Banned { address, until } => self.bans.ban(address, until),
+                address,
+            } => {
+                if let Some(address) = address {
+                    self.mutes.set(address, until);
+                }
+                self.remote_muted(&channel, &user, until);
+            }
+            ClusterEvent::AddressMuted { address, until } => self.mutes.set(address, until),
+            ClusterEvent::Banned { address, until } => self.ban_here(address, until),
         }
     }
 
