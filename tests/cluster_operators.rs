@@ -372,21 +372,20 @@ fn cluster_operators_a_banned_user_who_comes_back_at_once_to_the_operators_serve
 }
 
 #[test]
-fn cluster_operators_a_ban_removes_everyone_from_the_address_on_every_server() {
-    let Some(mut p) = Pair::start("cluster_operators_ban_everyone") else {
+fn cluster_operators_a_ban_of_a_user_elsewhere_leaves_others_from_the_address_who_were_in() {
+    let Some(mut p) = Pair::start("cluster_operators_ban_others_stay") else {
         return;
     };
-    // Bob has a second connection, from his address, on the operator's server.
-    let (mut twin, _) = enter(p.a.local_addr(), host(2), "BobsTwin");
-    let (mut carl, _) = enter(p.a.local_addr(), host(3), "Carl");
-    all_see(&p.both(), 4);
+    // Someone else at Bob's address (a shared network), on the operator's server, in well
+    // before the ban (further back than the servers' clocks may differ).
+    let (mut neighbour, _) = enter(p.a.local_addr(), host(2), "Neighbour");
+    all_see(&p.both(), 3);
+    std::thread::sleep(Duration::from_millis(2_500));
     p.op.send(json!({"type": "ban", "user": p.bob_id, "minutes": 60}));
     assert!(p.bob.recv_type("kicked")["until"].is_u64());
     assert_eq!(p.bob.close_code(), Some(4001));
-    assert!(twin.recv_type("kicked")["until"].is_u64());
-    assert_eq!(twin.close_code(), Some(4001));
     all_see(&p.both(), 2);
-    carl.say("Carl, from another address, is still here");
+    neighbour.say("still here, as a ban on one server leaves me");
 }
 
 #[test]

@@ -27,6 +27,11 @@ use crate::protocol::{ChatError, ChatRequest, ErrorCode, Moderation, ServerFrame
 /// The close code of a user removed by an operator (kicked or banned).
 pub const REMOVED: u16 = 4001;
 
+/// How far apart two servers' clocks may be, about: a ban made on another server removes
+/// those from the address who came in since it was made, by this server's clock, give or take
+/// this.
+const CLOCKS_APART_MS: u64 = 2_000;
+
 /// Client addresses banned by operators, each until a `ts` (milliseconds since the epoch).
 /// Shared by the hub, which bans, and every connection thread, which checks: held for a map
 /// lookup at a time, never across a socket call.
@@ -206,8 +211,26 @@ impl Hub {
     fn sanctioned(&mut self, moderation: &Moderation, address: IpAddr, until: u64) {
         match moderation {
             Moderation::Kick { .. } => {}
-            Moderation::Mute { .. } => self.mutes.set(address, until),
-            Moderation::Ban { .. } => self.ban_here(address, until),
+            Moderation::Mute { .. } => self.address_muted(address, until),
+            Moderation::Ban { minutes, .. } => {
+                let made = until.saturating_sub(u64::from(*minutes) * 60_000);
+                self.ban_here(address, until, made);
+            }
+        }
+    }
+
+    /// `address` is muted until `until` (0: lifted), here or on another server: whoever
+    /// connects from there meanwhile starts muted, and a lift frees everyone here from there.
+    pub(super) fn address_muted(&mut self, address: IpAddr, until: u64) {
+        self.mutes.set(address, until);
+        if until > now_ms() {
+            return;
+        }
+        let source = source_of(address);
+        for user in self.users.values_mut() {
+            if source_of(user.address) == source {
+                user.muted_until = None;
+            }
         }
     }
 
@@ -263,22 +286,24 @@ impl Hub {
                     self.peers.tell(Change::Banned { address, until });
                 }
                 self.kick(target, reason.as_deref(), Some(until));
-                self.ban_here(address, until);
+                self.ban_here(address, until, now_ms());
             }
         }
     }
 
-    /// `address` is banned until `until` (here, or told by another server): in the table the
-    /// doors read, and everyone here from that address but operators is removed, as the
-    /// banned user was (`kicked` with the `until`, a close with 4001).
-    pub(super) fn ban_here(&mut self, address: IpAddr, until: u64) {
+    /// `address` is banned until `until` (here, or told by another server, `made` then): in
+    /// the table the doors read. Those here from that address who came in since it was made
+    /// (give or take the servers' clocks) are removed as the banned user was (`kicked` with
+    /// the `until`, a close with 4001): the door would have refused them had it known. Those
+    /// in before stay, as a ban on one server leaves them, and so do operators.
+    pub(super) fn ban_here(&mut self, address: IpAddr, until: u64, made: u64) {
         self.bans.ban(address, until);
         let Some(until) = self.bans.until(address) else {
             return; // over already
         };
-        let source = source_of(address);
+        let (source, since) = (source_of(address), made.saturating_sub(CLOCKS_APART_MS));
         let there: Vec<ConnId> = (self.users.iter())
-            .filter(|(_, u)| !u.operator && source_of(u.address) == source)
+            .filter(|(_, u)| !u.operator && u.arrived >= since && source_of(u.address) == source)
             .map(|(conn, _)| *conn)
             .collect();
         for conn in there {
@@ -286,14 +311,17 @@ impl Hub {
         }
     }
 
-    /// Removes `conn`, just admitted, if its address was banned while it came in (after the
-    /// door's look, before the hub had it): a ban holds for connections in flight too.
-    pub(super) fn kick_if_banned(&mut self, conn: ConnId) {
-        let Some(user) = self.users.get(&conn).filter(|u| !u.operator) else {
+    /// What operators did to `conn`'s address holds for it, just admitted: removed if it was
+    /// banned while the connection came in (after the door's look, before the hub had it);
+    /// muted if it is muted, as a mute follows the person.
+    pub(super) fn sanctions_on_arrival(&mut self, conn: ConnId) {
+        let Some(user) = self.users.get_mut(&conn).filter(|u| !u.operator) else {
             return;
         };
         if let Some(until) = self.bans.until(user.address) {
             self.kick(conn, None, Some(until));
+        } else if let Some(until) = self.mutes.until(user.address) {
+            user.muted_until = Some(until);
         }
     }
 
@@ -325,7 +353,9 @@ impl Hub {
             return;
         };
         user.muted_until = (until > 0).then_some(until);
-        self.mutes.set(user.address, until);
+        let address = user.address;
+        self.address_muted(address, until);
+        let user = &self.users[&target];
         let frame = encode(&ServerFrame::Muted {
             channel: &user.channel,
             user: user.as_ref(),
@@ -337,22 +367,22 @@ impl Hub {
     }
 
     /// Refuses a muted user's `message`, `typing` and `state` with `muted`; true if it did.
-    /// A user is muted who was, or whose address is (an operator never is).
     pub(super) fn refused_for_mute(&mut self, conn: ConnId, request: &ChatRequest) -> bool {
         let speaks = matches!(
             request,
             ChatRequest::Message { .. } | ChatRequest::Typing { .. } | ChatRequest::State { .. }
         );
-        let Some(user) = self.users.get_mut(&conn).filter(|u| speaks && !u.operator) else {
+        let Some(user) = self.users.get_mut(&conn).filter(|_| speaks) else {
+            return false;
+        };
+        let Some(until) = user.muted_until else {
             return false;
         };
         let now = now_ms();
-        if user.muted_until.is_some_and(|until| until <= now) {
+        if until <= now {
             user.muted_until = None; // over: nobody is told, the `muted` frame said when
-        }
-        let Some(until) = user.muted_until.max(self.mutes.until(user.address)) else {
             return false;
-        };
+        }
         let minutes = (until - now).div_ceil(60_000);
         let refusal = ChatError::new(
             ErrorCode::Muted,
@@ -612,8 +642,6 @@ mod tests {
         // A mute that has run out lets them speak again, without a word from anyone.
         room.send(&ada, json!({"type": "mute", "user": bob_id, "minutes": 1}));
         room.hub.users.get_mut(&bob.conn).unwrap().muted_until = Some(now_ms() - 1);
-        let bobs = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
-        room.hub.mutes.until.insert(bobs, now_ms() - 1);
         ada.frames();
         room.send(&bob, json!({"type": "message", "text": "free"}));
         assert_eq!(ada.of_type("message")[0]["text"], "free");
@@ -693,13 +721,17 @@ mod tests {
     }
 
     #[test]
-    fn operators_a_ban_removes_everyone_from_the_address_but_operators() {
+    fn operators_a_ban_removes_those_from_the_address_who_came_in_since_it_was_made() {
         let mut room = Room::new();
         let ada = room.enter("Ada", 2, true);
         let bob = room.enter("Bob", 2, false);
+        let before = room.enter("Before", 2, false);
         let twin = room.enter("Twin", 2, false);
         let carl = room.enter("Carl", 3, false);
         let bob_id = room.id(&bob);
+        // In long before the ban: stays (a shared address is not one person).
+        room.hub.users.get_mut(&before.conn).unwrap().arrived -= 60_000;
+        before.frames();
         twin.frames();
         carl.frames();
         room.send(&ada, json!({"type": "ban", "user": bob_id, "minutes": 60}));
@@ -710,6 +742,11 @@ mod tests {
         assert!(!room.hub.users.contains_key(&bob.conn));
         assert!(!room.hub.users.contains_key(&twin.conn));
         assert!(room.hub.users.contains_key(&ada.conn), "an operator stays");
+        assert!(
+            room.hub.users.contains_key(&before.conn),
+            "in before the ban"
+        );
+        assert!(before.of_type("kicked").is_empty());
         assert!(room.hub.users.contains_key(&carl.conn));
         assert!(carl.of_type("kicked").is_empty());
         // One who got past the door before the ban, and reaches the hub after it: out too.

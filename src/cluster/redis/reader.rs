@@ -201,7 +201,12 @@ impl StreamReader {
         let bans: Vec<(String, u64)> = redis::cmd("HGETALL").arg(self.keys.bans()).query(con)?;
         for (address, until) in bans {
             if let Ok(address) = address.parse() {
-                self.send(ClusterEvent::Banned { address, until });
+                let made = u64::MAX; // unknown: nobody here is removed for it
+                self.send(ClusterEvent::Banned {
+                    address,
+                    until,
+                    made,
+                });
             }
         }
         let mutes: Vec<(String, u64)> = redis::cmd("HGETALL").arg(self.keys.mutes()).query(con)?;
@@ -392,6 +397,7 @@ impl StreamReader {
             "ban" => ClusterEvent::Banned {
                 address: get("a")?.parse().ok()?,
                 until: get("until")?.parse().ok()?,
+                made: get("made").and_then(|m| m.parse().ok()).unwrap_or(u64::MAX),
             },
             other => {
                 debug!("an entry of unknown kind {other:?} in the stream: skipped");

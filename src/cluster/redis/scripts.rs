@@ -308,13 +308,13 @@ return {'OK'}
 );
 
 /// `…, address, until, now` → `{'OK'}`: bans a client address until `until` in `<p>:bans`,
-/// and announces it.
+/// and announces it, made `now`.
 const BAN: &str = concat!(
     prologue!(),
     sanction!(),
     r"
 sanction('bans', ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
-announce('k', 'ban', 's', me, 'a', ARGV[4], 'until', ARGV[5])
+announce('k', 'ban', 's', me, 'a', ARGV[4], 'until', ARGV[5], 'made', ARGV[6])
 return {'OK'}
 "
 );

@@ -72,12 +72,16 @@ impl Hub {
                 address,
             } => {
                 if let Some(address) = address {
-                    self.mutes.set(address, until);
+                    self.address_muted(address, until);
                 }
                 self.remote_muted(&channel, &user, until);
             }
-            ClusterEvent::AddressMuted { address, until } => self.mutes.set(address, until),
-            ClusterEvent::Banned { address, until } => self.ban_here(address, until),
+            ClusterEvent::AddressMuted { address, until } => self.address_muted(address, until),
+            ClusterEvent::Banned {
+                address,
+                until,
+                made,
+            } => self.ban_here(address, until, made),
         }
     }
 

@@ -211,9 +211,13 @@ pub enum ClusterEvent {
     /// A client address is muted until `until`: read from `<p>:mutes` when the reader takes a
     /// view.
     AddressMuted { address: IpAddr, until: u64 },
-    /// A client address is banned until `until`: from the stream, or from `<p>:bans` when the
-    /// reader takes a view.
-    Banned { address: IpAddr, until: u64 },
+    /// A client address is banned until `until`: from the stream, made at `made` (a `ts`), or
+    /// from `<p>:bans` when the reader takes a view (`made` then unknown: `u64::MAX`).
+    Banned {
+        address: IpAddr,
+        until: u64,
+        made: u64,
+    },
     /// Someone on another server is typing. `user` is `{"id","username"}`.
     Typing {
         channel: String,

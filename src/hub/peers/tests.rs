@@ -609,7 +609,11 @@ fn cluster_an_operators_request_goes_to_the_users_server_which_carries_it_out() 
     );
     let address: std::net::IpAddr = "192.0.2.7".parse().unwrap();
     let until = protocol::now_ms() + 60_000;
-    c.tell(ClusterEvent::Banned { address, until });
+    c.tell(ClusterEvent::Banned {
+        address,
+        until,
+        made: protocol::now_ms(),
+    });
     assert_eq!(c.hub.bans.until(address), Some(until));
     // And bans made while Redis was away are sent again when it is back.
     c.tell(ClusterEvent::Down);
