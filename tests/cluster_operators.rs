@@ -346,3 +346,71 @@ fn heard_until_own(client: &mut Client, text: &str) -> Vec<Value> {
         heard.push(frame);
     }
 }
+
+#[test]
+fn cluster_operators_a_banned_user_who_comes_back_at_once_to_the_operators_server_is_refused() {
+    let Some(mut p) = Pair::start("cluster_operators_ban_race") else {
+        return;
+    };
+    let c = member(&p.redis);
+    all_see(&[p.a.local_addr(), p.b.local_addr(), c.local_addr()], 2);
+    // Each round: a user on B from an address of their own, banned by the operator on A,
+    // comes back to A the moment B closes them (no sleep): A refuses them, and so does C.
+    for round in 0..10u8 {
+        let from = host(20 + round);
+        let name = format!("Mallory{round}");
+        let (mut mallory, id) = enter(p.b.local_addr(), from, &name);
+        recv_about(&mut p.op, "joined", &id);
+        p.op.send(json!({"type": "ban", "user": id, "minutes": 60}));
+        assert!(mallory.recv_type("kicked")["until"].is_u64());
+        assert_eq!(door_status(p.a.local_addr(), from), 403, "round {round}: A");
+        assert_eq!(door_status(c.local_addr(), from), 403, "round {round}: C");
+        assert_eq!(door_status(p.b.local_addr(), from), 403, "round {round}: B");
+        assert_eq!(mallory.close_code(), Some(4001));
+    }
+    p.bob.say("Bob, from another address, is still here");
+}
+
+#[test]
+fn cluster_operators_a_ban_of_a_user_elsewhere_leaves_others_from_the_address_who_were_in() {
+    let Some(mut p) = Pair::start("cluster_operators_ban_others_stay") else {
+        return;
+    };
+    // Someone else at Bob's address (a shared network), on the operator's server, in well
+    // before the ban (further back than the servers' clocks may differ).
+    let (mut neighbour, _) = enter(p.a.local_addr(), host(2), "Neighbour");
+    all_see(&p.both(), 3);
+    std::thread::sleep(Duration::from_millis(2_500));
+    p.op.send(json!({"type": "ban", "user": p.bob_id, "minutes": 60}));
+    assert!(p.bob.recv_type("kicked")["until"].is_u64());
+    assert_eq!(p.bob.close_code(), Some(4001));
+    all_see(&p.both(), 2);
+    neighbour.say("still here, as a ban on one server leaves me");
+}
+
+#[test]
+fn cluster_operators_a_mute_follows_the_user_who_reconnects_to_any_server_until_lifted() {
+    let Some(mut p) = Pair::start("cluster_operators_mute_reconnect") else {
+        return;
+    };
+    p.op.send(json!({"type": "mute", "user": p.bob_id, "minutes": 60}));
+    recv_about(&mut p.bob, "muted", &p.bob_id);
+    p.bob.ws.close(None).unwrap();
+    p.bob.expect_close();
+    // Bob comes back from his address, to the operator's server and to his own: still muted.
+    let (mut at_a, _) = enter(p.a.local_addr(), host(2), "Bob");
+    at_a.send(json!({"type": "message", "text": "it's me again"}));
+    assert_eq!(at_a.recv_type("error")["code"], "muted");
+    let (mut at_b, at_b_id) = enter(p.b.local_addr(), host(2), "Bobby");
+    at_b.send(json!({"type": "typing", "typing": true}));
+    assert_eq!(at_b.recv_type("error")["code"], "muted");
+    // Lifted (on whichever connection): free on both.
+    p.op.send(json!({"type": "mute", "user": at_b_id, "minutes": 0}));
+    assert_eq!(recv_about(&mut at_b, "muted", &at_b_id)["until"], 0);
+    eventually("the lift reaches the operator's server", || {
+        at_a.send(json!({"type": "message", "text": "free?"}));
+        let frame = next_frame(&mut at_a, Duration::from_millis(300));
+        frame.is_some_and(|f| f["type"] == "message")
+    });
+    at_b.say("free at last");
+}

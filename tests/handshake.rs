@@ -586,3 +586,29 @@ fn step0_a_request_with_bare_lf_line_ends_is_answered_at_once() {
         assert_eq!(status_and_body(&answer).0, 200, "{answer:?}");
     }
 }
+
+#[test]
+fn step0_a_request_with_two_of_a_header_that_counts_once_is_400() {
+    let server = start(|c| c.allow_origins = vec!["http://ok.test".into()]);
+    let addr = server.local_addr();
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    for extra in [
+        "Origin: http://ok.test\r\nOrigin: http://evil.test\r\n",
+        "Origin: http://evil.test\r\nOrigin: http://ok.test\r\n",
+        "Origin: http://ok.test\r\nOrigin: http://ok.test\r\n",
+        "Origin: http://ok.test\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n",
+        "Origin: http://ok.test\r\nsec-websocket-version: 13\r\n",
+        "Origin: http://ok.test\r\nHOST: elsewhere\r\n",
+    ] {
+        for path in ["/", "/echo"] {
+            let request = upgrade_head(path, Some(key), extra);
+            assert_eq!(status_of(addr, &request), 400, "{path} with {extra:?}");
+        }
+    }
+    // Plain HTTP too, for Host.
+    let answer = raw_http(addr, b"GET /stats HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n");
+    assert_eq!(status_and_body(&answer).0, 400);
+    // One of each is fine.
+    let one = upgrade_head("/", Some(key), "Origin: http://ok.test\r\n");
+    assert_eq!(status_of(addr, &one), 101);
+}

@@ -385,6 +385,64 @@ fn operators_a_right_token_makes_an_operator_a_wrong_one_is_bad_token() {
 }
 
 #[test]
+fn operators_hello_in_an_open_chat_is_an_unknown_type_and_never_silence() {
+    let open = start(|_| {});
+    let mut alex = Client::chat(open.local_addr(), "Alex");
+    for hello in [
+        json!({"type": "hello", "code": "x"}),
+        json!({"type": "hello"}),
+        json!({"type": "hello", "operator": TOKEN}),
+        json!({"type": "hello", "code": 7}),
+    ] {
+        alex.send(hello.clone());
+        let refused = alex.recv_type("error");
+        assert_eq!(refused["code"], "unknown_type", "{hello}: {refused}");
+    }
+    // With only an operator token, a hello without one has nothing to check: refused.
+    let tokened = start(|c| c.operator_token = Some(Secret::parse(TOKEN).unwrap()));
+    let mut carl = Client::chat(tokened.local_addr(), "Carl");
+    carl.send(json!({"type": "hello", "code": "x"}));
+    assert_eq!(carl.recv_type("error")["code"], "bad_request");
+    carl.send(json!({"type": "hello"}));
+    assert_eq!(carl.recv_type("error")["code"], "bad_request");
+    // In a locked room, a second code after the welcome is refused too, not ignored.
+    let server = start(locked_room);
+    let (mut dee, _) = enter(server.local_addr(), host(4), "Dee");
+    dee.send(json!({"type": "hello", "code": CODE}));
+    assert_eq!(dee.recv_type("error")["code"], "bad_request");
+    dee.say("still in");
+}
+
+#[test]
+fn operators_a_mute_follows_the_address_to_a_new_connection_until_lifted() {
+    let server = start(locked_room);
+    let addr = server.local_addr();
+    let mut op = enter_as_operator(addr, host(1), "Op");
+    let (mut bob, welcome) = enter(addr, host(2), "Bob");
+    op.send(json!({"type": "mute", "user": id_of(&welcome), "minutes": 60}));
+    bob.recv_type("muted");
+    bob.ws.close(None).unwrap();
+    bob.expect_close();
+    // The same person (address), the same name, a new connection: still muted.
+    let (mut again, welcome) = enter(addr, host(2), "Bob");
+    for request in [
+        json!({"type": "message", "text": "it's me again"}),
+        json!({"type": "typing", "typing": true}),
+        json!({"type": "state", "state": {"x": 1}}),
+    ] {
+        again.send(request);
+        assert_eq!(again.recv_type("error")["code"], "muted");
+    }
+    // Someone else is not.
+    let (mut carl, _) = enter(addr, host(3), "Carl");
+    carl.say("I may speak");
+    // Lifted: free.
+    op.send(json!({"type": "mute", "user": id_of(&welcome), "minutes": 0}));
+    assert_eq!(again.recv_type("muted")["until"], 0);
+    again.say("free again");
+}
+
+#[test]
 fn operators_a_forged_hello_inside_a_message_is_only_a_message() {
     let server = start(locked_room);
     let addr = server.local_addr();

@@ -34,6 +34,13 @@ pub fn serve(reader: &mut Reader, conn: ConnId, context: &Context, client: IpAdd
     let mut bucket = frames_bucket(context.config.max_rate);
     let mut gauge = FloodGauge::new(context.config.max_rate);
     let rate_limited: Bytes = rate_limited();
+    // Without a room code or an operator token, the chat is open: `hello` means nothing there.
+    let open = context.config.room_code.is_none() && context.config.operator_token.is_none();
+    let parse = if open {
+        protocol::parse_open_request
+    } else {
+        protocol::parse_request
+    };
     loop {
         let incoming = match reader.next_message() {
             Ok(incoming) => incoming,
@@ -57,7 +64,7 @@ pub fn serve(reader: &mut Reader, conn: ConnId, context: &Context, client: IpAdd
             rate_limited.clone()
         } else {
             match incoming {
-                Incoming::Text(text) => match protocol::parse_request(&text) {
+                Incoming::Text(text) => match parse(&text) {
                     #[cfg(feature = "fault-injection")]
                     Err(_) if text.as_str() == FAULT_PANIC => {
                         panic!("fault injection: {FAULT_PANIC}")
@@ -102,9 +109,9 @@ pub fn serve(reader: &mut Reader, conn: ConnId, context: &Context, client: IpAdd
     }
 }
 
-/// A `hello` from a user who is in already: the operator token, if it holds one, is checked
-/// as one more guess from its address (the code is ignored: it is in). `Ok(None)`: nothing to
-/// answer (promoted, or nothing to do); `Ok(Some(_))`: the refusal to send.
+/// A `hello` from a user who is in already: the operator token is checked as one more guess
+/// from its address (a code is moot: it is in, and a hello without a token is refused with
+/// `bad_request`). `Ok(None)`: promoted; `Ok(Some(_))`: the refusal to send.
 ///
 /// # Errors
 /// How the connection ends: the address is out of guesses (4003), or the server is stopping.
@@ -115,7 +122,11 @@ fn hello(
     token: Option<Presented>,
 ) -> Result<Option<Bytes>, Ended> {
     let Some(token) = token else {
-        return Ok(None);
+        let refusal = ChatError::new(
+            ErrorCode::BadRequest,
+            "you are in already: a hello now carries only an \"operator\" token",
+        );
+        return Ok(Some(refusal.to_frame()));
     };
     match check_token(context, client, &token) {
         Verdict::Right => match context.hub.send(Event::Promote { conn }) {

@@ -147,6 +147,14 @@ pub fn read_head(
     }
 }
 
+/// Headers a request may carry at most once: a second one is a malformed request (400).
+const SINGLE_HEADERS: [&str; 4] = [
+    "Host",
+    "Origin",
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+];
+
 /// Parses `GET /path?query HTTP/1.1` and its header lines from the start of `buf`, which holds a
 /// whole head; returns it and where it ends.
 pub fn parse_head(buf: &[u8]) -> Result<(RequestHead, usize), HeadError> {
@@ -172,6 +180,14 @@ pub fn parse_head(buf: &[u8]) -> Result<(RequestHead, usize), HeadError> {
     for header in parsed.headers.iter() {
         let value = std::str::from_utf8(header.value).map_err(|_| HeadError::Malformed)?;
         fields.push((header.name.to_owned(), value.trim().to_owned()));
+    }
+    // Which of two values counts would be a guess, and the server and the client (or a proxy
+    // in between) may guess differently: `Origin: ok` then `Origin: evil` must not pass.
+    for name in SINGLE_HEADERS {
+        let count = fields.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
+        if count.count() > 1 {
+            return Err(HeadError::Malformed);
+        }
     }
     let request = RequestHead {
         method: method.to_owned(),

@@ -113,6 +113,7 @@ use tungstenite::Bytes;
 pub use channels::CHANNELS_EVERY;
 pub use event::{ChannelStat, Event, Stats};
 pub use moderation::Bans;
+use moderation::Mutes;
 pub use peers::{link, port};
 pub use presence::PRESENCE_WINDOW;
 
@@ -185,6 +186,8 @@ pub struct Hub {
     stop: Arc<AtomicBool>,
     /// Client addresses banned by operators; the doors read it (see `moderation.rs`).
     bans: Arc<Bans>,
+    /// Client addresses muted by operators (see `moderation.rs`).
+    mutes: Mutes,
     /// The counters `/metrics` reads (see `figures.rs`).
     metrics: Arc<Metrics>,
     /// When each message fanned out in this batch arrived (see `figures.rs`).
@@ -217,6 +220,7 @@ impl Hub {
             peers: Peers::default(),
             stop: Arc::new(AtomicBool::new(false)),
             bans: Arc::new(Bans::default()),
+            mutes: Mutes::default(),
             metrics: Arc::new(Metrics::new()),
             arrivals: Vec::new(),
         };

@@ -27,6 +27,11 @@ use crate::protocol::{ChatError, ChatRequest, ErrorCode, Moderation, ServerFrame
 /// The close code of a user removed by an operator (kicked or banned).
 pub const REMOVED: u16 = 4001;
 
+/// How far apart two servers' clocks may be, about: a ban made on another server removes
+/// those from the address who came in since it was made, by this server's clock, give or take
+/// this.
+const CLOCKS_APART_MS: u64 = 2_000;
+
 /// Client addresses banned by operators, each until a `ts` (milliseconds since the epoch).
 /// Shared by the hub, which bans, and every connection thread, which checks: held for a map
 /// lookup at a time, never across a socket call.
@@ -60,6 +65,43 @@ impl Bans {
         let bans = self.until.lock().unwrap_or_else(|e| e.into_inner());
         let current = bans.iter().filter(|(_, ends)| **ends > now);
         current.map(|(address, ends)| (*address, *ends)).collect()
+    }
+}
+
+/// Client addresses muted by operators, each until a `ts`: a mute follows the person (as the
+/// address counts them) for its length, so a new connection from there starts muted. Only
+/// the hub reads it.
+#[derive(Debug, Default)]
+pub(super) struct Mutes {
+    until: HashMap<IpAddr, u64>,
+}
+
+impl Mutes {
+    /// Mutes `address` until `until`, the newest mute replacing the one before; an `until`
+    /// already past (0 when lifted) lifts it.
+    pub(super) fn set(&mut self, address: IpAddr, until: u64) {
+        let now = now_ms();
+        // Only operators mute, so the table stays small; mutes that are over go as others come.
+        self.until.retain(|_, ends| *ends > now);
+        if until > now {
+            self.until.insert(source_of(address), until);
+        } else {
+            self.until.remove(&source_of(address));
+        }
+    }
+
+    /// Until when `address` is muted, if it is now.
+    pub(super) fn until(&self, address: IpAddr) -> Option<u64> {
+        let ends = *self.until.get(&source_of(address))?;
+        (ends > now_ms()).then_some(ends)
+    }
+}
+
+/// The `until` of a ban or mute of `minutes` from now (0: a mute lifted).
+fn ends_after(minutes: u32) -> u64 {
+    match minutes {
+        0 => 0,
+        minutes => now_ms() + u64::from(minutes) * 60_000,
     }
 }
 
@@ -111,16 +153,22 @@ impl Hub {
             Some(target) => {
                 let (by, whom) = (&by.username, &self.users[&target].username);
                 info!("{by:?} (conn {conn}) asks to {moderation:?} {whom:?} (conn {target})");
-                self.act(target, moderation);
+                self.act(target, moderation, None);
                 return;
             }
             None => match self.peers.elsewhere(id) {
-                Elsewhere::There => {
+                Elsewhere::There(address) => {
                     info!(
                         "{:?} (conn {conn}) asks another server to {moderation:?}",
                         by.username
                     );
-                    self.peers.tell(Change::Moderate { by, moderation });
+                    let sanction = self.sanction_at_once(moderation, address);
+                    let by = &self.users[&conn];
+                    self.peers.tell(Change::Moderate {
+                        by,
+                        moderation,
+                        sanction,
+                    });
                     return;
                 }
                 Elsewhere::Operator => ChatError::new(
@@ -140,22 +188,78 @@ impl Hub {
         self.send_to(conn, refusal.to_frame());
     }
 
+    /// A ban or mute of another server's user from `address`: in force here at once (a banned
+    /// user who comes straight back here is refused, and whoever is here from that address is
+    /// removed), and given back to travel with the order, which every server applies alike.
+    fn sanction_at_once(
+        &mut self,
+        moderation: &Moderation,
+        address: Option<IpAddr>,
+    ) -> Option<(IpAddr, u64)> {
+        let address = address?;
+        let until = match moderation {
+            Moderation::Kick { .. } => return None,
+            Moderation::Mute { minutes, .. } => ends_after(*minutes),
+            Moderation::Ban { minutes, .. } => ends_after(*minutes),
+        };
+        self.sanctioned(moderation, address, until);
+        Some((address, until))
+    }
+
+    /// Applies to everyone here from `address` the ban or mute until `until` an operator made
+    /// (here or on another server), as every server does.
+    fn sanctioned(&mut self, moderation: &Moderation, address: IpAddr, until: u64) {
+        match moderation {
+            Moderation::Kick { .. } => {}
+            Moderation::Mute { .. } => self.address_muted(address, until),
+            Moderation::Ban { minutes, .. } => {
+                let made = until.saturating_sub(u64::from(*minutes) * 60_000);
+                self.ban_here(address, until, made);
+            }
+        }
+    }
+
+    /// `address` is muted until `until` (0: lifted), here or on another server: whoever
+    /// connects from there meanwhile starts muted, and a lift frees everyone here from there.
+    pub(super) fn address_muted(&mut self, address: IpAddr, until: u64) {
+        self.mutes.set(address, until);
+        if until > now_ms() {
+            return;
+        }
+        let source = source_of(address);
+        for user in self.users.values_mut() {
+            if source_of(user.address) == source {
+                user.muted_until = None;
+            }
+        }
+    }
+
     /// An operator on another server (`by`: their id) asks for `moderation`: done if the user
     /// is here and no operator. (That server refused it already if it knew them to be one; a
     /// user who left or became one meanwhile is skipped, as a request that came too late.)
-    pub(super) fn moderated_elsewhere(&mut self, by: &str, moderation: &Moderation) {
-        let Some(target) = self.user_with_id(moderation.user()) else {
-            return; // on another server, or gone
-        };
-        let whom = &self.users[&target].username;
-        if self.users[&target].operator {
-            debug!("{moderation:?} of operator {whom:?} from another server: not done");
-            return;
+    /// `sanction`: the address banned or muted with the order, and until when, which holds
+    /// here whether or not the user is.
+    pub(super) fn moderated_elsewhere(
+        &mut self,
+        by: &str,
+        moderation: &Moderation,
+        sanction: Option<(IpAddr, u64)>,
+    ) {
+        if let Some(target) = self.user_with_id(moderation.user()) {
+            let whom = &self.users[&target].username;
+            if self.users[&target].operator {
+                debug!("{moderation:?} of operator {whom:?} from another server: not done");
+            } else {
+                info!(
+                    "an operator on another server ({by}) asks to {moderation:?} {whom:?} \
+                     (conn {target})"
+                );
+                self.act(target, moderation, sanction.map(|(_, until)| until));
+            }
         }
-        info!(
-            "an operator on another server ({by}) asks to {moderation:?} {whom:?} (conn {target})"
-        );
-        self.act(target, moderation);
+        if let Some((address, until)) = sanction {
+            self.sanctioned(moderation, address, until);
+        }
     }
 
     /// The connection of this server's user with this id.
@@ -163,20 +267,61 @@ impl Hub {
         self.users.iter().find(|(_, u)| u.id == id).map(|(c, _)| *c)
     }
 
-    /// Does what `moderation` asks to `target`, whom nothing protects.
-    fn act(&mut self, target: ConnId, moderation: &Moderation) {
+    /// Does what `moderation` asks to `target`, whom nothing protects. `agreed`: the `until`
+    /// of a ban or mute the operator's server set, already in Redis (none: this server sets
+    /// it and tells the others).
+    fn act(&mut self, target: ConnId, moderation: &Moderation, agreed: Option<u64>) {
         match moderation {
             Moderation::Kick { reason, .. } => self.kick(target, reason.as_deref(), None),
-            Moderation::Mute { minutes, .. } => self.mute(target, *minutes),
+            Moderation::Mute { minutes, .. } => {
+                self.mute(target, agreed.unwrap_or_else(|| ends_after(*minutes)));
+            }
             Moderation::Ban {
                 minutes, reason, ..
             } => {
-                let until = now_ms() + u64::from(*minutes) * 60_000;
+                let until = agreed.unwrap_or_else(|| ends_after(*minutes));
                 let address = self.users[&target].address;
                 self.bans.ban(address, until);
-                self.peers.tell(Change::Banned { address, until });
+                if agreed.is_none() {
+                    self.peers.tell(Change::Banned { address, until });
+                }
                 self.kick(target, reason.as_deref(), Some(until));
+                self.ban_here(address, until, now_ms());
             }
+        }
+    }
+
+    /// `address` is banned until `until` (here, or told by another server, `made` then): in
+    /// the table the doors read. Those here from that address who came in since it was made
+    /// (give or take the servers' clocks) are removed as the banned user was (`kicked` with
+    /// the `until`, a close with 4001): the door would have refused them had it known. Those
+    /// in before stay, as a ban on one server leaves them, and so do operators.
+    pub(super) fn ban_here(&mut self, address: IpAddr, until: u64, made: u64) {
+        self.bans.ban(address, until);
+        let Some(until) = self.bans.until(address) else {
+            return; // over already
+        };
+        let (source, since) = (source_of(address), made.saturating_sub(CLOCKS_APART_MS));
+        let there: Vec<ConnId> = (self.users.iter())
+            .filter(|(_, u)| !u.operator && u.arrived >= since && source_of(u.address) == source)
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in there {
+            self.kick(conn, None, Some(until));
+        }
+    }
+
+    /// What operators did to `conn`'s address holds for it, just admitted: removed if it was
+    /// banned while the connection came in (after the door's look, before the hub had it);
+    /// muted if it is muted, as a mute follows the person.
+    pub(super) fn sanctions_on_arrival(&mut self, conn: ConnId) {
+        let Some(user) = self.users.get_mut(&conn).filter(|u| !u.operator) else {
+            return;
+        };
+        if let Some(until) = self.bans.until(user.address) {
+            self.kick(conn, None, Some(until));
+        } else if let Some(until) = self.mutes.until(user.address) {
+            user.muted_until = Some(until);
         }
     }
 
@@ -201,16 +346,20 @@ impl Hub {
         self.remove_user(target, why);
     }
 
-    /// Mutes `target` for `minutes` (0 lifts it) and tells its channel, `target` too.
-    fn mute(&mut self, target: ConnId, minutes: u32) {
+    /// Mutes `target` until `until` (0 lifts it), and its address with it (a new connection
+    /// from there starts muted), and tells its channel, `target` too.
+    fn mute(&mut self, target: ConnId, until: u64) {
         let Some(user) = self.users.get_mut(&target) else {
             return;
         };
-        user.muted_until = (minutes > 0).then(|| now_ms() + u64::from(minutes) * 60_000);
+        user.muted_until = (until > 0).then_some(until);
+        let address = user.address;
+        self.address_muted(address, until);
+        let user = &self.users[&target];
         let frame = encode(&ServerFrame::Muted {
             channel: &user.channel,
             user: user.as_ref(),
-            until: user.muted_until.unwrap_or(0),
+            until,
         });
         let channel = user.channel.clone();
         self.broadcast(&channel, &frame, None);
@@ -536,5 +685,74 @@ mod tests {
             bans.until(v4).unwrap() > now_ms() + 30_000,
             "a shorter ban never shortens one"
         );
+    }
+
+    #[test]
+    fn operators_a_mute_follows_the_address_to_a_new_connection_until_lifted() {
+        let (mut room, ada, bob, bob_id) = ada_and_bob();
+        room.send(&ada, json!({"type": "mute", "user": bob_id, "minutes": 60}));
+        room.hub.handle(Event::Disconnect {
+            conn: bob.conn,
+            close: None,
+        });
+        // Bob again, from the same address, and someone from another.
+        let again = room.enter("Bob", 2, false);
+        let carl = room.enter("Carl", 3, false);
+        again.frames();
+        carl.frames();
+        for request in [
+            json!({"type": "message", "text": "it's me again"}),
+            json!({"type": "typing", "typing": true}),
+            json!({"type": "state", "state": {"x": 1}}),
+        ] {
+            room.send(&again, request);
+            assert_eq!(again.of_type("error")[0]["code"], "muted");
+        }
+        room.send(&carl, json!({"type": "message", "text": "not me"}));
+        assert!(carl.of_type("error").is_empty());
+        // Lifting the mute of the new connection lifts it for the address.
+        let again_id = room.id(&again);
+        room.send(
+            &ada,
+            json!({"type": "mute", "user": again_id, "minutes": 0}),
+        );
+        room.send(&again, json!({"type": "message", "text": "free"}));
+        assert_eq!(ada.of_type("message").last().unwrap()["text"], "free");
+    }
+
+    #[test]
+    fn operators_a_ban_removes_those_from_the_address_who_came_in_since_it_was_made() {
+        let mut room = Room::new();
+        let ada = room.enter("Ada", 2, true);
+        let bob = room.enter("Bob", 2, false);
+        let before = room.enter("Before", 2, false);
+        let twin = room.enter("Twin", 2, false);
+        let carl = room.enter("Carl", 3, false);
+        let bob_id = room.id(&bob);
+        // In long before the ban: stays (a shared address is not one person).
+        room.hub.users.get_mut(&before.conn).unwrap().arrived -= 60_000;
+        before.frames();
+        twin.frames();
+        carl.frames();
+        room.send(&ada, json!({"type": "ban", "user": bob_id, "minutes": 60}));
+        let frames = twin.frames();
+        let kicked = frames.iter().position(|f| f["type"] == "kicked").unwrap();
+        assert!(frames[kicked]["until"].as_u64().is_some());
+        assert_eq!(frames[kicked + 1], json!({"close": REMOVED}));
+        assert!(!room.hub.users.contains_key(&bob.conn));
+        assert!(!room.hub.users.contains_key(&twin.conn));
+        assert!(room.hub.users.contains_key(&ada.conn), "an operator stays");
+        assert!(
+            room.hub.users.contains_key(&before.conn),
+            "in before the ban"
+        );
+        assert!(before.of_type("kicked").is_empty());
+        assert!(room.hub.users.contains_key(&carl.conn));
+        assert!(carl.of_type("kicked").is_empty());
+        // One who got past the door before the ban, and reaches the hub after it: out too.
+        let late = room.enter("Late", 2, false);
+        let frames = late.frames();
+        assert!(frames.iter().any(|f| f["type"] == "kicked"), "{frames:?}");
+        assert!(!room.hub.users.contains_key(&late.conn));
     }
 }

@@ -35,6 +35,7 @@ use super::user::User;
 use crate::connection::Outbox;
 use crate::protocol::{ChatError, ChatRequest, Moderation};
 use clustered::Clustered;
+use port::Sanction;
 
 /// The other servers, if any.
 #[derive(Debug, Default)]
@@ -97,6 +98,9 @@ pub(super) enum Change<'a> {
     Moderate {
         by: &'a User,
         moderation: &'a Moderation,
+        /// For a ban or a mute, the user's address and until when: recorded in Redis with the
+        /// order, before any server hears of it.
+        sanction: Option<Sanction>,
     },
     /// A user here was muted until `user.muted_until` (or unmuted): their channel's members
     /// on other servers get the `muted` frame too.
@@ -112,8 +116,9 @@ pub(super) enum Change<'a> {
 pub(super) enum Elsewhere {
     /// Online nowhere.
     Nowhere,
-    /// On another server, which can be told ([`Change::Moderate`]).
-    There,
+    /// On another server, which can be told ([`Change::Moderate`]); from this address, if
+    /// that server said.
+    There(Option<IpAddr>),
     /// On another server, and an operator: nobody may kick, mute or ban them.
     Operator,
     /// On another server, which cannot be told now (Redis is away).
@@ -137,7 +142,7 @@ impl Peers {
             None => Elsewhere::Nowhere,
             Some(user) if user.record.operator => Elsewhere::Operator,
             Some(_) if !cluster.up => Elsewhere::Unreachable,
-            Some(_) => Elsewhere::There,
+            Some(user) => Elsewhere::There(user.record.address),
         }
     }
 

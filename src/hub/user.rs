@@ -50,6 +50,9 @@ pub(super) struct User {
     pub(super) address: IpAddr,
     /// Gave the operator token: may kick, mute and ban (see `moderation.rs`).
     pub(super) operator: bool,
+    /// When they came in, a `ts` (milliseconds since the epoch): a ban made meanwhile removes
+    /// them.
+    pub(super) arrived: u64,
     /// Muted until this `ts` (milliseconds since the epoch), if muted.
     pub(super) muted_until: Option<u64>,
     /// Removed by an operator: their `left` says so.
@@ -96,6 +99,7 @@ impl User {
             stalled_since: None,
             address,
             operator,
+            arrived: crate::protocol::now_ms(),
             muted_until: None,
             kicked: false,
         };

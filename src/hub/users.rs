@@ -107,6 +107,7 @@ impl Hub {
         if created {
             self.channels_changed();
         }
+        self.sanctions_on_arrival(conn);
     }
 
     /// `conn` asks for a new name: refused if someone else holds it, here or on another

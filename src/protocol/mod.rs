@@ -25,5 +25,5 @@ pub use names::{
 };
 pub use requests::{
     ChatRequest, MAX_BAN_MINUTES, MAX_MUTE_MINUTES, MAX_REASON_CHARS, MAX_STATE_BYTES,
-    MAX_STATE_DEPTH, MAX_TEXT_CHARS, Moderation, Presented, parse_request,
+    MAX_STATE_DEPTH, MAX_TEXT_CHARS, Moderation, Presented, parse_open_request, parse_request,
 };

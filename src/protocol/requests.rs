@@ -134,6 +134,20 @@ impl ChatRequest {
 /// and `invalid_text` / `invalid_username` / `invalid_channel` / `invalid_state` when a field
 /// breaks its rule.
 pub fn parse_request(text: &str) -> Result<ChatRequest, ChatError> {
+    parse(text, true)
+}
+
+/// [`parse_request`] for an open chat (neither a room code nor an operator token), where
+/// `hello` is no request at all: any `hello`, whatever it carries, is `unknown_type`.
+///
+/// # Errors
+/// As [`parse_request`]'s, and `unknown_type` for a `hello`.
+pub fn parse_open_request(text: &str) -> Result<ChatRequest, ChatError> {
+    parse(text, false)
+}
+
+/// Parses a request; `hello` is one only where `hellos` says so.
+fn parse(text: &str, hellos: bool) -> Result<ChatRequest, ChatError> {
     let not_json = || {
         ChatError::new(
             ErrorCode::BadJson,
@@ -195,7 +209,7 @@ pub fn parse_request(text: &str) -> Result<ChatRequest, ChatError> {
             _ => Err(bad_field("state", "an object")),
         },
         "channels" => Ok(ChatRequest::Channels),
-        "hello" => {
+        "hello" if hellos => {
             let code = optional_string(&mut fields, "code")?.map(Presented);
             let operator = optional_string(&mut fields, "operator")?.map(Presented);
             if code.is_none() && operator.is_none() {

@@ -4,7 +4,7 @@
 use super::publisher::Publisher;
 use crate::cluster::ALIVE_TTL;
 use crate::hub::port::{ClusterRequest, UserRecord};
-use crate::protocol::now_ms;
+use crate::protocol::{Moderation, now_ms};
 
 impl Publisher {
     /// `EVALSHA` of `script` with the arguments every script takes first.
@@ -52,20 +52,35 @@ impl Publisher {
                 cmd.arg(id).arg(if *kicked { "1" } else { "0" });
                 cmd
             }
-            ClusterRequest::Moderate { by, action } => {
+            ClusterRequest::Moderate {
+                by,
+                action,
+                sanction,
+            } => {
                 let mut cmd = self.call(&self.scripts.moderate);
+                let hash = match action {
+                    Moderation::Mute { .. } => "mutes",
+                    Moderation::Kick { .. } | Moderation::Ban { .. } => "bans",
+                };
+                let (address, until) = match sanction {
+                    Some((address, until)) => (address.to_string(), *until),
+                    None => (String::new(), 0),
+                };
                 let action = serde_json::to_string(action).expect("orders serialize");
-                cmd.arg(by).arg(action);
+                cmd.arg(by).arg(action).arg(address).arg(until);
+                cmd.arg(hash).arg(now_ms());
                 cmd
             }
             ClusterRequest::Muted {
                 channel,
                 user,
                 until,
+                address,
                 ..
             } => {
                 let mut cmd = self.call(&self.scripts.muted);
                 cmd.arg(channel).arg(user).arg(until);
+                cmd.arg(address.to_string()).arg(now_ms());
                 cmd
             }
             ClusterRequest::Ban { address, until } => {

@@ -177,6 +177,10 @@ impl Keys {
     pub(super) fn bans(&self) -> String {
         format!("{}:bans", self.prefix)
     }
+
+    pub(super) fn mutes(&self) -> String {
+        format!("{}:mutes", self.prefix)
+    }
 }
 
 /// A connection whose every answer has a deadline.

@@ -4,7 +4,7 @@
 //! starts, when Redis lost its data (then it reads the new streams from their start) and when
 //! presence entries it had not read were trimmed away; when messages it had not read were
 //! trimmed away, it tells the hub which (`ClusterEvent::Lost`). With each view it reads the
-//! bans in force (`<p>:bans`), so a server that starts later refuses them too. Each message entry names the
+//! bans and mutes in force (`<p>:bans`, `<p>:mutes`), so a server that starts later holds them too. Each message entry names the
 //! message before it, and each presence entry is numbered, so a gap is seen at the entry
 //! after it (Redis 7.0's `XINFO` does not say when `MAXLEN` trimmed a stream).
 
@@ -201,7 +201,18 @@ impl StreamReader {
         let bans: Vec<(String, u64)> = redis::cmd("HGETALL").arg(self.keys.bans()).query(con)?;
         for (address, until) in bans {
             if let Ok(address) = address.parse() {
-                self.send(ClusterEvent::Banned { address, until });
+                let made = u64::MAX; // unknown: nobody here is removed for it
+                self.send(ClusterEvent::Banned {
+                    address,
+                    until,
+                    made,
+                });
+            }
+        }
+        let mutes: Vec<(String, u64)> = redis::cmd("HGETALL").arg(self.keys.mutes()).query(con)?;
+        for (address, until) in mutes {
+            if let Ok(address) = address.parse() {
+                self.send(ClusterEvent::AddressMuted { address, until });
             }
         }
         Ok(view)
@@ -371,6 +382,9 @@ impl StreamReader {
                 Ok(ChatRequest::Moderate(action)) => ClusterEvent::Moderate {
                     by: get("b")?,
                     action,
+                    sanction: get("a")
+                        .and_then(|a| a.parse().ok())
+                        .zip(get("until").and_then(|u| u.parse().ok())),
                 },
                 _ => return None,
             },
@@ -378,10 +392,12 @@ impl StreamReader {
                 channel: get("c")?,
                 user: RawValue::from_string(get("u")?).ok()?,
                 until: get("until")?.parse().ok()?,
+                address: get("a").and_then(|a| a.parse().ok()),
             },
             "ban" => ClusterEvent::Banned {
                 address: get("a")?.parse().ok()?,
                 until: get("until")?.parse().ok()?,
+                made: get("made").and_then(|m| m.parse().ok()).unwrap_or(u64::MAX),
             },
             other => {
                 debug!("an entry of unknown kind {other:?} in the stream: skipped");

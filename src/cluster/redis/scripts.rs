@@ -249,42 +249,72 @@ return {'OK'}
 "
 );
 
-/// `…, operator's id, order` → `{'OK'}`: an operator's kick, mute or ban (`order`, as the
-/// operator's request) of a user on another server, announced for that server to carry out.
+/// `sanction(hash, address, until, now)` keeps a client address in `<p>:bans` or
+/// `<p>:mutes` (`hash`) until `until`, which a server reads when it takes a view: a longer ban
+/// already there stays; the newest mute replaces the one before, and one already over (0: lifted)
+/// is taken out. What is over by `now` is dropped; the hash expires with its last entry.
+macro_rules! sanction {
+    () => {
+        r"
+local function sanction(hash, address, ends, now)
+  local h = key(hash)
+  if hash == 'mutes' or ends > tonumber(redis.call('HGET', h, address) or '0') then
+    if ends > now then
+      redis.call('HSET', h, address, string.format('%d', ends))
+    else
+      redis.call('HDEL', h, address)
+    end
+  end
+  local all, last = redis.call('HGETALL', h), 0
+  for i = 1, #all, 2 do
+    local e = tonumber(all[i + 1])
+    if e <= now then redis.call('HDEL', h, all[i]) else last = math.max(last, e) end
+  end
+  if last > 0 then redis.call('PEXPIREAT', h, string.format('%d', last)) end
+end
+"
+    };
+}
+
+/// `…, operator's id, order, address, until, hash, now` → `{'OK'}`: an operator's kick, mute
+/// or ban (`order`, as the operator's request) of a user on another server, announced for that
+/// server to carry out. A ban or mute (`address` not empty) is kept in `hash` first, and the
+/// entry carries it (`a`, `until`) for every server to apply: whoever hears of the order can
+/// find the address in Redis already.
 const MODERATE: &str = concat!(
     prologue!(),
+    sanction!(),
     r"
-announce('k', 'mod', 's', me, 'b', ARGV[4], 'm', ARGV[5])
+if ARGV[6] == '' then
+  announce('k', 'mod', 's', me, 'b', ARGV[4], 'm', ARGV[5])
+else
+  sanction(ARGV[8], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[9]))
+  announce('k', 'mod', 's', me, 'b', ARGV[4], 'm', ARGV[5], 'a', ARGV[6], 'until', ARGV[7])
+end
 return {'OK'}
 "
 );
 
-/// `…, channel, user, until` → `{'OK'}`: a user was muted (until 0: unmuted), announced.
+/// `…, channel, user, until, address, now` → `{'OK'}`: a user was muted (until 0: unmuted),
+/// their address with them (kept in `<p>:mutes`), announced.
 const MUTED: &str = concat!(
     prologue!(),
+    sanction!(),
     r"
-announce('k', 'muted', 's', me, 'c', ARGV[4], 'u', ARGV[5], 'until', ARGV[6])
+sanction('mutes', ARGV[7], tonumber(ARGV[6]), tonumber(ARGV[8]))
+announce('k', 'muted', 's', me, 'c', ARGV[4], 'u', ARGV[5], 'until', ARGV[6], 'a', ARGV[7])
 return {'OK'}
 "
 );
 
-/// `…, address, until, now` → `{'OK'}`: bans a client address until `until` (a longer ban
-/// there stays) in `<p>:bans`, which a server reads when it takes a view, and announces it.
-/// Bans over by `now` are dropped; the hash expires with its last ban.
+/// `…, address, until, now` → `{'OK'}`: bans a client address until `until` in `<p>:bans`,
+/// and announces it, made `now`.
 const BAN: &str = concat!(
     prologue!(),
+    sanction!(),
     r"
-local bans, now = key('bans'), tonumber(ARGV[6])
-if tonumber(ARGV[5]) > tonumber(redis.call('HGET', bans, ARGV[4]) or '0') then
-  redis.call('HSET', bans, ARGV[4], ARGV[5])
-end
-local all, last = redis.call('HGETALL', bans), 0
-for i = 1, #all, 2 do
-  local ends = tonumber(all[i + 1])
-  if ends <= now then redis.call('HDEL', bans, all[i]) else last = math.max(last, ends) end
-end
-if last > 0 then redis.call('PEXPIREAT', bans, string.format('%d', last)) end
-announce('k', 'ban', 's', me, 'a', ARGV[4], 'until', ARGV[5])
+sanction('bans', ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
+announce('k', 'ban', 's', me, 'a', ARGV[4], 'until', ARGV[5], 'made', ARGV[6])
 return {'OK'}
 "
 );

@@ -60,13 +60,28 @@ impl Hub {
                 user,
                 typing,
             } => self.remote_typing(&channel, &user, typing),
-            ClusterEvent::Moderate { by, action } => self.moderated_elsewhere(&by, &action),
+            ClusterEvent::Moderate {
+                by,
+                action,
+                sanction,
+            } => self.moderated_elsewhere(&by, &action, sanction),
             ClusterEvent::Muted {
                 channel,
                 user,
                 until,
-            } => self.remote_muted(&channel, &user, until),
-            ClusterEvent::Banned { address, until } => self.bans.ban(address, until),
+                address,
+            } => {
+                if let Some(address) = address {
+                    self.address_muted(address, until);
+                }
+                self.remote_muted(&channel, &user, until);
+            }
+            ClusterEvent::AddressMuted { address, until } => self.address_muted(address, until),
+            ClusterEvent::Banned {
+                address,
+                until,
+                made,
+            } => self.ban_here(address, until, made),
         }
     }
 

@@ -168,6 +168,7 @@ impl Clustered {
             channel: arrival.channel.clone(),
             state: Map::new(),
             operator: arrival.operator,
+            address: Some(arrival.address),
         };
         link.send(ClusterRequest::Claim {
             conn,
@@ -285,15 +286,21 @@ impl Clustered {
                 id: user.id.clone(),
                 kicked: user.kicked,
             }),
-            Change::Moderate { by, moderation } => link.send(ClusterRequest::Moderate {
+            Change::Moderate {
+                by,
+                moderation,
+                sanction,
+            } => link.send(ClusterRequest::Moderate {
                 by: by.id.clone(),
                 action: moderation.clone(),
+                sanction,
             }),
             Change::Muted(user) => link.send(ClusterRequest::Muted {
                 id: user.id.clone(),
                 channel: user.channel.clone(),
                 user: serde_json::to_string(&user.as_ref()).expect("users serialize"),
                 until: user.muted_until.unwrap_or(0),
+                address: user.address,
             }),
             Change::Banned { address, until } => {
                 link.send(ClusterRequest::Ban { address, until });
@@ -361,5 +368,6 @@ pub(super) fn record(user: &User) -> UserRecord {
         channel: user.channel.clone(),
         state: user.state.clone(),
         operator: user.operator,
+        address: Some(user.address),
     }
 }

@@ -27,7 +27,14 @@ pub struct UserRecord {
     /// them.
     #[serde(default)]
     pub operator: bool,
+    /// Their client address: an operator's server bans or mutes it at once, without waiting
+    /// for the user's own server to say where they come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
 }
+
+/// A client address and until when (a `ts`) an operator's ban or mute holds there.
+pub type Sanction = (IpAddr, u64);
 
 /// A name a user may get, in the order they are tried.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,8 +84,14 @@ pub enum ClusterRequest {
         floor: u64,
     },
     /// An operator here asks for a kick, mute or ban of another server's user (`by`: the
-    /// operator's id): announced, and done by the server that has them.
-    Moderate { by: String, action: Moderation },
+    /// operator's id): announced, and done by the server that has them. `sanction`: for a ban
+    /// or a mute, the user's address and until when (0: a mute lifted), kept in `<p>:bans` or
+    /// `<p>:mutes` in the same step, so no server can hear of the order before Redis holds it.
+    Moderate {
+        by: String,
+        action: Moderation,
+        sanction: Option<Sanction>,
+    },
     /// A user here was muted until `until` (0: unmuted): announced, not stored, for their
     /// channel's members elsewhere. `user` is as frames show them. Only the newest of a user
     /// waiting to be sent is kept.
@@ -87,6 +100,8 @@ pub enum ClusterRequest {
         channel: String,
         user: String,
         until: u64,
+        /// Their client address, muted (or unmuted) with them: kept in `<p>:mutes`.
+        address: IpAddr,
     },
     /// A client address banned until `until` (a `ts`): kept in `<p>:bans` for servers that
     /// start later, and announced.
@@ -178,18 +193,31 @@ pub enum ClusterEvent {
         before: Option<u64>,
     },
     /// An operator on another server asks for a kick, mute or ban of a user, who may be one of
-    /// this server's (`by`: the operator's id).
-    Moderate { by: String, action: Moderation },
-    /// Someone on another server was muted until `until` (0: unmuted). `user` is as frames
-    /// show them.
+    /// this server's (`by`: the operator's id); with the address banned or muted, and until
+    /// when, if that server knew it (see [`ClusterRequest::Moderate`]).
+    Moderate {
+        by: String,
+        action: Moderation,
+        sanction: Option<Sanction>,
+    },
+    /// Someone on another server was muted until `until` (0: unmuted), and their address with
+    /// them. `user` is as frames show them.
     Muted {
         channel: String,
         user: Box<RawValue>,
         until: u64,
+        address: Option<IpAddr>,
     },
-    /// A client address is banned until `until`: from the stream, or from `<p>:bans` when the
-    /// reader takes a view.
-    Banned { address: IpAddr, until: u64 },
+    /// A client address is muted until `until`: read from `<p>:mutes` when the reader takes a
+    /// view.
+    AddressMuted { address: IpAddr, until: u64 },
+    /// A client address is banned until `until`: from the stream, made at `made` (a `ts`), or
+    /// from `<p>:bans` when the reader takes a view (`made` then unknown: `u64::MAX`).
+    Banned {
+        address: IpAddr,
+        until: u64,
+        made: u64,
+    },
     /// Someone on another server is typing. `user` is `{"id","username"}`.
     Typing {
         channel: String,

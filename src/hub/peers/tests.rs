@@ -205,6 +205,7 @@ fn cluster_the_hub_delivers_only_what_comes_back_and_counts_other_servers() {
         channel: "general".into(),
         state: serde_json::Map::new(),
         operator: false,
+        address: None,
     };
     let upsert = |record: &UserRecord| ClusterEvent::Upsert {
         server: "s2".into(),
@@ -447,6 +448,7 @@ fn cluster_the_link_keeps_the_newest_of_each_user_and_sends_messages_first() {
         channel: "general".into(),
         state: json!({"x": x}).as_object().unwrap().clone(),
         operator: false,
+        address: None,
     };
     for x in 0..10_000 {
         for user in ["a", "b", "c"] {
@@ -521,6 +523,7 @@ fn cluster_an_operators_request_goes_to_the_users_server_which_carries_it_out() 
             channel: "general".into(),
             state: serde_json::Map::new(),
             operator,
+            address: None,
         },
     };
     c.tell(remote("bo", false));
@@ -534,7 +537,7 @@ fn cluster_an_operators_request_goes_to_the_users_server_which_carries_it_out() 
     let asked = c.asked();
     let ada_id = c.hub.users[&ada.conn].id.clone();
     assert!(
-        matches!(&asked[..], [ClusterRequest::Moderate { by, action }]
+        matches!(&asked[..], [ClusterRequest::Moderate { by, action, sanction: None }]
             if *by == ada_id && action.user() == "bo"),
         "{asked:?}"
     );
@@ -560,6 +563,7 @@ fn cluster_an_operators_request_goes_to_the_users_server_which_carries_it_out() 
         action: order(&format!(
             r#"{{"type":"mute","user":"{cy_id}","minutes":5}}"#
         )),
+        sanction: None,
     });
     assert_eq!(cy.frames()[0]["type"], "muted");
     let asked = c.asked();
@@ -570,6 +574,7 @@ fn cluster_an_operators_request_goes_to_the_users_server_which_carries_it_out() 
     c.tell(ClusterEvent::Moderate {
         by: "op2".into(),
         action: order(&format!(r#"{{"type":"kick","user":"{cy_id}"}}"#)),
+        sanction: None,
     });
     assert_eq!(cy.frames()[0]["type"], "kicked");
     let left: Vec<Value> = ada
@@ -587,6 +592,7 @@ fn cluster_an_operators_request_goes_to_the_users_server_which_carries_it_out() 
     c.tell(ClusterEvent::Moderate {
         by: "op2".into(),
         action: order(&format!(r#"{{"type":"kick","user":"{ada_id}"}}"#)),
+        sanction: None,
     });
     assert!(c.hub.users.contains_key(&ada.conn));
 
@@ -603,7 +609,11 @@ fn cluster_an_operators_request_goes_to_the_users_server_which_carries_it_out() 
     );
     let address: std::net::IpAddr = "192.0.2.7".parse().unwrap();
     let until = protocol::now_ms() + 60_000;
-    c.tell(ClusterEvent::Banned { address, until });
+    c.tell(ClusterEvent::Banned {
+        address,
+        until,
+        made: protocol::now_ms(),
+    });
     assert_eq!(c.hub.bans.until(address), Some(until));
     // And bans made while Redis was away are sent again when it is back.
     c.tell(ClusterEvent::Down);
@@ -615,4 +625,46 @@ fn cluster_an_operators_request_goes_to_the_users_server_which_carries_it_out() 
             .any(|r| matches!(r, ClusterRequest::Ban { address: a, until: u } if *a == address && *u == until)),
         "{asked:?}"
     );
+}
+
+#[test]
+fn cluster_a_ban_of_another_servers_user_holds_here_at_once_and_travels_with_the_order() {
+    let mut c = Cluster::new();
+    let ada = c.arrive("Ada", "general", Vec::new());
+    c.hub.handle(Event::Promote { conn: ada.conn });
+    let twin = c.arrive("Twin", "general", Vec::new());
+    c.asked();
+    let address: std::net::IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
+    c.tell(ClusterEvent::Upsert {
+        server: "s2".into(),
+        record: UserRecord {
+            id: "bo".into(),
+            username: "Bo".into(),
+            key: "bo".into(),
+            channel: "general".into(),
+            state: serde_json::Map::new(),
+            operator: false,
+            address: Some(address),
+        },
+    });
+    twin.frames();
+    c.send(&ada, r#"{"type":"ban","user":"bo","minutes":60}"#);
+    // Refused here before Bo's server says anything, and Twin (the same address) is out.
+    let until = c.hub.bans.until(address).expect("banned here at once");
+    let frames = twin.frames();
+    assert_eq!(frames[0]["type"], "kicked", "{frames:?}");
+    assert_eq!(frames[0]["until"], until);
+    assert!(!c.hub.users.contains_key(&twin.conn));
+    assert!(c.hub.users.contains_key(&ada.conn), "operators stay");
+    let asked = c.asked();
+    assert!(
+        asked.iter().any(
+            |r| matches!(r, ClusterRequest::Moderate { sanction: Some((a, u)), .. }
+            if *a == address && *u == until)
+        ),
+        "{asked:?}"
+    );
+    // A mute of Bo mutes the address here too: a newcomer from there starts muted.
+    c.send(&ada, r#"{"type":"mute","user":"bo","minutes":5}"#);
+    assert!(c.hub.mutes.until(address).is_some());
 }
