@@ -421,10 +421,17 @@ fn operators_a_mute_follows_the_address_to_a_new_connection_until_lifted() {
     let (mut bob, welcome) = enter(addr, host(2), "Bob");
     op.send(json!({"type": "mute", "user": id_of(&welcome), "minutes": 60}));
     bob.recv_type("muted");
+    op.recv_type("muted");
     bob.ws.close(None).unwrap();
     bob.expect_close();
-    // The same person (address), the same name, a new connection: still muted.
+    // The same person (address), the same name, a new connection: still muted, and told so
+    // at once, as the channel is, so that a page shows it before anything is refused.
     let (mut again, welcome) = enter(addr, host(2), "Bob");
+    let told = again.recv_type("muted");
+    assert_eq!(told["user"]["id"], welcome["user"]["id"]);
+    assert!(told["until"].as_u64().unwrap() > 0, "{told}");
+    let seen = op.recv_type("muted");
+    assert_eq!(seen["user"]["id"], welcome["user"]["id"]);
     for request in [
         json!({"type": "message", "text": "it's me again"}),
         json!({"type": "typing", "typing": true}),

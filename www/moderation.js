@@ -217,7 +217,8 @@ const Moderation = (() => {
     }, Math.min(next - now + 50, 2 ** 31 - 1));
   }
 
-  // A new connection: whoever reconnects comes back unmuted, and we know nobody's mute.
+  // A new connection: we know nobody's mute until the server says (a muted address is told
+  // again, with a `muted` frame, right after its welcome).
   function reset() {
     if (el.dialog.open) el.dialog.close();
     if (Room.mutedUntil) muteMe(0);

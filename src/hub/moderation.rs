@@ -322,6 +322,14 @@ impl Hub {
             self.kick(conn, None, Some(until));
         } else if let Some(until) = self.mutes.until(user.address) {
             user.muted_until = Some(until);
+            // Told as any mute is, so that a page shows it before anything is refused.
+            let frame = encode(&ServerFrame::Muted {
+                channel: &user.channel,
+                user: user.as_ref(),
+                until,
+            });
+            let channel = user.channel.clone();
+            self.broadcast(&channel, &frame, None);
         }
     }
 
