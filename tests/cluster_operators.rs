@@ -398,7 +398,9 @@ fn cluster_operators_a_mute_follows_the_user_who_reconnects_to_any_server_until_
     p.bob.ws.close(None).unwrap();
     p.bob.expect_close();
     // Bob comes back from his address, to the operator's server and to his own: still muted.
-    let (mut at_a, _) = enter(p.a.local_addr(), host(2), "Bob");
+    // (Under another name: his old one is free again only once every server has heard he
+    // left, and the address is what a mute follows.)
+    let (mut at_a, _) = enter(p.a.local_addr(), host(2), "BobAgain");
     at_a.send(json!({"type": "message", "text": "it's me again"}));
     assert_eq!(at_a.recv_type("error")["code"], "muted");
     let (mut at_b, at_b_id) = enter(p.b.local_addr(), host(2), "Bobby");
