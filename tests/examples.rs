@@ -20,6 +20,8 @@ use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -929,20 +931,32 @@ fn stuck_reader_attack(name: &str) {
     // Far more than the socket buffers and the outbox can hold for Stuck: 10 MB.
     // Bob reads his own messages back as he goes: a sender that never read would be a reader
     // that never reads too, and dropped for it.
+    // Ada keeps up: Bob stays at most 64 messages ahead of what she has read, so that a busy
+    // machine pausing her thread cannot make her the reader who does not read.
     let text = "x".repeat(2000);
     let count = 5000;
-    let sender = thread::spawn(move || {
-        for _ in 0..count {
-            bob.say(&text);
-        }
-        bob
-    });
+    let ada_read = Arc::new(AtomicUsize::new(0));
+    let sender = {
+        let ada_read = Arc::clone(&ada_read);
+        thread::spawn(move || {
+            for sent in 0..count {
+                while sent > ada_read.load(Ordering::Relaxed) + 64 {
+                    thread::sleep(Duration::from_millis(1));
+                }
+                bob.say(&text);
+            }
+            bob
+        })
+    };
     let mut received = 0;
     let mut stuck_left = false;
     while received < count || !stuck_left {
         let frame = ada.recv();
         match frame["type"].as_str() {
-            Some("message") => received += 1,
+            Some("message") => {
+                received += 1;
+                ada_read.store(received, Ordering::Relaxed);
+            }
             Some("left") => {
                 assert_eq!(frame["user"]["username"], "Stuck", "{frame}");
                 stuck_left = true;
