@@ -365,7 +365,8 @@ fn bench_ping_flood_writes_pings_from_one_address() {
     let row = attack(&["attack", "--kind", "ping-flood", "-n", "5"]);
     assert_eq!(row["attack"], "ping-flood");
     assert_eq!(row["from"], "127.2.0.1", "{row}");
-    assert!(number(&row, "pings_per_s") > 0.0, "{row}");
+    // The server reads pings at their pace, so the window itself may see none get through.
+    assert!(number(&row, "pings_written") > 0.0, "{row}");
 }
 
 #[test]
