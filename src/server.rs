@@ -106,7 +106,7 @@ impl Server {
         };
         let hub = (hub.with_outbound(Arc::clone(&outbound))).with_waker(hub_tx.clone())?;
         let hub_stop = hub.stop_flag();
-        let (bans, metrics) = (hub.bans(), hub.metrics());
+        let (bans, metrics, newest) = (hub.bans(), hub.metrics(), hub.newest_inbox());
         let hub_thread = thread::Builder::new()
             .name("hub".into())
             .spawn(move || hub.run(hub_rx))?;
@@ -114,6 +114,7 @@ impl Server {
         let context = Arc::new(Context {
             config,
             hub: hub_tx,
+            newest,
             budget: Budget::new(capacity),
             outbound,
             stopping: AtomicBool::new(false),

@@ -284,13 +284,10 @@ impl Outbox {
         }
     }
 
-    /// Asks `watch` to tell `token` once this client's socket has room (nothing, for an
-    /// outbox without one).
+    /// Asks `watch` to tell `token` once this client's socket has room; whether it will
+    /// (never, for an outbox without a socket).
     pub fn watch(&self, watch: &Watch, token: u64) -> bool {
-        self.socket.as_deref().is_some_and(|socket| {
-            watch.arm(socket, token);
-            true
-        })
+        (self.socket.as_deref()).is_some_and(|socket| watch.arm(socket, token))
     }
 
     /// Takes this client's socket out of `watch`.

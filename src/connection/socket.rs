@@ -173,13 +173,13 @@ impl Watch {
         Ok(watch)
     }
 
-    /// Asks to hear once (`token`) when `socket` has room to write.
-    pub fn arm(&self, socket: &TcpStream, token: u64) {
+    /// Asks to hear once (`token`) when `socket` has room to write; whether the kernel took
+    /// the request.
+    pub fn arm(&self, socket: &TcpStream, token: u64) -> bool {
         let events = libc::EPOLLOUT | libc::EPOLLONESHOT;
         let fd = socket.as_raw_fd();
-        if !self.control(libc::EPOLL_CTL_MOD, fd, events, token) {
-            self.control(libc::EPOLL_CTL_ADD, fd, events, token);
-        }
+        self.control(libc::EPOLL_CTL_MOD, fd, events, token)
+            || self.control(libc::EPOLL_CTL_ADD, fd, events, token)
     }
 
     /// Stops watching `socket` (a client that is gone).

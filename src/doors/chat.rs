@@ -5,7 +5,8 @@
 //! here too (see `locked.rs`): no secret ever reaches the hub.
 
 use std::net::IpAddr;
-use std::time::Instant;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tungstenite::Bytes;
 
@@ -34,6 +35,7 @@ pub fn serve(reader: &mut Reader, conn: ConnId, context: &Context, client: IpAdd
     let mut bucket = frames_bucket(context.config.max_rate);
     let mut gauge = FloodGauge::new(context.config.max_rate);
     let rate_limited: Bytes = rate_limited();
+    let mut cursors = Cursors::new(context.config.max_rate);
     // Without a room code or an operator token, the chat is open: `hello` means nothing there.
     let open = context.config.room_code.is_none() && context.config.operator_token.is_none();
     let parse = if open {
@@ -78,14 +80,8 @@ pub fn serve(reader: &mut Reader, conn: ConnId, context: &Context, client: IpAdd
                         }
                     }
                     Ok(request) => {
-                        let received = Instant::now();
-                        let event = Event::Request {
-                            conn,
-                            request,
-                            received,
-                        };
-                        if hub.send(event).is_err() {
-                            return Ended::ServerStopping;
+                        if let Err(ended) = hand_over(context, conn, request, &mut cursors) {
+                            return ended;
                         }
                         continue;
                     }
@@ -107,6 +103,121 @@ pub fn serve(reader: &mut Reader, conn: ConnId, context: &Context, client: IpAdd
             return Ended::ServerStopping;
         }
     }
+}
+
+/// Hands a valid request to the hub. A `state` or `typing` waits in the inbox, replacing
+/// this sender's previous one if the hub has not taken it yet (see `hub/inbox.rs`); anything
+/// else goes through the queue, after what this sender still has waiting in the inbox, so
+/// that its requests are applied in the order it sent them.
+///
+/// # Errors
+/// The hub is gone: the server is stopping ([`Ended::ServerStopping`]).
+fn hand_over(
+    context: &Context,
+    conn: ConnId,
+    request: ChatRequest,
+    cursors: &mut Cursors,
+) -> Result<(), Ended> {
+    let received = Instant::now();
+    if matches!(
+        request,
+        ChatRequest::State { .. } | ChatRequest::Typing { .. }
+    ) {
+        cursors.waiting = true;
+        let (first, behind) = context.newest.put(conn, request, received);
+        if first {
+            send(context, Event::NewestWaiting)?;
+        }
+        cursors.pace(behind);
+        return Ok(());
+    }
+    if std::mem::take(&mut cursors.waiting)
+        && let Some(waiting) = context.newest.take_back(conn)
+    {
+        for (request, received) in waiting.into_requests() {
+            let event = Event::Request {
+                conn,
+                request,
+                received,
+            };
+            send(context, event)?;
+        }
+    }
+    let event = Event::Request {
+        conn,
+        request,
+        received,
+    };
+    send(context, event)
+}
+
+/// Sends `event` to the hub.
+///
+/// # Errors
+/// The hub is gone: the server is stopping.
+fn send(context: &Context, event: Event) -> Result<(), Ended> {
+    context.hub.send(event).map_err(|_| Ended::ServerStopping)
+}
+
+/// How long the hub may leave the inbox untaken before a connection sending `state` or
+/// `typing` is paced: a few of its turns, under load.
+pub const HUB_BEHIND: Duration = Duration::from_millis(20);
+/// How long such a connection then waits before reading on.
+pub const CURSOR_PAUSE: Duration = Duration::from_millis(250);
+
+/// A connection's `state` and `typing`, on their way to the inbox.
+///
+/// Reading a frame costs its thread a wake-up and a system call, whatever the frame; a crowd
+/// of thousands moving their cursors at the rate limit costs more in those than the hub needs
+/// to serve everyone, and on a busy machine it takes the hub's time. Their frames are
+/// coalesced anyway, so while the hub is behind with them ([`HUB_BEHIND`]), a connection that
+/// has just handed one over waits [`CURSOR_PAUSE`] before reading on, then reads what came
+/// meanwhile at once: fewer wake-ups for the same frames, and the newest of them is all the
+/// hub needs. What a pause lets pile up is well within the rate limit's burst, and after a
+/// pause the next frames are read without one, so the connection is read at least as fast as
+/// the rate limit lets it send: no frame is refused, and none waits long, for a pause.
+#[derive(Debug)]
+struct Cursors {
+    /// Whether this connection may have one waiting in the inbox.
+    waiting: bool,
+    /// Frames to read before the next pause.
+    unpaused: u32,
+    /// What a pause lets pile up at the rate limit, and one more.
+    per_pause: u32,
+}
+
+impl Cursors {
+    fn new(max_rate: u32) -> Cursors {
+        // The most a pause may let pile up: one and a half pauses at the rate limit.
+        let most = CURSOR_PAUSE.mul_f64(1.5).as_secs_f64() * f64::from(max_rate);
+        let per_pause = most.ceil() as u32 + 1;
+        Cursors {
+            waiting: false,
+            unpaused: 0,
+            per_pause,
+        }
+    }
+
+    /// One was handed over; the hub has left the inbox untaken for `behind`.
+    fn pace(&mut self, behind: Duration) {
+        if self.unpaused > 0 {
+            self.unpaused -= 1;
+        } else if behind >= HUB_BEHIND {
+            thread::sleep(jittered(CURSOR_PAUSE));
+            self.unpaused = self.per_pause;
+        }
+    }
+}
+
+/// Between half and one and a half of `pause`: connections that found the hub behind
+/// together must not all wake together. (The clock's nanoseconds are random enough here.)
+fn jittered(pause: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let span = u32::try_from(pause.as_nanos()).unwrap_or(u32::MAX).max(1);
+    pause / 2 + Duration::from_nanos(u64::from(nanos % span))
 }
 
 /// A `hello` from a user who is in already: the operator token is checked as one more guess

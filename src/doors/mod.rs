@@ -26,7 +26,7 @@ use crate::capacity::{AtCapacity, Budget, Handshake, OutboundBudget};
 use crate::config::Config;
 use crate::connection::{ConnId, Ended, Outbox, Reader};
 use crate::http::{self, HANDSHAKE_TIMEOUT, RequestHead};
-use crate::hub::{Bans, Event};
+use crate::hub::{Bans, Event, NewestInbox};
 use crate::metrics::{Metrics, Refusal};
 use crate::protocol::format_ts;
 use crate::throttle::Throttle;
@@ -36,6 +36,8 @@ use guesses::Guesses;
 pub struct Context {
     pub config: Config,
     pub hub: SyncSender<Event>,
+    /// Where `state` and `typing` skip the hub's queue (see `hub/inbox.rs`).
+    pub newest: Arc<NewestInbox>,
     pub budget: Arc<Budget>,
     pub outbound: Arc<OutboundBudget>,
     pub stopping: AtomicBool,

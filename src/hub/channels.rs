@@ -84,6 +84,9 @@ pub(super) struct Channel {
     pub(super) turn: Turn,
     /// The ids of the channel's users on other servers, if there are other servers.
     pub(super) remote: Vec<String>,
+    /// Messages being fanned out: the pass after which each has reached everyone that keeps
+    /// up, and when it arrived (`figures.rs`).
+    pub(super) arrivals: Vec<(u64, Instant)>,
 }
 
 impl Channel {

@@ -146,11 +146,13 @@ impl Hub {
     /// its channel's log (presence in bytes only: see `Log::lag`), its own frames, and its
     /// outbox (a single frame larger than the limit may still wait for a client with nothing
     /// else).
-    pub(super) fn check_lag(&mut self, conn: ConnId) {
+    /// Returns the bytes it lags by.
+    pub(super) fn check_lag(&mut self, conn: ConnId) -> usize {
         let (frames, bytes) = self.lag_of(conn);
         if frames > MAX_QUEUED_FRAMES || (frames > 1 && bytes > MAX_QUEUED_BYTES) {
             self.overflowed.push(conn);
         }
+        bytes
     }
 
     /// Frames and bytes waiting for `conn` inside the server, and, while it lags, in the
@@ -178,8 +180,9 @@ impl Hub {
 
     /// Checks a parked member that has had its chance: one whose socket has taken nothing for
     /// as long as a writer thread would wait ([`OutboundBudget::writer_stall`]) is given up.
-    pub(super) fn check_parked(&mut self, conn: ConnId) {
-        self.check_lag(conn);
+    /// Returns the bytes it lags by.
+    pub(super) fn check_parked(&mut self, conn: ConnId) -> usize {
+        let lag = self.check_lag(conn);
         let stall = self.outbound.as_ref().map(|budget| budget.writer_stall());
         let stalled = self.users.get(&conn).and_then(|user| user.stalled_since);
         if let (Some(stall), Some(since)) = (stall, stalled)
@@ -187,20 +190,19 @@ impl Hub {
         {
             self.overflowed.push(conn);
         }
+        lag
     }
 
     /// Keeps what waits for every client together within the server's budget
     /// ([`OutboundBudget::max_queued_bytes`]): past it, the members parked furthest behind,
     /// [`BEHIND`] or more, are dropped, so a crowd that does not read cannot cost a reader
     /// who is a moment late.
-    pub(super) fn check_budget(&mut self, parked: &[ConnId]) {
+    /// `behind`: each parked member's lag in bytes.
+    pub(super) fn check_budget(&mut self, mut behind: Vec<(usize, ConnId)>) {
         let Some(budget) = &self.outbound else {
             return;
         };
         let (queued, max) = (budget.queued_bytes(), budget.max_queued_bytes());
-        let mut behind: Vec<(usize, ConnId)> = (parked.iter())
-            .map(|conn| (self.lag_of(*conn).1, *conn))
-            .collect();
         let mut total = queued + behind.iter().map(|(bytes, _)| bytes).sum::<usize>();
         behind.sort_unstable_by(|a, b| b.cmp(a));
         for (bytes, conn) in behind {
@@ -294,7 +296,7 @@ impl Hub {
             }
         }
         self.flushing = false;
-        self.fanned_out(true);
+        self.publish_figures();
     }
 
     pub(super) fn shutdown(&mut self) {

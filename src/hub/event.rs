@@ -54,6 +54,9 @@ pub enum Event {
     /// These connections' sockets, full when the hub last wrote to them, have room again
     /// (from the hub's own waker thread: see `rounds.rs`).
     Writable(Vec<ConnId>),
+    /// `state` and `typing` wait in the [`NewestInbox`](super::inbox::NewestInbox): sent by
+    /// the thread that found it empty, so that the queue holds one of these for them all.
+    NewestWaiting,
 }
 
 /// The body of `GET /stats`.

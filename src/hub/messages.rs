@@ -59,7 +59,7 @@ impl Hub {
         }
         self.messages += 1;
         self.broadcast(&channel, &frame, None);
-        self.fanning_out(received);
+        self.fanning_out(&channel, received);
     }
 
     /// `conn` started or stopped typing: the others in its channel are told (the newest only,

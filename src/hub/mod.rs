@@ -14,7 +14,9 @@
 //! depend on how many will receive it. A `message`, `joined`, `left` or `renamed` is encoded
 //! once and appended to its channel's **log** (`log.rs`), every member holding a cursor into
 //! it. A `state` or `typing` only marks its sender in the channel's **newest** table
-//! (`newest.rs`). A `welcome`, an `error` or a channel list goes on one member's own queue.
+//! (`newest.rs`); they come through the **inbox** (`inbox.rs`) rather than the queue, one of
+//! each per sender at most, and are applied a turn's worth at a time like any events. A
+//! `welcome`, an `error` or a channel list goes on one member's own queue.
 //!
 //! **Serving** a member is one write of everything it is owed (`delivery.rs`): its log from
 //! its cursor, its own frames each in its place, the newest `state` and `typing` of the others
@@ -65,6 +67,7 @@
 //! | `users.rs` | ids, names (unique under case folding), renames, leaving |
 //! | `channels.rs` | joining, channels, the `welcome`, the `channels` list |
 //! | `messages.rs` | a message's way: its id, its history, its channel's log; `state` and `typing` |
+//! | [`inbox`] | each sender's newest `state` and `typing`, waiting beside the queue |
 //! | `presence.rs` | `joined`/`left`, held back and written together when a crowd arrives |
 //! | `log.rs` | a channel's log of frames every member must have, and their cursors |
 //! | [`newest`] | a channel's newest `state` and `typing` of each sender, and their pace |
@@ -85,6 +88,7 @@ pub mod event;
 mod channels;
 mod delivery;
 mod figures;
+pub mod inbox;
 mod invariants;
 mod log;
 mod messages;
@@ -112,6 +116,7 @@ use tungstenite::Bytes;
 
 pub use channels::CHANNELS_EVERY;
 pub use event::{ChannelStat, Event, Stats};
+pub use inbox::NewestInbox;
 pub use moderation::Bans;
 use moderation::Mutes;
 pub use peers::{link, port};
@@ -190,8 +195,14 @@ pub struct Hub {
     mutes: Mutes,
     /// The counters `/metrics` reads (see `figures.rs`).
     metrics: Arc<Metrics>,
-    /// When each message fanned out in this batch arrived (see `figures.rs`).
-    arrivals: Vec<Instant>,
+    /// Each sender's newest `state` and `typing`, which skip the queue (see `inbox.rs`).
+    inbox: Arc<NewestInbox>,
+    /// What was taken from the inbox and is still to apply, and in which order: a few
+    /// thousand senders' cursors are applied a turn's worth at a time, like any events.
+    taken: HashMap<ConnId, inbox::Waiting>,
+    taken_order: Vec<ConnId>,
+    /// The inbox has something since the hub last took from it.
+    inbox_owed: bool,
 }
 
 impl Hub {
@@ -222,7 +233,10 @@ impl Hub {
             bans: Arc::new(Bans::default()),
             mutes: Mutes::default(),
             metrics: Arc::new(Metrics::new()),
-            arrivals: Vec::new(),
+            inbox: Arc::new(NewestInbox::default()),
+            taken: HashMap::new(),
+            taken_order: Vec::new(),
+            inbox_owed: false,
         };
         hub.channels
             .insert(DEFAULT_CHANNEL.to_owned(), Channel::default());
@@ -240,7 +254,7 @@ impl Hub {
         loop {
             // With members to serve, only what is already waiting; otherwise sleep until an
             // event arrives or something held back is due, whichever is first.
-            let first = if self.has_turns() {
+            let first = if self.has_turns() || self.newest_owed() {
                 match events.try_recv() {
                     Ok(event) => Some(event),
                     Err(TryRecvError::Empty) => None,
@@ -289,6 +303,7 @@ impl Hub {
             if !going {
                 break;
             }
+            self.apply_newest(Some(until));
             self.now = Instant::now();
             self.play(false);
             self.trim.maybe(self.now);
@@ -314,6 +329,45 @@ impl Hub {
     #[cfg(any(test, feature = "fault-injection"))]
     pub fn pace_newest(&mut self, pace: Duration) {
         self.newest_pace = Some(pace);
+    }
+
+    /// The inbox where the chat door leaves each sender's newest `state` and `typing`.
+    pub fn newest_inbox(&self) -> Arc<NewestInbox> {
+        Arc::clone(&self.inbox)
+    }
+
+    /// Applies the `state` and `typing` waiting in the inbox, one of each per sender, until
+    /// `until` if given (what is left waits for the next turn), or all of them.
+    fn apply_newest(&mut self, until: Option<Instant>) {
+        for applied in 1usize.. {
+            let Some(conn) = self.taken_order.pop() else {
+                if !std::mem::take(&mut self.inbox_owed) {
+                    break;
+                }
+                let room = std::mem::take(&mut self.taken);
+                self.taken = self.inbox.take_all(room);
+                self.taken_order.extend(self.taken.keys());
+                continue;
+            };
+            self.apply_taken(conn);
+            if applied % 64 == 0 && until.is_some_and(|until| Instant::now() >= until) {
+                break;
+            }
+        }
+    }
+
+    /// Applies what was taken from the inbox for `conn`, if anything is left of it.
+    fn apply_taken(&mut self, conn: ConnId) {
+        if let Some(waiting) = self.taken.remove(&conn) {
+            for (request, received) in waiting.into_requests() {
+                self.request(conn, request, received);
+            }
+        }
+    }
+
+    /// Whether cursors taken from the inbox, or the inbox itself, wait to be applied.
+    fn newest_owed(&self) -> bool {
+        self.inbox_owed || !self.taken_order.is_empty()
     }
 
     /// The flag that makes [`Hub::run`] stop before its next event (see `stop`).
@@ -344,8 +398,7 @@ impl Hub {
         while self.has_turns() && (until_done || Instant::now() < until) {
             self.round();
         }
-        let written = !self.has_turns();
-        self.fanned_out(written);
+        self.publish_figures();
     }
 
     /// Applies one event and writes out everything it produced, held presence and newest
@@ -354,6 +407,7 @@ impl Hub {
     pub fn handle(&mut self, event: Event) -> bool {
         self.now = Instant::now();
         let going = self.apply(event);
+        self.apply_newest(None);
         self.flush_everything();
         going
     }
@@ -365,6 +419,7 @@ impl Hub {
     pub fn handle_at(&mut self, event: Event, now: Instant) -> bool {
         self.now = now;
         let going = self.apply(event);
+        self.apply_newest(None);
         self.play(true);
         going
     }
@@ -397,7 +452,11 @@ impl Hub {
                 conn,
                 request,
                 received,
-            } => self.request(conn, request, received),
+            } => {
+                // Its sender's cursor taken from the inbox was sent before it.
+                self.apply_taken(conn);
+                self.request(conn, request, received);
+            }
             Event::Promote { conn } => self.promote(conn),
             Event::Reply { conn, frame } => self.reply(conn, frame),
             Event::Peers(event) => self.hear_peers(event),
@@ -406,12 +465,16 @@ impl Hub {
                     self.close_after_owed(conn, frame);
                 }
                 self.other_doors.remove(&conn);
+                // Its cursor waiting in the inbox is moot now.
+                self.inbox.take_back(conn);
+                self.taken.remove(&conn);
                 self.remove_user(conn, "disconnected");
             }
             Event::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }
             Event::Writable(conns) => self.writable(conns),
+            Event::NewestWaiting => self.inbox_owed = true,
             Event::Shutdown => {
                 self.shutdown();
                 return false;

@@ -52,7 +52,7 @@ pub(super) struct Turn {
     /// The next member of the pass under way (an index into the members), if one is.
     pass: Option<usize>,
     /// New work came during the pass: another follows it.
-    again: bool,
+    pub(super) again: bool,
     /// Members to serve before the pass goes on.
     urgent: Vec<ConnId>,
     /// What the channel has left to spend this round; negative once it overspent.
@@ -61,6 +61,8 @@ pub(super) struct Turn {
     queued: bool,
     /// When the channel is next due (held presence, newest frames), if a timer is set.
     due: Option<Instant>,
+    /// How many passes are over.
+    pub(super) passes: u64,
 }
 
 impl Turn {
@@ -82,6 +84,8 @@ pub(super) struct Parked {
     /// Shared with the waker thread, which waits on it.
     watch: Option<Arc<Watch>>,
     members: HashSet<ConnId>,
+    /// Those of them the kernel does not tell about (see `park`): the sweep serves them again.
+    unwatched: HashSet<ConnId>,
     sweep_at: Option<Instant>,
 }
 
@@ -275,8 +279,14 @@ impl Hub {
         }
     }
 
-    /// A pass is over: the log keeps only what someone still needs.
+    /// A pass is over: the messages it served are delivered, and the log keeps only what
+    /// someone still needs.
     fn pass_done(&mut self, name: &str) {
+        let Some(ch) = self.channels.get_mut(name) else {
+            return;
+        };
+        ch.turn.passes += 1;
+        self.delivered(name);
         let Some(ch) = self.channels.get_mut(name) else {
             return;
         };
@@ -301,8 +311,9 @@ impl Hub {
         user.parked = true;
         let parked = &mut self.parked;
         parked.members.insert(conn);
-        if watch && let Some(w) = &parked.watch {
-            outbox.watch(w, conn);
+        let watched = watch && (parked.watch.as_ref()).is_some_and(|w| outbox.watch(w, conn));
+        if !watched {
+            parked.unwatched.insert(conn);
         }
         parked.sweep_at.get_or_insert(self.now + SWEEP_EVERY);
     }
@@ -314,6 +325,7 @@ impl Hub {
         if forget && let Some(watch) = &self.parked.watch {
             outbox.unwatch(watch);
         }
+        self.parked.unwatched.remove(&conn);
         if self.parked.members.remove(&conn)
             && let Some(user) = self.users.get_mut(&conn)
         {
@@ -345,20 +357,29 @@ impl Hub {
         Ok(self)
     }
 
-    /// At each sweep (every time when `all`), serves again every parked member, after checking
-    /// how far behind each is (the slow-reader limits, the server's budget).
+    /// At each sweep (every time when `all`), checks how far behind each parked member is (the
+    /// slow-reader limits, the server's budget), and serves again those the kernel does not
+    /// tell about (all of them when `all`). The others are served when their socket has room:
+    /// trying a full socket again would cost two system calls a member and give nothing.
     pub(super) fn wake_parked(&mut self, all: bool) {
         let sweep = all || self.parked.sweep_at.is_some_and(|at| at <= self.now);
         if !sweep || self.parked.members.is_empty() {
             return;
         }
         let parked: Vec<ConnId> = self.parked.members.iter().copied().collect();
-        for conn in &parked {
-            self.check_parked(*conn);
-        }
-        self.check_budget(&parked);
+        let lags: Vec<(usize, ConnId)> = (parked.iter())
+            .map(|conn| (self.check_parked(*conn), *conn))
+            .collect();
+        self.check_budget(lags);
         self.drop_overflowed();
         self.parked.sweep_at = Some(self.now + SWEEP_EVERY);
-        self.writable(parked);
+        let again = if all {
+            parked
+        } else {
+            (parked.into_iter())
+                .filter(|conn| self.parked.unwatched.contains(conn))
+                .collect()
+        };
+        self.writable(again);
     }
 }

@@ -1067,6 +1067,11 @@ fn step2_a_quiet_channel_is_served_between_the_turns_of_a_crowded_one() {
         "to the quiet",
         "one round serves the quiet pair"
     );
+    assert_eq!(
+        c.hub.metrics.deliveries_timed(),
+        1,
+        "the quiet message's delivery is timed while the crowd's pass goes on"
+    );
     let served = crowd.iter().filter(|m| !m.frames().is_empty()).count();
     assert!(
         served < crowd.len(),
@@ -1076,6 +1081,11 @@ fn step2_a_quiet_channel_is_served_between_the_turns_of_a_crowded_one() {
     c.tick(2001);
     let late = crowd.iter().filter(|m| !m.frames().is_empty()).count();
     assert_eq!(served + late, crowd.len());
+    assert_eq!(
+        c.hub.metrics.deliveries_timed(),
+        2,
+        "and the crowd's once it is over"
+    );
 }
 
 #[test]
@@ -1167,4 +1177,36 @@ fn step7_answers_are_charged_to_whoever_asked() {
         std::time::Duration::ZERO,
         "messages cost nothing"
     );
+}
+
+#[test]
+fn step6_a_cursor_taken_from_the_inbox_is_applied_before_its_senders_next_request() {
+    let mut c = Clocked::new();
+    let ada = c.connect_to(0, "Ada", "room");
+    let cy = c.connect_to(0, "Cy", "elsewhere");
+    c.tick(1000);
+    drop((ada.frames(), cy.frames()));
+    // Ada's cursor was taken from the inbox but not applied yet (a crowd's worth were ahead
+    // of it) when her `join` arrives through the queue: the cursor was sent first, so it is
+    // applied in the channel she sent it in, and Cy, where she goes, is not sent it.
+    let state = protocol::parse_request(r#"{"type":"state","state":{"x":1}}"#).unwrap();
+    let hub = &mut c.hub;
+    hub.inbox.put(ada.conn, state, Instant::now());
+    hub.taken = hub.inbox.take_all(HashMap::new());
+    hub.taken_order.extend(hub.taken.keys());
+    c.send(1001, &ada, r#"{"type":"join","channel":"elsewhere"}"#);
+    c.tick(3000);
+    let seen = cy.frames();
+    assert!(states_of(&seen, "Ada").is_empty(), "{seen:?}");
+    let joined = seen
+        .iter()
+        .find(|f| f["type"] == "joined")
+        .expect("Ada joined");
+    assert_eq!(joined["user"]["username"], "Ada");
+    let welcome = ada.last_welcome();
+    let me = (welcome["users"].as_array().unwrap().iter())
+        .find(|u| u["username"] == "Ada")
+        .unwrap();
+    assert_eq!(me["state"]["x"], 1, "her state is hers wherever she goes");
+    assert!(c.hub.taken.is_empty() && c.hub.taken_order.is_empty());
 }

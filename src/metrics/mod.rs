@@ -142,6 +142,14 @@ impl Metrics {
         self.delivery_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
+    /// Messages whose delivery time was counted so far.
+    pub fn deliveries_timed(&self) -> u64 {
+        self.delivery_buckets
+            .iter()
+            .map(|bucket| bucket.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Users online on this server (locked connections are nobody, so not among them).
     pub fn users_online(&self) -> usize {
         self.users_online.load(Ordering::Relaxed)

@@ -1,0 +1,132 @@
+//! The side door for `state` and `typing`: each sender's newest waits here, one of each per
+//! sender, until the hub takes them all at once.
+//!
+//! They say how someone is *now*, and a channel publishes only the newest of each sender
+//! anyway (see `newest.rs`). Sent through the hub's mpsc queue like everything else, a crowd
+//! moving its cursors at the rate limit would fill that queue with frames already out of date,
+//! and a quiet channel's `message` would wait behind thousands of them, its sender's thread
+//! blocked handing it over. Here a sender's new `state` replaces the one still waiting, so the
+//! hub's queue holds at most one [`Event::NewestWaiting`](super::Event::NewestWaiting) for all
+//! of them, and the crowd's cursors cost the hub one apply per sender per turn, whatever
+//! their rate.
+
+use std::collections::HashMap;
+use std::mem;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::connection::ConnId;
+use crate::protocol::ChatRequest;
+
+/// What one sender has waiting: its newest `state` and its newest `typing`, each with when
+/// its frame was read.
+#[derive(Debug, Default)]
+pub struct Waiting {
+    state: Option<(ChatRequest, Instant)>,
+    typing: Option<(ChatRequest, Instant)>,
+}
+
+impl Waiting {
+    /// The requests, in the order the hub applies them.
+    pub fn into_requests(self) -> impl Iterator<Item = (ChatRequest, Instant)> {
+        self.state.into_iter().chain(self.typing)
+    }
+}
+
+/// The newest `state` and `typing` of every sender, waiting for the hub. Shared by the chat
+/// door's threads (which put) and the hub (which takes).
+#[derive(Debug, Default)]
+pub struct NewestInbox {
+    waiting: Mutex<Inbox>,
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    by_sender: HashMap<ConnId, Waiting>,
+    /// When the hub last took everything (or the inbox was made).
+    taken_at: Option<Instant>,
+}
+
+impl NewestInbox {
+    /// Puts `request` as `conn`'s newest of its kind, replacing the one waiting, if any.
+    /// Returns `true` when the inbox was empty: the caller must then tell the hub
+    /// ([`Event::NewestWaiting`](super::Event::NewestWaiting)), and nobody else will.
+    ///
+    /// # Panics
+    /// If `request` is neither a `state` nor a `typing`.
+    pub fn put(&self, conn: ConnId, request: ChatRequest, received: Instant) -> (bool, Duration) {
+        let mut inbox = self.lock();
+        let was_empty = inbox.by_sender.is_empty();
+        if was_empty {
+            inbox.taken_at = Some(received);
+        }
+        let behind = received.saturating_duration_since(inbox.taken_at.unwrap_or(received));
+        let of_conn = inbox.by_sender.entry(conn).or_default();
+        match request {
+            ChatRequest::State { .. } => of_conn.state = Some((request, received)),
+            ChatRequest::Typing { .. } => of_conn.typing = Some((request, received)),
+            other => panic!(
+                "only state and typing wait in the inbox, not {}",
+                other.kind()
+            ),
+        }
+        (was_empty, behind)
+    }
+
+    /// Takes back what `conn` has waiting, if the hub has not taken it yet: a request that
+    /// follows a `state` must not overtake it (a `join` would carry the state to the other
+    /// channel), so the door sends what it takes back through the queue first.
+    pub fn take_back(&self, conn: ConnId) -> Option<Waiting> {
+        self.lock().by_sender.remove(&conn)
+    }
+
+    /// Takes everything waiting (the hub), leaving `spare`'s room in its place.
+    pub fn take_all(&self, spare: HashMap<ConnId, Waiting>) -> HashMap<ConnId, Waiting> {
+        mem::replace(&mut self.lock().by_sender, spare)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inbox> {
+        // Nothing panics while holding it but `put`'s misuse, which leaves the map whole.
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn state(x: i64) -> ChatRequest {
+        let Some(map) = json!({ "x": x }).as_object().cloned() else {
+            unreachable!()
+        };
+        ChatRequest::State { state: map }
+    }
+
+    #[test]
+    fn step6_a_sender_has_only_its_newest_state_and_typing_waiting() {
+        let inbox = NewestInbox::default();
+        let now = Instant::now();
+        assert!(inbox.put(1, state(1), now).0, "the first tells the hub");
+        assert!(!inbox.put(1, state(2), now).0, "the hub was told already");
+        assert!(!inbox.put(1, ChatRequest::Typing { typing: true }, now).0);
+        assert!(!inbox.put(2, state(3), now).0);
+        let mut all = inbox.take_all(HashMap::new());
+        assert_eq!(all.len(), 2);
+        let first: Vec<ChatRequest> = all
+            .remove(&1)
+            .unwrap()
+            .into_requests()
+            .map(|(request, _)| request)
+            .collect();
+        assert_eq!(first, [state(2), ChatRequest::Typing { typing: true }]);
+        assert!(
+            inbox.put(1, state(4), now).0,
+            "empty again: the next tells the hub"
+        );
+        assert!(inbox.take_back(1).is_some());
+        assert!(inbox.take_back(1).is_none());
+    }
+}
