@@ -172,29 +172,25 @@ pub const CURSOR_PAUSE: Duration = Duration::from_millis(250);
 /// to serve everyone, and on a busy machine it takes the hub's time. Their frames are
 /// coalesced anyway, so while the hub is behind with them ([`HUB_BEHIND`]), a connection that
 /// has just handed one over waits [`CURSOR_PAUSE`] before reading on, then reads what came
-/// meanwhile at once: fewer wake-ups for the same frames, and the newest of them is all the
-/// hub needs. What a pause lets pile up is well within the rate limit's burst, and after a
-/// pause the next frames are read without one, so the connection is read at least as fast as
-/// the rate limit lets it send: no frame is refused, and none waits long, for a pause.
+/// meanwhile at once: two wake-ups for a pause's worth of frames, and the newest of them is
+/// all the hub needs. What a pause lets pile up is well within the rate limit's burst, and
+/// is read without another pause, so the connection is read at least as fast as the rate
+/// limit lets it send: no frame is refused, and none waits long, for a pause.
 #[derive(Debug)]
 struct Cursors {
     /// Whether this connection may have one waiting in the inbox.
     waiting: bool,
-    /// Frames to read before the next pause.
+    /// Frames to read before the next pause: what the last one let pile up.
     unpaused: u32,
-    /// What a pause lets pile up at the rate limit, and one more.
-    per_pause: u32,
+    max_rate: u32,
 }
 
 impl Cursors {
     fn new(max_rate: u32) -> Cursors {
-        // The most a pause may let pile up: one and a half pauses at the rate limit.
-        let most = CURSOR_PAUSE.mul_f64(1.5).as_secs_f64() * f64::from(max_rate);
-        let per_pause = most.ceil() as u32 + 1;
         Cursors {
             waiting: false,
             unpaused: 0,
-            per_pause,
+            max_rate,
         }
     }
 
@@ -203,8 +199,11 @@ impl Cursors {
         if self.unpaused > 0 {
             self.unpaused -= 1;
         } else if behind >= HUB_BEHIND {
-            thread::sleep(jittered(CURSOR_PAUSE));
-            self.unpaused = self.per_pause;
+            let pause = jittered(CURSOR_PAUSE);
+            thread::sleep(pause);
+            // At most this many came meanwhile, the rate limit allowing.
+            let piled = pause.as_secs_f64() * f64::from(self.max_rate.max(1));
+            self.unpaused = piled.ceil() as u32;
         }
     }
 }
