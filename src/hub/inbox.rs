@@ -43,14 +43,15 @@ pub struct NewestInbox {
 #[derive(Debug, Default)]
 struct Inbox {
     by_sender: HashMap<ConnId, Waiting>,
-    /// When the hub last took everything (or the inbox was made).
-    taken_at: Option<Instant>,
+    /// Since when something has waited (since the hub last took everything).
+    since: Option<Instant>,
 }
 
 impl NewestInbox {
     /// Puts `request` as `conn`'s newest of its kind, replacing the one waiting, if any.
-    /// Returns `true` when the inbox was empty: the caller must then tell the hub
-    /// ([`Event::NewestWaiting`](super::Event::NewestWaiting)), and nobody else will.
+    /// Returns whether the inbox was empty — the caller must then tell the hub
+    /// ([`Event::NewestWaiting`](super::Event::NewestWaiting)), and nobody else will — and
+    /// how long the hub has left it untaken: how far behind with cursors the hub is.
     ///
     /// # Panics
     /// If `request` is neither a `state` nor a `typing`.
@@ -58,9 +59,9 @@ impl NewestInbox {
         let mut inbox = self.lock();
         let was_empty = inbox.by_sender.is_empty();
         if was_empty {
-            inbox.taken_at = Some(received);
+            inbox.since = Some(received);
         }
-        let behind = received.saturating_duration_since(inbox.taken_at.unwrap_or(received));
+        let behind = received.saturating_duration_since(inbox.since.unwrap_or(received));
         let of_conn = inbox.by_sender.entry(conn).or_default();
         match request {
             ChatRequest::State { .. } => of_conn.state = Some((request, received)),
