@@ -21,12 +21,12 @@ use crate::protocol::ChatRequest;
 /// What one sender has waiting: its newest `state` and its newest `typing`, each with when
 /// its frame was read.
 #[derive(Debug, Default)]
-pub struct Waiting {
+pub struct Held {
     state: Option<(ChatRequest, Instant)>,
     typing: Option<(ChatRequest, Instant)>,
 }
 
-impl Waiting {
+impl Held {
     /// The requests, in the order the hub applies them.
     pub fn into_requests(self) -> impl Iterator<Item = (ChatRequest, Instant)> {
         self.state.into_iter().chain(self.typing)
@@ -42,7 +42,7 @@ pub struct NewestInbox {
 
 #[derive(Debug, Default)]
 struct Inbox {
-    by_sender: HashMap<ConnId, Waiting>,
+    by_sender: HashMap<ConnId, Held>,
     /// Since when something has waited (since the hub last took everything).
     since: Option<Instant>,
 }
@@ -77,12 +77,12 @@ impl NewestInbox {
     /// Takes back what `conn` has waiting, if the hub has not taken it yet: a request that
     /// follows a `state` must not overtake it (a `join` would carry the state to the other
     /// channel), so the door sends what it takes back through the queue first.
-    pub fn take_back(&self, conn: ConnId) -> Option<Waiting> {
+    pub fn take_back(&self, conn: ConnId) -> Option<Held> {
         self.lock().by_sender.remove(&conn)
     }
 
     /// Takes everything waiting (the hub), leaving `spare`'s room in its place.
-    pub fn take_all(&self, spare: HashMap<ConnId, Waiting>) -> HashMap<ConnId, Waiting> {
+    pub fn take_all(&self, spare: HashMap<ConnId, Held>) -> HashMap<ConnId, Held> {
         mem::replace(&mut self.lock().by_sender, spare)
     }
 

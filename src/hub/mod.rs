@@ -199,7 +199,7 @@ pub struct Hub {
     inbox: Arc<NewestInbox>,
     /// What was taken from the inbox and is still to apply, and in which order: a few
     /// thousand senders' cursors are applied a turn's worth at a time, like any events.
-    taken: HashMap<ConnId, inbox::Waiting>,
+    taken: HashMap<ConnId, inbox::Held>,
     taken_order: Vec<ConnId>,
     /// The inbox has something since the hub last took from it.
     inbox_owed: bool,
