@@ -5,13 +5,13 @@
 
 use log::{info, warn};
 
-use super::Early;
 use super::clustered::{Waiting, record};
 use super::port::{Candidate, ClusterEvent, ClusterRequest, RenameAnswer};
+use super::{Change, Early};
 use crate::connection::ConnId;
 use crate::hub::Hub;
 use crate::hub::users::taken;
-use crate::protocol::{ChatError, ErrorCode, name_key};
+use crate::protocol::{ChatError, ErrorCode, name_key, now_ms};
 
 impl Hub {
     /// An answer or an entry from the cluster's threads (`Event::Peers`).
@@ -117,6 +117,13 @@ impl Hub {
         // Bans made while Redis was away (or whose sending failed) reach the others now.
         for (address, until) in self.bans.current() {
             cluster.link.send(ClusterRequest::Ban { address, until });
+        }
+        // So do the mutes of users here that are in force.
+        let now = now_ms();
+        let muted =
+            (self.users.values()).filter(|u| u.muted_until.is_some_and(|until| until > now));
+        for user in muted {
+            self.peers.tell(Change::Muted(user));
         }
     }
 

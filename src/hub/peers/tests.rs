@@ -571,6 +571,16 @@ fn cluster_an_operators_request_goes_to_the_users_server_which_carries_it_out() 
         matches!(&asked[..], [ClusterRequest::Muted { id, until, .. }] if *id == cy_id && *until > 0),
         "{asked:?}"
     );
+    // Mutes in force are told again when Redis is back (one made while it was away was not).
+    c.tell(ClusterEvent::Down);
+    c.tell(ClusterEvent::Up);
+    let asked = c.asked();
+    assert!(
+        (asked.iter()).any(
+            |r| matches!(r, ClusterRequest::Muted { id, until, .. } if *id == cy_id && *until > 0)
+        ),
+        "{asked:?}"
+    );
     c.tell(ClusterEvent::Moderate {
         by: "op2".into(),
         action: order(&format!(r#"{{"type":"kick","user":"{cy_id}"}}"#)),
