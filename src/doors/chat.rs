@@ -134,13 +134,16 @@ fn hand_over(
     if std::mem::take(&mut cursors.waiting)
         && let Some(waiting) = context.newest.take_back(conn)
     {
-        for (request, received) in waiting.into_requests() {
-            let event = Event::Request {
-                conn,
-                request,
-                received,
-            };
-            send(context, event)?;
+        for folded in waiting.into_requests() {
+            // One for every frame, so that a muted sender is refused for each.
+            for _ in 0..folded.frames {
+                let event = Event::Request {
+                    conn,
+                    request: folded.request.clone(),
+                    received: folded.received,
+                };
+                send(context, event)?;
+            }
         }
     }
     let event = Event::Request {

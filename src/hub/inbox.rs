@@ -18,17 +18,25 @@ use std::time::{Duration, Instant};
 use crate::connection::ConnId;
 use crate::protocol::ChatRequest;
 
-/// What one sender has waiting: its newest `state` and its newest `typing`, each with when
-/// its frame was read.
+/// What one sender has waiting: its newest `state` and its newest `typing`.
 #[derive(Debug, Default)]
 pub struct Held {
-    state: Option<(ChatRequest, Instant)>,
-    typing: Option<(ChatRequest, Instant)>,
+    state: Option<Folded>,
+    typing: Option<Folded>,
+}
+
+/// The newest of a sender's frames of one kind, when it was read, and how many frames it
+/// stands for (itself and those it replaced): a muted sender is refused once for each.
+#[derive(Debug)]
+pub struct Folded {
+    pub request: ChatRequest,
+    pub received: Instant,
+    pub frames: u32,
 }
 
 impl Held {
     /// The requests, in the order the hub applies them.
-    pub fn into_requests(self) -> impl Iterator<Item = (ChatRequest, Instant)> {
+    pub fn into_requests(self) -> impl Iterator<Item = Folded> {
         self.state.into_iter().chain(self.typing)
     }
 }
@@ -63,14 +71,20 @@ impl NewestInbox {
         }
         let behind = received.saturating_duration_since(inbox.since.unwrap_or(received));
         let of_conn = inbox.by_sender.entry(conn).or_default();
-        match request {
-            ChatRequest::State { .. } => of_conn.state = Some((request, received)),
-            ChatRequest::Typing { .. } => of_conn.typing = Some((request, received)),
+        let slot = match request {
+            ChatRequest::State { .. } => &mut of_conn.state,
+            ChatRequest::Typing { .. } => &mut of_conn.typing,
             other => panic!(
                 "only state and typing wait in the inbox, not {}",
                 other.kind()
             ),
-        }
+        };
+        let frames = slot.as_ref().map_or(0, |folded| folded.frames) + 1;
+        *slot = Some(Folded {
+            request,
+            received,
+            frames,
+        });
         (was_empty, behind)
     }
 
@@ -116,13 +130,14 @@ mod tests {
         assert!(!inbox.put(2, state(3), now).0);
         let mut all = inbox.take_all(HashMap::new());
         assert_eq!(all.len(), 2);
-        let first: Vec<ChatRequest> = all
+        let first: Vec<(ChatRequest, u32)> = all
             .remove(&1)
             .unwrap()
             .into_requests()
-            .map(|(request, _)| request)
+            .map(|folded| (folded.request, folded.frames))
             .collect();
-        assert_eq!(first, [state(2), ChatRequest::Typing { typing: true }]);
+        let typing = ChatRequest::Typing { typing: true };
+        assert_eq!(first, [(state(2), 2), (typing, 1)]);
         assert!(
             inbox.put(1, state(4), now).0,
             "empty again: the next tells the hub"

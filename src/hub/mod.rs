@@ -356,12 +356,19 @@ impl Hub {
         }
     }
 
-    /// Applies what was taken from the inbox for `conn`, if anything is left of it.
+    /// Applies what was taken from the inbox for `conn`, if anything is left of it. A muted
+    /// sender is refused once for every frame it sent, as if none had been folded.
     fn apply_taken(&mut self, conn: ConnId) {
-        if let Some(waiting) = self.taken.remove(&conn) {
-            for (request, received) in waiting.into_requests() {
-                self.request(conn, request, received);
+        let Some(held) = self.taken.remove(&conn) else {
+            return;
+        };
+        for folded in held.into_requests() {
+            for _ in 1..folded.frames {
+                if !self.refused_for_mute(conn, &folded.request) {
+                    break;
+                }
             }
+            self.request(conn, folded.request, folded.received);
         }
     }
 

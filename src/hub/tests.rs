@@ -1210,3 +1210,31 @@ fn step6_a_cursor_taken_from_the_inbox_is_applied_before_its_senders_next_reques
     assert_eq!(me["state"]["x"], 1, "her state is hers wherever she goes");
     assert!(c.hub.taken.is_empty() && c.hub.taken_order.is_empty());
 }
+
+#[test]
+fn step6_a_muted_sender_is_refused_once_for_each_cursor_the_inbox_folded() {
+    let mut c = Clocked::new();
+    let ada = c.connect_to(0, "Ada", "room");
+    let bo = c.connect_to(0, "Bo", "room");
+    c.tick(1000);
+    drop((ada.frames(), bo.frames()));
+    c.hub.users.get_mut(&ada.conn).unwrap().muted_until = Some(protocol::now_ms() + 60_000);
+    // Three states and two typings came in one read and were folded into the newest of each.
+    for x in 1..=3 {
+        let json = format!(r#"{{"type":"state","state":{{"x":{x}}}}}"#);
+        let state = protocol::parse_request(&json).unwrap();
+        c.hub.inbox.put(ada.conn, state, Instant::now());
+    }
+    for typing in [true, false] {
+        let request = ChatRequest::Typing { typing };
+        c.hub.inbox.put(ada.conn, request, Instant::now());
+    }
+    c.hub.inbox_owed = true;
+    c.hub.apply_newest(None);
+    c.tick(2000);
+    let refusals = (ada.frames().iter())
+        .filter(|f| f["type"] == "error" && f["code"] == "muted")
+        .count();
+    assert_eq!(refusals, 5, "one `muted` for each frame she sent");
+    assert!(states_of(&bo.frames(), "Ada").is_empty());
+}
