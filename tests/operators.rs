@@ -14,8 +14,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    Client, DEADLINE, connect, connect_from, eventually, get, handshake, start, stats,
-    status_and_body, tcp_from, upgrade_request,
+    Client, DEADLINE, client_frame, connect, connect_from, eventually, get, handshake, start,
+    stats, status_and_body, tcp_from, upgrade_request,
 };
 use cyberchat::config::Config;
 use cyberchat::secret::Secret;
@@ -503,6 +503,16 @@ fn operators_a_muted_user_is_told_and_refused_until_the_mute_is_lifted() {
     assert_eq!(op.recv_type("muted")["user"]["id"], bob_id);
     bob.send(json!({"type": "message", "text": "hello?"}));
     assert_eq!(bob.recv_type("error")["code"], "muted");
+    // Cursors that arrive together are each refused, though the server keeps only the newest.
+    let mut burst = Vec::new();
+    for x in 0..10 {
+        let text = json!({"type": "state", "state": {"x": x}}).to_string();
+        burst.extend(client_frame(0x81, text.len() as u64, text.as_bytes(), true));
+    }
+    bob.ws.get_mut().write_all(&burst).unwrap();
+    for _ in 0..10 {
+        assert_eq!(bob.recv_type("error")["code"], "muted");
+    }
     op.send(json!({"type": "mute", "user": bob_id, "minutes": 0}));
     assert_eq!(bob.recv_type("muted")["until"], 0);
     bob.say("thank you");
