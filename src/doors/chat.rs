@@ -167,24 +167,30 @@ fn send(context: &Context, event: Event) -> Result<(), Ended> {
 pub const HUB_BEHIND: Duration = Duration::from_millis(20);
 /// How long such a connection then waits before reading on.
 pub const CURSOR_PAUSE: Duration = Duration::from_millis(250);
+/// How long it goes on pausing after it last found the hub behind: the hub catches up
+/// between two of its turns, and falls behind again as soon as every thread reads at once.
+pub const PACED_FOR: Duration = Duration::from_secs(2);
 
 /// A connection's `state` and `typing`, on their way to the inbox.
 ///
 /// Reading a frame costs its thread a wake-up and a system call, whatever the frame; a crowd
 /// of thousands moving their cursors at the rate limit costs more in those than the hub needs
 /// to serve everyone, and on a busy machine it takes the hub's time. Their frames are
-/// coalesced anyway, so while the hub is behind with them ([`HUB_BEHIND`]), a connection that
-/// has just handed one over waits [`CURSOR_PAUSE`] before reading on, then reads what came
-/// meanwhile at once: two wake-ups for a pause's worth of frames, and the newest of them is
-/// all the hub needs. What a pause lets pile up is well within the rate limit's burst, and
-/// is read without another pause, so the connection is read at least as fast as the rate
-/// limit lets it send: no frame is refused, and none waits long, for a pause.
+/// coalesced anyway, so while the hub is behind with them ([`HUB_BEHIND`]), and for
+/// [`PACED_FOR`] after, a connection that has just handed one over waits [`CURSOR_PAUSE`]
+/// before reading on, then reads what came meanwhile at once: two wake-ups for a pause's
+/// worth of frames, and the newest of them is all the hub needs. What a pause lets pile up is
+/// well within the rate limit's burst, and is read without another pause, so the connection
+/// is read at least as fast as the rate limit lets it send: no frame is refused, and none
+/// waits long, for a pause.
 #[derive(Debug)]
 struct Cursors {
     /// Whether this connection may have one waiting in the inbox.
     waiting: bool,
     /// Frames to read before the next pause: what the last one let pile up.
     unpaused: u32,
+    /// Paused until then, since the hub was last found behind.
+    paced_until: Instant,
     max_rate: u32,
 }
 
@@ -193,21 +199,34 @@ impl Cursors {
         Cursors {
             waiting: false,
             unpaused: 0,
+            paced_until: Instant::now(),
             max_rate,
         }
     }
 
     /// One was handed over; the hub has left the inbox untaken for `behind`.
     fn pace(&mut self, behind: Duration) {
+        if let Some(pause) = self.pause(behind, Instant::now(), jittered(CURSOR_PAUSE)) {
+            thread::sleep(pause);
+        }
+    }
+
+    /// Whether to pause now (for `pause`), and for how long.
+    fn pause(&mut self, behind: Duration, now: Instant, pause: Duration) -> Option<Duration> {
+        if behind >= HUB_BEHIND {
+            self.paced_until = now + PACED_FOR;
+        }
         if self.unpaused > 0 {
             self.unpaused -= 1;
-        } else if behind >= HUB_BEHIND {
-            let pause = jittered(CURSOR_PAUSE);
-            thread::sleep(pause);
-            // At most this many came meanwhile, the rate limit allowing.
-            let piled = pause.as_secs_f64() * f64::from(self.max_rate.max(1));
-            self.unpaused = piled.ceil() as u32;
+            return None;
         }
+        if now >= self.paced_until {
+            return None;
+        }
+        // At most this many come meanwhile, the rate limit allowing: read without a pause.
+        let piled = pause.as_secs_f64() * f64::from(self.max_rate.max(1));
+        self.unpaused = piled.ceil() as u32;
+        Some(pause)
     }
 }
 
@@ -252,5 +271,37 @@ fn hello(
             let _ = context.hub.send(Event::Reply { conn, frame });
             Err(Ended::Refused(TOO_MANY_GUESSES))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step7_cursor_senders_pause_while_the_hub_is_behind_and_read_what_piled_up_at_once() {
+        let mut cursors = Cursors::new(20);
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let pause = Duration::from_millis(250);
+        let quick = Duration::from_millis(1);
+        assert_eq!(
+            cursors.pause(quick, at(0), pause),
+            None,
+            "a hub that keeps up: no pause"
+        );
+        assert_eq!(cursors.pause(HUB_BEHIND, at(50), pause), Some(pause));
+        // The five that came during the pause (20 a second) are read without another.
+        for ms in 300..305 {
+            assert_eq!(cursors.pause(quick, at(ms), pause), None);
+        }
+        // The next one pauses again, though the hub caught up meanwhile ...
+        assert_eq!(cursors.pause(quick, at(350), pause), Some(pause));
+        // ... until it has kept up for a while.
+        for ms in 600..605 {
+            assert_eq!(cursors.pause(quick, at(ms), pause), None);
+        }
+        let later = 50 + PACED_FOR.as_millis() as u64;
+        assert_eq!(cursors.pause(quick, at(later), pause), None);
     }
 }
