@@ -181,8 +181,8 @@ pub const PACED_FOR: Duration = Duration::from_secs(2);
 /// before reading on, then reads what came meanwhile at once: two wake-ups for a pause's
 /// worth of frames, and the newest of them is all the hub needs. What a pause lets pile up is
 /// well within the rate limit's burst, and is read without another pause, so the connection
-/// is read at least as fast as the rate limit lets it send: no frame is refused, and none
-/// waits long, for a pause.
+/// is read at least as fast as the rate limit lets it send: no frame is refused for a pause,
+/// and none waits more than about 375 ms (the longest jittered pause) for one.
 #[derive(Debug)]
 struct Cursors {
     /// Whether this connection may have one waiting in the inbox.
