@@ -323,14 +323,22 @@ impl Hub {
         } else if let Some(until) = self.mutes.until(user.address) {
             user.muted_until = Some(until);
             // Told as any mute is, so that a page shows it before anything is refused.
-            let frame = encode(&ServerFrame::Muted {
-                channel: &user.channel,
-                user: user.as_ref(),
-                until,
-            });
-            let channel = user.channel.clone();
-            self.broadcast(&channel, &frame, None);
+            self.tell_muted(conn, until);
         }
+    }
+
+    /// Tells `conn`'s channel, `conn` too, that it is muted until `until` (0: no longer).
+    fn tell_muted(&mut self, conn: ConnId, until: u64) {
+        let Some(user) = self.users.get(&conn) else {
+            return;
+        };
+        let frame = encode(&ServerFrame::Muted {
+            channel: &user.channel,
+            user: user.as_ref(),
+            until,
+        });
+        let channel = user.channel.clone();
+        self.broadcast(&channel, &frame, None);
     }
 
     /// Removes `target`: `kicked` (with `until` for a ban), a close with 4001, and its channel
@@ -363,14 +371,7 @@ impl Hub {
         user.muted_until = (until > 0).then_some(until);
         let address = user.address;
         self.address_muted(address, until);
-        let user = &self.users[&target];
-        let frame = encode(&ServerFrame::Muted {
-            channel: &user.channel,
-            user: user.as_ref(),
-            until,
-        });
-        let channel = user.channel.clone();
-        self.broadcast(&channel, &frame, None);
+        self.tell_muted(target, until);
         self.peers.tell(Change::Muted(&self.users[&target]));
     }
 
