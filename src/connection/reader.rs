@@ -15,7 +15,7 @@ use tungstenite::{Bytes, Error, Utf8Bytes};
 
 use super::Outbox;
 use super::frame::{PING, close_frame, pong_frame};
-use super::socket::unacknowledged_bytes;
+use super::socket::{read_ready, unacknowledged_bytes};
 
 /// Largest message a client may send, in bytes of payload after reassembling fragments.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
@@ -200,6 +200,8 @@ impl Keepalive {
 struct ReadOnly<'a> {
     socket: &'a TcpStream,
     keepalive: &'a mut Keepalive,
+    /// Whether to wait for bytes: otherwise a read takes what has arrived, or `WouldBlock`.
+    wait: bool,
 }
 
 impl Read for ReadOnly<'_> {
@@ -211,6 +213,9 @@ impl Read for ReadOnly<'_> {
         if left.is_zero() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
+        if !self.wait {
+            return self.count(read_ready(self.socket, buf)?);
+        }
         // A timeout within an eighth of an interval of the right one is left as it is: one
         // system call fewer per message for a busy client. (Within an eighth of what is left,
         // when that is less: a deadline is kept to within that. None armed yet: the socket may
@@ -221,6 +226,16 @@ impl Read for ReadOnly<'_> {
             self.keepalive.armed = left;
         }
         let read = read_on(self.socket, buf)?;
+        self.count(read)
+    }
+}
+
+impl ReadOnly<'_> {
+    /// `read` bytes came in.
+    ///
+    /// # Errors
+    /// Too many without a whole message.
+    fn count(&mut self, read: usize) -> io::Result<usize> {
         self.keepalive.read_since_message += read;
         if self.keepalive.read_since_message > self.keepalive.max_read_since_message {
             return Err(io::Error::other("too many bytes without a whole message"));
@@ -313,6 +328,24 @@ impl Reader {
     /// Why the connection is over.
     pub fn next_message(&mut self) -> Result<Incoming, Ended> {
         loop {
+            if let Some(message) = self.read_message(true)? {
+                return Ok(message);
+            }
+        }
+    }
+
+    /// The next text or binary message if the client has sent it already, as
+    /// [`Reader::next_message`] does, but never waiting for the client: `None` when it has not.
+    ///
+    /// # Errors
+    /// Why the connection is over.
+    pub fn next_message_ready(&mut self) -> Result<Option<Incoming>, Ended> {
+        self.read_message(false)
+    }
+
+    /// The next message; without `wait`, `None` as soon as the next read would have to wait.
+    fn read_message(&mut self, wait: bool) -> Result<Option<Incoming>, Ended> {
+        loop {
             let now = Instant::now();
             self.keepalive.after_a_pause(now);
             if now >= self.keepalive.last_heard + self.keepalive.idle_limit() {
@@ -331,6 +364,9 @@ impl Reader {
             }
             // After a burst of control frames, the next frame is read only at their pace.
             let resume = self.keepalive.next_control();
+            if resume > now && !wait {
+                return Ok(None);
+            }
             if resume > now {
                 let until = resume.min(self.keepalive.due());
                 thread::sleep(until.saturating_duration_since(now));
@@ -341,9 +377,13 @@ impl Reader {
             let mut stream = ReadOnly {
                 socket: &self.socket,
                 keepalive: &mut self.keepalive,
+                wait,
             };
             let message = match self.context.read(&mut stream) {
                 Ok(message) => message,
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock && !wait => {
+                    return Ok(None);
+                }
                 Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(Error::Io(e)) if e.kind() == io::ErrorKind::TimedOut => continue,
                 Err(_)
@@ -360,8 +400,8 @@ impl Reader {
             // last. (A ping flood is read at a pace: see CONTROL_EVERY.)
             self.keepalive.read_since_message = 0;
             match message {
-                Message::Text(text) => return Ok(Incoming::Text(text)),
-                Message::Binary(data) => return Ok(Incoming::Binary(data)),
+                Message::Text(text) => return Ok(Some(Incoming::Text(text))),
+                Message::Binary(data) => return Ok(Some(Incoming::Binary(data))),
                 Message::Ping(data) => {
                     self.keepalive.pay_control(now);
                     self.send(pong_frame(&data))?;

@@ -38,6 +38,36 @@ pub fn read_without_waiting(socket: &TcpStream, buf: &mut [u8]) -> usize {
     usize::try_from(read).unwrap_or(0)
 }
 
+/// One `recv(2)` with `MSG_DONTWAIT` into `buf`, as `Read::read` would answer it: `Ok(0)` at
+/// the end of the stream, `WouldBlock` when nothing has arrived, other failures as they are.
+/// A stop signal (`EINTR`) does not count as a failure: the call is made again.
+///
+/// # Errors
+/// `WouldBlock` when nothing is there yet; any other error of `recv(2)`.
+pub fn read_ready(socket: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        // SAFETY: reads into a live buffer of the given length, from a descriptor `socket`
+        // owns.
+        let read = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match usize::try_from(read) {
+            Ok(read) => return Ok(read),
+            Err(_) => {
+                let err = std::io::Error::last_os_error();
+                if err.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+}
+
 /// Bytes written to `socket` that its peer has not acknowledged yet (Linux's `SIOCOUTQ`).
 pub fn unacknowledged_bytes(socket: &TcpStream) -> Option<usize> {
     let mut queued: libc::c_int = 0;

@@ -35,7 +35,7 @@ pub fn serve(reader: &mut Reader, conn: ConnId, context: &Context, client: IpAdd
     let mut bucket = frames_bucket(context.config.max_rate);
     let mut gauge = FloodGauge::new(context.config.max_rate);
     let rate_limited: Bytes = rate_limited();
-    let mut cursors = Cursors::new(context.config.max_rate);
+    let mut cursors = Cursors::new();
     // Without a room code or an operator token, the chat is open: `hello` means nothing there.
     let open = context.config.room_code.is_none() && context.config.operator_token.is_none();
     let parse = if open {
@@ -44,7 +44,7 @@ pub fn serve(reader: &mut Reader, conn: ConnId, context: &Context, client: IpAdd
         protocol::parse_request
     };
     loop {
-        let incoming = match reader.next_message() {
+        let incoming = match cursors.next(reader) {
             Ok(incoming) => incoming,
             Err(ended) => return ended,
         };
@@ -128,7 +128,7 @@ fn hand_over(
         if first {
             send(context, Event::NewestWaiting)?;
         }
-        cursors.pace(behind);
+        cursors.handed_over(behind, Instant::now());
         return Ok(());
     }
     if std::mem::take(&mut cursors.waiting)
@@ -177,56 +177,75 @@ pub const PACED_FOR: Duration = Duration::from_secs(2);
 /// of thousands moving their cursors at the rate limit costs more in those than the hub needs
 /// to serve everyone, and on a busy machine it takes the hub's time. Their frames are
 /// coalesced anyway, so while the hub is behind with them ([`HUB_BEHIND`]), and for
-/// [`PACED_FOR`] after, a connection that has just handed one over waits [`CURSOR_PAUSE`]
-/// before reading on, then reads what came meanwhile at once: two wake-ups for a pause's
-/// worth of frames, and the newest of them is all the hub needs. What a pause lets pile up is
-/// well within the rate limit's burst, and is read without another pause, so the connection
-/// is read at least as fast as the rate limit lets it send: no frame is refused for a pause,
-/// and none waits more than about 375 ms (the longest jittered pause) for one.
+/// [`PACED_FOR`] after, a connection that has just handed one over reads in batches: it takes
+/// what the client has sent already, and when nothing more has come it waits
+/// [`CURSOR_PAUSE`] (jittered) rather than for the next frame. One wake-up reads a pause's
+/// worth of frames, and the newest of them is all the hub needs. A pause after which nothing
+/// had come ends the batches: the client has gone quiet. What a pause lets pile up is well
+/// within the rate limit's burst and is all read at once, so the connection is read at least
+/// as fast as the rate limit lets it send: no frame is refused for a pause, and none waits
+/// more than about 375 ms (the longest jittered pause) to be read.
 #[derive(Debug)]
 struct Cursors {
     /// Whether this connection may have one waiting in the inbox.
     waiting: bool,
-    /// Frames to read before the next pause: what the last one let pile up.
-    unpaused: u32,
-    /// Paused until then, since the hub was last found behind.
+    /// Reading in batches until then, since the hub was last found behind.
     paced_until: Instant,
-    max_rate: u32,
+    /// Whether the next read takes only what has come already.
+    batches: bool,
+    /// Whether anything came since the last pause.
+    read_since_pause: bool,
 }
 
 impl Cursors {
-    fn new(max_rate: u32) -> Cursors {
+    fn new() -> Cursors {
         Cursors {
             waiting: false,
-            unpaused: 0,
             paced_until: Instant::now(),
-            max_rate,
+            batches: false,
+            read_since_pause: false,
         }
     }
 
-    /// One was handed over; the hub has left the inbox untaken for `behind`.
-    fn pace(&mut self, behind: Duration) {
-        if let Some(pause) = self.pause(behind, Instant::now(), jittered(CURSOR_PAUSE)) {
-            thread::sleep(pause);
+    /// The next message: waited for, or, while reading in batches, one that has come already,
+    /// after a pause if none has.
+    ///
+    /// # Errors
+    /// Why the connection is over.
+    fn next(&mut self, reader: &mut Reader) -> Result<Incoming, Ended> {
+        loop {
+            if !self.batches {
+                return reader.next_message();
+            }
+            if let Some(incoming) = reader.next_message_ready()? {
+                self.read_since_pause = true;
+                return Ok(incoming);
+            }
+            if let Some(pause) = self.nothing_ready(Instant::now(), jittered(CURSOR_PAUSE)) {
+                thread::sleep(pause);
+            }
         }
     }
 
-    /// Whether to pause now (for `pause`), and for how long.
-    fn pause(&mut self, behind: Duration, now: Instant, pause: Duration) -> Option<Duration> {
+    /// One was handed over at `now`; the hub had left the inbox untaken for `behind`.
+    fn handed_over(&mut self, behind: Duration, now: Instant) {
         if behind >= HUB_BEHIND {
             self.paced_until = now + PACED_FOR;
         }
-        if self.unpaused > 0 {
-            self.unpaused -= 1;
-            return None;
+        if now < self.paced_until {
+            self.batches = true;
+            self.read_since_pause = true;
         }
-        if now >= self.paced_until {
-            return None;
+    }
+
+    /// Reading in batches, nothing more had come at `now`: whether to pause (for `pause`), or
+    /// to wait for the client's next frame as usual.
+    fn nothing_ready(&mut self, now: Instant, pause: Duration) -> Option<Duration> {
+        if std::mem::take(&mut self.read_since_pause) && now < self.paced_until {
+            return Some(pause);
         }
-        // At most this many come meanwhile, the rate limit allowing: read without a pause.
-        let piled = pause.as_secs_f64() * f64::from(self.max_rate.max(1));
-        self.unpaused = piled.ceil() as u32;
-        Some(pause)
+        self.batches = false;
+        None
     }
 }
 
@@ -279,29 +298,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn step7_cursor_senders_pause_while_the_hub_is_behind_and_read_what_piled_up_at_once() {
-        let mut cursors = Cursors::new(20);
+    fn step7_cursor_senders_read_in_batches_while_the_hub_is_behind() {
+        let mut cursors = Cursors::new();
         let start = Instant::now();
         let at = |ms: u64| start + Duration::from_millis(ms);
-        let pause = Duration::from_millis(250);
-        let quick = Duration::from_millis(1);
-        assert_eq!(
-            cursors.pause(quick, at(0), pause),
-            None,
-            "a hub that keeps up: no pause"
-        );
-        assert_eq!(cursors.pause(HUB_BEHIND, at(50), pause), Some(pause));
-        // The five that came during the pause (20 a second) are read without another.
-        for ms in 300..305 {
-            assert_eq!(cursors.pause(quick, at(ms), pause), None);
-        }
-        // The next one pauses again, though the hub caught up meanwhile ...
-        assert_eq!(cursors.pause(quick, at(350), pause), Some(pause));
-        // ... until it has kept up for a while.
-        for ms in 600..605 {
-            assert_eq!(cursors.pause(quick, at(ms), pause), None);
-        }
+        let (pause, quick) = (Duration::from_millis(250), Duration::from_millis(1));
+        cursors.handed_over(quick, at(0));
+        assert!(!cursors.batches, "a hub that keeps up: each frame is waited for");
+        cursors.handed_over(HUB_BEHIND, at(50));
+        assert!(cursors.batches, "a hub behind: only what has come is read");
+        // Nothing more has come: a pause, not a wait for the next frame ...
+        assert_eq!(cursors.nothing_ready(at(51), pause), Some(pause));
+        // ... after which what piled up is read at once, then another pause.
+        cursors.read_since_pause = true; // (what `next` records for each frame read)
+        assert_eq!(cursors.nothing_ready(at(302), pause), Some(pause));
+        // A pause after which nothing had come: the client is quiet, its next frame is
+        // waited for.
+        assert_eq!(cursors.nothing_ready(at(553), pause), None);
+        assert!(!cursors.batches);
+        // It sends again while the hub has caught up, within PACED_FOR: batches again ...
+        cursors.handed_over(quick, at(1_000));
+        assert_eq!(cursors.nothing_ready(at(1_001), pause), Some(pause));
+        // ... until PACED_FOR has passed since the hub was last found behind.
         let later = 50 + PACED_FOR.as_millis() as u64;
-        assert_eq!(cursors.pause(quick, at(later), pause), None);
+        cursors.read_since_pause = true;
+        assert_eq!(cursors.nothing_ready(at(later), pause), None);
+        cursors.handed_over(quick, at(later + 1));
+        assert!(!cursors.batches);
     }
 }
