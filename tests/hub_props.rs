@@ -22,7 +22,7 @@ use common::rng::Rng;
 use cyberchat::connection::frame::close_code;
 use cyberchat::connection::{ConnId, Outbound, Outbox, QueuedFrames};
 use cyberchat::hub::{CHANNELS_EVERY, Event, Hub, PRESENCE_WINDOW};
-use cyberchat::protocol::{ChatError, ChatRequest, parse_request};
+use cyberchat::protocol::{ChatError, ChatRequest, State, parse_request};
 use serde_json::{Map, Value, json};
 
 fn base_seed() -> u64 {
@@ -793,7 +793,8 @@ impl World {
                 Self::push_all(&mut expected, others, &frame);
             }
             ChatRequest::State { state } => {
-                self.clients.get_mut(&conn).unwrap().state = state.clone();
+                self.clients.get_mut(&conn).unwrap().state =
+                    serde_json::from_str(state.as_str()).unwrap();
                 let mut frame = json!({
                     "type": "state", "channel": channel, "user": self.user(conn), "state": state,
                 });
@@ -1333,7 +1334,7 @@ fn oracle(value: &Value) -> Result<ChatRequest, &'static str> {
             Some(Value::Object(state)) => {
                 if serde_json::to_string(state).unwrap().len() <= 1024 {
                     Ok(ChatRequest::State {
-                        state: state.clone(),
+                        state: State::of(state),
                     })
                 } else {
                     Err("invalid_state")
@@ -1475,7 +1476,7 @@ fn check_parse(
                     valid_username(username).as_ref() == Some(username)
                 }
                 ChatRequest::Join { channel } => valid_channel(channel).as_ref() == Some(channel),
-                ChatRequest::State { state } => serde_json::to_string(state).unwrap().len() <= 1024,
+                ChatRequest::State { state } => state.as_str().len() <= 1024,
                 _ => true,
             };
             if !fine {

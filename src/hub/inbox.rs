@@ -80,11 +80,14 @@ impl NewestInbox {
             ),
         };
         let frames = slot.as_ref().map_or(0, |folded| folded.frames) + 1;
-        *slot = Some(Folded {
+        let replaced = slot.replace(Folded {
             request,
             received,
             frames,
         });
+        // Freed after the lock is let go: thousands of threads put here.
+        drop(inbox);
+        drop(replaced);
         (was_empty, behind)
     }
 
@@ -117,7 +120,9 @@ mod tests {
         let Some(map) = json!({ "x": x }).as_object().cloned() else {
             unreachable!()
         };
-        ChatRequest::State { state: map }
+        ChatRequest::State {
+            state: crate::protocol::State::of(&map),
+        }
     }
 
     #[test]

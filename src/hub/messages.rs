@@ -5,7 +5,6 @@
 use std::time::Instant;
 
 use log::error;
-use serde_json::{Map, Value};
 
 use tungstenite::Bytes;
 
@@ -14,7 +13,7 @@ use super::peers::{Change, Publish};
 use super::user::User;
 use super::{ConnId, Hub};
 use crate::connection::frame::text_frame;
-use crate::protocol::{ChatError, ErrorCode, ServerFrame, encode, now_ms};
+use crate::protocol::{ChatError, ErrorCode, ServerFrame, State, encode, now_ms};
 
 impl Hub {
     /// A chat message from `conn`, read at `received`: numbered, kept, then sent to everyone
@@ -76,7 +75,7 @@ impl Hub {
 
     /// `conn` set its live state (step 6): kept on the user, listed in every `welcome`, and
     /// sent to the others in its channel (the newest only, see `newest.rs`).
-    pub(super) fn state(&mut self, conn: ConnId, state: Map<String, Value>) {
+    pub(super) fn state(&mut self, conn: ConnId, state: State) {
         let Some(user) = self.users.get_mut(&conn) else {
             return;
         };

@@ -6,11 +6,10 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 use tungstenite::Bytes;
 
 use crate::connection::Outbox;
-use crate::protocol::{UserRef, UserWithState};
+use crate::protocol::{State, UserRef, UserWithState};
 
 /// One user: their public id and name, their channel and live state, and their outbox.
 #[derive(Debug)]
@@ -19,7 +18,7 @@ pub(super) struct User {
     pub(super) id: String,
     pub(super) username: String,
     pub(super) channel: String,
-    pub(super) state: Map<String, Value>,
+    pub(super) state: State,
     /// Whether they said they are typing, last.
     pub(super) typing: bool,
     pub(super) outbox: Outbox,
@@ -84,7 +83,7 @@ impl User {
             id,
             username,
             channel,
-            state: Map::new(),
+            state: State::empty(),
             typing: false,
             outbox,
             listing: Box::default(),

@@ -3,9 +3,9 @@
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 use tungstenite::Bytes;
 
+use super::state::State;
 use crate::connection::frame::text_frame;
 
 /// The greeting in every `welcome`.
@@ -85,7 +85,7 @@ pub struct UserWithState<'a> {
     pub username: &'a str,
     #[serde(skip_serializing_if = "is_false")]
     pub operator: bool,
-    pub state: &'a Map<String, Value>,
+    pub state: &'a State,
 }
 
 /// Only `true` is written: a field that is absent means `false`, as for every ordinary user.
@@ -154,7 +154,7 @@ pub enum ServerFrame<'a> {
     State {
         channel: &'a str,
         user: UserRef<'a>,
-        state: &'a Map<String, Value>,
+        state: &'a State,
     },
     Channels {
         channels: Vec<ChannelCount<'a>>,

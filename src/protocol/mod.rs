@@ -6,7 +6,8 @@
 //!   [`ErrorCode`];
 //! - [`chat_frames`]: what the server sends, [`ServerFrame`]s serialized once by the hub and shared
 //!   by every recipient as an already-encoded WebSocket frame ([`encode`]);
-//! - [`names`]: the rules for usernames and channels.
+//! - [`names`]: the rules for usernames and channels;
+//! - [`state`]: a user's [`State`], checked once and carried as compact JSON text.
 //!
 //! The WebSocket framing itself (opcodes, lengths, close frames) is not the chat's: it is in
 //! [`crate::connection::frame`].
@@ -14,6 +15,7 @@
 pub mod chat_frames;
 pub mod names;
 pub mod requests;
+pub mod state;
 
 pub use chat_frames::{
     ChannelCount, ChatError, ErrorCode, LOCKED_TEXT, ServerFrame, UserRef, UserWithState,
@@ -27,3 +29,4 @@ pub use requests::{
     ChatRequest, MAX_BAN_MINUTES, MAX_MUTE_MINUTES, MAX_REASON_CHARS, MAX_STATE_BYTES,
     MAX_STATE_DEPTH, MAX_TEXT_CHARS, Moderation, Presented, parse_open_request, parse_request,
 };
+pub use state::State;

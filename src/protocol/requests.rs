@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use super::chat_frames::{ChatError, ErrorCode};
 use super::names::{validate_channel, validate_username};
+use super::state::State;
 
 /// Longest chat message, in characters after trimming.
 pub const MAX_TEXT_CHARS: usize = 2000;
@@ -94,7 +95,7 @@ pub enum ChatRequest {
         typing: bool,
     },
     State {
-        state: Map<String, Value>,
+        state: State,
     },
     Channels,
     /// The room code and/or the operator token. Checked by the chat door, never the hub:
@@ -190,18 +191,18 @@ fn parse(text: &str, hellos: bool) -> Result<ChatRequest, ChatError> {
         },
         "state" => match fields.remove("state") {
             Some(Value::Object(state)) => {
-                // A Map serializes compactly, so its length is the wire size the limit means.
-                let size = serde_json::to_string(&state).map_or(usize::MAX, |s| s.len());
-                if size > MAX_STATE_BYTES {
-                    return Err(ChatError::new(
-                        ErrorCode::InvalidState,
-                        format!("state must be at most {MAX_STATE_BYTES} bytes of JSON"),
-                    ));
-                }
                 if state.values().map(depth).max().unwrap_or(0) + 1 > MAX_STATE_DEPTH {
                     return Err(ChatError::new(
                         ErrorCode::InvalidState,
                         format!("state must nest at most {MAX_STATE_DEPTH} levels deep"),
+                    ));
+                }
+                // Kept compact, so its length is the wire size the limit means.
+                let state = State::of(&state);
+                if state.as_str().len() > MAX_STATE_BYTES {
+                    return Err(ChatError::new(
+                        ErrorCode::InvalidState,
+                        format!("state must be at most {MAX_STATE_BYTES} bytes of JSON"),
                     ));
                 }
                 Ok(ChatRequest::State { state })

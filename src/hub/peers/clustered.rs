@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde_json::Map;
 use serde_json::value::RawValue;
 
 use super::link::ClusterLink;
@@ -13,6 +12,7 @@ use super::remote::RemoteUser;
 use super::{Arrival, Change, Early, Peers, Publish};
 use crate::connection::{ConnId, Outbox};
 use crate::hub::Hub;
+use crate::protocol::State;
 use crate::hub::user::User;
 use crate::protocol::{ChatError, ErrorCode, UserRef, name_key, now_ms};
 
@@ -166,7 +166,7 @@ impl Clustered {
             username: first.username.clone(),
             key: first.key.clone(),
             channel: arrival.channel.clone(),
-            state: Map::new(),
+            state: State::empty(),
             operator: arrival.operator,
             address: Some(arrival.address),
         };

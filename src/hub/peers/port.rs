@@ -8,10 +8,9 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use crate::connection::ConnId;
-use crate::protocol::Moderation;
+use crate::protocol::{Moderation, State};
 
 /// A user as the cluster stores and announces them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,7 +21,7 @@ pub struct UserRecord {
     pub key: String,
     pub channel: String,
     #[serde(default)]
-    pub state: Map<String, Value>,
+    pub state: State,
     /// Whether they gave the operator token: an operator elsewhere may not kick, mute or ban
     /// them.
     #[serde(default)]

@@ -203,7 +203,7 @@ fn cluster_the_hub_delivers_only_what_comes_back_and_counts_other_servers() {
         username: "Bo".into(),
         key: "bo".into(),
         channel: "general".into(),
-        state: serde_json::Map::new(),
+        state: crate::protocol::State::empty(),
         operator: false,
         address: None,
     };
@@ -446,7 +446,7 @@ fn cluster_the_link_keeps_the_newest_of_each_user_and_sends_messages_first() {
         username: id.into(),
         key: id.into(),
         channel: "general".into(),
-        state: json!({"x": x}).as_object().unwrap().clone(),
+        state: crate::protocol::State::of(json!({"x": x}).as_object().unwrap()),
         operator: false,
         address: None,
     };
@@ -477,7 +477,7 @@ fn cluster_the_link_keeps_the_newest_of_each_user_and_sends_messages_first() {
         .users
         .iter()
         .map(|r| match r {
-            ClusterRequest::Update { record } => format!("{} at {}", record.id, record.state["x"]),
+            ClusterRequest::Update { record } => format!("{} at {}", record.id, serde_json::from_str::<serde_json::Value>(record.state.as_str()).unwrap()["x"]),
             ClusterRequest::Rename { record, .. } => format!("{} renamed", record.id),
             ClusterRequest::Leave { id, .. } => format!("{id} left"),
             other => format!("{other:?}"),
@@ -521,7 +521,7 @@ fn cluster_an_operators_request_goes_to_the_users_server_which_carries_it_out() 
             username: id.into(),
             key: id.into(),
             channel: "general".into(),
-            state: serde_json::Map::new(),
+            state: crate::protocol::State::empty(),
             operator,
             address: None,
         },
@@ -652,7 +652,7 @@ fn cluster_a_ban_of_another_servers_user_holds_here_at_once_and_travels_with_the
             username: "Bo".into(),
             key: "bo".into(),
             channel: "general".into(),
-            state: serde_json::Map::new(),
+            state: crate::protocol::State::empty(),
             operator: false,
             address: Some(address),
         },

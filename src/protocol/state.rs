@@ -1,0 +1,88 @@
+//! A user's state (the live-cursor step): a JSON object the server checks once, when it is
+//! read, and then only carries, as the compact text it was checked as.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+/// A checked state, as compact JSON text. The hub stores it, puts it in `welcome`s and `state`
+/// frames, and sends it to other servers, without parsing it again: a crowd's cursors are
+/// thousands a second, and each kept as a parsed object cost several allocations made on the
+/// connection's thread and freed on the hub's.
+#[derive(Clone)]
+pub struct State(Box<RawValue>);
+
+impl State {
+    /// The state of someone who has set none: `{}`.
+    pub fn empty() -> State {
+        State(RawValue::from_string("{}".to_owned()).expect("{} is JSON"))
+    }
+
+    /// `object` as compact text: its length is the size the reference's limit speaks of.
+    pub fn of(object: &Map<String, Value>) -> State {
+        let text = serde_json::to_string(object).expect("a JSON object always serializes");
+        State(RawValue::from_string(text).expect("serde_json's own output is JSON"))
+    }
+
+    /// The compact JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl Default for State {
+    fn default() -> State {
+        State::empty()
+    }
+}
+
+impl PartialEq for State {
+    fn eq(&self, other: &State) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for State {}
+
+impl fmt::Debug for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for State {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for State {
+    /// Another server's record of a user: its state was checked where it was set.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<State, D::Error> {
+        Box::<RawValue>::deserialize(deserializer).map(State)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn step6_a_state_is_kept_compact_and_written_as_it_is() {
+        let Value::Object(object) = json!({ "x": 10, "label": "a b" }) else {
+            unreachable!()
+        };
+        let state = State::of(&object);
+        assert_eq!(state.as_str(), r#"{"label":"a b","x":10}"#);
+        let frame = serde_json::to_string(&json!({ "state": state.as_str() })).unwrap();
+        assert!(frame.contains("\\\"x\\\""), "as_str is text: {frame}");
+        let written = serde_json::to_string(&vec![&state]).unwrap();
+        assert_eq!(written, r#"[{"label":"a b","x":10}]"#, "written as JSON, not a string");
+        let back: State = serde_json::from_str(&written[1..written.len() - 1]).unwrap();
+        assert_eq!(back, state);
+        assert_eq!(State::default().as_str(), "{}");
+    }
+}
