@@ -5,7 +5,8 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -326,12 +327,24 @@ fn step7_a_slow_reader_is_dropped_and_nobody_waits_for_it() {
         (left.unwrap(), reader)
     });
 
-    // The flooder: a raw socket whose echoes are drained by a thread of its own.
+    // The flooder: a raw socket whose echoes are drained by a thread of its own. It reads
+    // too: never more than OWN_WINDOW of its own messages ahead of what it has read back, or
+    // it would be a slow reader itself (4 MiB behind) whenever its drain is not scheduled.
+    const OWN_WINDOW: usize = 200;
     let mut flooder = raw_upgrade(addr, "/?username=Flooder&channel=flood");
     let mut drain = flooder.try_clone().unwrap();
-    let draining = thread::spawn(move || {
-        let mut chunk = vec![0u8; 64 * 1024];
-        while matches!(drain.read(&mut chunk), Ok(n) if n > 0) {}
+    let drained = Arc::new(AtomicUsize::new(0));
+    let draining = thread::spawn({
+        let drained = drained.clone();
+        move || {
+            let (mut chunk, mut pending) = (vec![0u8; 64 * 1024], Vec::new());
+            while let Ok(n @ 1..) = drain.read(&mut chunk) {
+                pending.extend_from_slice(&chunk[..n]);
+                let whole = whole_frames(&pending);
+                drained.fetch_add(whole.len(), Ordering::Relaxed);
+                pending.drain(..whole.iter().sum::<usize>());
+            }
+        }
     });
     let mut acked = 0;
     for i in 0..TOTAL {
@@ -339,6 +352,11 @@ fn step7_a_slow_reader_is_dropped_and_nobody_waits_for_it() {
             acked = progress
                 .recv_timeout(DEADLINE)
                 .expect("the reading client keeps getting messages");
+        }
+        let started = Instant::now();
+        while i >= drained.load(Ordering::Relaxed) + OWN_WINDOW {
+            assert!(started.elapsed() < DEADLINE, "the flooder gets its echoes");
+            thread::sleep(Duration::from_millis(1));
         }
         let text = format!("{i:05}:{padding}");
         let frame = json!({"type": "message", "text": text}).to_string();
@@ -633,4 +651,31 @@ fn heard_until_left(client: &mut Client) -> Vec<String> {
             _ => {}
         }
     }
+}
+
+/// The lengths of the whole unmasked frames (a server's) at the start of `bytes`.
+fn whole_frames(bytes: &[u8]) -> Vec<usize> {
+    let mut lengths = Vec::new();
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + 2) {
+        let (extra, short) = match header[1] & 0x7f {
+            126 => (2, None),
+            127 => (8, None),
+            short => (0, Some(usize::from(short))),
+        };
+        let Some(ext) = bytes.get(at + 2..at + 2 + extra) else {
+            break;
+        };
+        let payload = short.unwrap_or_else(|| {
+            ext.iter()
+                .fold(0usize, |len, byte| (len << 8) | usize::from(*byte))
+        });
+        let length = 2 + extra + payload;
+        if bytes.len() < at + length {
+            break;
+        }
+        lengths.push(length);
+        at += length;
+    }
+    lengths
 }
