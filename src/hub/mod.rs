@@ -345,7 +345,19 @@ impl Hub {
                     break;
                 }
                 let room = std::mem::take(&mut self.taken);
-                self.taken = self.inbox.take_all(room);
+                match self.inbox.take_all(room) {
+                    Ok(taken) => self.taken = taken,
+                    Err(room) => {
+                        // A connection's thread holds the inbox: taken on the next turn, and
+                        // with nothing else to do, that thread runs first.
+                        self.taken = room;
+                        self.inbox_owed = true;
+                        if !self.has_turns() {
+                            std::thread::yield_now();
+                        }
+                        break;
+                    }
+                }
                 self.taken_order.extend(self.taken.keys());
                 continue;
             };

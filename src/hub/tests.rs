@@ -1192,7 +1192,7 @@ fn step6_a_cursor_taken_from_the_inbox_is_applied_before_its_senders_next_reques
     let state = protocol::parse_request(r#"{"type":"state","state":{"x":1}}"#).unwrap();
     let hub = &mut c.hub;
     hub.inbox.put(ada.conn, state, Instant::now());
-    hub.taken = hub.inbox.take_all(HashMap::new());
+    hub.taken = hub.inbox.take_all(HashMap::new()).unwrap();
     hub.taken_order.extend(hub.taken.keys());
     c.send(1001, &ada, r#"{"type":"join","channel":"elsewhere"}"#);
     c.tick(3000);
