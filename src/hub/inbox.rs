@@ -49,7 +49,7 @@ pub struct NewestInbox {
 }
 
 #[derive(Debug, Default)]
-struct Inbox {
+pub(super) struct Inbox {
     by_sender: HashMap<ConnId, Held>,
     /// Since when something has waited (since the hub last took everything).
     since: Option<Instant>,
@@ -98,6 +98,22 @@ impl NewestInbox {
         self.lock().by_sender.remove(&conn)
     }
 
+    /// Drops what `conn` has waiting (the hub, for someone gone), unless a connection's thread
+    /// holds the inbox right now. Returns whether it could.
+    pub fn forget(&self, conn: ConnId) -> bool {
+        match self.waiting.try_lock() {
+            Ok(mut inbox) => {
+                inbox.by_sender.remove(&conn);
+                true
+            }
+            Err(TryLockError::Poisoned(poisoned)) => {
+                poisoned.into_inner().by_sender.remove(&conn);
+                true
+            }
+            Err(TryLockError::WouldBlock) => false,
+        }
+    }
+
     /// Takes everything waiting (the hub), leaving `spare`'s room in its place; gives `spare`
     /// back if a connection's thread holds the inbox right now. The hub never waits for one:
     /// thousands of threads putting here queue up behind one that was descheduled holding
@@ -116,6 +132,12 @@ impl NewestInbox {
             }
             Err(TryLockError::WouldBlock) => Err(spare),
         }
+    }
+
+    /// Holds the inbox as a connection's thread in the middle of a put would (tests).
+    #[cfg(test)]
+    pub(super) fn hold(&self) -> std::sync::MutexGuard<'_, Inbox> {
+        self.lock()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inbox> {
@@ -171,12 +193,14 @@ mod tests {
         let inbox = NewestInbox::default();
         inbox.put(1, state(1), Instant::now());
         // A connection's thread in the middle of a put (or descheduled there).
-        let busy = inbox.waiting.lock().unwrap();
+        let busy = inbox.hold();
         assert!(
             inbox.take_all(HashMap::new()).is_err(),
             "nothing taken, and the hub goes on"
         );
+        assert!(!inbox.forget(1), "nor does it wait to forget someone");
         drop(busy);
-        assert_eq!(inbox.take_all(HashMap::new()).unwrap().len(), 1);
+        assert!(inbox.forget(1));
+        assert!(inbox.take_all(HashMap::new()).unwrap().is_empty());
     }
 }

@@ -143,6 +143,9 @@ pub const APPLY_FOR: Duration = Duration::from_millis(2);
 /// How long it then plays rounds before it looks at its queue again: as long, so that a busy
 /// server splits its time evenly between taking events in and writing them out.
 pub const SERVE_FOR: Duration = APPLY_FOR;
+/// How soon the hub tries the inbox again when a connection's thread held it and nothing else
+/// is to be done (it never waits for the lock).
+pub const INBOX_RETRY: Duration = Duration::from_millis(1);
 
 /// The state machine behind the hub thread. See the module docs.
 #[derive(Debug)]
@@ -203,6 +206,10 @@ pub struct Hub {
     taken_order: Vec<ConnId>,
     /// The inbox has something since the hub last took from it.
     inbox_owed: bool,
+    /// A connection's thread held the inbox when the hub last tried to take it.
+    inbox_busy: bool,
+    /// Connections gone while a thread held the inbox: what they left there is dropped.
+    inbox_gone: Vec<ConnId>,
 }
 
 impl Hub {
@@ -237,6 +244,8 @@ impl Hub {
             taken: HashMap::new(),
             taken_order: Vec::new(),
             inbox_owed: false,
+            inbox_busy: false,
+            inbox_gone: Vec::new(),
         };
         hub.channels
             .insert(DEFAULT_CHANNEL.to_owned(), Channel::default());
@@ -254,7 +263,7 @@ impl Hub {
         loop {
             // With members to serve, only what is already waiting; otherwise sleep until an
             // event arrives or something held back is due, whichever is first.
-            let first = if self.has_turns() || self.newest_owed() {
+            let first = if self.has_turns() || (self.newest_owed() && !self.inbox_busy) {
                 match events.try_recv() {
                     Ok(event) => Some(event),
                     Err(TryRecvError::Empty) => None,
@@ -348,15 +357,18 @@ impl Hub {
                 match self.inbox.take_all(room) {
                     Ok(taken) => self.taken = taken,
                     Err(room) => {
-                        // A connection's thread holds the inbox: taken on the next turn, and
-                        // with nothing else to do, that thread runs first.
+                        // A connection's thread holds the inbox: taken on the next turn, or
+                        // after INBOX_RETRY with nothing else to do.
                         self.taken = room;
                         self.inbox_owed = true;
-                        if !self.has_turns() {
-                            std::thread::yield_now();
-                        }
+                        self.inbox_busy = true;
                         break;
                     }
+                }
+                self.inbox_busy = false;
+                // Whatever the gone left there is moot (see `Event::Disconnect`).
+                for gone in self.inbox_gone.drain(..) {
+                    self.taken.remove(&gone);
                 }
                 self.taken_order.extend(self.taken.keys());
                 continue;
@@ -484,8 +496,11 @@ impl Hub {
                     self.close_after_owed(conn, frame);
                 }
                 self.other_doors.remove(&conn);
-                // Its cursor waiting in the inbox is moot now.
-                self.inbox.take_back(conn);
+                // Its cursor waiting in the inbox is moot now; if a thread holds the inbox,
+                // it is dropped when the hub next takes it.
+                if !self.inbox.forget(conn) {
+                    self.inbox_gone.push(conn);
+                }
                 self.taken.remove(&conn);
                 self.remove_user(conn, "disconnected");
             }

@@ -174,10 +174,12 @@ impl Hub {
         }
     }
 
-    /// When the hub must wake without an event: a timer, the channel list, parked members.
+    /// When the hub must wake without an event: a timer, the channel list, parked members, a
+    /// busy inbox.
     pub(super) fn next_due(&self) -> Option<Instant> {
         let timers = self.timers.peek().map(|Reverse((at, _))| *at);
-        [timers, self.channel_list.due(), self.parked.sweep_at]
+        let inbox = self.inbox_busy.then(|| self.now + super::INBOX_RETRY);
+        [timers, self.channel_list.due(), self.parked.sweep_at, inbox]
             .into_iter()
             .flatten()
             .min()

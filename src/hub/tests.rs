@@ -1238,3 +1238,34 @@ fn step6_a_muted_sender_is_refused_once_for_each_cursor_the_inbox_folded() {
     assert_eq!(refusals, 5, "one `muted` for each frame she sent");
     assert!(states_of(&bo.frames(), "Ada").is_empty());
 }
+
+#[test]
+fn step6_what_someone_gone_left_in_a_busy_inbox_is_never_applied() {
+    let mut c = Clocked::new();
+    let ada = c.connect_to(0, "Ada", "room");
+    let bo = c.connect_to(0, "Bo", "room");
+    c.tick(1000);
+    drop((ada.frames(), bo.frames()));
+    let state = protocol::parse_request(r#"{"type":"state","state":{"x":1}}"#).unwrap();
+    c.hub.inbox.put(ada.conn, state, Instant::now());
+    c.hub.inbox_owed = true;
+    {
+        // Ada leaves while another connection's thread holds the inbox: the hub neither
+        // waits for it nor applies her cursor later.
+        let inbox = std::sync::Arc::clone(&c.hub.inbox);
+        let _busy = inbox.hold();
+        c.hub.apply(Event::Disconnect {
+            conn: ada.conn,
+            close: None,
+        });
+        c.hub.apply_newest(None);
+        assert!(
+            c.hub.inbox_busy && c.hub.inbox_owed,
+            "taken on a later turn"
+        );
+    }
+    c.hub.apply_newest(None);
+    assert!(!c.hub.inbox_busy && c.hub.inbox_gone.is_empty());
+    c.tick(3000);
+    assert!(states_of(&bo.frames(), "Ada").is_empty());
+}
