@@ -190,23 +190,9 @@ fn parse(text: &str, hellos: bool) -> Result<ChatRequest, ChatError> {
             _ => Err(bad_field("typing", "a boolean")),
         },
         "state" => match fields.remove("state") {
-            Some(Value::Object(state)) => {
-                if state.values().map(depth).max().unwrap_or(0) + 1 > MAX_STATE_DEPTH {
-                    return Err(ChatError::new(
-                        ErrorCode::InvalidState,
-                        format!("state must nest at most {MAX_STATE_DEPTH} levels deep"),
-                    ));
-                }
-                // Kept compact, so its length is the wire size the limit means.
-                let state = State::of(&state);
-                if state.as_str().len() > MAX_STATE_BYTES {
-                    return Err(ChatError::new(
-                        ErrorCode::InvalidState,
-                        format!("state must be at most {MAX_STATE_BYTES} bytes of JSON"),
-                    ));
-                }
-                Ok(ChatRequest::State { state })
-            }
+            Some(Value::Object(state)) => Ok(ChatRequest::State {
+                state: State::checked(&state)?,
+            }),
             _ => Err(bad_field("state", "an object")),
         },
         "channels" => Ok(ChatRequest::Channels),
@@ -238,15 +224,6 @@ fn parse(text: &str, hellos: bool) -> Result<ChatRequest, ChatError> {
             ErrorCode::UnknownType,
             format!("unknown message type {other:?}"),
         )),
-    }
-}
-
-/// Nesting depth of a JSON value: 0 for a scalar, 1 for a flat array or object.
-fn depth(value: &Value) -> usize {
-    match value {
-        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
-        Value::Object(fields) => 1 + fields.values().map(depth).max().unwrap_or(0),
-        _ => 0,
     }
 }
 

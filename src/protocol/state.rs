@@ -3,9 +3,13 @@
 
 use std::fmt;
 
+use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+use super::chat_frames::{ChatError, ErrorCode};
+use super::requests::{MAX_STATE_BYTES, MAX_STATE_DEPTH};
 
 /// A checked state, as compact JSON text. The hub stores it, puts it in `welcome`s and `state`
 /// frames, and sends it to other servers, without parsing it again: a crowd's cursors are
@@ -24,6 +28,28 @@ impl State {
     pub fn of(object: &Map<String, Value>) -> State {
         let text = serde_json::to_string(object).expect("a JSON object always serializes");
         State(RawValue::from_string(text).expect("serde_json's own output is JSON"))
+    }
+
+    /// `object` as a state, if it keeps the reference's limits: [`MAX_STATE_DEPTH`] levels
+    /// deep, [`MAX_STATE_BYTES`] bytes as compact JSON.
+    ///
+    /// # Errors
+    /// `invalid_state`, saying which limit it breaks.
+    pub fn checked(object: &Map<String, Value>) -> Result<State, ChatError> {
+        if object.values().map(depth).max().unwrap_or(0) + 1 > MAX_STATE_DEPTH {
+            return Err(ChatError::new(
+                ErrorCode::InvalidState,
+                format!("state must nest at most {MAX_STATE_DEPTH} levels deep"),
+            ));
+        }
+        let state = State::of(object);
+        if state.as_str().len() > MAX_STATE_BYTES {
+            return Err(ChatError::new(
+                ErrorCode::InvalidState,
+                format!("state must be at most {MAX_STATE_BYTES} bytes of JSON"),
+            ));
+        }
+        Ok(state)
     }
 
     /// The compact JSON text.
@@ -59,9 +85,20 @@ impl Serialize for State {
 }
 
 impl<'de> Deserialize<'de> for State {
-    /// Another server's record of a user: its state was checked where it was set.
+    /// Another server's record of a user: checked again, as a client's would be, since every
+    /// newcomer's `welcome` carries it.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<State, D::Error> {
-        Box::<RawValue>::deserialize(deserializer).map(State)
+        let object = Map::<String, Value>::deserialize(deserializer)?;
+        State::checked(&object).map_err(|refusal| D::Error::custom(refusal.message))
+    }
+}
+
+/// Nesting depth of a JSON value: 0 for a scalar, 1 for a flat array or object.
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(fields) => 1 + fields.values().map(depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -80,9 +117,29 @@ mod tests {
         let frame = serde_json::to_string(&json!({ "state": state.as_str() })).unwrap();
         assert!(frame.contains("\\\"x\\\""), "as_str is text: {frame}");
         let written = serde_json::to_string(&vec![&state]).unwrap();
-        assert_eq!(written, r#"[{"label":"a b","x":10}]"#, "written as JSON, not a string");
+        assert_eq!(
+            written, r#"[{"label":"a b","x":10}]"#,
+            "written as JSON, not a string"
+        );
         let back: State = serde_json::from_str(&written[1..written.len() - 1]).unwrap();
         assert_eq!(back, state);
         assert_eq!(State::default().as_str(), "{}");
+    }
+
+    #[test]
+    fn step6_a_state_from_another_server_is_checked_like_a_clients() {
+        let from = |json: &str| serde_json::from_str::<State>(json);
+        assert_eq!(
+            from(r#"{ "x" : 1 }"#).unwrap().as_str(),
+            r#"{"x":1}"#,
+            "made compact"
+        );
+        for not_an_object in ["null", "\"a\"", "[1]", "1"] {
+            assert!(from(not_an_object).is_err(), "{not_an_object}");
+        }
+        let deep = format!("{}1{}", r#"{"a":"#.repeat(40), "}".repeat(40));
+        assert!(from(&deep).is_err(), "deeper than a client may send");
+        let big = format!(r#"{{"a":"{}"}}"#, "b".repeat(2000));
+        assert!(from(&big).is_err(), "larger than a client may send");
     }
 }

@@ -12,8 +12,8 @@ use super::remote::RemoteUser;
 use super::{Arrival, Change, Early, Peers, Publish};
 use crate::connection::{ConnId, Outbox};
 use crate::hub::Hub;
-use crate::protocol::State;
 use crate::hub::user::User;
+use crate::protocol::State;
 use crate::protocol::{ChatError, ErrorCode, UserRef, name_key, now_ms};
 
 /// Requests and refusals a client sends before its `welcome`, kept until it is sent. More

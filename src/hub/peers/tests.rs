@@ -477,7 +477,11 @@ fn cluster_the_link_keeps_the_newest_of_each_user_and_sends_messages_first() {
         .users
         .iter()
         .map(|r| match r {
-            ClusterRequest::Update { record } => format!("{} at {}", record.id, serde_json::from_str::<serde_json::Value>(record.state.as_str()).unwrap()["x"]),
+            ClusterRequest::Update { record } => format!(
+                "{} at {}",
+                record.id,
+                serde_json::from_str::<serde_json::Value>(record.state.as_str()).unwrap()["x"]
+            ),
             ClusterRequest::Rename { record, .. } => format!("{} renamed", record.id),
             ClusterRequest::Leave { id, .. } => format!("{id} left"),
             other => format!("{other:?}"),
