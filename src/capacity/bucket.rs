@@ -11,6 +11,8 @@ pub struct TokenBucket {
     burst: f64,
     tokens: f64,
     last: Instant,
+    /// Tokens it may hold past its burst, for now (see [`TokenBucket::allow_over`]).
+    over: f64,
 }
 
 impl TokenBucket {
@@ -21,7 +23,15 @@ impl TokenBucket {
             burst,
             tokens: burst,
             last: now,
+            over: 0.0,
         }
+    }
+
+    /// Lets the bucket fill `over` tokens past its burst, until this is called again: for
+    /// frames that waited unread while their reader paused. Each had its token when it was
+    /// sent, but read together they would find the bucket already full, its refill lost.
+    pub fn allow_over(&mut self, over: f64) {
+        self.over = over;
     }
 
     /// Takes a token if there is one.
@@ -35,7 +45,7 @@ impl TokenBucket {
             return true;
         }
         let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
+        self.tokens = (self.tokens + refill).min(self.burst + self.over);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -56,6 +66,31 @@ impl TokenBucket {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn step7_frames_that_waited_through_a_pause_are_not_refused_for_it() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(20.0, 40.0, start);
+        assert!(bucket.take_at(start));
+        // The client sends 39 at once, then 20 a second, all within the limit; its reader
+        // pauses 375 ms and reads the 46 that came meanwhile together.
+        let read = start + Duration::from_millis(375);
+        let mut paused = bucket;
+        paused.allow_over(0.375 * 20.0);
+        assert_eq!((0..46).filter(|_| paused.take_at(read)).count(), 46);
+        assert_eq!(
+            (0..46).filter(|_| bucket.take_at(read)).count(),
+            40,
+            "without it"
+        );
+        paused.allow_over(0.0);
+        let later = read + Duration::from_secs(60);
+        assert_eq!(
+            (0..46).filter(|_| paused.take_at(later)).count(),
+            40,
+            "the burst again"
+        );
+    }
 
     #[test]
     fn step7_the_bucket_holds_its_burst_and_refills() {

@@ -14,6 +14,7 @@ use super::Context;
 use super::guesses::Verdict;
 use super::locked::{TOO_MANY_GUESSES, bad_token, check_token, out_of_guesses, rate_limited};
 use super::rate::{FloodGauge, frames_bucket};
+use crate::capacity::TokenBucket;
 use crate::connection::{ConnId, Ended, Incoming, Reader};
 use crate::hub::Event;
 use crate::metrics::Refusal;
@@ -35,7 +36,7 @@ pub fn serve(reader: &mut Reader, conn: ConnId, context: &Context, client: IpAdd
     let mut bucket = frames_bucket(context.config.max_rate);
     let mut gauge = FloodGauge::new(context.config.max_rate);
     let rate_limited: Bytes = rate_limited();
-    let mut cursors = Cursors::new();
+    let mut cursors = Cursors::new(context.config.max_rate);
     // Without a room code or an operator token, the chat is open: `hello` means nothing there.
     let open = context.config.room_code.is_none() && context.config.operator_token.is_none();
     let parse = if open {
@@ -44,7 +45,7 @@ pub fn serve(reader: &mut Reader, conn: ConnId, context: &Context, client: IpAdd
         protocol::parse_request
     };
     loop {
-        let incoming = match cursors.next(reader) {
+        let incoming = match cursors.next(reader, &mut bucket) {
             Ok(incoming) => incoming,
             Err(ended) => return ended,
         };
@@ -181,10 +182,11 @@ pub const PACED_FOR: Duration = Duration::from_secs(2);
 /// what the client has sent already, and when nothing more has come it waits
 /// [`CURSOR_PAUSE`] (jittered) rather than for the next frame. One wake-up reads a pause's
 /// worth of frames, and the newest of them is all the hub needs. A pause after which nothing
-/// had come ends the batches: the client has gone quiet. What a pause lets pile up is well
-/// within the rate limit's burst and is all read at once, so the connection is read at least
-/// as fast as the rate limit lets it send: no frame is refused for a pause, and none waits
-/// more than about 375 ms (the longest jittered pause) to be read.
+/// had come ends the batches: the client has gone quiet. What a pause lets pile up is all
+/// read at once, and charged to the rate limit as if read as it came
+/// ([`TokenBucket::allow_over`]), so the connection is read at least as fast as the rate
+/// limit lets it send: no frame is refused for a pause, and none waits more than about
+/// 375 ms (the longest jittered pause) to be read.
 #[derive(Debug)]
 struct Cursors {
     /// Whether this connection may have one waiting in the inbox.
@@ -195,15 +197,18 @@ struct Cursors {
     batches: bool,
     /// Whether anything came since the last pause.
     read_since_pause: bool,
+    /// The rate limit, frames a second.
+    max_rate: f64,
 }
 
 impl Cursors {
-    fn new() -> Cursors {
+    fn new(max_rate: u32) -> Cursors {
         Cursors {
             waiting: false,
             paced_until: Instant::now(),
             batches: false,
             read_since_pause: false,
+            max_rate: f64::from(max_rate),
         }
     }
 
@@ -212,7 +217,9 @@ impl Cursors {
     ///
     /// # Errors
     /// Why the connection is over.
-    fn next(&mut self, reader: &mut Reader) -> Result<Incoming, Ended> {
+    /// What came during a pause is charged to `bucket` as if read as it came: each frame had
+    /// its token when it was sent.
+    fn next(&mut self, reader: &mut Reader, bucket: &mut TokenBucket) -> Result<Incoming, Ended> {
         loop {
             if !self.batches {
                 return reader.next_message();
@@ -221,8 +228,12 @@ impl Cursors {
                 self.read_since_pause = true;
                 return Ok(incoming);
             }
-            if let Some(pause) = self.nothing_ready(Instant::now(), jittered(CURSOR_PAUSE)) {
-                thread::sleep(pause);
+            match self.nothing_ready(Instant::now(), jittered(CURSOR_PAUSE)) {
+                Some(pause) => {
+                    thread::sleep(pause);
+                    bucket.allow_over(pause.as_secs_f64() * self.max_rate);
+                }
+                None => bucket.allow_over(0.0),
             }
         }
     }
@@ -299,12 +310,15 @@ mod tests {
 
     #[test]
     fn step7_cursor_senders_read_in_batches_while_the_hub_is_behind() {
-        let mut cursors = Cursors::new();
+        let mut cursors = Cursors::new(20);
         let start = Instant::now();
         let at = |ms: u64| start + Duration::from_millis(ms);
         let (pause, quick) = (Duration::from_millis(250), Duration::from_millis(1));
         cursors.handed_over(quick, at(0));
-        assert!(!cursors.batches, "a hub that keeps up: each frame is waited for");
+        assert!(
+            !cursors.batches,
+            "a hub that keeps up: each frame is waited for"
+        );
         cursors.handed_over(HUB_BEHIND, at(50));
         assert!(cursors.batches, "a hub behind: only what has come is read");
         // Nothing more has come: a pause, not a wait for the next frame ...
