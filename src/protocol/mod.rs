@@ -26,7 +26,7 @@ pub use names::{
     validate_username,
 };
 pub use requests::{
-    ChatRequest, MAX_BAN_MINUTES, MAX_MUTE_MINUTES, MAX_REASON_CHARS, MAX_STATE_BYTES,
-    MAX_STATE_DEPTH, MAX_TEXT_CHARS, Moderation, Presented, parse_open_request, parse_request,
+    ChatRequest, MAX_BAN_MINUTES, MAX_MUTE_MINUTES, MAX_REASON_CHARS, MAX_TEXT_CHARS, Moderation,
+    Presented, parse_open_request, parse_request,
 };
-pub use state::State;
+pub use state::{MAX_STATE_BYTES, MAX_STATE_DEPTH, State};

@@ -7,17 +7,12 @@ use serde_json::{Map, Value};
 
 use super::chat_frames::{ChatError, ErrorCode};
 use super::names::{validate_channel, validate_username};
+#[cfg(test)]
+use super::state::MAX_STATE_DEPTH;
 use super::state::State;
 
 /// Longest chat message, in characters after trimming.
 pub const MAX_TEXT_CHARS: usize = 2000;
-/// Longest username, in characters after trimming.
-/// Largest user state, in bytes of compact JSON.
-pub const MAX_STATE_BYTES: usize = 1024;
-/// Deepest nesting of a user state. A `welcome` carries each state three levels down
-/// (`users[i].state`), and common JSON parsers (serde_json among them) stop at 128 levels, so
-/// an unbounded state would let one user make every newcomer's `welcome` unreadable.
-pub const MAX_STATE_DEPTH: usize = 32;
 
 /// Longest reason an operator may give for a kick or a ban, in characters.
 pub const MAX_REASON_CHARS: usize = 200;
@@ -190,9 +185,10 @@ fn parse(text: &str, hellos: bool) -> Result<ChatRequest, ChatError> {
             _ => Err(bad_field("typing", "a boolean")),
         },
         "state" => match fields.remove("state") {
-            Some(Value::Object(state)) => Ok(ChatRequest::State {
-                state: State::checked(&state)?,
-            }),
+            Some(Value::Object(state)) => match State::checked(&state) {
+                Ok(state) => Ok(ChatRequest::State { state }),
+                Err(refused) => Err(ChatError::new(ErrorCode::InvalidState, refused.to_string())),
+            },
             _ => Err(bad_field("state", "an object")),
         },
         "channels" => Ok(ChatRequest::Channels),

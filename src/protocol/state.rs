@@ -8,8 +8,28 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::chat_frames::{ChatError, ErrorCode};
-use super::requests::{MAX_STATE_BYTES, MAX_STATE_DEPTH};
+/// Largest user state, in bytes of compact JSON.
+pub const MAX_STATE_BYTES: usize = 1024;
+/// Deepest nesting of a user state. A `welcome` carries each state three levels down
+/// (`users[i].state`), and common JSON parsers (serde_json among them) stop at 128 levels, so
+/// an unbounded state would let one user make every newcomer's `welcome` unreadable.
+pub const MAX_STATE_DEPTH: usize = 32;
+
+/// Why an object is no state (the chat door answers `invalid_state` with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    TooDeep,
+    TooBig,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refused::TooDeep => write!(f, "state must nest at most {MAX_STATE_DEPTH} levels deep"),
+            Refused::TooBig => write!(f, "state must be at most {MAX_STATE_BYTES} bytes of JSON"),
+        }
+    }
+}
 
 /// A checked state, as compact JSON text. The hub stores it, puts it in `welcome`s and `state`
 /// frames, and sends it to other servers, without parsing it again: a crowd's cursors are
@@ -34,20 +54,14 @@ impl State {
     /// deep, [`MAX_STATE_BYTES`] bytes as compact JSON.
     ///
     /// # Errors
-    /// `invalid_state`, saying which limit it breaks.
-    pub fn checked(object: &Map<String, Value>) -> Result<State, ChatError> {
+    /// Which limit it breaks.
+    pub fn checked(object: &Map<String, Value>) -> Result<State, Refused> {
         if object.values().map(depth).max().unwrap_or(0) + 1 > MAX_STATE_DEPTH {
-            return Err(ChatError::new(
-                ErrorCode::InvalidState,
-                format!("state must nest at most {MAX_STATE_DEPTH} levels deep"),
-            ));
+            return Err(Refused::TooDeep);
         }
         let state = State::of(object);
         if state.as_str().len() > MAX_STATE_BYTES {
-            return Err(ChatError::new(
-                ErrorCode::InvalidState,
-                format!("state must be at most {MAX_STATE_BYTES} bytes of JSON"),
-            ));
+            return Err(Refused::TooBig);
         }
         Ok(state)
     }
@@ -89,7 +103,7 @@ impl<'de> Deserialize<'de> for State {
     /// newcomer's `welcome` carries it.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<State, D::Error> {
         let object = Map::<String, Value>::deserialize(deserializer)?;
-        State::checked(&object).map_err(|refusal| D::Error::custom(refusal.message))
+        State::checked(&object).map_err(D::Error::custom)
     }
 }
 
