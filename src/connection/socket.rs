@@ -26,16 +26,7 @@ pub fn send_without_waiting(socket: &TcpStream, bytes: &[u8]) -> usize {
 /// One `recv(2)` with `MSG_DONTWAIT` into `buf`: what has already arrived, never waiting for
 /// more. Returns how much that was (0 if nothing had, or it failed).
 pub fn read_without_waiting(socket: &TcpStream, buf: &mut [u8]) -> usize {
-    // SAFETY: reads into a live buffer of the given length, from a descriptor `socket` owns.
-    let read = unsafe {
-        libc::recv(
-            socket.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    usize::try_from(read).unwrap_or(0)
+    read_ready(socket, buf).unwrap_or(0)
 }
 
 /// One `recv(2)` with `MSG_DONTWAIT` into `buf`, as `Read::read` would answer it: `Ok(0)` at
