@@ -996,6 +996,23 @@ impl Clocked {
     }
 }
 
+impl Clocked {
+    /// Ada in `room` and `other` (name, channel), both past their welcomes.
+    fn ada_and(&mut self, other: (&str, &str)) -> (Client, Client) {
+        let ada = self.connect_to(0, "Ada", "room");
+        let them = self.connect_to(0, other.0, other.1);
+        self.tick(1000);
+        drop((ada.frames(), them.frames()));
+        (ada, them)
+    }
+}
+
+/// A `state` request with this `x`, as the chat door hands it over.
+fn cursor(x: i64) -> ChatRequest {
+    let json = format!(r#"{{"type":"state","state":{{"x":{x}}}}}"#);
+    protocol::parse_request(&json).unwrap()
+}
+
 /// The `x` of each `state` frame among `frames` that `sender` sent.
 fn states_of(frames: &[Value], sender: &str) -> Vec<i64> {
     frames
@@ -1182,16 +1199,12 @@ fn step7_answers_are_charged_to_whoever_asked() {
 #[test]
 fn step6_a_cursor_taken_from_the_inbox_is_applied_before_its_senders_next_request() {
     let mut c = Clocked::new();
-    let ada = c.connect_to(0, "Ada", "room");
-    let cy = c.connect_to(0, "Cy", "elsewhere");
-    c.tick(1000);
-    drop((ada.frames(), cy.frames()));
+    let (ada, cy) = c.ada_and(("Cy", "elsewhere"));
     // Ada's cursor was taken from the inbox but not applied yet (a crowd's worth were ahead
     // of it) when her `join` arrives through the queue: the cursor was sent first, so it is
     // applied in the channel she sent it in, and Cy, where she goes, is not sent it.
-    let state = protocol::parse_request(r#"{"type":"state","state":{"x":1}}"#).unwrap();
     let hub = &mut c.hub;
-    hub.inbox.put(ada.conn, state, Instant::now());
+    hub.inbox.put(ada.conn, cursor(1), Instant::now());
     hub.taken = hub.inbox.take_all(HashMap::new()).unwrap();
     hub.taken_order.extend(hub.taken.keys());
     c.send(1001, &ada, r#"{"type":"join","channel":"elsewhere"}"#);
@@ -1214,16 +1227,11 @@ fn step6_a_cursor_taken_from_the_inbox_is_applied_before_its_senders_next_reques
 #[test]
 fn step6_a_muted_sender_is_refused_once_for_each_cursor_the_inbox_folded() {
     let mut c = Clocked::new();
-    let ada = c.connect_to(0, "Ada", "room");
-    let bo = c.connect_to(0, "Bo", "room");
-    c.tick(1000);
-    drop((ada.frames(), bo.frames()));
+    let (ada, bo) = c.ada_and(("Bo", "room"));
     c.hub.users.get_mut(&ada.conn).unwrap().muted_until = Some(protocol::now_ms() + 60_000);
     // Three states and two typings came in one read and were folded into the newest of each.
     for x in 1..=3 {
-        let json = format!(r#"{{"type":"state","state":{{"x":{x}}}}}"#);
-        let state = protocol::parse_request(&json).unwrap();
-        c.hub.inbox.put(ada.conn, state, Instant::now());
+        c.hub.inbox.put(ada.conn, cursor(x), Instant::now());
     }
     for typing in [true, false] {
         let request = ChatRequest::Typing { typing };
@@ -1242,12 +1250,8 @@ fn step6_a_muted_sender_is_refused_once_for_each_cursor_the_inbox_folded() {
 #[test]
 fn step6_what_someone_gone_left_in_a_busy_inbox_is_never_applied() {
     let mut c = Clocked::new();
-    let ada = c.connect_to(0, "Ada", "room");
-    let bo = c.connect_to(0, "Bo", "room");
-    c.tick(1000);
-    drop((ada.frames(), bo.frames()));
-    let state = protocol::parse_request(r#"{"type":"state","state":{"x":1}}"#).unwrap();
-    c.hub.inbox.put(ada.conn, state, Instant::now());
+    let (ada, bo) = c.ada_and(("Bo", "room"));
+    c.hub.inbox.put(ada.conn, cursor(1), Instant::now());
     c.hub.inbox_owed = true;
     {
         // Ada leaves while another connection's thread holds the inbox: the hub neither
