@@ -213,12 +213,11 @@ impl Cursors {
     }
 
     /// The next message: waited for, or, while reading in batches, one that has come already,
-    /// after a pause if none has.
+    /// after a pause if none has. What came during a pause is charged to `bucket` as if read
+    /// as it came: each frame had its token when it was sent.
     ///
     /// # Errors
     /// Why the connection is over.
-    /// What came during a pause is charged to `bucket` as if read as it came: each frame had
-    /// its token when it was sent.
     fn next(&mut self, reader: &mut Reader, bucket: &mut TokenBucket) -> Result<Incoming, Ended> {
         loop {
             if !self.batches {
