@@ -682,3 +682,18 @@ fn cluster_a_ban_of_another_servers_user_holds_here_at_once_and_travels_with_the
     c.send(&ada, r#"{"type":"mute","user":"bo","minutes":5}"#);
     assert!(c.hub.mutes.until(address).is_some());
 }
+
+#[test]
+fn cluster_a_record_whose_state_a_client_could_not_have_set_is_not_read() {
+    // What another server (or someone with the Redis password) left under `<p>:users:...`.
+    let record = |state: &str| {
+        format!(r#"{{"id":"b0b","username":"Bo","key":"bo","channel":"general","state":{state}}}"#)
+    };
+    let read = |state: &str| serde_json::from_str::<UserRecord>(&record(state));
+    assert_eq!(read(r#"{ "x" : 1 }"#).unwrap().state.as_str(), r#"{"x":1}"#);
+    let deep = format!("{}1{}", r#"{"a":"#.repeat(100), "}".repeat(100));
+    let big = format!(r#"{{"a":"{}"}}"#, "b".repeat(5000));
+    for hostile in ["null", "\"text\"", "[1,2]", &deep, &big] {
+        assert!(read(hostile).is_err(), "{hostile:.40}");
+    }
+}
