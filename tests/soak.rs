@@ -53,6 +53,13 @@ const LURKERS: usize = 1;
 const HEALTHY_PERIOD: Duration = Duration::from_millis(500);
 /// Flooders send one large message per this, each.
 const FLOOD_PERIOD: Duration = Duration::from_millis(60);
+/// How many flood frames the flooders may be ahead of the slowest of the flood channel's own
+/// readers (flooders and observer): 512 KB, far below the 4 MiB at which the server cuts a
+/// reader off, so a test thread the machine leaves unscheduled for a while is not cut off as
+/// a slow reader when the sleepers are. The flood's rate is otherwise unchanged.
+const FLOOD_WINDOW: u64 = 64;
+/// A text frame at least this long is one of the flood's (about 8 KB; nothing else is).
+const FLOOD_FRAME: usize = 4000;
 /// How long past the end the flood may go on for a sleeper not yet cut off.
 const FLOOD_GRACE: Duration = Duration::from_secs(30);
 /// After the soak, how long the healthy may take to receive what is still on its way.
@@ -198,6 +205,10 @@ struct Soak {
     /// Sleepers the observer saw leave the flood channel.
     sleeper_dropped: Vec<AtomicBool>,
     sleepers_left: AtomicUsize,
+    /// Flood frames sent, and how many of them each flooder (then the observer) has read,
+    /// counted from the moment it joined; `u64::MAX` for one not reading (yet, or any more).
+    flood_sent: AtomicU64,
+    flood_read: Vec<AtomicU64>,
     started: Instant,
     deliveries: AtomicU64,
     connections: AtomicU64,
@@ -219,6 +230,40 @@ impl Soak {
         if v.len() < 40 {
             v.push(what);
         }
+    }
+
+    /// Starts counting reader `slot`'s flood frames; call before it joins, so that frames sent
+    /// while it joins count as read (they may not reach it).
+    fn flood_reader_joins(&self, slot: usize) {
+        let sent = self.flood_sent.load(Ordering::SeqCst);
+        self.flood_read[slot].store(sent, Ordering::SeqCst);
+    }
+
+    /// Reader `slot` read a flood frame.
+    fn flood_read_one(&self, slot: usize) {
+        self.flood_read[slot].fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Reader `slot` stopped reading: it holds the flood back no longer.
+    fn flood_reader_gone(&self, slot: usize) {
+        self.flood_read[slot].store(u64::MAX, Ordering::SeqCst);
+    }
+
+    /// Whether a flooder may send: every reader of the flood channel is within
+    /// [`FLOOD_WINDOW`] of it. Claims the frame when it may.
+    fn flood_claim(&self) -> bool {
+        let slowest = self
+            .flood_read
+            .iter()
+            .map(|read| read.load(Ordering::SeqCst))
+            .min()
+            .unwrap_or(u64::MAX);
+        let sent = self.flood_sent.load(Ordering::SeqCst);
+        sent < slowest.saturating_add(FLOOD_WINDOW)
+            && self
+                .flood_sent
+                .compare_exchange(sent, sent + 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
     }
 
     fn over(&self) -> bool {
@@ -650,7 +695,9 @@ fn sleeper(soak: &Soak, me: usize) {
 fn flooder(soak: &Soak, me: usize) {
     let arrival = soak.arrival();
     let name = format!("flooder-{me}");
+    soak.flood_reader_joins(me);
     let Some((mut client, _)) = soak.connect(&name, "flood") else {
+        soak.flood_reader_gone(me);
         return;
     };
     // 2000 four-byte characters: about 8 KB a frame.
@@ -660,7 +707,7 @@ fn flooder(soak: &Soak, me: usize) {
     let mut sent = 0u64;
     while alive && !soak.flood_over() {
         let flooding = soak.sleepers_left.load(Ordering::SeqCst) < SLEEPERS;
-        if flooding && Instant::now() >= next {
+        if flooding && Instant::now() >= next && soak.flood_claim() {
             alive = send(
                 &mut client,
                 json!({"type": "message", "text": format!("{me}:{sent} {big}")}),
@@ -669,8 +716,11 @@ fn flooder(soak: &Soak, me: usize) {
             next = (next + FLOOD_PERIOD).max(Instant::now());
         }
         match poll(&mut client) {
-            Ok(Some(Message::Text(_))) => {
+            Ok(Some(Message::Text(text))) => {
                 soak.deliveries.fetch_add(1, Ordering::Relaxed);
+                if text.len() >= FLOOD_FRAME {
+                    soak.flood_read_one(me);
+                }
             }
             Ok(_) => {}
             Err(e) => {
@@ -679,20 +729,26 @@ fn flooder(soak: &Soak, me: usize) {
             }
         }
     }
+    soak.flood_reader_gone(me);
     soak.tally.add("sent: flood (8 KB)", sent);
     arrival.finish(client, alive);
 }
 
 fn observer(soak: &Soak) {
     let arrival = soak.arrival();
+    soak.flood_reader_joins(FLOODERS);
     let Some((mut client, _)) = soak.connect("observer", "flood") else {
+        soak.flood_reader_gone(FLOODERS);
         return;
     };
     let mut alive = true;
     while alive && !soak.flood_over() {
         match poll(&mut client) {
+            Ok(Some(Message::Text(text))) if text.len() >= FLOOD_FRAME => {
+                // Flood frames are counted, not parsed: only presence matters here.
+                soak.flood_read_one(FLOODERS);
+            }
             Ok(Some(Message::Text(text))) => {
-                // Large flood frames are not parsed: only presence matters here.
                 if text.len() < 2000
                     && let Ok(frame) = serde_json::from_str::<Value>(&text)
                     && frame["type"] == "left"
@@ -715,6 +771,7 @@ fn observer(soak: &Soak) {
             }
         }
     }
+    soak.flood_reader_gone(FLOODERS);
     arrival.finish(client, alive);
 }
 
@@ -1046,6 +1103,8 @@ fn soak_mixed_clients_deliver_in_order_and_leak_nothing() {
         healthy_sent: (0..HEALTHY).map(|_| AtomicU64::new(u64::MAX)).collect(),
         sleeper_dropped: (0..SLEEPERS).map(|_| AtomicBool::new(false)).collect(),
         sleepers_left: AtomicUsize::new(0),
+        flood_sent: AtomicU64::new(0),
+        flood_read: (0..=FLOODERS).map(|_| AtomicU64::new(u64::MAX)).collect(),
         started: Instant::now(),
         deliveries: AtomicU64::new(0),
         connections: AtomicU64::new(0),
