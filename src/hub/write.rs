@@ -139,25 +139,12 @@ impl Write {
     fn cut(&self, sent: usize) -> (usize, usize) {
         let mut whole = 0;
         for piece in &self.pieces {
-            match piece {
-                Piece::Frame { end, .. } if *end <= sent => whole = *end,
-                Piece::Frame { end, .. } => return (whole, *end),
-                Piece::Run {
-                    at,
-                    begin,
-                    table,
-                    from,
-                    to,
-                } => {
-                    let ends = &table.ends[*from..*to];
-                    let taken = ends.partition_point(|end| at + end - begin <= sent);
-                    if taken > 0 {
-                        whole = at + ends[taken - 1] - begin;
-                    }
-                    if taken < ends.len() {
-                        return (whole, at + ends[taken] - begin);
-                    }
-                }
+            let within = piece.within(sent);
+            if let Some((end, _)) = within.whole {
+                whole = end;
+            }
+            if let Some(end) = within.cut {
+                return (whole, end);
             }
         }
         (whole, whole)
@@ -166,8 +153,29 @@ impl Write {
     /// The marks of the whole frames in the first `taken` bytes: a run's frames give one, the
     /// last one's.
     pub(super) fn taken(&self, taken: usize) -> impl Iterator<Item = Mark> + '_ {
-        self.pieces.iter().map_while(move |piece| match piece {
-            Piece::Frame { end, mark } => (*end <= taken).then_some(*mark),
+        (self.pieces.iter()).map_while(move |piece| Some(piece.within(taken).whole?.1))
+    }
+}
+
+/// What of a piece lies within a write's first bytes.
+struct Within {
+    /// The end (from the start of the write) and mark of its last whole frame there, if any.
+    whole: Option<(usize, Mark)>,
+    /// The end of its frame they cut, if they cut one.
+    cut: Option<usize>,
+}
+
+impl Piece {
+    fn within(&self, bytes: usize) -> Within {
+        match self {
+            Piece::Frame { end, mark } if *end <= bytes => Within {
+                whole: Some((*end, *mark)),
+                cut: None,
+            },
+            Piece::Frame { end, .. } => Within {
+                whole: None,
+                cut: Some(*end),
+            },
             Piece::Run {
                 at,
                 begin,
@@ -175,11 +183,15 @@ impl Write {
                 from,
                 to,
             } => {
-                let ends = &table.ends[*from..*to];
-                let whole = ends.partition_point(|end| at + end - begin <= taken);
-                (whole > 0).then(|| Mark::Newest(table.versions[from + whole - 1]))
+                let end_of = |i: usize| at + table.ends[i] - begin;
+                let whole = table.ends[*from..*to].partition_point(|end| at + end - begin <= bytes);
+                let last = (whole > 0).then(|| from + whole - 1);
+                Within {
+                    whole: last.map(|i| (end_of(i), Mark::Newest(table.versions[i]))),
+                    cut: (from + whole < *to).then(|| end_of(from + whole)),
+                }
             }
-        })
+        }
     }
 }
 
