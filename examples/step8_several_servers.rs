@@ -172,7 +172,13 @@ fn parsed<T: std::str::FromStr>(value: Option<String>, expected: &str) -> T {
 
 fn main() {
     let (limits, redis_url) = Limits::from_args();
-    let redis = redis::Client::open(redis_url).expect("a redis:// URL");
+    let redis = redis::Client::open(redis_url.as_str()).expect("a redis:// URL");
+    // Where this server joins the stream: after its newest entry. Asked before anyone can
+    // connect, so that no message a client of ours sends can be appended before that point.
+    let joined = newest_entry(&redis).unwrap_or_else(|err| {
+        eprintln!("cannot reach Redis at {redis_url} ({err}): is redis-server running?");
+        std::process::exit(1);
+    });
     let listener = TcpListener::bind(("127.0.0.1", limits.port)).expect("the port is free");
     println!("listening on ws://{}", listener.local_addr().unwrap());
 
@@ -182,9 +188,6 @@ fn main() {
     let (publisher, to_publish) = mpsc::sync_channel(TO_PUBLISH);
     let (client, hub_for_publisher) = (redis.clone(), hub.clone());
     thread::spawn(move || publish(&client, to_publish, &hub_for_publisher));
-    // Where this server joins the stream: after its newest entry. Asked before anyone can
-    // connect, so that no message a client of ours sends can be appended before that point.
-    let joined = newest_entry(&redis).expect("Redis answers at start (is redis-server running?)");
     let hub_for_reader = hub.clone();
     thread::spawn(move || read_stream(&redis, joined, &hub_for_reader));
     thread::spawn(move || {

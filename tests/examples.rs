@@ -42,16 +42,18 @@ fn real_server() -> cyberchat::Server {
 }
 
 /// Starts the example `name` with `args`; step 8 with a `redis-server` of its own, returned
-/// with it to live as long as the example. `None` (after a loud SKIPPED) for step 8 where
+/// with it to live as long as the example. Redis comes first in the pair so that, bound as
+/// `(_redis, example)`, the example is stopped before its Redis (the later binding is
+/// dropped first): the other way round, step 8 finds Redis gone as it stops. `None` (after a loud SKIPPED) for step 8 where
 /// `redis-server` is missing, except under `CI=true`, where that fails.
-fn launch(name: &str, args: &[&str]) -> Option<(Example, Option<Redis>)> {
+fn launch(name: &str, args: &[&str]) -> Option<(Option<Redis>, Example)> {
     if name != "step8_several_servers" {
-        return Some((Example::start_with(name, args), None));
+        return Some((None, Example::start_with(name, args)));
     }
     let redis = Redis::start(name)?;
     let url = redis.url();
     let args: Vec<&str> = args.iter().copied().chain(["--redis", &url]).collect();
-    Some((Example::start_with(name, &args), Some(redis)))
+    Some((Some(redis), Example::start_with(name, &args)))
 }
 
 /// Runs `promises` against the example `name` as a later step runs it: from step 7 on without
@@ -61,7 +63,7 @@ fn keeps_promises(name: &str, promises: fn(SocketAddr)) {
         "step7_hardening" | "step8_several_servers" => &["--max-rate", "0"],
         _ => &[],
     };
-    if let Some((example, _redis)) = launch(name, args) {
+    if let Some((_redis, example)) = launch(name, args) {
         promises(example.addr);
     }
 }
@@ -817,7 +819,7 @@ fn error_codes(frames: &[Message]) -> Vec<String> {
 /// with 1008 once it is plainly not listening, and another user served all along.
 fn flood_attack(name: &str) {
     // 20 frames a second, a bucket of 40.
-    let Some((example, _redis)) = launch(name, &[]) else {
+    let Some((_redis, example)) = launch(name, &[]) else {
         return;
     };
     let (mut ada, _) = welcomed(example.addr, "/?username=Ada");
@@ -875,7 +877,7 @@ fn silent_client(addr: SocketAddr, path: &str) -> thread::JoinHandle<Vec<(u8, Ve
 /// A client that upgrades and then says nothing, not even a pong, is pinged and then closed
 /// with 1001; one that answers pings stays.
 fn silence_attack(name: &str) {
-    let Some((example, _redis)) = launch(name, &["--ping-interval", "0.2"]) else {
+    let Some((_redis, example)) = launch(name, &["--ping-interval", "0.2"]) else {
         return;
     };
     let silent = silent_client(example.addr, "/?username=Silent");
@@ -918,7 +920,7 @@ fn silence_attack(name: &str) {
 /// A client that never reads, in a busy channel: it is cut off, and the others get every
 /// message.
 fn stuck_reader_attack(name: &str) {
-    let Some((example, _redis)) = launch(name, &["--max-rate", "0"]) else {
+    let Some((_redis, example)) = launch(name, &["--max-rate", "0"]) else {
         return;
     };
     let (mut ada, _) = welcomed(example.addr, "/?username=Ada");
@@ -971,7 +973,7 @@ fn stuck_reader_attack(name: &str) {
 
 /// A message of exactly 16 KiB is read; one byte more closes the connection with 1009.
 fn size_attack(name: &str) {
-    let Some((example, _redis)) = launch(name, &[]) else {
+    let Some((_redis, example)) = launch(name, &[]) else {
         return;
     };
     let (mut ada, _) = welcomed(example.addr, "/?username=Ada");
@@ -992,7 +994,7 @@ fn size_attack(name: &str) {
 /// Past `--max-connections`, a new connection is answered 503; a place is given back when a
 /// connection ends.
 fn crowd_attack(name: &str) {
-    let Some((example, _redis)) = launch(name, &["--max-connections", "2"]) else {
+    let Some((_redis, example)) = launch(name, &["--max-connections", "2"]) else {
         return;
     };
     let (ada, _) = welcomed(example.addr, "/?username=Ada");
@@ -1009,7 +1011,7 @@ fn crowd_attack(name: &str) {
 /// SIGTERM and Ctrl-C (SIGINT) close every client with 1001, and the process exits cleanly.
 fn stop_signals(name: &str) {
     for signal in [libc::SIGTERM, libc::SIGINT] {
-        let Some((mut example, _redis)) = launch(name, &[]) else {
+        let Some((_redis, mut example)) = launch(name, &[]) else {
             return;
         };
         let mut clients: Vec<Client> = ["Ada", "Bob", "Carol"]
@@ -1351,8 +1353,37 @@ fn step7_example_page_works_as_the_readme_says() {
 }
 
 #[test]
+fn step8_example_without_redis_at_start_says_so_in_one_line() {
+    // A port nothing listens on: taken, then given back.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let output = Command::new(common::example::example_binary("step8_several_servers"))
+        .args(["0", "--redis", &url])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        !stdout.contains("listening"),
+        "it must not say it listens when it cannot serve: {stdout}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("cannot reach Redis") && stderr.contains(&url),
+        "says what is wrong, and where it looked: {stderr}"
+    );
+}
+
+#[test]
 fn step8_example_page_works_as_the_readme_says() {
-    if let Some((example, _redis)) = launch("step8_several_servers", &[]) {
+    if let Some((_redis, example)) = launch("step8_several_servers", &[]) {
         page_works_as_promised(8, example.addr);
     }
 }
