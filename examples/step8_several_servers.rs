@@ -246,6 +246,7 @@ impl Drop for Place {
 /// Answers `503 Service Unavailable` from the accept thread, which must never wait on a
 /// client: these few bytes fit the empty buffer of a new socket, so the write returns at once.
 fn refuse(mut stream: TcpStream) {
+    println!("refusing a connection with 503: the server is full");
     let _ = stream.write_all(
         b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     );
@@ -686,6 +687,10 @@ fn serve(stream: TcpStream, hub: SyncSender<Event>, limits: Limits, place: Place
     let goodbye = read_requests(&mut ws, id, &outbox, &hub, limits);
     let we_close = goodbye.is_some();
     if let Some(goodbye) = goodbye {
+        // Each defence says in the terminal when it acts, so that an attack can be watched.
+        if let Message::Close(Some(frame)) = &goodbye {
+            println!("closing {id} with {} ({})", u16::from(frame.code), frame.reason);
+        }
         outbox.deliver(goodbye);
     }
     tell_hub(Event::Disconnected { id });

@@ -915,6 +915,11 @@ fn silence_attack(name: &str) {
     );
     assert!(silent_left, "Awake was told Silent left");
     awake.say("still here");
+    // (Printed before the close is sent; read from the pipe by a thread of ours.)
+    common::eventually("the terminal shows the keepalive acting", || {
+        (example.printed().iter())
+            .any(|line| line.starts_with("closing ") && line.ends_with("with 1001 (no activity)"))
+    });
 }
 
 /// A client that never reads, in a busy channel: it is cut off, and the others get every

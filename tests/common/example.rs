@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
 use super::DEADLINE;
@@ -16,6 +16,8 @@ use super::DEADLINE;
 pub struct Example {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Every line it has printed so far.
+    printed: Arc<Mutex<Vec<String>>>,
 }
 
 impl Example {
@@ -35,6 +37,8 @@ impl Example {
             .unwrap_or_else(|err| panic!("{name} starts: {err}"));
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let (tx, rx) = mpsc::channel();
+        let printed = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&printed);
         thread::spawn(move || {
             for line in stdout.lines() {
                 let Ok(line) = line else { break };
@@ -42,6 +46,7 @@ impl Example {
                     let _ = tx.send(addr.trim().trim_end_matches('/').to_owned());
                 }
                 // Read on to the end: a full pipe would block the example.
+                lines.lock().unwrap().push(line);
             }
         });
         let addr = rx
@@ -50,7 +55,16 @@ impl Example {
         let addr = addr
             .parse()
             .unwrap_or_else(|_| panic!("{name}: not an address: {addr}"));
-        Example { child, addr }
+        Example {
+            child,
+            addr,
+            printed,
+        }
+    }
+
+    /// The lines it has printed so far.
+    pub fn printed(&self) -> Vec<String> {
+        self.printed.lock().unwrap().clone()
     }
 }
 
