@@ -68,6 +68,8 @@
       View.showError('Not connected: your message was not sent (it is still in the box).');
       return;
     }
+    // Cleared now, but kept until the message comes back: a refusal puts it back in the box.
+    Room.unconfirmed = Room.unconfirmed.slice(-19).concat(text);
     el.input.value = '';
     Typing.stop();
     el.input.focus();

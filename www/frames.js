@@ -17,7 +17,10 @@ const Frames = (() => {
           const li = View.addMessage(f, Room.isMine(f.user), mentions);
           if (li) Attention.onLiveMessage(f, li, mentions.length > 0);
           // Ours went through: an `unavailable` ("not sent") error shown is no longer true.
-          if (Room.isMine(f.user)) View.hideError('unavailable');
+          if (Room.isMine(f.user)) {
+            View.hideError('unavailable');
+            confirmed(f.text);
+          }
         }
         break;
       case 'joined':
@@ -58,7 +61,10 @@ const Frames = (() => {
         View.renderChannels();
         break;
       case 'error':
-        if (!Access.onError(f)) View.showError(f.message || f.code || 'Something went wrong', f.code);
+        if (!Access.onError(f)) {
+          const text = f.message || f.code || 'Something went wrong';
+          View.showError(refused(f.code) ? text + ' Your message is back in the box.' : text, f.code);
+        }
         break;
       // Who may enter, and operators.
       case 'locked':
@@ -79,12 +85,42 @@ const Frames = (() => {
     }
   }
 
+  // A refusal that may be of a message we sent: the oldest one not back yet goes back into
+  // the box, if the box is empty, so that it need not be typed again. Returns whether one is
+  // there.
+  // (An error does not say which frame it refuses: one for an earlier `typing` frame puts
+  // back a message that then arrives after all, and `confirmed` takes it out of the box.)
+  let restored = null;
+  function refused(code) {
+    if (code !== 'rate_limited' && code !== 'unavailable') return false;
+    const input = document.getElementById('input');
+    if (!input) return false;
+    if (input.value === '' && Room.unconfirmed.length > 0) {
+      restored = Room.unconfirmed.shift();
+      input.value = restored;
+    }
+    return restored !== null && input.value === restored; // (back in the box already)
+  }
+
+  // Our message with `text` came back: it waits no longer, and leaves the box if a refusal
+  // had put it back there (and nobody has edited it since).
+  function confirmed(text) {
+    const at = Room.unconfirmed.indexOf(text);
+    if (at >= 0) Room.unconfirmed.splice(at, 1);
+    const input = document.getElementById('input');
+    if (text === restored && input && input.value === restored) input.value = '';
+    if (text === restored) restored = null;
+  }
+
   // The first frame on every connection, and again after each join: who we are, where,
   // with whom, and the channel's recent history.
   function onWelcome(f) {
     const first = !Connection.isConnected(); // the first of this socket, not after a join
     Connection.welcomed();
-    if (first) Moderation.reset();
+    if (first) {
+      Moderation.reset();
+      Room.unconfirmed = []; // a new connection: whatever was not back will not come now
+    }
 
     Room.me = f.user;
     Room.myIds.add(f.user.id);

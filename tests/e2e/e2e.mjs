@@ -768,6 +768,23 @@ try {
     assert(!(await alice.locator('#error').isVisible()), 'the "not sent" error stays after a message went through');
   });
 
+  await check('a message refused for the rate limit goes back into the box, and sends again', async () => {
+    // 45 frames, then the message, in one go: the bucket holds 40, so the message is refused.
+    await alice.evaluate(() => {
+      for (let i = 0; i < 45; i++) Connection.send({ type: 'typing', typing: false });
+      document.getElementById('input').value = 'sent too fast, kept';
+      document.getElementById('send-form').requestSubmit();
+    });
+    await alice.waitForFunction(() => document.getElementById('input').value === 'sent too fast, kept',
+      null, { timeout: WAIT });
+    const error = await alice.locator('#error').textContent();
+    assert(error.includes('back in the box'), `error shown: ${error}`);
+    await alice.waitForTimeout(2500); // the bucket fills again (20 a second)
+    await alice.locator('#input').press('Enter');
+    await waitMessage(alice, 'Alice', 'sent too fast, kept'); // (it came back from the server)
+    assert((await alice.locator('#input').inputValue()) === '', 'the box is empty once it went through');
+  });
+
   await check('no JavaScript errors and no dialogs in any page', async () => {
     assert(pageErrors.length === 0, pageErrors.join('; '));
     assert(dialogs === 0, `${dialogs} dialog(s) fired`);
