@@ -168,9 +168,12 @@ fn send(context: &Context, event: Event) -> Result<(), Ended> {
 pub const HUB_BEHIND: Duration = Duration::from_millis(20);
 /// How long such a connection then waits before reading on.
 pub const CURSOR_PAUSE: Duration = Duration::from_millis(250);
-/// How long it goes on pausing after it last found the hub behind: the hub catches up
-/// between two of its turns, and falls behind again as soon as every thread reads at once.
-pub const PACED_FOR: Duration = Duration::from_secs(2);
+/// How long it goes on pausing after it last found the hub behind. The hub catches up within
+/// a few of its turns once a crowd's threads pause, and falls behind again as soon as they all
+/// read every frame at once: they found it behind together, so they would stop pausing
+/// together. With 2 s, a crowd of 3,000 went in and out of pausing every few seconds, and a
+/// quiet channel's p99 was 50-70 ms; with 10 s, 20-28 ms (BENCHMARKS.md).
+pub const PACED_FOR: Duration = Duration::from_secs(10);
 
 /// A connection's `state` and `typing`, on their way to the inbox.
 ///
