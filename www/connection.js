@@ -88,9 +88,12 @@ const Connection = (() => {
   }
 
   // Wait, counting down on screen, then try again; each failure doubles the wait (max 30 s).
+  // The wait is stretched by a random part of itself, up to double: a class whose pages lost
+  // the server together (a restart, or more arriving from one school address than the server
+  // lets in at once) must not all come back in the same second, to be refused together again.
   function scheduleReconnect() {
     clearTimeout(retryTimer);
-    let left = backoff;
+    let left = backoff + Math.floor(Math.random() * (backoff + 1));
     backoff = Math.min(backoff * 2, BACKOFF_MAX_S);
     const tick = () => {
       if (left <= 0) {
@@ -101,7 +104,8 @@ const Connection = (() => {
       left -= 1;
       retryTimer = setTimeout(tick, 1000);
     };
-    tick();
+    View.setStatus('Disconnected — retrying in ' + left + ' s', 'disconnected');
+    retryTimer = setTimeout(tick, Math.random() * 1000); // (and not on the same tick)
   }
 
   // The server's welcome: we are in, and a good connection resets the backoff.
