@@ -332,6 +332,17 @@ impl Outbox {
         self.queue.close_written()
     }
 
+    /// The hub says whether this client is in a crowded channel: only then may its thread
+    /// read its cursors in batches (see `Cursors` in `doors/chat.rs`).
+    pub fn set_crowded(&self, crowded: bool) {
+        self.queue.set_crowded(crowded);
+    }
+
+    /// What the hub last said of this client's channel ([`Outbox::set_crowded`]).
+    pub fn crowded(&self) -> bool {
+        self.queue.crowded()
+    }
+
     /// Frames waiting for this client right now.
     pub fn queued(&self) -> usize {
         self.queue.queued()

@@ -99,6 +99,10 @@ pub struct OutboundQueue {
     tab: Tab,
     /// A queue with no socket takes no write while set (see `QueuedFrames::stall`).
     stalled: AtomicBool,
+    /// Set by the hub while the client's channel is crowded (see [`Outbox::set_crowded`]).
+    ///
+    /// [`Outbox::set_crowded`]: super::Outbox::set_crowded
+    crowded: AtomicBool,
     /// `None` for a queue with no socket (the hub's tests): nothing is written, ever.
     budget: Option<Arc<OutboundBudget>>,
 }
@@ -169,6 +173,7 @@ impl OutboundQueue {
             rest: AtomicUsize::new(0),
             tab: Tab::default(),
             stalled: AtomicBool::new(false),
+            crowded: AtomicBool::new(false),
             budget,
         }
     }
@@ -373,6 +378,14 @@ impl OutboundQueue {
     /// Whether the close frame has gone out whole.
     pub fn close_written(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    pub fn set_crowded(&self, crowded: bool) {
+        self.crowded.store(crowded, Ordering::Relaxed);
+    }
+
+    pub fn crowded(&self) -> bool {
+        self.crowded.load(Ordering::Relaxed)
     }
 
     /// Takes `bytes` (of items no longer queued) off the counts, and publishes the frame count.

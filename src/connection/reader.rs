@@ -321,6 +321,11 @@ impl Reader {
         self.outbox.close_sent()
     }
 
+    /// Whether the hub last found this client in a crowded channel ([`Outbox::crowded`]).
+    pub fn in_crowd(&self) -> bool {
+        self.outbox.crowded()
+    }
+
     /// Blocks until the next text or binary message, answering pings and a close, and sending
     /// pings of its own, on the way.
     ///

@@ -52,6 +52,7 @@ pub fn serve(reader: &mut Reader, conn: ConnId, context: &Context, client: IpAdd
         if reader.closed_by_server() {
             return Ended::Dropped; // an operator removed this user: the rest is moot
         }
+        cursors.in_crowd = reader.in_crowd();
         let refusal = if !bucket.take() {
             metrics.refused(Refusal::RateLimit);
             if gauge.refused() {
@@ -181,9 +182,11 @@ pub const PACED_FOR: Duration = Duration::from_secs(10);
 /// of thousands moving their cursors at the rate limit costs more in those than the hub needs
 /// to serve everyone, and on a busy machine it takes the hub's time. Their frames are
 /// coalesced anyway, so while the hub is behind with them ([`HUB_BEHIND`]), and for
-/// [`PACED_FOR`] after, a connection that has just handed one over reads in batches: it takes
-/// what the client has sent already, and when nothing more has come it waits
-/// [`CURSOR_PAUSE`] (jittered) rather than for the next frame. One wake-up reads a pause's
+/// [`PACED_FOR`] after, a connection in a crowded channel ([`crate::hub::CROWDED`] members or
+/// more) that has just handed one over reads in batches (a quiet channel's members never do: a
+/// crowd elsewhere must not delay what they send): it takes what the client has sent already,
+/// and when nothing more has come it waits [`CURSOR_PAUSE`] (jittered) rather than for the
+/// next frame. One wake-up reads a pause's
 /// worth of frames, and the newest of them is all the hub needs. A pause after which nothing
 /// had come ends the batches: the client has gone quiet. What a pause lets pile up is all
 /// read at once, and charged to the rate limit as if read as it came
@@ -202,6 +205,9 @@ struct Cursors {
     read_since_pause: bool,
     /// The rate limit, frames a second.
     max_rate: f64,
+    /// Whether the hub last found this client in a crowded channel ([`crate::hub::CROWDED`]):
+    /// only then is it paced.
+    in_crowd: bool,
 }
 
 impl Cursors {
@@ -212,6 +218,7 @@ impl Cursors {
             batches: false,
             read_since_pause: false,
             max_rate: f64::from(max_rate),
+            in_crowd: false,
         }
     }
 
@@ -242,7 +249,9 @@ impl Cursors {
 
     /// One was handed over at `now`; the hub had left the inbox untaken for `behind`.
     fn handed_over(&mut self, behind: Duration, now: Instant) {
-        if behind >= HUB_BEHIND {
+        if !self.in_crowd {
+            self.paced_until = now; // (in a channel that is not crowded, or no longer)
+        } else if behind >= HUB_BEHIND {
             self.paced_until = now + PACED_FOR;
         }
         if now < self.paced_until {
@@ -254,7 +263,7 @@ impl Cursors {
     /// Reading in batches, nothing more had come at `now`: whether to pause (for `pause`), or
     /// to wait for the client's next frame as usual.
     fn nothing_ready(&mut self, now: Instant, pause: Duration) -> Option<Duration> {
-        if std::mem::take(&mut self.read_since_pause) && now < self.paced_until {
+        if std::mem::take(&mut self.read_since_pause) && self.in_crowd && now < self.paced_until {
             return Some(pause);
         }
         self.batches = false;
@@ -313,6 +322,7 @@ mod tests {
     #[test]
     fn step7_cursor_senders_read_in_batches_while_the_hub_is_behind() {
         let mut cursors = Cursors::new(20);
+        cursors.in_crowd = true;
         let start = Instant::now();
         let at = |ms: u64| start + Duration::from_millis(ms);
         let (pause, quick) = (Duration::from_millis(250), Duration::from_millis(1));
@@ -340,6 +350,25 @@ mod tests {
         cursors.read_since_pause = true;
         assert_eq!(cursors.nothing_ready(at(later), pause), None);
         cursors.handed_over(quick, at(later + 1));
+        assert!(!cursors.batches);
+    }
+
+    #[test]
+    fn step7_a_quiet_channels_cursor_senders_are_never_paced() {
+        let mut cursors = Cursors::new(20);
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let pause = Duration::from_millis(250);
+        // The hub is behind with a crowd elsewhere: not this client's channel's doing.
+        cursors.handed_over(HUB_BEHIND * 10, at(0));
+        assert!(!cursors.batches, "each frame is waited for, none delayed");
+        // Paced in a crowd, then in a quiet channel (the hub said so): the batches end.
+        cursors.in_crowd = true;
+        cursors.handed_over(HUB_BEHIND, at(10));
+        assert!(cursors.batches);
+        cursors.in_crowd = false;
+        cursors.read_since_pause = true;
+        assert_eq!(cursors.nothing_ready(at(20), pause), None);
         assert!(!cursors.batches);
     }
 }

@@ -16,6 +16,13 @@ use std::sync::{Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::connection::ConnId;
+
+/// A channel with this many members is *crowded*: its members' threads may read their
+/// cursors in batches while the hub is behind with them (`Cursors` in `doors/chat.rs`), which
+/// delays their own next frames by up to a pause. A smaller channel's members never are, so
+/// a quiet channel's messages are not delayed by a crowd elsewhere. A class of 30 to 40 is not
+/// a crowd.
+pub const CROWDED: usize = 50;
 use crate::protocol::ChatRequest;
 
 /// What one sender has waiting: its newest `state` and its newest `typing`.

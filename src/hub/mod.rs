@@ -116,7 +116,7 @@ use tungstenite::Bytes;
 
 pub use channels::CHANNELS_EVERY;
 pub use event::{ChannelStat, Event, Stats};
-pub use inbox::NewestInbox;
+pub use inbox::{CROWDED, NewestInbox};
 pub use moderation::Bans;
 use moderation::Mutes;
 pub use peers::{link, port};
@@ -386,6 +386,10 @@ impl Hub {
         let Some(held) = self.taken.remove(&conn) else {
             return;
         };
+        if let Some(user) = self.users.get(&conn) {
+            let members = (self.channels.get(&user.channel)).map_or(0, |ch| ch.members.len());
+            user.outbox.set_crowded(members >= inbox::CROWDED);
+        }
         for folded in held.into_requests() {
             for _ in 1..folded.frames {
                 if !self.refused_for_mute(conn, &folded.request) {

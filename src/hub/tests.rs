@@ -1273,3 +1273,32 @@ fn step6_what_someone_gone_left_in_a_busy_inbox_is_never_applied() {
     c.tick(3000);
     assert!(states_of(&bo.frames(), "Ada").is_empty());
 }
+
+#[test]
+fn step6_only_a_crowded_channels_cursor_senders_are_told_they_are_in_a_crowd() {
+    let mut c = Clocked::new();
+    let crowd: Vec<Client> = (0..inbox::CROWDED)
+        .map(|i| c.connect_to(0, &format!("m{i}"), "crowd"))
+        .collect();
+    let (ada, _bo) = c.ada_and(("Bo", "room"));
+    let moved = |c: &mut Clocked, who: &Client| {
+        c.hub.inbox.put(who.conn, cursor(1), Instant::now());
+        c.hub.inbox_owed = true;
+        c.hub.apply_newest(None);
+    };
+    let in_crowd = |c: &Clocked, who: &Client| c.hub.users[&who.conn].outbox.crowded();
+    moved(&mut c, &crowd[0]);
+    moved(&mut c, &ada);
+    assert!(in_crowd(&c, &crowd[0]), "its thread may pace its cursors");
+    assert!(
+        !in_crowd(&c, &ada),
+        "a quiet channel's never are, however far behind a crowd elsewhere puts the hub"
+    );
+    // One leaves: the channel is no longer a crowd, as its next cursor tells.
+    c.hub.apply(Event::Disconnect {
+        conn: crowd[1].conn,
+        close: None,
+    });
+    moved(&mut c, &crowd[0]);
+    assert!(!in_crowd(&c, &crowd[0]));
+}
