@@ -167,13 +167,14 @@ fn send(context: &Context, event: Event) -> Result<(), Ended> {
 /// How long the hub may leave the inbox untaken before a connection sending `state` or
 /// `typing` is paced: a few of its turns, under load.
 pub const HUB_BEHIND: Duration = Duration::from_millis(20);
-/// How long such a connection then waits before reading on.
-pub const CURSOR_PAUSE: Duration = Duration::from_millis(250);
+/// How long such a connection then waits before reading on: as long as its crowded channel
+/// waits at least between two publications of its cursors.
+pub const CURSOR_PAUSE: Duration = crate::hub::CROWDED_PACE;
 /// How long it goes on pausing after it last found the hub behind. The hub catches up within
 /// a few of its turns once a crowd's threads pause, and falls behind again as soon as they all
-/// read every frame at once: they found it behind together, so they would stop pausing
-/// together. With 2 s, a crowd of 3,000 went in and out of pausing every few seconds, and a
-/// quiet channel's p99 was 50-70 ms; with 10 s, 20-28 ms (BENCHMARKS.md).
+/// read every frame at once: they find it behind together, so they stop pausing together.
+/// Measured with a crowd of 3,000 on one core: 2 s of this has it in and out of pausing every
+/// few seconds, and a quiet channel's p99 at 50-70 ms; 10 s, 20-28 ms (BENCHMARKS.md).
 pub const PACED_FOR: Duration = Duration::from_secs(10);
 
 /// A connection's `state` and `typing`, on their way to the inbox.
@@ -182,8 +183,8 @@ pub const PACED_FOR: Duration = Duration::from_secs(10);
 /// of thousands moving their cursors at the rate limit costs more in those than the hub needs
 /// to serve everyone, and on a busy machine it takes the hub's time. Their frames are
 /// coalesced anyway, so while the hub is behind with them ([`HUB_BEHIND`]), and for
-/// [`PACED_FOR`] after, a connection in a crowded channel ([`crate::hub::CROWDED`] members or
-/// more) that has just handed one over reads in batches (a quiet channel's members never do: a
+/// [`PACED_FOR`] after, a connection in a crowded channel ([`crate::hub::CROWDED_PACE`]) that
+/// has just handed one over reads in batches (a quiet channel's members never do: a
 /// crowd elsewhere must not delay what they send): it takes what the client has sent already,
 /// and when nothing more has come it waits [`CURSOR_PAUSE`] (jittered) rather than for the
 /// next frame. One wake-up reads a pause's
@@ -205,7 +206,7 @@ struct Cursors {
     read_since_pause: bool,
     /// The rate limit, frames a second.
     max_rate: f64,
-    /// Whether the hub last found this client in a crowded channel ([`crate::hub::CROWDED`]):
+    /// Whether the hub last found this client in a crowded channel ([`crate::hub::CROWDED_PACE`]):
     /// only then is it paced.
     in_crowd: bool,
 }

@@ -163,6 +163,10 @@ impl Hub {
         }
         let ch = self.channels.entry(channel.to_owned()).or_default();
         ch.members.push((conn, user.outbox.clone()));
+        self.tell_if_crowded(conn);
+        let (Some(user), Some(ch)) = (self.users.get(&conn), self.channels.get(channel)) else {
+            return created;
+        };
         let frame = encode(&ServerFrame::Joined {
             channel,
             user: user.as_ref(),

@@ -16,14 +16,16 @@ use std::sync::{Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::connection::ConnId;
-
-/// A channel with this many members is *crowded*: its members' threads may read their
-/// cursors in batches while the hub is behind with them (`Cursors` in `doors/chat.rs`), which
-/// delays their own next frames by up to a pause. A smaller channel's members never are, so
-/// a quiet channel's messages are not delayed by a crowd elsewhere. A class of 30 to 40 is not
-/// a crowd.
-pub const CROWDED: usize = 50;
 use crate::protocol::ChatRequest;
+
+/// A channel is *crowded* once it publishes its cursors this seldom or less (`newest::every`:
+/// with cursors of 150 bytes, from about 700 members on; with states of a kilobyte, from
+/// about 250). Only a crowded channel's members may have their threads read their cursors
+/// in batches, a pause of about this long apart, while the hub is behind with them (`Cursors`
+/// in `doors/chat.rs`): their channel would not have published more of them, and nothing
+/// their members see is lost. A smaller channel's members never are, however far behind a
+/// crowd elsewhere puts the hub: the pauses would delay what they send.
+pub const CROWDED_PACE: Duration = Duration::from_millis(250);
 
 /// What one sender has waiting: its newest `state` and its newest `typing`.
 #[derive(Debug, Default)]

@@ -116,7 +116,7 @@ use tungstenite::Bytes;
 
 pub use channels::CHANNELS_EVERY;
 pub use event::{ChannelStat, Event, Stats};
-pub use inbox::{CROWDED, NewestInbox};
+pub use inbox::{CROWDED_PACE, NewestInbox};
 pub use moderation::Bans;
 use moderation::Mutes;
 pub use peers::{link, port};
@@ -386,10 +386,6 @@ impl Hub {
         let Some(held) = self.taken.remove(&conn) else {
             return;
         };
-        if let Some(user) = self.users.get(&conn) {
-            let members = (self.channels.get(&user.channel)).map_or(0, |ch| ch.members.len());
-            user.outbox.set_crowded(members >= inbox::CROWDED);
-        }
         for folded in held.into_requests() {
             for _ in 1..folded.frames {
                 if !self.refused_for_mute(conn, &folded.request) {
@@ -397,6 +393,22 @@ impl Hub {
                 }
             }
             self.request(conn, folded.request, folded.received);
+        }
+        self.tell_if_crowded(conn);
+    }
+
+    /// Tells `conn`'s thread, through its outbox, whether its channel is crowded
+    /// ([`inbox::CROWDED_PACE`]): when it enters a channel, and with each cursor it sends, as
+    /// the channel grows and shrinks.
+    fn tell_if_crowded(&self, conn: ConnId) {
+        let Some(user) = self.users.get(&conn) else {
+            return;
+        };
+        let pace = (self.channels.get(&user.channel))
+            .map_or(Duration::ZERO, |ch| ch.newest.pace(ch.members.len()));
+        let crowded = pace >= inbox::CROWDED_PACE;
+        if user.outbox.crowded() != crowded {
+            user.outbox.set_crowded(crowded);
         }
     }
 

@@ -90,6 +90,11 @@ impl Newest {
         fresh
     }
 
+    /// How often a channel of `members` publishes these frames, at their mean size so far.
+    pub(super) fn pace(&self, members: usize) -> Duration {
+        every(members, self.mean)
+    }
+
     /// When the marked senders are to be published, in a channel of `members` (none marked:
     /// `None`).
     /// `pace`: the hub's own pace for every channel, if it has one (tests).

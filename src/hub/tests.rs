@@ -1277,16 +1277,30 @@ fn step6_what_someone_gone_left_in_a_busy_inbox_is_never_applied() {
 #[test]
 fn step6_only_a_crowded_channels_cursor_senders_are_told_they_are_in_a_crowd() {
     let mut c = Clocked::new();
-    let crowd: Vec<Client> = (0..inbox::CROWDED)
+    // States of about a kilobyte: a channel of 300 publishes them less often than
+    // CROWDED_PACE (one of 150 bytes would need about 700 members).
+    let big = |x: i64| {
+        let pad = "p".repeat(900);
+        protocol::parse_request(&format!(
+            r#"{{"type":"state","state":{{"x":{x},"pad":"{pad}"}}}}"#
+        ))
+        .unwrap()
+    };
+    assert!(newest::every(300, 1000) >= inbox::CROWDED_PACE);
+    assert!(newest::every(2, 1000) < inbox::CROWDED_PACE);
+    let crowd: Vec<Client> = (0..300)
         .map(|i| c.connect_to(0, &format!("m{i}"), "crowd"))
         .collect();
     let (ada, _bo) = c.ada_and(("Bo", "room"));
     let moved = |c: &mut Clocked, who: &Client| {
-        c.hub.inbox.put(who.conn, cursor(1), Instant::now());
+        c.hub.inbox.put(who.conn, big(1), Instant::now());
         c.hub.inbox_owed = true;
         c.hub.apply_newest(None);
     };
     let in_crowd = |c: &Clocked, who: &Client| c.hub.users[&who.conn].outbox.crowded();
+    moved(&mut c, &crowd[0]);
+    moved(&mut c, &ada);
+    c.tick(2000); // published: each channel now knows how big its cursors are
     moved(&mut c, &crowd[0]);
     moved(&mut c, &ada);
     assert!(in_crowd(&c, &crowd[0]), "its thread may pace its cursors");
@@ -1294,11 +1308,14 @@ fn step6_only_a_crowded_channels_cursor_senders_are_told_they_are_in_a_crowd() {
         !in_crowd(&c, &ada),
         "a quiet channel's never are, however far behind a crowd elsewhere puts the hub"
     );
-    // One leaves: the channel is no longer a crowd, as its next cursor tells.
-    c.hub.apply(Event::Disconnect {
+    // A member who joins the quiet channel is told at once, before any cursor of theirs.
+    moved(&mut c, &crowd[1]);
+    assert!(in_crowd(&c, &crowd[1]));
+    let join = protocol::parse_request(r#"{"type":"join","channel":"room"}"#).unwrap();
+    c.hub.apply(Event::Request {
         conn: crowd[1].conn,
-        close: None,
+        request: join,
+        received: Instant::now(),
     });
-    moved(&mut c, &crowd[0]);
-    assert!(!in_crowd(&c, &crowd[0]));
+    assert!(!in_crowd(&c, &crowd[1]), "in a quiet channel now");
 }
