@@ -232,9 +232,9 @@ impl Soak {
         }
     }
 
-    /// Starts counting reader `slot`'s flood frames; call before it joins, so that frames sent
-    /// while it joins count as read (they may not reach it).
-    fn flood_reader_joins(&self, slot: usize) {
+    /// Starts counting reader `slot`'s flood frames; call once it has joined (its welcome
+    /// read): frames sent while it joined never reach it, and must not hold the flood back.
+    fn flood_reader_joined(&self, slot: usize) {
         let sent = self.flood_sent.load(Ordering::SeqCst);
         self.flood_read[slot].store(sent, Ordering::SeqCst);
     }
@@ -695,11 +695,10 @@ fn sleeper(soak: &Soak, me: usize) {
 fn flooder(soak: &Soak, me: usize) {
     let arrival = soak.arrival();
     let name = format!("flooder-{me}");
-    soak.flood_reader_joins(me);
     let Some((mut client, _)) = soak.connect(&name, "flood") else {
-        soak.flood_reader_gone(me);
         return;
     };
+    soak.flood_reader_joined(me);
     // 2000 four-byte characters: about 8 KB a frame.
     let big = "😀".repeat(1990);
     let mut alive = true;
@@ -736,11 +735,10 @@ fn flooder(soak: &Soak, me: usize) {
 
 fn observer(soak: &Soak) {
     let arrival = soak.arrival();
-    soak.flood_reader_joins(FLOODERS);
     let Some((mut client, _)) = soak.connect("observer", "flood") else {
-        soak.flood_reader_gone(FLOODERS);
         return;
     };
+    soak.flood_reader_joined(FLOODERS);
     let mut alive = true;
     while alive && !soak.flood_over() {
         match poll(&mut client) {
