@@ -246,7 +246,6 @@ impl Drop for Place {
 /// Answers `503 Service Unavailable` from the accept thread, which must never wait on a
 /// client: these few bytes fit the empty buffer of a new socket, so the write returns at once.
 fn refuse(mut stream: TcpStream) {
-    println!("refusing a connection with 503: the server is full");
     let _ = stream.write_all(
         b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     );

@@ -1365,11 +1365,23 @@ fn step8_example_without_redis_at_start_says_so_in_one_line() {
         .unwrap()
         .port();
     let url = format!("redis://127.0.0.1:{port}/");
-    let output = Command::new(common::example::example_binary("step8_several_servers"))
+    let mut child = Command::new(common::example::example_binary("step8_several_servers"))
         .args(["0", "--redis", &url])
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    // (Bounded: should something else take the port meanwhile, this fails rather than hangs.)
+    let deadline = Instant::now() + DEADLINE;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("step 8 without Redis did not exit within {DEADLINE:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
