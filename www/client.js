@@ -69,7 +69,7 @@
       return;
     }
     // Cleared now, but kept until the message comes back: a refusal puts it back in the box.
-    Room.unconfirmed = Room.unconfirmed.slice(-19).concat(text);
+    Room.unconfirmed = Room.unconfirmed.slice(-19).concat({ text, at: Date.now() });
     el.input.value = '';
     Typing.stop();
     el.input.focus();

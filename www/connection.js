@@ -6,7 +6,7 @@
 const Connection = (() => {
   const TITLE = 'Cyber Chat';
   const BACKOFF_START_S = 1; // first retry after 1 s…
-  const BACKOFF_MAX_S = 30; // …doubling up to 30 s
+  const BACKOFF_MAX_S = 30; // …doubling up to 30 s (each stretched at random: see below)
   const HANDSHAKE_TIMEOUT_MS = 10000; // give up on a connection attempt that hangs
 
   let serverUrl = Settings.serverUrl;
@@ -87,14 +87,16 @@ const Connection = (() => {
     // An `error` event is always followed by `close`, which does the work.
   }
 
-  // Wait, counting down on screen, then try again; each failure doubles the wait (max 30 s).
-  // The wait is stretched by a random part of itself, up to double: a class whose pages lost
-  // the server together (a restart, or more arriving from one school address than the server
-  // lets in at once) must not all come back in the same second, to be refused together again.
+  // Wait, counting down on screen, then try again; each failure doubles the wait (1 s, 2 s, …,
+  // at most 30 s), and the wait is stretched by a random part of itself (1 to 2 s, then 2 to
+  // 4 s, …, at most 30 to 60 s): a class whose pages lost the server together (a restart, or
+  // more arriving from one school address than the server lets in at once) must not all come
+  // back in the same second, to be refused together again.
   function scheduleReconnect() {
     clearTimeout(retryTimer);
-    let left = backoff + Math.floor(Math.random() * (backoff + 1));
+    const wait = backoff * (1 + Math.random()); // seconds
     backoff = Math.min(backoff * 2, BACKOFF_MAX_S);
+    let left = Math.floor(wait);
     const tick = () => {
       if (left <= 0) {
         connect();
@@ -104,8 +106,9 @@ const Connection = (() => {
       left -= 1;
       retryTimer = setTimeout(tick, 1000);
     };
-    View.setStatus('Disconnected — retrying in ' + left + ' s', 'disconnected');
-    retryTimer = setTimeout(tick, Math.random() * 1000); // (and not on the same tick)
+    // The fraction of a second first, so that the countdown ends when the wait does.
+    View.setStatus('Disconnected — retrying in ' + Math.ceil(wait) + ' s', 'disconnected');
+    retryTimer = setTimeout(tick, (wait - left) * 1000);
   }
 
   // The server's welcome: we are in, and a good connection resets the backoff.

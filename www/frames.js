@@ -3,6 +3,8 @@
 
 const Frames = (() => {
   const RESYNCED = 'Some messages did not reach you live: the recent messages are shown again.';
+  // A refusal this long after a message is not taken to be of it.
+  const UNCONFIRMED_FOR_MS = 10000;
 
   function handle(f) {
     switch (f.type) {
@@ -85,18 +87,21 @@ const Frames = (() => {
     }
   }
 
-  // A refusal that may be of a message we sent: the oldest one not back yet goes back into
-  // the box, if the box is empty, so that it need not be typed again. Returns whether one is
-  // there.
-  // (An error does not say which frame it refuses: one for an earlier `typing` frame puts
-  // back a message that then arrives after all, and `confirmed` takes it out of the box.)
+  // A refusal that may be of a message we sent: if exactly one is not back yet, it goes back
+  // into the box (when the box is empty), so that it need not be typed again. Returns whether
+  // one is there. An error does not say which frame it refuses: with two or more not back
+  // (several servers answer a refusal before an earlier message comes back), any of them may
+  // be the one, so none is put back. One refused for an earlier `typing` frame puts back a
+  // message that then arrives after all, and `confirmed` takes it out of the box.
   let restored = null;
   function refused(code) {
     if (code !== 'rate_limited' && code !== 'unavailable') return false;
     const input = document.getElementById('input');
     if (!input) return false;
-    if (input.value === '' && Room.unconfirmed.length > 0) {
-      restored = Room.unconfirmed.shift();
+    const recent = Date.now() - UNCONFIRMED_FOR_MS;
+    Room.unconfirmed = Room.unconfirmed.filter((sent) => sent.at >= recent);
+    if (input.value === '' && Room.unconfirmed.length === 1) {
+      restored = Room.unconfirmed.shift().text;
       input.value = restored;
     }
     return restored !== null && input.value === restored; // (back in the box already)
@@ -105,7 +110,7 @@ const Frames = (() => {
   // Our message with `text` came back: it waits no longer, and leaves the box if a refusal
   // had put it back there (and nobody has edited it since).
   function confirmed(text) {
-    const at = Room.unconfirmed.indexOf(text);
+    const at = Room.unconfirmed.findIndex((sent) => sent.text === text);
     if (at >= 0) Room.unconfirmed.splice(at, 1);
     const input = document.getElementById('input');
     if (text === restored && input && input.value === restored) input.value = '';
@@ -117,10 +122,10 @@ const Frames = (() => {
   function onWelcome(f) {
     const first = !Connection.isConnected(); // the first of this socket, not after a join
     Connection.welcomed();
-    if (first) {
-      Moderation.reset();
-      Room.unconfirmed = []; // a new connection: whatever was not back will not come now
-    }
+    if (first) Moderation.reset();
+    // A new connection or another channel: what was not back yet is not to be put back here.
+    Room.unconfirmed = [];
+    restored = null;
 
     Room.me = f.user;
     Room.myIds.add(f.user.id);

@@ -11,7 +11,7 @@ const Room = {
   users: new Map(), // id -> { id, username, operator?, state, mutedUntil? } in our channel
   channelList: [], // [{ name, count }] from the last `channels` frame
   mutedUntil: 0, // an operator muted us until this `ts` (0: never, or lifted)
-  unconfirmed: [], // texts we sent whose message has not come back yet, oldest first
+  unconfirmed: [], // { text, at } of messages we sent that have not come back yet, oldest first
 
   // The name to connect with. Someone who never chose one keeps the guest name they had, so
   // after a reconnect we are back as who we were.

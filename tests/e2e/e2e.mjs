@@ -785,6 +785,18 @@ try {
     assert((await alice.locator('#input').inputValue()) === '', 'the box is empty once it went through');
   });
 
+  await check('with two messages not back yet, a refusal puts neither back (it cannot tell which)', async () => {
+    // Several servers: "hi" was taken and is on its way round Redis when "there" is refused.
+    const box = await alice.evaluate(() => {
+      Room.unconfirmed = [{ text: 'hi', at: Date.now() }, { text: 'there', at: Date.now() }];
+      Frames.handle({ type: 'error', code: 'unavailable', message: 'Redis is away, so your message was not sent.' });
+      const value = document.getElementById('input').value;
+      Room.unconfirmed = [];
+      return value;
+    });
+    assert(box === '', `the box holds ${JSON.stringify(box)}`);
+  });
+
   await check('no JavaScript errors and no dialogs in any page', async () => {
     assert(pageErrors.length === 0, pageErrors.join('; '));
     assert(dialogs === 0, `${dialogs} dialog(s) fired`);
