@@ -52,7 +52,6 @@ pub fn serve(reader: &mut Reader, conn: ConnId, context: &Context, client: IpAdd
         if reader.closed_by_server() {
             return Ended::Dropped; // an operator removed this user: the rest is moot
         }
-        cursors.in_crowd = reader.in_crowd();
         let refusal = if !bucket.take() {
             metrics.refused(Refusal::RateLimit);
             if gauge.refused() {
@@ -231,6 +230,8 @@ impl Cursors {
     /// Why the connection is over.
     fn next(&mut self, reader: &mut Reader, bucket: &mut TokenBucket) -> Result<Incoming, Ended> {
         loop {
+            // The hub may have moved it out of a crowd (a `join`) since: then no more pauses.
+            self.in_crowd = reader.in_crowd();
             if !self.batches {
                 return reader.next_message();
             }
