@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use log::info;
 use tungstenite::Bytes;
 
+use super::inbox::CROWDED_PACE;
 use super::log::Log;
 use super::newest::Newest;
 use super::presence::Presence;
@@ -87,12 +88,26 @@ pub(super) struct Channel {
     /// Messages being fanned out: the pass after which each has reached everyone that keeps
     /// up, and when it arrived (`figures.rs`).
     pub(super) arrivals: Vec<(u64, Instant)>,
+    /// Its cursors are published [`CROWDED_PACE`] apart or more: every member was told so.
+    crowded: bool,
 }
 
 impl Channel {
     /// Everyone in the channel, on every server.
     pub(super) fn count(&self) -> usize {
         self.members.len() + self.remote.len()
+    }
+
+    /// Looks again at whether the channel is crowded, as its members or its cursors' size
+    /// change, and tells every member's thread when that changes (see [`CROWDED_PACE`]).
+    pub(super) fn recount_crowd(&mut self) {
+        let crowded = self.newest.pace(self.members.len()) >= CROWDED_PACE;
+        if crowded != self.crowded {
+            self.crowded = crowded;
+            for (_, outbox) in &self.members {
+                outbox.set_crowded(crowded);
+            }
+        }
     }
 }
 
@@ -163,10 +178,9 @@ impl Hub {
         }
         let ch = self.channels.entry(channel.to_owned()).or_default();
         ch.members.push((conn, user.outbox.clone()));
-        self.tell_if_crowded(conn);
-        let (Some(user), Some(ch)) = (self.users.get(&conn), self.channels.get(channel)) else {
-            return created;
-        };
+        // What it was told of its last channel does not hold here.
+        user.outbox.set_crowded(ch.crowded);
+        ch.recount_crowd();
         let frame = encode(&ServerFrame::Joined {
             channel,
             user: user.as_ref(),
@@ -194,6 +208,7 @@ impl Hub {
         if let Some(pos) = ch.members.iter().position(|(c, _)| *c == conn) {
             ch.members.swap_remove(pos);
             ch.turn.member_left(pos);
+            ch.recount_crowd();
         }
         ch.newest.forget(conn);
         if ch.count() == 0 && channel != DEFAULT_CHANNEL {

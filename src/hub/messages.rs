@@ -147,6 +147,7 @@ impl Hub {
             frames.push(((sender, kind), frame));
         }
         ch.newest.publish(frames, now);
+        ch.recount_crowd(); // (the mean size of its cursors has changed)
         true
     }
 }

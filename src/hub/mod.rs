@@ -394,22 +394,6 @@ impl Hub {
             }
             self.request(conn, folded.request, folded.received);
         }
-        self.tell_if_crowded(conn);
-    }
-
-    /// Tells `conn`'s thread, through its outbox, whether its channel is crowded
-    /// ([`inbox::CROWDED_PACE`]): when it enters a channel, and with each cursor it sends, as
-    /// the channel grows and shrinks.
-    fn tell_if_crowded(&self, conn: ConnId) {
-        let Some(user) = self.users.get(&conn) else {
-            return;
-        };
-        let pace = (self.channels.get(&user.channel))
-            .map_or(Duration::ZERO, |ch| ch.newest.pace(ch.members.len()));
-        let crowded = pace >= inbox::CROWDED_PACE;
-        if user.outbox.crowded() != crowded {
-            user.outbox.set_crowded(crowded);
-        }
     }
 
     /// Whether cursors taken from the inbox, or the inbox itself, wait to be applied.

@@ -1318,4 +1318,14 @@ fn step6_only_a_crowded_channels_cursor_senders_are_told_they_are_in_a_crowd() {
         received: Instant::now(),
     });
     assert!(!in_crowd(&c, &crowd[1]), "in a quiet channel now");
+    // Fifty leave: 250 publish their kilobyte a little more often than CROWDED_PACE. Those
+    // left are told at once, cursor or not.
+    assert!(newest::every(250, 1000) < inbox::CROWDED_PACE);
+    for gone in &crowd[2..51] {
+        c.hub.apply(Event::Disconnect {
+            conn: gone.conn,
+            close: None,
+        });
+    }
+    assert!(!in_crowd(&c, &crowd[0]), "no longer a crowd");
 }
