@@ -144,7 +144,7 @@ usage:
                          --kind phone        [--arrivals 200] [--dwell-ms 1000] [--kib-per-s 80] [--rcvbuf 65536] [--tick-ms 250] [--name-len 0]
                          --kind crowd        [-n 1000] [-r 19] [--frames state|typing] [--channels 1] [--state-bytes 0]
                  all of them: [--url …] [--server-pid PID] [--warmup 2] [--secs 10 (crowd), 40 (phone), 20]
-                              [--drain 60] [--settle 3] [--pair-every-ms 50] [--rx-threads N] [--json] [--pin CPU]
+                              [--drain 60] [--settle 3] [--pair-every-ms 50] [--pair-cursors-ms 0] [--rx-threads N] [--json] [--pin CPU]
   cyberchat-bench faults [--server-bin target/release/cyberchat] [--fault none|stall|freeze] [--fault-at 8] [--fault-secs 8]
                          [--servers 2] [--crowd 0] [--crowd-rate 19] [--state-bytes 0] [--crowd-channels 1] [--hoppers 0] [--hoppers-on 1]
                          [--history-kib 800] [--probes 100] [--senders 4] [--secs 30] [--patience 120] [--drain 30]
@@ -282,6 +282,7 @@ fn idle_cmd(mut a: Args) -> Result<(), Failure> {
 fn attack_common(a: &mut Args, kind: &str) -> Result<Common, Failure> {
     let url: String = a.get(&["--url"], "ws://127.0.0.1:1337/".to_owned())?;
     let pair_every_ms: f64 = a.get(&["--pair-every-ms"], 50.0)?;
+    let pair_cursors_ms: f64 = a.get(&["--pair-cursors-ms"], 0.0)?;
     let c = Common {
         target: ws::Target::parse(&url)?,
         scenario: kind.to_owned(),
@@ -291,9 +292,21 @@ fn attack_common(a: &mut Args, kind: &str) -> Result<Common, Failure> {
         drain: a.get(&["--drain"], 60.0)?,
         settle: a.get(&["--settle"], 3.0)?,
         pair_every: Duration::from_secs_f64(pair_every_ms.max(1.0) / 1e3),
+        pair_cursors: (pair_cursors_ms > 0.0)
+            .then(|| Duration::from_secs_f64(pair_cursors_ms.max(1.0) / 1e3)),
         rx_threads: a.get(&["--rx-threads"], default_rx_threads())?,
         connect_threads: a.get(&["--connect-threads"], 4)?,
     };
+    let pair_rate = |every: Duration| 1.0 / every.as_secs_f64();
+    if let Some(cursors) = c.pair_cursors
+        && pair_rate(c.pair_every) + pair_rate(cursors) > 19.0
+    {
+        return Err(Failure::Usage(
+            "--pair-every-ms with --pair-cursors-ms: the pair's sender would pass the server's \
+             default rate limit (20 frames a second); try --pair-every-ms 100 --pair-cursors-ms 200"
+                .into(),
+        ));
+    }
     if !(c.secs > 0.0 && c.warmup >= 0.0 && c.drain >= 0.0 && c.settle >= 0.0) {
         return Err(Failure::Usage(
             "--secs must be positive; --warmup, --drain and --settle not negative".into(),

@@ -158,6 +158,7 @@ fn scenario_opts(name: &str, target: Target, pid: u32, o: &SuiteOpts) -> Result<
         drain: o.drain,
         settle: 3.0,
         pair_every: Duration::from_millis(50),
+        pair_cursors: None,
         rx_threads: crate::default_rx_threads(),
         connect_threads: 4,
     };

@@ -316,6 +316,31 @@ fn bench_crowd_measures_the_quiet_pair_and_what_the_crowd_sees() {
 }
 
 #[test]
+fn bench_crowd_with_a_pair_that_moves_its_cursors_loses_none_of_its_messages() {
+    let row = attack(&[
+        "crowd",
+        "-n",
+        "6",
+        "--pair-every-ms",
+        "100",
+        "--pair-cursors-ms",
+        "200",
+    ]);
+    assert_eq!(number(&row, "pair_lost"), 0.0, "{row}");
+    assert_eq!(
+        number(&row, "pair_refused"),
+        0.0,
+        "within the rate limit: {row}"
+    );
+    assert!(number(&row, "pair_received") > 0.0, "{row}");
+    let refused = bench(&["attack", "--kind", "crowd", "--pair-cursors-ms", "50"]);
+    assert!(
+        text(&refused.stderr).contains("rate limit"),
+        "50 ms messages and 50 ms cursors are 40 frames a second"
+    );
+}
+
+#[test]
 fn bench_crowd_prints_a_row() {
     let server = start(|_| {});
     let url = format!("ws://{}/", server.local_addr());

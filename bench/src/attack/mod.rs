@@ -160,6 +160,9 @@ pub struct Common {
     pub settle: f64,
     /// How often the pair's sender sends.
     pub pair_every: Duration,
+    /// How often each of the pair also sends a `state`, as a page does while its mouse moves
+    /// (`None`: never; the pair only talks).
+    pub pair_cursors: Option<Duration>,
     pub rx_threads: usize,
     pub connect_threads: usize,
 }
@@ -372,6 +375,9 @@ impl Run {
         self.w.schedule(c.warmup, c.secs);
         if let Some(pair) = &mut self.pair {
             pair.start(&self.w, c.pair_every);
+            if let Some(every) = c.pair_cursors {
+                pair.move_cursors(&self.w, every);
+            }
         }
     }
 

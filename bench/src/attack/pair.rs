@@ -53,6 +53,8 @@ pub struct Pair {
     shared: Arc<Shared>,
     outs: [Arc<Out>; 2],
     sender: Option<JoinHandle<()>>,
+    /// The threads moving the pair's cursors, if they do.
+    movers: Vec<JoinHandle<()>>,
     readers: Vec<JoinHandle<(Hist, Option<String>)>>,
 }
 
@@ -93,6 +95,7 @@ impl Pair {
             shared,
             outs,
             sender: None,
+            movers: Vec::new(),
             readers: Vec::new(),
         }
         .reading(w, conns))
@@ -145,11 +148,34 @@ impl Pair {
         }));
     }
 
+    /// Has each of the pair also send a `state` every `every` through the window, as a page
+    /// does while its mouse moves: their messages then show whether a crowd elsewhere slows
+    /// what a quiet channel's members send, not only what they receive.
+    pub fn move_cursors(&mut self, w: &Arc<Window>, every: Duration) {
+        let (w, shared, outs) = (Arc::clone(w), Arc::clone(&self.shared), self.outs.clone());
+        self.movers.push(thread::spawn(move || {
+            for step in 1u64.. {
+                let at = w.go() + (step - 1) * every.as_nanos() as u64;
+                if at >= w.t1() || shared.stop.load(Relaxed) {
+                    break;
+                }
+                w.sleep_until(at);
+                let state = format!(r#"{{"type":"state","state":{{"x":{step},"y":{step}}}}}"#);
+                for out in &outs {
+                    out.send(OP_TEXT, state.as_bytes());
+                }
+            }
+        }));
+    }
+
     /// Waits (up to `drain`) for the copies of the window's messages, then stops the pair.
     /// Latencies count copies of messages sent in `[t0, t1)`, wherever they arrived.
     pub fn finish(mut self, drain: Duration) -> PairFigures {
         if let Some(sender) = self.sender.take() {
             let _ = sender.join();
+        }
+        for mover in self.movers.drain(..) {
+            let _ = mover.join();
         }
         let deadline = Instant::now() + drain;
         let expected = self.shared.sent.load(Relaxed) * 2;
